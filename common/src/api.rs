@@ -1,0 +1,156 @@
+//! JSON bodies of the native API v1.
+//!
+//! The routes (see the README for the full contract):
+//! `GET /v1` → [`Capabilities`]; `POST /v1/uploads` [`CreateUpload`] → [`UploadStatus`];
+//! `GET /v1/uploads/{id}` → [`UploadStatus`]; `PUT /v1/uploads/{id}/chunks/{index}` →
+//! [`ChunkReceipt`]; `POST /v1/uploads/{id}/complete` [`CompleteUpload`] → [`UploadStatus`];
+//! errors → [`Problem`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ranges::IndexRanges;
+use crate::{Sha256Digest, UploadId};
+
+/// What this server accepts; clients size their chunks from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// API version, `"1"`.
+    pub version: String,
+    /// Largest upload accepted, in bytes.
+    pub max_upload_size: u64,
+    /// Chunk size bounds and the default choice.
+    pub chunk_size: ChunkSizeBounds,
+    /// Most chunks one upload may have.
+    pub max_chunks: u64,
+    /// Storage backend: `"local"` or `"s3"`.
+    pub storage: String,
+    /// Digest algorithms verified, as RFC 9530 names.
+    pub checksums: Vec<String>,
+}
+
+/// Chunk size bounds in bytes. Every chunk but the last has exactly the upload's chunk size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSizeBounds {
+    /// Smallest chunk size an upload may choose.
+    pub min: u64,
+    /// Largest chunk size an upload may choose.
+    pub max: u64,
+    /// Chosen when the client names none (grown when the upload would need too many chunks).
+    pub default: u64,
+}
+
+/// Body of `POST /v1/uploads`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateUpload {
+    /// Total size in bytes; 0 is a valid upload.
+    pub size: u64,
+    /// Bytes per chunk; the server chooses when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    /// Expected SHA-256 of the whole file, checked at completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Digest>,
+    /// Original file name; kept as data, never used as a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Free-form string pairs kept with the upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Where an upload is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// Accepting chunks.
+    Uploading,
+    /// Every chunk is in; the whole-file SHA-256 is being verified.
+    Completing,
+    /// Verified and published: the content can be downloaded.
+    Completed,
+    /// Verification failed; the content is never served.
+    Failed,
+}
+
+/// The status document of one upload: enough for any client to resume it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStatus {
+    /// The upload's id.
+    pub id: UploadId,
+    /// Life-cycle state.
+    pub state: UploadState,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Bytes per chunk (the last chunk may be shorter).
+    pub chunk_size: u64,
+    /// Number of chunks.
+    pub chunk_count: u64,
+    /// Bytes durably stored so far.
+    pub received_bytes: u64,
+    /// Chunk indexes not yet stored, as inclusive ranges.
+    pub missing: IndexRanges,
+    /// SHA-256 of the whole file: the declared one until completion, then the verified one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Digest>,
+    /// Original file name, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// Metadata given at creation.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When the upload was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When an idle unfinished upload will be removed (absent once completed).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Answer to a stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReceipt {
+    /// Chunk index.
+    pub index: u64,
+    /// Bytes stored.
+    pub size: u64,
+    /// SHA-256 of the chunk's bytes.
+    pub sha256: Sha256Digest,
+}
+
+/// Body of `POST /v1/uploads/{id}/complete` (may be empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteUpload {
+    /// Expected SHA-256 of the whole file, if not declared at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Digest>,
+}
+
+/// An RFC 9457 problem document: every error answer of the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// URI reference naming the kind of problem; stable, for programs.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request, for people.
+    pub detail: String,
+    /// Chunks still missing, on a premature complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<IndexRanges>,
+    /// The SHA-256 that was expected, on a verification failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_sha256: Option<Sha256Digest>,
+    /// The SHA-256 that was computed, on a verification failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_sha256: Option<Sha256Digest>,
+}

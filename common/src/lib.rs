@@ -1,0 +1,33 @@
+//! Wire types of the native upload API v1, shared by `upload-server` and `uploader`.
+//!
+//! Nothing here does I/O: these are the shapes both sides agree on, and the parsers of
+//! the small textual formats they exchange.
+//!
+//! # Layout
+//! - [`api`]: JSON bodies (capabilities, create, status, chunk receipt, complete, problem).
+//! - [`id`]: the upload id, a canonical UUID, safe as a path segment or object key.
+//! - [`digest`]: SHA-256 values as hex and as RFC 9530 `Content-Digest` headers.
+//! - [`ranges`]: sets of chunk indexes written as inclusive ranges.
+//! - [`units`]: human sizes (`8MiB`) and durations (`90m`) for flags.
+
+pub mod api;
+pub mod digest;
+pub mod id;
+pub mod ranges;
+pub mod units;
+
+pub use digest::Sha256Digest;
+pub use id::UploadId;
+
+/// Header names the API uses beyond the standard ones.
+pub mod headers {
+    /// RFC 9530 digest of the request or response body.
+    pub const CONTENT_DIGEST: &str = "content-digest";
+    /// Makes `POST /v1/uploads` safe to retry: the same key and body give the same upload.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// Correlates a request with its log line; echoed, or generated when absent.
+    pub const REQUEST_ID: &str = "x-request-id";
+}
+
+/// Media type of every error body (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";

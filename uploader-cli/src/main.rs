@@ -1,0 +1,2 @@
+//! `uploader`: placeholder until the CLI lands.
+fn main() {}
