@@ -1,0 +1,102 @@
+//! `upload-server`: resumable, verified uploads over HTTP, on the `storage` domain core.
+//!
+//! # Layout
+//! - [`config`]: flags and environment variables.
+//! - [`state`]: what handlers share.
+//! - [`error`]: the single mapping from failures to HTTP statuses and problem documents.
+//! - [`extract`]: typed request parts (ids, digests, streamed bodies).
+//! - [`routes`]: the router and its handlers.
+//! - [`shutdown`]: signal handling.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage::{LocalBackend, Uploads, UploadsConfig};
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod shutdown;
+pub mod state;
+
+pub use config::Config;
+pub use routes::app;
+pub use state::AppState;
+
+/// Opens storage and serves on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish for at most the configured shutdown timeout.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), storage::Error> {
+    let backend = Arc::new(LocalBackend::open(&config.data_dir)?);
+    let uploads = Uploads::open(
+        backend,
+        UploadsConfig {
+            max_upload_size: config.max_upload_size,
+            upload_ttl: config.upload_ttl,
+            tombstone_ttl: config.tombstone_ttl,
+            inline_verify_limit: config.inline_verify_limit,
+        },
+    )
+    .await?;
+    let state = AppState {
+        uploads: uploads.clone(),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        body_timeout: config.body_timeout,
+    };
+    let sweeper = tokio::spawn(sweep_forever(uploads, sweep_interval(config.upload_ttl)));
+
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flag = state.shutting_down.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        flag.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful_rx = stop_rx.clone();
+    let serve = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|s| *s).await;
+    });
+    let mut deadline_rx = stop_rx;
+    let grace = config.shutdown_timeout;
+    tokio::select! {
+        r = serve => r?,
+        _ = async move {
+            let _ = deadline_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!("shutdown timeout reached; dropping unfinished requests"),
+    }
+    sweeper.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// How often the sweeper runs: often enough that a short TTL is honoured promptly.
+fn sweep_interval(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(60))
+}
+
+async fn sweep_forever(uploads: Arc<Uploads>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match uploads.sweep().await {
+            Ok(r) if r.expired + r.purged > 0 => {
+                tracing::info!(expired = r.expired, purged = r.purged, "sweep")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The upload domain core and the storage backends behind it.
+//!
+//! Every protocol (the native API, tus, the IETF draft) calls one [`Uploads`] service; it
+//! owns the rules (states, lengths, digests, idempotency, expiry) and the locks, and a
+//! [`Backend`] persists records, chunk receipts and bytes. Nothing here knows HTTP.
+//!
+//! # Layout
+//! - [`error`]: the crate's one error enum.
+//! - [`record`]: the durable upload record and pure rules (geometry, limits, states).
+//! - [`hash`]: hashing while streaming; the whole-file hash midstate.
+//! - [`upload`]: the in-memory handle of one upload, with its locks.
+//! - [`service`]: the [`Uploads`] service.
+//! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
+
+pub mod backend;
+pub mod error;
+pub mod hash;
+pub mod record;
+pub mod service;
+pub mod upload;
+
+pub use backend::local::LocalBackend;
+pub use backend::{Backend, Content};
+pub use error::{Error, Result};
+pub use service::{ChunkStored, Completion, Created, Stats, SweepReport, Uploads, UploadsConfig};

@@ -1,0 +1,62 @@
+//! Command-line flags and environment variables: the one `Config` of the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use common::units::{parse_duration, parse_size};
+
+/// Resumable, verified file uploads over HTTP.
+///
+/// Every flag can also be set through the environment variable named in its help.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "upload-server", version, about)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the log says which).
+    #[arg(long, env = "UPLOAD_SERVER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory where uploads are stored (local storage).
+    #[arg(long, env = "UPLOAD_SERVER_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Idle time after which an unfinished upload expires and its bytes are freed
+    /// (e.g. `2s`, `90m`, `24h`).
+    #[arg(long, env = "UPLOAD_SERVER_UPLOAD_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
+
+    /// How long a cancelled, expired or failed upload answers 410 before it is forgotten.
+    #[arg(long, env = "UPLOAD_SERVER_TOMBSTONE_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub tombstone_ttl: Duration,
+
+    /// Largest upload accepted (e.g. `10GiB`, `1TiB`).
+    #[arg(long, env = "UPLOAD_SERVER_MAX_UPLOAD_SIZE", default_value = "1TiB", value_parser = parse_size)]
+    pub max_upload_size: u64,
+
+    /// A chunk body that sends nothing for this long is cut and its bytes discarded.
+    #[arg(long, env = "UPLOAD_SERVER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "UPLOAD_SERVER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Completion answers 202 and verifies in the background when more than this many
+    /// bytes remain to be hashed.
+    #[arg(long, env = "UPLOAD_SERVER_INLINE_VERIFY_LIMIT", default_value = "1GiB", value_parser = parse_size)]
+    pub inline_verify_limit: u64,
+
+    /// Log format.
+    #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}

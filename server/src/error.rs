@@ -1,0 +1,166 @@
+//! HTTP errors: the one place where failures become status codes and RFC 9457 problem
+//! documents.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use common::api::Problem;
+use common::PROBLEM_JSON;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A failure of the domain core.
+    #[error(transparent)]
+    Domain(#[from] storage::Error),
+    /// A header or body that could not be parsed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No route, or an id that cannot be an upload id.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// The server is shutting down or its storage is failing.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// Status code, stable problem type slug and title.
+    fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        use storage::Error as E;
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Domain(e) => match e {
+                E::NotFound => (StatusCode::NOT_FOUND, "not-found", "Upload not found"),
+                E::Gone(_) => (StatusCode::GONE, "upload-gone", "Upload gone"),
+                E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request"),
+                E::TooLarge { .. } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "upload-too-large",
+                    "Upload too large",
+                ),
+                E::ChunkDigestMismatch { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    "chunk-digest-mismatch",
+                    "Chunk digest mismatch",
+                ),
+                E::ChunkConflict { .. } => (
+                    StatusCode::CONFLICT,
+                    "chunk-conflict",
+                    "Chunk already stored with other bytes",
+                ),
+                E::BodyTooShort { .. } | E::BodyTooLong { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    "wrong-chunk-length",
+                    "Wrong chunk length",
+                ),
+                E::BodyTimeout(_) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request body stalled",
+                ),
+                E::BodyRead(_) => (
+                    StatusCode::BAD_REQUEST,
+                    "body-incomplete",
+                    "Request body incomplete",
+                ),
+                E::WrongState(_) => (
+                    StatusCode::CONFLICT,
+                    "wrong-state",
+                    "Not allowed in the upload's state",
+                ),
+                E::MissingChunks(_) => (
+                    StatusCode::CONFLICT,
+                    "missing-chunks",
+                    "Chunks are missing",
+                ),
+                E::Sha256Mismatch { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "sha256-mismatch",
+                    "File SHA-256 mismatch",
+                ),
+                E::IdempotencyConflict => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "Idempotency key reused",
+                ),
+                E::StorageFull => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage-full",
+                    "Storage full",
+                ),
+                E::Corrupt(_) | E::Io(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                ),
+            },
+        }
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.classify();
+        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // The cause is logged; clients get no internals.
+            "the server failed to handle this request; it was logged".to_string()
+        } else {
+            self.to_string()
+        };
+        let mut p = Problem {
+            kind: format!("/problems/{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            missing: None,
+            expected_sha256: None,
+            actual_sha256: None,
+        };
+        match self {
+            ApiError::Domain(storage::Error::MissingChunks(m)) => p.missing = Some(m.clone()),
+            ApiError::Domain(storage::Error::Sha256Mismatch { expected, actual }) => {
+                p.expected_sha256 = Some(*expected);
+                p.actual_sha256 = Some(*actual);
+            }
+            ApiError::Domain(storage::Error::ChunkDigestMismatch { declared, actual }) => {
+                p.expected_sha256 = Some(*declared);
+                p.actual_sha256 = Some(*actual);
+            }
+            _ => {}
+        }
+        p
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

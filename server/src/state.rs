@@ -1,0 +1,25 @@
+//! What every handler can reach.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use storage::Uploads;
+
+/// Shared state of the HTTP layer; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The domain service.
+    pub uploads: Arc<Uploads>,
+    /// Set once shutdown began: `/readyz` turns 503.
+    pub shutting_down: Arc<AtomicBool>,
+    /// Idle limit between two pieces of a request body.
+    pub body_timeout: Duration,
+}
+
+impl AppState {
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}

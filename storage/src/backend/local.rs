@@ -1,0 +1,415 @@
+//! Local-disk backend: the embedded default.
+//!
+//! # Layout
+//! ```text
+//! {root}/.lock                       held (flock) by the one server that owns the directory
+//! {root}/uploads/{id}/record.json    the UploadRecord; replaced by write-temp, fsync, rename, fsync dir
+//! {root}/uploads/{id}/data           the bytes at their final offsets (sparse until written)
+//! {root}/uploads/{id}/chunks.journal append-only chunk receipts (see `journal`)
+//! {root}/uploads/{id}/hash.json      whole-file SHA-256 midstate (advisory, not fsync'd)
+//! {root}/uploads/{id}/content        the verified file, renamed from `data` once completed
+//! {root}/idempotency/{sha256(key)}   which upload an Idempotency-Key created
+//! ```
+//! A chunk is written with positional writes into `data`, then `data` is fdatasync'd and
+//! a receipt appended to the journal and fdatasync'd; only then is it acknowledged. So the
+//! journal never names bytes that are not on disk, and bytes without a receipt are simply
+//! missing (rewritten by the next PUT). `object_store`'s local store is not used: it neither
+//! fsyncs nor writes at offsets.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use common::api::ChunkSizeBounds;
+use common::{Sha256Digest, UploadId};
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use super::{
+    journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded,
+    StoredChunk,
+};
+use crate::error::{Error, Result};
+use crate::hash::SavedPrefixHash;
+use crate::record::UploadRecord;
+
+const MIB: u64 = 1 << 20;
+/// Size of the buffered writes and reads against `data`.
+const IO_BUF: usize = 1 << 20;
+
+/// Stores uploads in a directory on a local file system.
+pub struct LocalBackend {
+    root: PathBuf,
+    /// Keeps the directory lock for the backend's lifetime.
+    _lock: File,
+}
+
+impl LocalBackend {
+    /// Opens (creating if needed) the data directory and locks it against a second server.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join("uploads"))?;
+        fs::create_dir_all(root.join("idempotency"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))?;
+        lock.try_lock().map_err(|_| {
+            Error::Io(std::io::Error::new(
+                ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another upload-server process",
+                    root.display()
+                ),
+            ))
+        })?;
+        // Leftovers of interrupted atomic writes.
+        for entry in fs::read_dir(root.join("idempotency"))?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { root, _lock: lock })
+    }
+
+    fn dir(&self, id: UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.to_string())
+    }
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` atomically and durably.
+fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if durable {
+        if let Some(parent) = path.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn mtime(path: &Path) -> Option<OffsetDateTime> {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(OffsetDateTime::from)
+}
+
+fn open_journal(dir: &Path) -> Result<File> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(dir.join("chunks.journal"))?)
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "local",
+            chunk_size: ChunkSizeBounds {
+                min: 64 * 1024,
+                max: 1 << 30,
+                default: 8 * MIB,
+            },
+            max_chunks: 100_000,
+        }
+    }
+
+    async fn create(&self, record: &UploadRecord) -> Result<()> {
+        let dir = self.dir(record.id);
+        let parent = self.root.join("uploads");
+        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let size = record.size;
+        blocking(move || {
+            fs::create_dir(&dir)?;
+            let data = File::create(dir.join("data"))?;
+            data.set_len(size)?;
+            data.sync_all()?;
+            open_journal(&dir)?.sync_all()?;
+            write_atomic(&dir.join("record.json"), &json, true)?;
+            fsync_dir(&parent)
+        })
+        .await
+    }
+
+    async fn load(&self, id: UploadId) -> Result<Option<Loaded>> {
+        let dir = self.dir(id);
+        blocking(move || {
+            let Some(record) = read_json::<UploadRecord>(&dir.join("record.json"))? else {
+                return Ok(None);
+            };
+            if record.id != id {
+                return Err(Error::Corrupt(format!("{} names another id", dir.display())));
+            }
+            let (chunks, prefix_hash) = if record.state.is_tombstone() {
+                (Vec::new(), None)
+            } else {
+                let mut j = open_journal(&dir)?;
+                let chunks = journal::replay(&mut j)?;
+                let prefix = read_json::<SavedPrefixHash>(&dir.join("hash.json")).unwrap_or(None);
+                (chunks, prefix)
+            };
+            let last_activity = [
+                mtime(&dir.join("chunks.journal")),
+                Some(record.updated_at),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(record.updated_at);
+            Ok(Some(Loaded {
+                record,
+                chunks,
+                prefix_hash,
+                last_activity,
+            }))
+        })
+        .await
+    }
+
+    async fn save_record(&self, record: &UploadRecord) -> Result<()> {
+        let path = self.dir(record.id).join("record.json");
+        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
+        blocking(move || write_atomic(&path, &json, true)).await
+    }
+
+    async fn chunk_writer(&self, record: &UploadRecord, index: u64) -> Result<Box<dyn ChunkWriter>> {
+        let path = self.dir(record.id).join("data");
+        let file = blocking(move || Ok(OpenOptions::new().write(true).open(path)?)).await?;
+        Ok(Box::new(LocalChunkWriter {
+            file: Arc::new(file),
+            offset: record.chunk_offset(index),
+            buf: BytesMut::with_capacity(IO_BUF),
+            pending: None,
+        }))
+    }
+
+    async fn commit_chunk(&self, record: &UploadRecord, chunk: &StoredChunk) -> Result<()> {
+        let dir = self.dir(record.id);
+        let chunk = *chunk;
+        blocking(move || {
+            // Data first: a receipt must never name bytes that are not on disk.
+            OpenOptions::new()
+                .write(true)
+                .open(dir.join("data"))?
+                .sync_data()?;
+            let mut j = open_journal(&dir)?;
+            journal::append(&mut j, &chunk)
+        })
+        .await
+    }
+
+    async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream> {
+        let dir = self.dir(record.id);
+        let file = blocking(move || {
+            match File::open(dir.join("data")) {
+                Err(e) if e.kind() == ErrorKind::NotFound => File::open(dir.join("content")),
+                other => other,
+            }
+            .map_err(Error::from)
+        })
+        .await?;
+        let file = Arc::new(file);
+        let stream = futures_util::stream::try_unfold((offset, len), move |(off, left)| {
+            let file = file.clone();
+            async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let n = left.min(IO_BUF as u64) as usize;
+                let buf = blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    file.read_exact_at(&mut buf, off)?;
+                    Ok(buf)
+                })
+                .await?;
+                Ok(Some((Bytes::from(buf), (off + n as u64, left - n as u64))))
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()> {
+        let path = self.dir(id).join("hash.json");
+        let json = serde_json::to_vec(saved).map_err(|e| Error::Corrupt(e.to_string()))?;
+        blocking(move || write_atomic(&path, &json, false)).await
+    }
+
+    async fn publish(&self, record: &UploadRecord) -> Result<()> {
+        let dir = self.dir(record.id);
+        blocking(move || {
+            match fs::rename(dir.join("data"), dir.join("content")) {
+                Err(e) if e.kind() == ErrorKind::NotFound && dir.join("content").exists() => {}
+                other => other?,
+            }
+            remove_if_exists(&dir.join("hash.json"))?;
+            fsync_dir(&dir)
+        })
+        .await
+    }
+
+    async fn content(&self, record: &UploadRecord) -> Result<Content> {
+        let path = self.dir(record.id).join("content");
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(Content::File(path));
+        }
+        // The record says completed but the rename did not happen before a crash.
+        self.publish(record).await?;
+        Ok(Content::File(path))
+    }
+
+    async fn discard(&self, id: UploadId) -> Result<()> {
+        let dir = self.dir(id);
+        blocking(move || {
+            for name in ["data", "content", "chunks.journal", "hash.json"] {
+                remove_if_exists(&dir.join(name))?;
+            }
+            fsync_dir(&dir)
+        })
+        .await
+    }
+
+    async fn purge(&self, id: UploadId) -> Result<()> {
+        let dir = self.dir(id);
+        let parent = self.root.join("uploads");
+        blocking(move || {
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            fsync_dir(&parent)
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<UploadId>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            Ok(fs::read_dir(dir)?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>> {
+        let path = self.root.join("idempotency").join(key.to_hex());
+        let json = serde_json::to_vec(claim).map_err(|e| Error::Corrupt(e.to_string()))?;
+        blocking(move || {
+            if let Some(existing) = read_json::<IdempotencyClaim>(&path).unwrap_or(None) {
+                return Ok(Some(existing));
+            }
+            write_atomic(&path, &json, true)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<()> {
+        let probe = self.root.join(".health");
+        blocking(move || {
+            fs::write(&probe, b"ok")?;
+            fs::remove_file(&probe)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Writes one chunk at its offset in `data`, 1 MiB at a time, overlapping each write with
+/// the receipt of the next buffer.
+struct LocalChunkWriter {
+    file: Arc<File>,
+    offset: u64,
+    buf: BytesMut,
+    pending: Option<JoinHandle<Result<()>>>,
+}
+
+impl LocalChunkWriter {
+    async fn wait_pending(&mut self) -> Result<()> {
+        if let Some(h) = self.pending.take() {
+            h.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.wait_pending().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = self.buf.split().freeze();
+        let file = self.file.clone();
+        let off = self.offset;
+        self.offset += buf.len() as u64;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            file.write_all_at(&buf, off)?;
+            Ok(())
+        }));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChunkWriter for LocalChunkWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.buf.extend_from_slice(&bytes);
+        if self.buf.len() >= IO_BUF {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        self.flush().await?;
+        self.wait_pending().await
+    }
+}

@@ -1,0 +1,144 @@
+//! The narrow seam between the domain core and where bytes and records live.
+//!
+//! A backend stores three things per upload: the [`UploadRecord`] (rewritten on state
+//! changes), chunk receipts (write-once, one per acknowledged chunk) and the bytes. It
+//! knows nothing of hashing rules, states or HTTP; the [`crate::Uploads`] service decides,
+//! the backend persists. Every method that returns `Ok` after a write has made it durable
+//! unless its doc says otherwise.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::api::ChunkSizeBounds;
+use common::{Sha256Digest, UploadId};
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::Result;
+use crate::hash::SavedPrefixHash;
+use crate::record::UploadRecord;
+
+pub mod journal;
+pub mod local;
+
+/// A stream of bytes read back from storage.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// What a backend can hold, reported in `GET /v1`.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendInfo {
+    /// `"local"` or `"s3"`.
+    pub name: &'static str,
+    /// Chunk size bounds the backend accepts, and its preferred default.
+    pub chunk_size: ChunkSizeBounds,
+    /// Most chunks per upload.
+    pub max_chunks: u64,
+}
+
+/// The acknowledgement of one stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChunk {
+    /// Chunk index.
+    pub index: u64,
+    /// Bytes in the chunk.
+    pub size: u64,
+    /// SHA-256 of the chunk.
+    pub sha256: Sha256Digest,
+}
+
+/// One upload as found in storage.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The record.
+    pub record: UploadRecord,
+    /// Receipts of every acknowledged chunk.
+    pub chunks: Vec<StoredChunk>,
+    /// Whole-file hash progress, if any was saved.
+    pub prefix_hash: Option<SavedPrefixHash>,
+    /// Last time bytes or state changed, for idle expiry.
+    pub last_activity: OffsetDateTime,
+}
+
+/// Where a completed upload's bytes can be read from.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// A local file, served directly (with ranges) by the HTTP layer.
+    File(PathBuf),
+}
+
+/// A claimed idempotency key: which upload it created, for which request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyClaim {
+    /// The upload created under the key.
+    pub id: UploadId,
+    /// SHA-256 of the canonical request body.
+    pub fingerprint: Sha256Digest,
+}
+
+/// Receives one chunk's bytes, in order, and puts them in place.
+#[async_trait]
+pub trait ChunkWriter: Send {
+    /// Stores the next bytes of the chunk (not yet durable).
+    async fn write(&mut self, bytes: Bytes) -> Result<()>;
+    /// Every byte has been handed to storage; [`Backend::commit_chunk`] makes it durable.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Storage of upload records, chunk receipts and bytes.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Capabilities of this backend.
+    fn info(&self) -> BackendInfo;
+
+    /// Stores a new upload's record and prepares room for its bytes. Fails if the id exists.
+    async fn create(&self, record: &UploadRecord) -> Result<()>;
+
+    /// Reads an upload back; `None` when the id is unknown.
+    async fn load(&self, id: UploadId) -> Result<Option<Loaded>>;
+
+    /// Replaces the record (a state change), durably.
+    async fn save_record(&self, record: &UploadRecord) -> Result<()>;
+
+    /// Opens a writer for chunk `index`. The caller guarantees one writer per chunk at a
+    /// time and never writes a committed chunk.
+    async fn chunk_writer(&self, record: &UploadRecord, index: u64) -> Result<Box<dyn ChunkWriter>>;
+
+    /// Makes a written chunk durable and records its receipt. After `Ok` the chunk may be
+    /// acknowledged: it survives a crash.
+    async fn commit_chunk(&self, record: &UploadRecord, chunk: &StoredChunk) -> Result<()>;
+
+    /// Reads `len` bytes at `offset` of the upload's bytes (stored chunks only).
+    async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream>;
+
+    /// Saves whole-file hash progress. Advisory: losing it costs a re-hash, never
+    /// correctness, so it need not be durable.
+    async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()>;
+
+    /// Makes verified bytes the upload's content. Called after the record says completed.
+    async fn publish(&self, record: &UploadRecord) -> Result<()>;
+
+    /// Where the completed content is.
+    async fn content(&self, record: &UploadRecord) -> Result<Content>;
+
+    /// Frees the upload's bytes and receipts, keeping the record (a tombstone).
+    async fn discard(&self, id: UploadId) -> Result<()>;
+
+    /// Removes every trace of the upload.
+    async fn purge(&self, id: UploadId) -> Result<()>;
+
+    /// Ids of every upload stored, tombstones included.
+    async fn list(&self) -> Result<Vec<UploadId>>;
+
+    /// Claims an idempotency key (by its digest) for `claim`. Returns the existing claim
+    /// when the key was already taken, or `None` when this call took it.
+    async fn claim_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>>;
+
+    /// Checks that storage can be read and written.
+    async fn health(&self) -> Result<()>;
+}

@@ -1,0 +1,102 @@
+//! The one error type of the domain core and its backends.
+
+use common::ranges::IndexRanges;
+use common::Sha256Digest;
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an upload operation failed. The server maps each variant to one HTTP status in one
+/// place; nothing here knows about HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No upload has this id (or it was purged long ago).
+    #[error("no upload with this id")]
+    NotFound,
+    /// The upload existed but was cancelled or expired; its bytes are gone.
+    #[error("the upload was {0}")]
+    Gone(&'static str),
+    /// The request is malformed or out of bounds (size, chunk size, index, length).
+    #[error("{0}")]
+    Invalid(String),
+    /// The declared size is above the configured maximum.
+    #[error("size {size} is above the maximum upload size of {max} bytes")]
+    TooLarge {
+        /// Declared size.
+        size: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// The chunk's bytes do not match the digest the client sent with them.
+    #[error("the chunk's SHA-256 is {actual}, but Content-Digest says {declared}")]
+    ChunkDigestMismatch {
+        /// What the client declared.
+        declared: Sha256Digest,
+        /// What the server computed.
+        actual: Sha256Digest,
+    },
+    /// Other bytes are already stored for this chunk index.
+    #[error("chunk {index} is already stored with other bytes (SHA-256 {stored})")]
+    ChunkConflict {
+        /// The chunk index.
+        index: u64,
+        /// Digest of what is stored.
+        stored: Sha256Digest,
+    },
+    /// The body ended before the chunk's length.
+    #[error("the body ended after {got} of {expected} bytes")]
+    BodyTooShort {
+        /// Bytes the chunk must have.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The body carried more bytes than the chunk's length.
+    #[error("the body is longer than the chunk's {expected} bytes")]
+    BodyTooLong {
+        /// Bytes the chunk must have.
+        expected: u64,
+    },
+    /// The client stopped sending mid-body for longer than the body timeout.
+    #[error("no body bytes arrived for {0:?}; the partial chunk was discarded")]
+    BodyTimeout(std::time::Duration),
+    /// Reading the request body failed (the client went away mid-chunk).
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    /// The operation does not fit the upload's state (e.g. a chunk after completion).
+    #[error("the upload is {0}")]
+    WrongState(&'static str),
+    /// Completion was asked while chunks are still missing.
+    #[error("{} chunk(s) are still missing", common::ranges::count(.0))]
+    MissingChunks(IndexRanges),
+    /// The whole-file SHA-256 differs from the declared one; the upload is failed.
+    #[error("the file's SHA-256 is {actual}, but {expected} was declared")]
+    Sha256Mismatch {
+        /// Declared digest.
+        expected: Sha256Digest,
+        /// Computed digest.
+        actual: Sha256Digest,
+    },
+    /// The same idempotency key was used with another request body.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyConflict,
+    /// The storage has no room left for these bytes.
+    #[error("storage is full")]
+    StorageFull,
+    /// A stored record could not be understood.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The storage failed.
+    #[error("storage I/O: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC and EDQUOT: the client can resume once space is freed.
+        match e.raw_os_error() {
+            Some(28) | Some(122) => Error::StorageFull,
+            _ => Error::Io(e),
+        }
+    }
+}

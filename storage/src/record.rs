@@ -1,0 +1,296 @@
+//! The durable upload record and the pure rules about an upload's shape: chunk geometry,
+//! size limits and life-cycle states. No I/O here, so the rules are unit-tested directly.
+
+use std::collections::BTreeMap;
+
+use common::api::{ChunkSizeBounds, CreateUpload, UploadState};
+use common::{Sha256Digest, UploadId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+/// Longest file name accepted, in bytes.
+pub const MAX_FILENAME_LEN: usize = 1024;
+/// Most metadata pairs accepted.
+pub const MAX_METADATA_PAIRS: usize = 64;
+/// Longest metadata key or value, in bytes.
+pub const MAX_METADATA_LEN: usize = 4096;
+
+/// Life-cycle state as stored. `Cancelled` and `Expired` are tombstones: the bytes are
+/// gone and requests answer "gone" until the tombstone is purged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredState {
+    /// Accepting chunks.
+    Uploading,
+    /// Verifying the whole-file SHA-256; resumed after a restart.
+    Completing,
+    /// Verified and published.
+    Completed,
+    /// Verification failed; bytes discarded.
+    Failed,
+    /// Cancelled by a client; bytes discarded.
+    Cancelled,
+    /// Idle past the TTL; bytes discarded.
+    Expired,
+}
+
+impl StoredState {
+    /// The state shown to clients, or the reason the upload is gone.
+    pub fn visible(self) -> Result<UploadState> {
+        match self {
+            StoredState::Uploading => Ok(UploadState::Uploading),
+            StoredState::Completing => Ok(UploadState::Completing),
+            StoredState::Completed => Ok(UploadState::Completed),
+            StoredState::Failed => Ok(UploadState::Failed),
+            StoredState::Cancelled => Err(Error::Gone("cancelled")),
+            StoredState::Expired => Err(Error::Gone("expired")),
+        }
+    }
+
+    /// Name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredState::Uploading => "uploading",
+            StoredState::Completing => "completing",
+            StoredState::Completed => "completed",
+            StoredState::Failed => "failed",
+            StoredState::Cancelled => "cancelled",
+            StoredState::Expired => "expired",
+        }
+    }
+
+    /// Whether the bytes have been discarded and only a tombstone is left.
+    pub fn is_tombstone(self) -> bool {
+        matches!(self, StoredState::Cancelled | StoredState::Expired)
+    }
+}
+
+/// Everything the server keeps about one upload besides its bytes and chunk receipts.
+/// Rewritten whole (atomically) on every state change; chunk receipts live apart so that a
+/// chunk's acknowledgement never rewrites this record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The upload's id.
+    pub id: UploadId,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Bytes per chunk.
+    pub chunk_size: u64,
+    /// SHA-256 the client declared (at creation or completion).
+    #[serde(default)]
+    pub declared_sha256: Option<Sha256Digest>,
+    /// SHA-256 computed at completion.
+    #[serde(default)]
+    pub sha256: Option<Sha256Digest>,
+    /// Original file name, as data.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// Client metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Life-cycle state.
+    pub state: StoredState,
+    /// Why the upload failed, when it did.
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change of the record.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl UploadRecord {
+    /// Number of chunks: `ceil(size / chunk_size)`; 0 for an empty upload.
+    pub fn chunk_count(&self) -> u64 {
+        chunk_count(self.size, self.chunk_size)
+    }
+
+    /// Byte offset where chunk `index` starts.
+    pub fn chunk_offset(&self, index: u64) -> u64 {
+        index * self.chunk_size
+    }
+
+    /// Length of chunk `index`, or an error when the index is out of range.
+    pub fn chunk_len(&self, index: u64) -> Result<u64> {
+        let count = self.chunk_count();
+        if index >= count {
+            return Err(Error::Invalid(format!(
+                "chunk index {index} is out of range: this upload has {count} chunk(s)"
+            )));
+        }
+        Ok((self.size - index * self.chunk_size).min(self.chunk_size))
+    }
+}
+
+/// `ceil(size / chunk_size)`.
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+/// Size rules: what a backend can store and what the operator allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest upload accepted.
+    pub max_upload_size: u64,
+    /// Chunk size bounds and default.
+    pub chunk_size: ChunkSizeBounds,
+    /// Most chunks one upload may have.
+    pub max_chunks: u64,
+}
+
+impl Limits {
+    /// The chunk size for an upload of `size` bytes when the client names none: the
+    /// default, grown (in whole MiB) until the chunk count fits `max_chunks`.
+    pub fn default_chunk_size(&self, size: u64) -> u64 {
+        const MIB: u64 = 1 << 20;
+        let needed = size.div_ceil(self.max_chunks).div_ceil(MIB) * MIB;
+        needed
+            .max(self.chunk_size.default)
+            .clamp(self.chunk_size.min, self.chunk_size.max)
+    }
+
+    /// Checks a create request and settles its chunk size.
+    pub fn validate(&self, req: &CreateUpload) -> Result<u64> {
+        if req.size > self.max_upload_size {
+            return Err(Error::TooLarge {
+                size: req.size,
+                max: self.max_upload_size,
+            });
+        }
+        let chunk_size = match req.chunk_size {
+            None => self.default_chunk_size(req.size),
+            Some(c) if c < self.chunk_size.min || c > self.chunk_size.max => {
+                return Err(Error::Invalid(format!(
+                    "chunk_size {c} is outside the accepted range {}..={}",
+                    self.chunk_size.min, self.chunk_size.max
+                )))
+            }
+            Some(c) => c,
+        };
+        let count = chunk_count(req.size, chunk_size);
+        if count > self.max_chunks {
+            return Err(Error::Invalid(format!(
+                "{count} chunks of {chunk_size} bytes are more than the maximum of {}; choose a larger chunk_size",
+                self.max_chunks
+            )));
+        }
+        if let Some(name) = &req.filename {
+            check_text("filename", name, MAX_FILENAME_LEN)?;
+        }
+        if let Some(meta) = &req.metadata {
+            if meta.len() > MAX_METADATA_PAIRS {
+                return Err(Error::Invalid(format!(
+                    "at most {MAX_METADATA_PAIRS} metadata pairs are accepted"
+                )));
+            }
+            for (k, v) in meta {
+                if k.is_empty() {
+                    return Err(Error::Invalid("metadata keys must not be empty".into()));
+                }
+                check_text("metadata key", k, MAX_METADATA_LEN)?;
+                check_text("metadata value", v, MAX_METADATA_LEN)?;
+            }
+        }
+        Ok(chunk_size)
+    }
+}
+
+/// Text kept as data must be bounded and free of control characters, so that it is safe
+/// in logs, headers and file listings.
+fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return Err(Error::Invalid(format!("{what} is longer than {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn limits() -> Limits {
+        Limits {
+            max_upload_size: 1 << 40,
+            chunk_size: ChunkSizeBounds {
+                min: 256 * 1024,
+                max: 1 << 30,
+                default: 8 * MIB,
+            },
+            max_chunks: 100_000,
+        }
+    }
+
+    fn req(size: u64, chunk_size: Option<u64>) -> CreateUpload {
+        CreateUpload {
+            size,
+            chunk_size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn geometry() {
+        let r = UploadRecord {
+            id: UploadId::new_random(),
+            size: 10,
+            chunk_size: 4,
+            declared_sha256: None,
+            sha256: None,
+            filename: None,
+            metadata: BTreeMap::new(),
+            state: StoredState::Uploading,
+            failure: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(r.chunk_count(), 3);
+        assert_eq!(r.chunk_len(0).unwrap(), 4);
+        assert_eq!(r.chunk_len(2).unwrap(), 2);
+        assert!(r.chunk_len(3).is_err());
+        assert_eq!(r.chunk_offset(2), 8);
+        assert_eq!(chunk_count(0, 4), 0);
+        assert_eq!(chunk_count(8, 4), 2);
+    }
+
+    #[test]
+    fn default_chunk_size_grows_to_fit_max_chunks() {
+        let l = limits();
+        assert_eq!(l.validate(&req(1 << 30, None)).unwrap(), 8 * MIB);
+        assert_eq!(l.validate(&req(0, None)).unwrap(), 8 * MIB);
+        let big = l.validate(&req(1 << 40, None)).unwrap();
+        assert!(chunk_count(1 << 40, big) <= l.max_chunks);
+        assert_eq!(big % MIB, 0);
+    }
+
+    #[test]
+    fn rejects_out_of_bounds() {
+        let l = limits();
+        assert!(matches!(
+            l.validate(&req((1 << 40) + 1, None)),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(l.validate(&req(10, Some(1))), Err(Error::Invalid(_))));
+        assert!(matches!(
+            l.validate(&req(1 << 40, Some(256 * 1024))),
+            Err(Error::Invalid(_))
+        ));
+        let mut r = req(10, None);
+        r.filename = Some("a\nb".into());
+        assert!(matches!(l.validate(&r), Err(Error::Invalid(_))));
+        r.filename = Some("x".repeat(MAX_FILENAME_LEN + 1));
+        assert!(matches!(l.validate(&r), Err(Error::Invalid(_))));
+        r.filename = Some("../../etc/passwd".into());
+        assert!(l.validate(&r).is_ok(), "a filename is data, never a path");
+    }
+}

@@ -1,0 +1,620 @@
+//! `Uploads`: the domain service every protocol calls. It owns the rules (states,
+//! lengths, digests, idempotency, expiry) and the locks; backends only persist.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::api::{Capabilities, ChunkReceipt, ChunkSizeBounds, CreateUpload, UploadState, UploadStatus};
+use common::{Sha256Digest, UploadId};
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::backend::{Backend, Content, IdempotencyClaim, StoredChunk};
+use crate::error::{Error, Result};
+use crate::hash::ChunkHasher;
+use crate::record::{Limits, StoredState, UploadRecord};
+use crate::upload::Upload;
+
+/// Operator settings of the service.
+#[derive(Clone, Debug)]
+pub struct UploadsConfig {
+    /// Largest upload accepted.
+    pub max_upload_size: u64,
+    /// Idle time after which an unfinished upload expires.
+    pub upload_ttl: Duration,
+    /// How long a cancelled, expired or failed upload answers "gone" before it is purged.
+    pub tombstone_ttl: Duration,
+    /// Above this many bytes still to hash, completion answers "verifying" and finishes in
+    /// the background.
+    pub inline_verify_limit: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_size: 1 << 40,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
+            inline_verify_limit: 1 << 30,
+        }
+    }
+}
+
+/// The outcome of a create.
+#[derive(Debug)]
+pub struct Created {
+    /// The upload's status.
+    pub status: UploadStatus,
+    /// False when an idempotent retry returned an existing upload.
+    pub new: bool,
+}
+
+/// The outcome of a chunk PUT.
+#[derive(Debug)]
+pub struct ChunkStored {
+    /// The chunk's receipt.
+    pub receipt: ChunkReceipt,
+    /// False when the same bytes were already stored (a retry).
+    pub new: bool,
+}
+
+/// The outcome of a complete.
+#[derive(Debug)]
+pub enum Completion {
+    /// Verified and published.
+    Done(UploadStatus),
+    /// Verification continues in the background; poll the status.
+    Verifying(UploadStatus),
+}
+
+/// Counters of the service, for logs, metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Bytes read back from storage to finish whole-file hashes.
+    pub bytes_read_back: u64,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Uploads expired.
+    pub expired: usize,
+    /// Tombstones purged.
+    pub purged: usize,
+}
+
+/// The upload service.
+pub struct Uploads {
+    backend: Arc<dyn Backend>,
+    config: UploadsConfig,
+    limits: Limits,
+    open: Mutex<HashMap<UploadId, Arc<Upload>>>,
+    create_lock: tokio::sync::Mutex<()>,
+    read_back: Arc<AtomicU64>,
+}
+
+impl Uploads {
+    /// Starts the service over a backend and resumes verifications a crash interrupted.
+    pub async fn open(backend: Arc<dyn Backend>, config: UploadsConfig) -> Result<Arc<Self>> {
+        let info = backend.info();
+        let limits = Limits {
+            max_upload_size: config.max_upload_size,
+            chunk_size: info.chunk_size,
+            max_chunks: info.max_chunks,
+        };
+        let this = Arc::new(Self {
+            backend,
+            config,
+            limits,
+            open: Mutex::new(HashMap::new()),
+            create_lock: tokio::sync::Mutex::new(()),
+            read_back: Default::default(),
+        });
+        for id in this.backend.list().await? {
+            match this.get(id).await {
+                Ok(up) if up.record().state == StoredState::Completing => {
+                    tracing::info!(%id, "resuming an interrupted verification");
+                    this.clone().spawn_verify(up);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "skipping an unreadable upload"),
+            }
+        }
+        Ok(this)
+    }
+
+    /// What clients may send, for `GET /v1`.
+    pub fn capabilities(&self) -> Capabilities {
+        let l = &self.limits;
+        Capabilities {
+            version: "1".into(),
+            max_upload_size: l.max_upload_size,
+            chunk_size: ChunkSizeBounds {
+                min: l.chunk_size.min,
+                max: l.chunk_size.max,
+                default: l.chunk_size.default,
+            },
+            max_chunks: l.max_chunks,
+            storage: self.backend.info().name.into(),
+            checksums: vec!["sha-256".into()],
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            bytes_read_back: self.read_back.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks the storage.
+    pub async fn health(&self) -> Result<()> {
+        self.backend.health().await
+    }
+
+    /// Creates an upload. With an idempotency key, a repeat of the same request returns the
+    /// upload the first one created, and another request under the same key is refused.
+    pub async fn create(&self, req: CreateUpload, idempotency_key: Option<&str>) -> Result<Created> {
+        let chunk_size = self.limits.validate(&req)?;
+        let _serial = match idempotency_key {
+            Some(_) => Some(self.create_lock.lock().await),
+            None => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let record = UploadRecord {
+            id: UploadId::new_random(),
+            size: req.size,
+            chunk_size,
+            declared_sha256: req.sha256,
+            sha256: None,
+            filename: req.filename.clone(),
+            metadata: req.metadata.clone().unwrap_or_default(),
+            state: StoredState::Uploading,
+            failure: None,
+            created_at: now,
+            updated_at: now,
+        };
+        if let Some(key) = idempotency_key {
+            let key_digest = Sha256Digest(Sha256::digest(key.as_bytes()).into());
+            let body = serde_json::to_vec(&req).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let claim = IdempotencyClaim {
+                id: record.id,
+                fingerprint: Sha256Digest(Sha256::digest(&body).into()),
+            };
+            if let Some(existing) = self.backend.claim_idempotency_key(&key_digest, &claim).await? {
+                if existing.fingerprint != claim.fingerprint {
+                    return Err(Error::IdempotencyConflict);
+                }
+                match self.status(existing.id).await {
+                    Ok(status) => return Ok(Created { status, new: false }),
+                    // The claim was written but the upload was not (a crash between the
+                    // two): create it now under the claimed id.
+                    Err(Error::NotFound) => {
+                        let record = UploadRecord {
+                            id: existing.id,
+                            ..record
+                        };
+                        return self.insert_new(record).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.insert_new(record).await
+    }
+
+    async fn insert_new(&self, record: UploadRecord) -> Result<Created> {
+        self.backend.create(&record).await?;
+        let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
+            last_activity: record.updated_at,
+            record,
+            chunks: Vec::new(),
+            prefix_hash: None,
+        }));
+        self.lock_open().insert(up.id, up.clone());
+        tracing::info!(id = %up.id, size = up.record().size, "upload created");
+        Ok(Created {
+            status: self.status_of(&up)?,
+            new: true,
+        })
+    }
+
+    /// The status document of an upload.
+    pub async fn status(&self, id: UploadId) -> Result<UploadStatus> {
+        let up = self.get(id).await?;
+        self.status_of(&up)
+    }
+
+    fn status_of(&self, up: &Upload) -> Result<UploadStatus> {
+        let r = up.record();
+        let state = r.state.visible()?;
+        let (received_bytes, missing) = {
+            let t = up.chunks();
+            (t.received_bytes(), t.missing())
+        };
+        let expires_at = (state == UploadState::Uploading)
+            .then(|| up.last_activity() + self.config.upload_ttl);
+        Ok(UploadStatus {
+            id: r.id,
+            state,
+            size: r.size,
+            chunk_size: r.chunk_size,
+            chunk_count: r.chunk_count(),
+            received_bytes: if state == UploadState::Completed {
+                r.size
+            } else {
+                received_bytes
+            },
+            missing: if state == UploadState::Completed {
+                Vec::new()
+            } else {
+                missing
+            },
+            sha256: r.sha256.or(r.declared_sha256),
+            filename: r.filename,
+            metadata: r.metadata,
+            created_at: r.created_at,
+            expires_at,
+        })
+    }
+
+    /// Stores chunk `index` from `body`. `declared_len` is the request's Content-Length when
+    /// it had one; `digest` its `Content-Digest`. Answers only once the chunk is durable.
+    pub async fn put_chunk<S>(
+        &self,
+        id: UploadId,
+        index: u64,
+        declared_len: Option<u64>,
+        digest: Option<Sha256Digest>,
+        mut body: S,
+    ) -> Result<ChunkStored>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        let up = self.get(id).await?;
+        let _busy = up.busy_guard();
+        let _op = up.op.read().await;
+        let record = up.record();
+        match record.state {
+            StoredState::Uploading => {}
+            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
+            s => return Err(Error::WrongState(s.name())),
+        }
+        let len = record.chunk_len(index)?;
+        if let Some(d) = declared_len.filter(|d| *d != len) {
+            return Err(Error::Invalid(format!(
+                "the body is {d} bytes, but chunk {index} must be exactly {len} bytes"
+            )));
+        }
+        let _chunk_lock = up.stripe(index).lock().await;
+
+        let already = up.chunks().get(index);
+        if let Some(stored) = already {
+            // A retry: read the body to tell "same bytes" from "other bytes", store nothing.
+            let mut h = ChunkHasher::new(len, None);
+            while let Some(b) = body.next().await {
+                h.update(&b?)?;
+            }
+            let (actual, _) = h.finish()?;
+            check_digest(digest, actual)?;
+            if actual != stored {
+                return Err(Error::ChunkConflict { index, stored });
+            }
+            return Ok(ChunkStored {
+                receipt: ChunkReceipt {
+                    index,
+                    size: len,
+                    sha256: actual,
+                },
+                new: false,
+            });
+        }
+
+        let in_flight_prefix = {
+            let p = up.prefix();
+            (p.next_index == index).then(|| p.hasher.clone())
+        };
+        let mut h = ChunkHasher::new(len, in_flight_prefix);
+        let mut writer = self.backend.chunk_writer(&record, index).await?;
+        while let Some(b) = body.next().await {
+            let b = b?;
+            h.update(&b)?;
+            writer.write(b).await?;
+        }
+        writer.finish().await?;
+        let (actual, advanced) = h.finish()?;
+        check_digest(digest, actual)?;
+        let chunk = StoredChunk {
+            index,
+            size: len,
+            sha256: actual,
+        };
+        self.backend.commit_chunk(&record, &chunk).await?;
+        up.commit(&chunk, advanced);
+        self.schedule_catch_up(&up);
+        Ok(ChunkStored {
+            receipt: ChunkReceipt {
+                index,
+                size: len,
+                sha256: actual,
+            },
+            new: true,
+        })
+    }
+
+    /// Completes an upload: checks that every chunk is stored, finishes the whole-file
+    /// SHA-256, compares it with the declared one and publishes the file. Repeating a
+    /// successful complete answers the same status.
+    pub async fn complete(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+    ) -> Result<Completion> {
+        let up = self.get(id).await?;
+        let _busy = up.busy_guard();
+        let op = up.op.clone().write_owned().await;
+        let record = up.record();
+        let expected = match (record.declared_sha256, declared) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::Invalid(format!(
+                    "sha256 {b} differs from the {a} declared at creation"
+                )))
+            }
+            (a, b) => a.or(b),
+        };
+        match record.state {
+            StoredState::Uploading => {}
+            StoredState::Completed => {
+                let actual = record.sha256.ok_or_else(|| Error::Corrupt("completed without sha256".into()))?;
+                if let Some(e) = expected.filter(|e| *e != actual) {
+                    return Err(Error::Sha256Mismatch { expected: e, actual });
+                }
+                return Ok(Completion::Done(self.status_of(&up)?));
+            }
+            StoredState::Completing => return Ok(Completion::Verifying(self.status_of(&up)?)),
+            StoredState::Failed => {
+                return Err(match (record.declared_sha256, record.sha256) {
+                    (Some(expected), Some(actual)) => Error::Sha256Mismatch { expected, actual },
+                    _ => Error::WrongState("failed"),
+                })
+            }
+            s => return Err(Error::Gone(s.name())),
+        }
+        let missing = up.chunks().missing();
+        if !missing.is_empty() {
+            return Err(Error::MissingChunks(missing));
+        }
+        let record = up.update_record(|r| {
+            r.declared_sha256 = expected;
+            r.state = StoredState::Completing;
+            r.updated_at = OffsetDateTime::now_utc();
+        });
+        self.backend.save_record(&record).await?;
+        let unhashed = record
+            .size
+            .saturating_sub(up.prefix().next_index * record.chunk_size);
+        if unhashed > self.config.inline_verify_limit {
+            drop(op);
+            self.clone().spawn_verify(up.clone());
+            return Ok(Completion::Verifying(self.status_of(&up)?));
+        }
+        self.verify(&up).await?;
+        drop(op);
+        Ok(Completion::Done(self.status_of(&up)?))
+    }
+
+    fn spawn_verify(self: Arc<Self>, up: Arc<Upload>) {
+        tokio::spawn(async move {
+            let _op = up.op.clone().write_owned().await;
+            if up.record().state != StoredState::Completing {
+                return;
+            }
+            if let Err(e) = self.verify(&up).await {
+                tracing::warn!(id = %up.id, error = %e, "background verification ended");
+            }
+        });
+    }
+
+    /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
+    async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
+        self.catch_up(up).await?;
+        let actual = up.prefix().digest();
+        let expected = up.record().declared_sha256;
+        let read_back = up.read_back.load(Ordering::Relaxed);
+        if let Some(expected) = expected.filter(|e| *e != actual) {
+            let record = up.update_record(|r| {
+                r.state = StoredState::Failed;
+                r.sha256 = Some(actual);
+                r.failure = Some(format!("SHA-256 {actual} does not match {expected}"));
+                r.updated_at = OffsetDateTime::now_utc();
+            });
+            self.backend.save_record(&record).await?;
+            self.backend.discard(up.id).await?;
+            up.chunks().clear();
+            tracing::warn!(id = %up.id, %expected, %actual, "upload failed verification");
+            return Err(Error::Sha256Mismatch { expected, actual });
+        }
+        let record = up.update_record(|r| {
+            r.state = StoredState::Completed;
+            r.sha256 = Some(actual);
+            r.updated_at = OffsetDateTime::now_utc();
+        });
+        self.backend.save_record(&record).await?;
+        self.backend.publish(&record).await?;
+        tracing::info!(id = %up.id, sha256 = %actual, read_back, "upload completed");
+        Ok(())
+    }
+
+    /// Asks for a background pass of [`Self::catch_up`] unless one is already running.
+    fn schedule_catch_up(&self, up: &Arc<Upload>) {
+        up.hash_wanted.store(true, Ordering::SeqCst);
+        if up.hash_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let up = up.clone();
+        let backend = self.backend.clone();
+        let total = self.read_back.clone();
+        tokio::spawn(async move {
+            loop {
+                up.hash_wanted.store(false, Ordering::SeqCst);
+                if let Err(e) = catch_up(&*backend, &up, &total).await {
+                    tracing::warn!(id = %up.id, error = %e, "hash catch-up failed; it will be retried");
+                }
+                up.hash_running.store(false, Ordering::SeqCst);
+                if !up.hash_wanted.load(Ordering::SeqCst)
+                    || up.hash_running.swap(true, Ordering::SeqCst)
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    async fn catch_up(&self, up: &Arc<Upload>) -> Result<()> {
+        catch_up(&*self.backend, up, &self.read_back).await
+    }
+
+    /// Cancels an upload: its bytes are removed and later requests answer "gone".
+    pub async fn cancel(&self, id: UploadId) -> Result<()> {
+        let up = self.get(id).await?;
+        let _op = up.op.write().await;
+        let state = up.record().state;
+        if state.is_tombstone() {
+            return Err(Error::Gone(state.name()));
+        }
+        self.bury(&up, StoredState::Cancelled).await?;
+        tracing::info!(%id, "upload cancelled");
+        Ok(())
+    }
+
+    /// Turns an upload into a tombstone. Caller holds `op` exclusively.
+    async fn bury(&self, up: &Upload, state: StoredState) -> Result<()> {
+        let record = up.update_record(|r| {
+            r.state = state;
+            r.updated_at = OffsetDateTime::now_utc();
+        });
+        self.backend.save_record(&record).await?;
+        self.backend.discard(up.id).await?;
+        up.chunks().clear();
+        Ok(())
+    }
+
+    /// Where the completed file is, with its record.
+    pub async fn content(&self, id: UploadId) -> Result<(UploadRecord, Content)> {
+        let up = self.get(id).await?;
+        let record = up.record();
+        match record.state {
+            StoredState::Completed => {}
+            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
+            s => return Err(Error::WrongState(s.name())),
+        }
+        let content = self.backend.content(&record).await?;
+        Ok((record, content))
+    }
+
+    /// Expires idle unfinished uploads and purges old tombstones. Uploads with a request
+    /// in flight are never expired.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let now = OffsetDateTime::now_utc();
+        let mut report = SweepReport::default();
+        for id in self.backend.list().await? {
+            let up = match self.get(id).await {
+                Ok(up) => up,
+                Err(Error::Gone(_)) | Err(Error::NotFound) => continue,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "sweep skipped an upload");
+                    continue;
+                }
+            };
+            let record = up.record();
+            let ended = matches!(record.state, StoredState::Failed) || record.state.is_tombstone();
+            if record.state == StoredState::Uploading
+                && !up.is_busy()
+                && now - up.last_activity() > self.config.upload_ttl
+            {
+                let Ok(_op) = up.op.try_write() else { continue };
+                if up.is_busy() || up.record().state != StoredState::Uploading {
+                    continue;
+                }
+                self.bury(&up, StoredState::Expired).await?;
+                tracing::info!(%id, "upload expired");
+                report.expired += 1;
+            } else if ended && now - record.updated_at > self.config.tombstone_ttl {
+                let Ok(_op) = up.op.try_write() else { continue };
+                self.backend.purge(id).await?;
+                self.lock_open().remove(&id);
+                report.purged += 1;
+            }
+        }
+        // Drop handles nobody uses whose upload no longer changes.
+        self.lock_open().retain(|_, up| {
+            Arc::strong_count(up) > 1
+                || matches!(up.record().state, StoredState::Uploading | StoredState::Completing)
+        });
+        Ok(report)
+    }
+
+    /// The handle of an upload, loading it from storage when it is not in memory. A
+    /// tombstone is returned as a handle; callers turn it into "gone".
+    async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
+        if let Some(up) = self.lock_open().get(&id) {
+            return Ok(up.clone());
+        }
+        let loaded = self.backend.load(id).await?.ok_or(Error::NotFound)?;
+        let up = Arc::new(Upload::from_loaded(loaded));
+        Ok(self.lock_open().entry(id).or_insert(up).clone())
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<Upload>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn check_digest(declared: Option<Sha256Digest>, actual: Sha256Digest) -> Result<()> {
+    match declared {
+        Some(declared) if declared != actual => Err(Error::ChunkDigestMismatch { declared, actual }),
+        _ => Ok(()),
+    }
+}
+
+/// Advances the whole-file hash over every stored chunk right after the prefix, reading
+/// them back from storage, then saves the midstate.
+async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Result<()> {
+    let _runner = up.hash_runner.lock().await;
+    let record = up.record();
+    let count = record.chunk_count();
+    let mut advanced = false;
+    loop {
+        let (next, mut hasher) = {
+            let p = up.prefix();
+            (p.next_index, p.hasher.clone())
+        };
+        if next >= count || up.chunks().get(next).is_none() {
+            break;
+        }
+        let len = record.chunk_len(next)?;
+        let mut stream = backend
+            .read_range(&record, record.chunk_offset(next), len)
+            .await?;
+        while let Some(b) = stream.next().await {
+            hasher.update(&b?);
+        }
+        up.read_back.fetch_add(len, Ordering::Relaxed);
+        total.fetch_add(len, Ordering::Relaxed);
+        let mut p = up.prefix();
+        if p.next_index == next {
+            p.next_index = next + 1;
+            p.hasher = hasher;
+            advanced = true;
+        }
+    }
+    if advanced || up.prefix().next_index == count {
+        let saved = up.prefix().save();
+        backend.save_prefix_hash(up.id, &saved).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The in-memory handle of one open upload: its record, which chunks are stored, how far
+//! the whole-file hash has got, and the locks that keep concurrent requests apart.
+//!
+//! Lock order, always: `op` → a chunk stripe → `chunks` → `prefix`. `op` is shared by
+//! chunk writes and exclusive for state changes (complete, cancel, expire), so a state
+//! change never interleaves with a chunk being stored.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use common::ranges::{to_ranges, IndexRanges};
+use common::{Sha256Digest, UploadId};
+use time::OffsetDateTime;
+use tokio::sync::RwLock;
+
+use crate::backend::{Loaded, StoredChunk};
+use crate::hash::PrefixHash;
+use crate::record::UploadRecord;
+
+/// Number of chunk lock stripes: requests for different chunks rarely wait on each other.
+const STRIPES: usize = 64;
+
+/// Which chunks are stored, with their digests.
+pub struct ChunkTable {
+    digests: Vec<Option<Sha256Digest>>,
+    received_bytes: u64,
+}
+
+impl ChunkTable {
+    fn new(record: &UploadRecord, chunks: &[StoredChunk]) -> Self {
+        let count = if record.state.is_tombstone() {
+            0
+        } else {
+            record.chunk_count()
+        };
+        let mut t = Self {
+            digests: vec![None; count as usize],
+            received_bytes: 0,
+        };
+        for c in chunks {
+            if (c.index as usize) < t.digests.len() && t.digests[c.index as usize].is_none() {
+                t.set(c.index, c.size, c.sha256);
+            }
+        }
+        t
+    }
+
+    /// Digest of chunk `index` if it is stored.
+    pub fn get(&self, index: u64) -> Option<Sha256Digest> {
+        self.digests.get(index as usize).copied().flatten()
+    }
+
+    /// Records a stored chunk.
+    pub fn set(&mut self, index: u64, size: u64, digest: Sha256Digest) {
+        if let Some(slot) = self.digests.get_mut(index as usize) {
+            if slot.replace(digest).is_none() {
+                self.received_bytes += size;
+            }
+        }
+    }
+
+    /// Bytes durably stored.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// Indexes not yet stored, as ranges.
+    pub fn missing(&self) -> IndexRanges {
+        to_ranges(
+            self.digests
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.is_none())
+                .map(|(i, _)| i as u64),
+        )
+    }
+
+    /// Forgets every chunk (the bytes were discarded).
+    pub fn clear(&mut self) {
+        self.digests.clear();
+        self.received_bytes = 0;
+    }
+}
+
+/// One upload held in memory while it is in use.
+pub struct Upload {
+    /// The upload's id.
+    pub id: UploadId,
+    /// Shared by chunk writes, exclusive for state changes.
+    pub op: Arc<RwLock<()>>,
+    record: Mutex<UploadRecord>,
+    chunks: Mutex<ChunkTable>,
+    prefix: Mutex<PrefixHash>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes whole-file hash catch-up.
+    pub hash_runner: tokio::sync::Mutex<()>,
+    /// A catch-up pass is wanted / running (see `Uploads::schedule_catch_up`).
+    pub hash_wanted: AtomicBool,
+    /// A background catch-up task exists.
+    pub hash_running: AtomicBool,
+    /// Bytes read back from storage to compute the whole-file hash.
+    pub read_back: AtomicU64,
+    last_activity: Mutex<OffsetDateTime>,
+    busy: AtomicUsize,
+}
+
+impl Upload {
+    /// Builds the handle from what storage holds.
+    pub fn from_loaded(loaded: Loaded) -> Self {
+        let chunks = ChunkTable::new(&loaded.record, &loaded.chunks);
+        let prefix = loaded
+            .prefix_hash
+            .as_ref()
+            .and_then(PrefixHash::restore)
+            .filter(|p| p.next_index <= loaded.record.chunk_count())
+            .unwrap_or_default();
+        Self {
+            id: loaded.record.id,
+            op: Arc::new(RwLock::new(())),
+            record: Mutex::new(loaded.record),
+            chunks: Mutex::new(chunks),
+            prefix: Mutex::new(prefix),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hash_runner: tokio::sync::Mutex::new(()),
+            hash_wanted: AtomicBool::new(false),
+            hash_running: AtomicBool::new(false),
+            read_back: AtomicU64::new(0),
+            last_activity: Mutex::new(loaded.last_activity),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// A copy of the current record.
+    pub fn record(&self) -> UploadRecord {
+        lock(&self.record).clone()
+    }
+
+    /// Changes the record in memory (the caller persists it).
+    pub fn update_record(&self, f: impl FnOnce(&mut UploadRecord)) -> UploadRecord {
+        let mut r = lock(&self.record);
+        f(&mut r);
+        r.clone()
+    }
+
+    /// The chunk table.
+    pub fn chunks(&self) -> MutexGuard<'_, ChunkTable> {
+        lock(&self.chunks)
+    }
+
+    /// The whole-file hash progress.
+    pub fn prefix(&self) -> MutexGuard<'_, PrefixHash> {
+        lock(&self.prefix)
+    }
+
+    /// The lock stripe that guards chunk `index`.
+    pub fn stripe(&self, index: u64) -> &tokio::sync::Mutex<()> {
+        &self.stripes[(index % STRIPES as u64) as usize]
+    }
+
+    /// Records a stored chunk and, when the chunk was hashed in flight right at the prefix,
+    /// advances the whole-file hash in the same step (so catch-up never re-reads it).
+    pub fn commit(&self, chunk: &StoredChunk, advanced: Option<sha2::Sha256>) {
+        let mut table = self.chunks();
+        table.set(chunk.index, chunk.size, chunk.sha256);
+        if let Some(h) = advanced {
+            let mut p = self.prefix();
+            if p.next_index == chunk.index {
+                p.hasher = h;
+                p.next_index += 1;
+            }
+        }
+    }
+
+    /// Marks activity now, for idle expiry.
+    pub fn touch(&self) {
+        *lock(&self.last_activity) = OffsetDateTime::now_utc();
+    }
+
+    /// Last activity.
+    pub fn last_activity(&self) -> OffsetDateTime {
+        *lock(&self.last_activity)
+    }
+
+    /// Counts a request in flight until the guard drops; busy uploads never expire.
+    pub fn busy_guard(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        BusyGuard(self.clone())
+    }
+
+    /// Whether a request is in flight.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// See [`Upload::busy_guard`].
+pub struct BusyGuard(Arc<Upload>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning (the guarded data stays consistent: every
+/// critical section here is a few assignments that cannot panic halfway).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
