@@ -421,7 +421,7 @@ impl Uploads {
 
     /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
     async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
-        self.catch_up(up).await?;
+        let at_completion = self.catch_up(up).await?;
         let actual = up.prefix().digest();
         let expected = up.record().declared_sha256;
         let read_back = up.read_back.load(Ordering::Relaxed);
@@ -445,7 +445,13 @@ impl Uploads {
         });
         self.backend.save_record(&record).await?;
         self.backend.publish(&record).await?;
-        tracing::info!(id = %up.id, sha256 = %actual, read_back, "upload completed");
+        tracing::info!(
+            id = %up.id,
+            sha256 = %actual,
+            read_back_total = read_back,
+            read_back_at_completion = at_completion,
+            "upload completed"
+        );
         Ok(())
     }
 
@@ -474,7 +480,8 @@ impl Uploads {
         });
     }
 
-    async fn catch_up(&self, up: &Arc<Upload>) -> Result<()> {
+    /// Runs a catch-up pass now; returns the bytes it read back.
+    async fn catch_up(&self, up: &Arc<Upload>) -> Result<u64> {
         catch_up(&*self.backend, up, &self.read_back).await
     }
 
@@ -582,12 +589,13 @@ fn check_digest(declared: Option<Sha256Digest>, actual: Sha256Digest) -> Result<
 }
 
 /// Advances the whole-file hash over every stored chunk right after the prefix, reading
-/// them back from storage, then saves the midstate.
-async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Result<()> {
+/// them back from storage, then saves the midstate. Returns the bytes read back.
+async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Result<u64> {
     let _runner = up.hash_runner.lock().await;
     let record = up.record();
     let count = record.chunk_count();
     let mut advanced = false;
+    let mut read = 0;
     loop {
         let (next, mut hasher) = {
             let p = up.prefix();
@@ -605,6 +613,7 @@ async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Resu
         }
         up.read_back.fetch_add(len, Ordering::Relaxed);
         total.fetch_add(len, Ordering::Relaxed);
+        read += len;
         let mut p = up.prefix();
         if p.next_index == next {
             p.next_index = next + 1;
@@ -616,5 +625,5 @@ async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Resu
         let saved = up.prefix().save();
         backend.save_prefix_hash(up.id, &saved).await?;
     }
-    Ok(())
+    Ok(read)
 }
