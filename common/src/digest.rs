@@ -68,7 +68,10 @@ impl Sha256Digest {
                 .decode(b64)
                 .map_err(|_| DigestError::BadHeader)?;
             let arr: [u8; 32] = bytes.try_into().map_err(|_| DigestError::BadHeader)?;
-            if found.replace(Self(arr)).is_some_and(|prev| prev != Self(arr)) {
+            if found
+                .replace(Self(arr))
+                .is_some_and(|prev| prev != Self(arr))
+            {
                 return Err(DigestError::BadHeader);
             }
         }

@@ -34,7 +34,10 @@ mod tests {
     fn collapses_and_expands() {
         let r = to_ranges([0, 1, 2, 3, 7, 9, 10]);
         assert_eq!(r, vec![[0, 3], [7, 7], [9, 10]]);
-        assert_eq!(iter_ranges(&r).collect::<Vec<_>>(), vec![0, 1, 2, 3, 7, 9, 10]);
+        assert_eq!(
+            iter_ranges(&r).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 7, 9, 10]
+        );
         assert_eq!(count(&r), 7);
         assert!(to_ranges([]).is_empty());
     }

@@ -46,7 +46,11 @@ impl ApiError {
             ApiError::Domain(e) => match e {
                 E::NotFound => (StatusCode::NOT_FOUND, "not-found", "Upload not found"),
                 E::Gone(_) => (StatusCode::GONE, "upload-gone", "Upload gone"),
-                E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-request", "Invalid request"),
+                E::Invalid(_) => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid-request",
+                    "Invalid request",
+                ),
                 E::TooLarge { .. } => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "upload-too-large",
@@ -82,11 +86,9 @@ impl ApiError {
                     "wrong-state",
                     "Not allowed in the upload's state",
                 ),
-                E::MissingChunks(_) => (
-                    StatusCode::CONFLICT,
-                    "missing-chunks",
-                    "Chunks are missing",
-                ),
+                E::MissingChunks(_) => {
+                    (StatusCode::CONFLICT, "missing-chunks", "Chunks are missing")
+                }
                 E::Sha256Mismatch { .. } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "sha256-mismatch",

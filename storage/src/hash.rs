@@ -141,7 +141,13 @@ mod tests {
     fn chunk_length_is_enforced() {
         let mut h = ChunkHasher::new(4, None);
         h.update(b"ab").unwrap();
-        assert!(matches!(h.finish(), Err(Error::BodyTooShort { expected: 4, got: 2 })));
+        assert!(matches!(
+            h.finish(),
+            Err(Error::BodyTooShort {
+                expected: 4,
+                got: 2
+            })
+        ));
         let mut h = ChunkHasher::new(4, None);
         assert!(matches!(h.update(b"abcde"), Err(Error::BodyTooLong { .. })));
         let mut h = ChunkHasher::new(3, Some(Sha256::new()));

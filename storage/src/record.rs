@@ -280,7 +280,10 @@ mod tests {
             l.validate(&req((1 << 40) + 1, None)),
             Err(Error::TooLarge { .. })
         ));
-        assert!(matches!(l.validate(&req(10, Some(1))), Err(Error::Invalid(_))));
+        assert!(matches!(
+            l.validate(&req(10, Some(1))),
+            Err(Error::Invalid(_))
+        ));
         assert!(matches!(
             l.validate(&req(1 << 40, Some(256 * 1024))),
             Err(Error::Invalid(_))

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::api::{Capabilities, ChunkReceipt, ChunkSizeBounds, CreateUpload, UploadState, UploadStatus};
+use common::api::{
+    Capabilities, ChunkReceipt, ChunkSizeBounds, CreateUpload, UploadState, UploadStatus,
+};
 use common::{Sha256Digest, UploadId};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -115,9 +117,10 @@ impl Uploads {
             read_back: Default::default(),
         });
         for id in this.backend.list().await? {
-            match this.get(id).await {
-                Ok(up) if up.record().state == StoredState::Completing => {
+            match this.backend.load_record(id).await {
+                Ok(Some(r)) if r.state == StoredState::Completing => {
                     tracing::info!(%id, "resuming an interrupted verification");
+                    let up = this.get(id).await?;
                     this.clone().spawn_verify(up);
                 }
                 Ok(_) => {}
@@ -158,7 +161,11 @@ impl Uploads {
 
     /// Creates an upload. With an idempotency key, a repeat of the same request returns the
     /// upload the first one created, and another request under the same key is refused.
-    pub async fn create(&self, req: CreateUpload, idempotency_key: Option<&str>) -> Result<Created> {
+    pub async fn create(
+        &self,
+        req: CreateUpload,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created> {
         let chunk_size = self.limits.validate(&req)?;
         let _serial = match idempotency_key {
             Some(_) => Some(self.create_lock.lock().await),
@@ -185,7 +192,11 @@ impl Uploads {
                 id: record.id,
                 fingerprint: Sha256Digest(Sha256::digest(&body).into()),
             };
-            if let Some(existing) = self.backend.claim_idempotency_key(&key_digest, &claim).await? {
+            if let Some(existing) = self
+                .backend
+                .claim_idempotency_key(&key_digest, &claim)
+                .await?
+            {
                 if existing.fingerprint != claim.fingerprint {
                     return Err(Error::IdempotencyConflict);
                 }
@@ -236,8 +247,8 @@ impl Uploads {
             let t = up.chunks();
             (t.received_bytes(), t.missing())
         };
-        let expires_at = (state == UploadState::Uploading)
-            .then(|| up.last_activity() + self.config.upload_ttl);
+        let expires_at =
+            (state == UploadState::Uploading).then(|| up.last_activity() + self.config.upload_ttl);
         Ok(UploadStatus {
             id: r.id,
             state,
@@ -369,9 +380,14 @@ impl Uploads {
         match record.state {
             StoredState::Uploading => {}
             StoredState::Completed => {
-                let actual = record.sha256.ok_or_else(|| Error::Corrupt("completed without sha256".into()))?;
+                let actual = record
+                    .sha256
+                    .ok_or_else(|| Error::Corrupt("completed without sha256".into()))?;
                 if let Some(e) = expected.filter(|e| *e != actual) {
-                    return Err(Error::Sha256Mismatch { expected: e, actual });
+                    return Err(Error::Sha256Mismatch {
+                        expected: e,
+                        actual,
+                    });
                 }
                 return Ok(Completion::Done(self.status_of(&up)?));
             }
@@ -529,20 +545,27 @@ impl Uploads {
         let now = OffsetDateTime::now_utc();
         let mut report = SweepReport::default();
         for id in self.backend.list().await? {
-            let up = match self.get(id).await {
-                Ok(up) => up,
-                Err(Error::Gone(_)) | Err(Error::NotFound) => continue,
-                Err(e) => {
-                    tracing::warn!(%id, error = %e, "sweep skipped an upload");
+            let cached = self.lock_open().get(&id).cloned();
+            let record = match &cached {
+                Some(up) => up.record(),
+                None => match self.backend.load_record(id).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "sweep skipped an upload");
+                        continue;
+                    }
+                },
+            };
+            let ended = record.state == StoredState::Failed || record.state.is_tombstone();
+            if record.state == StoredState::Uploading {
+                let up = match cached {
+                    Some(up) => up,
+                    None => self.get(id).await?,
+                };
+                if up.is_busy() || now - up.last_activity() <= self.config.upload_ttl {
                     continue;
                 }
-            };
-            let record = up.record();
-            let ended = matches!(record.state, StoredState::Failed) || record.state.is_tombstone();
-            if record.state == StoredState::Uploading
-                && !up.is_busy()
-                && now - up.last_activity() > self.config.upload_ttl
-            {
                 let Ok(_op) = up.op.try_write() else { continue };
                 if up.is_busy() || up.record().state != StoredState::Uploading {
                     continue;
@@ -551,6 +574,10 @@ impl Uploads {
                 tracing::info!(%id, "upload expired");
                 report.expired += 1;
             } else if ended && now - record.updated_at > self.config.tombstone_ttl {
+                let up = match cached {
+                    Some(up) => up,
+                    None => self.get(id).await?,
+                };
                 let Ok(_op) = up.op.try_write() else { continue };
                 self.backend.purge(id).await?;
                 self.lock_open().remove(&id);
@@ -560,7 +587,10 @@ impl Uploads {
         // Drop handles nobody uses whose upload no longer changes.
         self.lock_open().retain(|_, up| {
             Arc::strong_count(up) > 1
-                || matches!(up.record().state, StoredState::Uploading | StoredState::Completing)
+                || matches!(
+                    up.record().state,
+                    StoredState::Uploading | StoredState::Completing
+                )
         });
         Ok(report)
     }
@@ -583,7 +613,9 @@ impl Uploads {
 
 fn check_digest(declared: Option<Sha256Digest>, actual: Sha256Digest) -> Result<()> {
     match declared {
-        Some(declared) if declared != actual => Err(Error::ChunkDigestMismatch { declared, actual }),
+        Some(declared) if declared != actual => {
+            Err(Error::ChunkDigestMismatch { declared, actual })
+        }
         _ => Ok(()),
     }
 }

@@ -120,12 +120,10 @@ pub async fn content(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let Content::File(path) = content;
-    let served = tower_http::services::ServeFile::new_with_mime(
-        path,
-        &mime::APPLICATION_OCTET_STREAM,
-    )
-    .oneshot(req)
-    .await;
+    let served =
+        tower_http::services::ServeFile::new_with_mime(path, &mime::APPLICATION_OCTET_STREAM)
+            .oneshot(req)
+            .await;
     let mut resp = match served {
         Ok(r) => r.map(Body::new),
         Err(never) => match never {},

@@ -182,7 +182,10 @@ impl Backend for LocalBackend {
                 return Ok(None);
             };
             if record.id != id {
-                return Err(Error::Corrupt(format!("{} names another id", dir.display())));
+                return Err(Error::Corrupt(format!(
+                    "{} names another id",
+                    dir.display()
+                )));
             }
             let (chunks, prefix_hash) = if record.state.is_tombstone() {
                 (Vec::new(), None)
@@ -192,14 +195,11 @@ impl Backend for LocalBackend {
                 let prefix = read_json::<SavedPrefixHash>(&dir.join("hash.json")).unwrap_or(None);
                 (chunks, prefix)
             };
-            let last_activity = [
-                mtime(&dir.join("chunks.journal")),
-                Some(record.updated_at),
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(record.updated_at);
+            let last_activity = [mtime(&dir.join("chunks.journal")), Some(record.updated_at)]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(record.updated_at);
             Ok(Some(Loaded {
                 record,
                 chunks,
@@ -210,13 +210,22 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
+        let path = self.dir(id).join("record.json");
+        blocking(move || read_json(&path)).await
+    }
+
     async fn save_record(&self, record: &UploadRecord) -> Result<()> {
         let path = self.dir(record.id).join("record.json");
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
         blocking(move || write_atomic(&path, &json, true)).await
     }
 
-    async fn chunk_writer(&self, record: &UploadRecord, index: u64) -> Result<Box<dyn ChunkWriter>> {
+    async fn chunk_writer(
+        &self,
+        record: &UploadRecord,
+        index: u64,
+    ) -> Result<Box<dyn ChunkWriter>> {
         let path = self.dir(record.id).join("data");
         let file = blocking(move || Ok(OpenOptions::new().write(true).open(path)?)).await?;
         Ok(Box::new(LocalChunkWriter {

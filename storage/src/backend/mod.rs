@@ -98,12 +98,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads an upload back; `None` when the id is unknown.
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>>;
 
+    /// Reads only the record, without chunk receipts: cheap, for sweeps and start-up.
+    async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>>;
+
     /// Replaces the record (a state change), durably.
     async fn save_record(&self, record: &UploadRecord) -> Result<()>;
 
     /// Opens a writer for chunk `index`. The caller guarantees one writer per chunk at a
     /// time and never writes a committed chunk.
-    async fn chunk_writer(&self, record: &UploadRecord, index: u64) -> Result<Box<dyn ChunkWriter>>;
+    async fn chunk_writer(&self, record: &UploadRecord, index: u64)
+        -> Result<Box<dyn ChunkWriter>>;
 
     /// Makes a written chunk durable and records its receipt. After `Ok` the chunk may be
     /// acknowledged: it survives a crash.

@@ -1,0 +1,356 @@
+//! The domain core over the local backend, without HTTP: the rules every protocol relies on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::api::{CreateUpload, UploadState};
+use common::Sha256Digest;
+use futures_util::stream;
+use sha2::{Digest, Sha256};
+use storage::{Completion, Error, LocalBackend, Uploads, UploadsConfig};
+
+fn sha(b: &[u8]) -> Sha256Digest {
+    Sha256Digest(Sha256::digest(b).into())
+}
+
+fn body(b: &[u8]) -> impl futures_util::Stream<Item = storage::Result<Bytes>> + Send + Unpin {
+    // Several pieces, as a network body arrives.
+    let pieces: Vec<storage::Result<Bytes>> = b
+        .chunks(7000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(pieces)
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+async fn open(dir: &std::path::Path, config: UploadsConfig) -> Arc<Uploads> {
+    let backend = Arc::new(LocalBackend::open(dir).unwrap());
+    Uploads::open(backend, config).await.unwrap()
+}
+
+const CHUNK: usize = 64 * 1024;
+
+#[tokio::test]
+async fn parallel_out_of_order_chunks_then_restart_keeps_every_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = data(CHUNK * 9 + 123, 1);
+    let id;
+    {
+        let uploads = open(dir.path(), UploadsConfig::default()).await;
+        let created = uploads
+            .create(
+                CreateUpload {
+                    size: file.len() as u64,
+                    chunk_size: Some(CHUNK as u64),
+                    sha256: Some(sha(&file)),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        id = created.status.id;
+        assert_eq!(created.status.chunk_count, 10);
+        let mut tasks = Vec::new();
+        for i in [7u64, 3, 9, 1, 5] {
+            let (uploads, chunk) = (
+                uploads.clone(),
+                file.chunks(CHUNK).nth(i as usize).unwrap().to_vec(),
+            );
+            tasks.push(tokio::spawn(async move {
+                uploads
+                    .put_chunk(
+                        id,
+                        i,
+                        Some(chunk.len() as u64),
+                        Some(sha(&chunk)),
+                        body(&chunk),
+                    )
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap().new);
+        }
+    }
+    // A new service over the same directory: a restart.
+    let uploads = open(dir.path(), UploadsConfig::default()).await;
+    let status = uploads.status(id).await.unwrap();
+    assert_eq!(status.missing, vec![[0, 0], [2, 2], [4, 4], [6, 6], [8, 8]]);
+    assert_eq!(status.received_bytes, (4 * CHUNK + 123) as u64);
+    for i in [0u64, 2, 4, 6, 8] {
+        let chunk = file.chunks(CHUNK).nth(i as usize).unwrap();
+        uploads
+            .put_chunk(id, i, None, None, body(chunk))
+            .await
+            .unwrap();
+    }
+    let done = uploads.complete(id, None).await.unwrap();
+    let Completion::Done(status) = done else {
+        panic!("expected an inline completion")
+    };
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256, Some(sha(&file)));
+    let (_, storage::Content::File(path)) = uploads.content(id).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), file);
+}
+
+#[tokio::test]
+async fn in_order_upload_is_hashed_in_flight_without_reading_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = open(dir.path(), UploadsConfig::default()).await;
+    let file = data(CHUNK * 6, 2);
+    let id = uploads
+        .create(
+            CreateUpload {
+                size: file.len() as u64,
+                chunk_size: Some(CHUNK as u64),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+        .id;
+    for (i, c) in file.chunks(CHUNK).enumerate() {
+        uploads
+            .put_chunk(id, i as u64, None, None, body(c))
+            .await
+            .unwrap();
+    }
+    let Completion::Done(status) = uploads.complete(id, Some(sha(&file))).await.unwrap() else {
+        panic!("expected an inline completion")
+    };
+    assert_eq!(status.sha256, Some(sha(&file)));
+    assert_eq!(uploads.stats().bytes_read_back, 0);
+}
+
+#[tokio::test]
+async fn retries_conflicts_and_bad_bodies_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = open(dir.path(), UploadsConfig::default()).await;
+    let file = data(CHUNK * 2, 3);
+    let id = uploads
+        .create(
+            CreateUpload {
+                size: file.len() as u64,
+                chunk_size: Some(CHUNK as u64),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+        .id;
+    let c0 = &file[..CHUNK];
+    let other = data(CHUNK, 9);
+    // Wrong digest: refused, nothing stored.
+    let e = uploads
+        .put_chunk(id, 0, None, Some(sha(b"x")), body(c0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ChunkDigestMismatch { .. }), "{e}");
+    // Short and long bodies.
+    let e = uploads
+        .put_chunk(id, 0, None, None, body(&c0[..100]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::BodyTooShort { expected, got: 100 } if expected == CHUNK as u64),
+        "{e}"
+    );
+    let mut long = c0.to_vec();
+    long.push(0);
+    let e = uploads
+        .put_chunk(id, 0, None, None, body(&long))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::BodyTooLong { .. }), "{e}");
+    // A body that fails midway (client gone).
+    let broken = stream::iter(vec![
+        Ok(Bytes::copy_from_slice(&c0[..1000])),
+        Err(Error::BodyRead("reset".into())),
+    ]);
+    assert!(uploads.put_chunk(id, 0, None, None, broken).await.is_err());
+    assert_eq!(uploads.status(id).await.unwrap().received_bytes, 0);
+    // Stored, then a retry with the same bytes, then other bytes.
+    assert!(
+        uploads
+            .put_chunk(id, 0, None, None, body(c0))
+            .await
+            .unwrap()
+            .new
+    );
+    assert!(
+        !uploads
+            .put_chunk(id, 0, None, None, body(c0))
+            .await
+            .unwrap()
+            .new
+    );
+    let e = uploads
+        .put_chunk(id, 0, None, None, body(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ChunkConflict { index: 0, .. }), "{e}");
+    // Out of range.
+    assert!(matches!(
+        uploads
+            .put_chunk(id, 2, None, None, body(c0))
+            .await
+            .unwrap_err(),
+        Error::Invalid(_)
+    ));
+    // Complete with a chunk missing, then a wrong hash: failed, never served.
+    assert!(matches!(
+        uploads.complete(id, None).await.unwrap_err(),
+        Error::MissingChunks(m) if m == vec![[1, 1]]
+    ));
+    uploads
+        .put_chunk(id, 1, None, None, body(&file[CHUNK..]))
+        .await
+        .unwrap();
+    let e = uploads
+        .complete(id, Some(sha(b"not it")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Sha256Mismatch { actual, .. } if actual == sha(&file)),
+        "{e}"
+    );
+    assert_eq!(uploads.status(id).await.unwrap().state, UploadState::Failed);
+    assert!(matches!(
+        uploads.content(id).await.unwrap_err(),
+        Error::WrongState("failed")
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_completes_complete_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = open(dir.path(), UploadsConfig::default()).await;
+    let file = data(CHUNK * 3, 4);
+    let id = uploads
+        .create(
+            CreateUpload {
+                size: file.len() as u64,
+                chunk_size: Some(CHUNK as u64),
+                sha256: Some(sha(&file)),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+        .id;
+    for (i, c) in file.chunks(CHUNK).enumerate().rev() {
+        uploads
+            .put_chunk(id, i as u64, None, None, body(c))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let uploads = uploads.clone();
+        tasks.push(tokio::spawn(
+            async move { uploads.complete(id, None).await },
+        ));
+    }
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Completion::Done(s) => assert_eq!(s.sha256, Some(sha(&file))),
+            Completion::Verifying(_) => panic!("small uploads verify inline"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn idempotent_create_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = open(dir.path(), UploadsConfig::default()).await;
+    let req = CreateUpload {
+        size: 10,
+        ..Default::default()
+    };
+    let a = uploads.create(req.clone(), Some("k1")).await.unwrap();
+    let b = uploads.create(req.clone(), Some("k1")).await.unwrap();
+    assert!(a.new && !b.new);
+    assert_eq!(a.status.id, b.status.id);
+    let other = CreateUpload { size: 11, ..req };
+    assert!(matches!(
+        uploads.create(other, Some("k1")).await.unwrap_err(),
+        Error::IdempotencyConflict
+    ));
+    uploads.cancel(a.status.id).await.unwrap();
+    assert!(matches!(
+        uploads.status(a.status.id).await.unwrap_err(),
+        Error::Gone("cancelled")
+    ));
+    assert!(!dir
+        .path()
+        .join("uploads")
+        .join(a.status.id.to_string())
+        .join("data")
+        .exists());
+}
+
+#[tokio::test]
+async fn idle_uploads_expire_busy_ones_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = UploadsConfig {
+        upload_ttl: std::time::Duration::from_millis(1),
+        ..Default::default()
+    };
+    let uploads = open(dir.path(), config).await;
+    let id = uploads
+        .create(
+            CreateUpload {
+                size: 10,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .status
+        .id;
+    // A chunk body that never ends keeps the upload busy.
+    let (tx, rx) = tokio::sync::mpsc::channel::<storage::Result<Bytes>>(1);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let body = tokio_stream_from(rx);
+    let u2 = uploads.clone();
+    let pending = tokio::spawn(async move { u2.put_chunk(id, 0, None, None, body).await });
+    // The channel holds one piece: this send returns once the write took the first one,
+    // so the write is under way.
+    tx.send(Ok(Bytes::from_static(b"d"))).await.unwrap();
+    assert_eq!(uploads.sweep().await.unwrap().expired, 0);
+    drop(tx);
+    assert!(pending.await.unwrap().is_err(), "the short body is refused");
+    let mut expired = 0;
+    for _ in 0..1000 {
+        expired += uploads.sweep().await.unwrap().expired;
+        if expired > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(expired, 1);
+    assert!(matches!(
+        uploads.status(id).await.unwrap_err(),
+        Error::Gone("expired")
+    ));
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<storage::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = storage::Result<Bytes>> + Send + Unpin {
+    Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
