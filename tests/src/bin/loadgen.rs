@@ -59,7 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..parallel {
-        let (client, chunks, next, url) = (client.clone(), chunks.clone(), next.clone(), url.clone());
+        let (client, chunks, next, url) =
+            (client.clone(), chunks.clone(), next.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
