@@ -1,0 +1,388 @@
+//! A typed client for the native API v1: each method is one request and returns the
+//! `common` wire types, or an [`Error`] carrying the server's problem `detail`.
+//!
+//! One `reqwest::Client` is shared by every request, so connections are kept alive and
+//! reused. Retrying is the caller's business ([`crate::retry`]); this module only says
+//! whether an error is worth a retry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+
+use common::api::{
+    Capabilities, ChunkReceipt, CompleteUpload, CreateUpload, Problem, UploadStatus,
+};
+use common::{headers, Sha256Digest, UploadId};
+
+use crate::error::{Error, Result};
+use crate::limit::RateLimiter;
+
+/// The API client for one server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    display: String,
+}
+
+/// The answer to `POST /complete`.
+#[derive(Debug)]
+pub enum Completion {
+    /// 200: verified and published.
+    Done(UploadStatus),
+    /// 202: verification goes on; poll the status.
+    Verifying,
+}
+
+/// How a chunk's body is sent: rate limit, stall detection and a byte counter.
+#[derive(Clone)]
+pub struct SendOptions {
+    /// Shared total rate limit, if any.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Abort the request when no byte moved for this long.
+    pub stall_timeout: Duration,
+    /// Counts body bytes handed to the connection, for the progress bar.
+    pub on_sent: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Parses and checks `--server`: an `http://` URL (this build has no TLS).
+pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{s}: https is not supported by this build of uploader (plain http only)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{s}: unsupported scheme {other:?}, expected http://"
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{s}: the URL has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{s}: the server URL must not have a query or fragment"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+impl Client {
+    /// A client for the server at `server` (already checked by [`parse_server_url`]).
+    pub fn new(server: &str) -> Result<Self> {
+        let display = parse_server_url(server).map_err(Error::Usage)?;
+        let base = Url::parse(&format!("{display}/")).map_err(|e| Error::Usage(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("uploader/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            display,
+        })
+    }
+
+    /// The server's base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.display
+    }
+
+    fn url(&self, path: &str) -> Result<Url> {
+        self.base
+            .join(path)
+            .map_err(|e| Error::Usage(format!("bad URL path {path}: {e}")))
+    }
+
+    /// The URL where a completed upload's content is served.
+    pub fn content_url(&self, id: &UploadId) -> String {
+        format!("{}/v1/uploads/{id}/content", self.display)
+    }
+
+    /// `GET /v1`. Connection failures here mean the server is down or the URL is wrong,
+    /// so they are reported as [`Error::Unreachable`] and anything but the API as
+    /// [`Error::NotAnUploadServer`].
+    pub async fn capabilities(&self) -> Result<Capabilities> {
+        let url = self.url("v1")?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable {
+                url: self.display.clone(),
+                reason: describe(&e),
+            })?;
+        let status = resp.status();
+        if is_retryable(status) {
+            return Err(api_error("GET /v1", resp).await);
+        }
+        if !status.is_success() {
+            return Err(Error::NotAnUploadServer {
+                url: self.display.clone(),
+                status: status.to_string(),
+            });
+        }
+        let bytes = resp.bytes().await.map_err(|e| transport("GET /v1", &e))?;
+        serde_json::from_slice::<Capabilities>(&bytes).map_err(|_| Error::NotAnUploadServer {
+            url: self.display.clone(),
+            status: format!("{status} with a body that is not API v1 capabilities"),
+        })
+    }
+
+    /// `POST /v1/uploads` with an idempotency key, so a retry cannot create a second upload.
+    pub async fn create(&self, body: &CreateUpload, idempotency_key: &str) -> Result<UploadStatus> {
+        let ctx = "create upload";
+        let resp = self
+            .http
+            .post(self.url("v1/uploads")?)
+            .header(headers::IDEMPOTENCY_KEY, idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| transport(ctx, &e))?;
+        json_or_error(ctx, resp).await
+    }
+
+    /// `GET /v1/uploads/{id}`.
+    pub async fn status(&self, id: &UploadId) -> Result<UploadStatus> {
+        let ctx = format!("status of {id}");
+        let resp = self
+            .http
+            .get(self.url(&format!("v1/uploads/{id}"))?)
+            .send()
+            .await
+            .map_err(|e| transport(&ctx, &e))?;
+        json_or_error(&ctx, resp).await
+    }
+
+    /// `PUT /v1/uploads/{id}/chunks/{index}` with `Content-Digest`. The body is streamed in
+    /// pieces so the rate limit and the stall watchdog see every piece.
+    pub async fn put_chunk(
+        &self,
+        id: &UploadId,
+        index: u64,
+        data: Bytes,
+        digest: &Sha256Digest,
+        opts: &SendOptions,
+    ) -> Result<ChunkReceipt> {
+        let ctx = format!("PUT chunk {index}");
+        let len = data.len();
+        let start = Instant::now();
+        let last_progress = Arc::new(AtomicU64::new(0));
+        let piece = opts.limiter.as_ref().map_or(256 << 10, |l| l.piece_size());
+        let body = {
+            let limiter = opts.limiter.clone();
+            let last_progress = last_progress.clone();
+            let on_sent = opts.on_sent.clone();
+            futures_util::stream::unfold(0usize, move |off| {
+                let data = data.clone();
+                let limiter = limiter.clone();
+                let last_progress = last_progress.clone();
+                let on_sent = on_sent.clone();
+                async move {
+                    if off >= data.len() {
+                        return None;
+                    }
+                    let n = piece.min(data.len() - off);
+                    if let Some(l) = &limiter {
+                        l.acquire(n as u64).await;
+                    }
+                    last_progress.store(elapsed_ms(start), Ordering::Relaxed);
+                    on_sent(n as u64);
+                    Some((
+                        Ok::<Bytes, std::io::Error>(data.slice(off..off + n)),
+                        off + n,
+                    ))
+                }
+            })
+        };
+        let request = async {
+            let resp = self
+                .http
+                .put(self.url(&format!("v1/uploads/{id}/chunks/{index}"))?)
+                .header(CONTENT_LENGTH, len)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(headers::CONTENT_DIGEST, digest.to_header())
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .map_err(|e| transport(&ctx, &e))?;
+            last_progress.store(elapsed_ms(start), Ordering::Relaxed);
+            json_or_error::<ChunkReceipt>(&ctx, resp).await
+        };
+        let watchdog = async {
+            let stall_ms = u64::try_from(opts.stall_timeout.as_millis()).unwrap_or(u64::MAX);
+            loop {
+                let idle = elapsed_ms(start).saturating_sub(last_progress.load(Ordering::Relaxed));
+                if idle >= stall_ms {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(stall_ms - idle)).await;
+            }
+        };
+        tokio::select! {
+            r = request => r,
+            () = watchdog => Err(Error::Transport {
+                context: ctx.clone(),
+                reason: format!("stalled: no progress for {:?}", opts.stall_timeout),
+                retryable: true,
+            }),
+        }
+    }
+
+    /// `POST /v1/uploads/{id}/complete` declaring the client's SHA-256.
+    pub async fn complete(&self, id: &UploadId, sha256: Sha256Digest) -> Result<Completion> {
+        let ctx = "complete";
+        let resp = self
+            .http
+            .post(self.url(&format!("v1/uploads/{id}/complete"))?)
+            .json(&CompleteUpload {
+                sha256: Some(sha256),
+            })
+            .send()
+            .await
+            .map_err(|e| transport(ctx, &e))?;
+        if resp.status() == StatusCode::ACCEPTED {
+            return Ok(Completion::Verifying);
+        }
+        json_or_error(ctx, resp).await.map(Completion::Done)
+    }
+
+    /// `DELETE /v1/uploads/{id}`.
+    pub async fn cancel(&self, id: &UploadId) -> Result<()> {
+        let ctx = format!("cancel {id}");
+        let resp = self
+            .http
+            .delete(self.url(&format!("v1/uploads/{id}"))?)
+            .send()
+            .await
+            .map_err(|e| transport(&ctx, &e))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(api_error(&ctx, resp).await)
+        }
+    }
+
+    /// `GET /v1/uploads/{id}/content`, from byte `from` on (a `Range` request when above
+    /// zero). The caller checks for 206 versus 200.
+    pub async fn content(&self, id: &UploadId, from: u64) -> Result<reqwest::Response> {
+        let ctx = format!("download {id}");
+        let mut req = self
+            .http
+            .get(self.url(&format!("v1/uploads/{id}/content"))?);
+        if from > 0 {
+            req = req.header(RANGE, format!("bytes={from}-"));
+        }
+        let resp = req.send().await.map_err(|e| transport(&ctx, &e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(api_error(&ctx, resp).await)
+        }
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    crate::retry::is_retryable_status(status.as_u16())
+}
+
+async fn json_or_error<T: serde::de::DeserializeOwned>(
+    ctx: &str,
+    resp: reqwest::Response,
+) -> Result<T> {
+    if !resp.status().is_success() {
+        return Err(api_error(ctx, resp).await);
+    }
+    let bytes = resp.bytes().await.map_err(|e| transport(ctx, &e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
+        context: ctx.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Turns an error response into [`Error::Api`], keeping the problem's `detail`.
+pub(crate) async fn api_error(ctx: &str, resp: reqwest::Response) -> Error {
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers());
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return transport(ctx, &e),
+    };
+    let problem = serde_json::from_slice::<Problem>(&body).ok();
+    let detail = match &problem {
+        Some(p) if !p.detail.is_empty() => p.detail.clone(),
+        Some(p) => p.title.clone(),
+        None => {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text.chars()
+                    .take(200)
+                    .collect::<String>()
+                    .replace('\n', " ")
+            }
+        }
+    };
+    Error::Api {
+        context: ctx.to_string(),
+        status: status.as_u16(),
+        detail,
+        retry_after,
+        problem: problem.map(Box::new),
+    }
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?;
+    crate::retry::parse_retry_after(v, SystemTime::now())
+}
+
+/// A transport error as a one-line reason ("connection refused", "timed out", ...).
+pub(crate) fn transport(ctx: &str, e: &reqwest::Error) -> Error {
+    Error::Transport {
+        context: ctx.to_string(),
+        reason: describe(e),
+        retryable: e.is_connect()
+            || e.is_timeout()
+            || e.is_request()
+            || e.is_body()
+            || e.is_decode(),
+    }
+}
+
+/// The innermost cause of a reqwest error, which is the one that says what happened.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if text.is_empty() {
+        e.to_string()
+    } else {
+        text
+    }
+}

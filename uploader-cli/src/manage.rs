@@ -1,0 +1,163 @@
+//! `status`, `list` and `cancel`: looking at and dropping uploads.
+
+use std::path::Path;
+
+use common::api::UploadStatus;
+use common::units::format_size;
+use common::UploadId;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::journal::{Journal, Store};
+
+/// An upload named on the command line: by id, or by a file this machine is uploading.
+pub struct Target {
+    /// Server holding it.
+    pub client: Client,
+    /// Its id.
+    pub id: UploadId,
+    /// The journal, when this machine knows it.
+    pub journal: Option<Journal>,
+}
+
+/// Resolves `ID|FILE`: an id is looked up on `server`; a file through its journal (which
+/// names the server it was uploaded to).
+pub fn resolve(target: &str, server: &str, store: &Store) -> Result<Target> {
+    if let Ok(id) = target.parse::<UploadId>() {
+        let journal = store.find_by_id(&id)?;
+        return Ok(Target {
+            client: Client::new(server)?,
+            id,
+            journal,
+        });
+    }
+    let path = Path::new(target);
+    let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let journal = match store.find_by_path(server, &canon)? {
+        Some(j) => j,
+        None => store.find_by_path_any_server(&canon)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{target}: no unfinished upload of this file is known on this machine (pass an upload id instead)"
+            ))
+        })?,
+    };
+    Ok(Target {
+        client: Client::new(&journal.server)?,
+        id: journal.id,
+        journal: Some(journal),
+    })
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        100.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Renders a status document for people.
+pub fn describe_status(st: &UploadStatus, server: &str) -> String {
+    let missing = common::ranges::count(&st.missing);
+    let state = serde_json::to_value(st.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut out = format!(
+        "id        {}\nstate     {state}\nprogress  {} of {} ({:.0}%), {missing} of {} chunks missing\nchunk     {}\n",
+        st.id,
+        format_size(st.received_bytes),
+        format_size(st.size),
+        percent(st.received_bytes, st.size),
+        st.chunk_count,
+        format_size(st.chunk_size),
+    );
+    if let Some(name) = &st.filename {
+        out.push_str(&format!("filename  {name}\n"));
+    }
+    if let Some(sha) = &st.sha256 {
+        out.push_str(&format!("sha256    {sha}\n"));
+    }
+    // RFC 3339, as on the wire.
+    if let Some(exp) = serde_json::to_value(st)
+        .ok()
+        .and_then(|v| v.get("expires_at").and_then(|e| e.as_str().map(str::to_string)))
+    {
+        out.push_str(&format!("expires   {exp}\n"));
+    }
+    out.push_str(&format!("url       {server}/v1/uploads/{}/content", st.id));
+    out
+}
+
+/// `uploader status`.
+pub async fn status(target: &str, server: &str, store: &Store, json: bool) -> Result<()> {
+    let t = resolve(target, server, store)?;
+    let st = t.client.status(&t.id).await?;
+    if json {
+        let v = serde_json::to_string(&st).map_err(|e| Error::Invalid(e.to_string()))?;
+        println!("{v}");
+    } else {
+        println!("{}", describe_status(&st, t.client.base()));
+        if let Some(j) = &t.journal {
+            println!("file      {}", j.file.path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `uploader list`: the journals, with the progress they recorded.
+pub fn list(store: &Store, json: bool) -> Result<()> {
+    let journals = store.list()?;
+    if json {
+        for j in &journals {
+            let v = serde_json::json!({
+                "id": j.id, "server": j.server, "file": j.file.path, "size": j.file.size,
+                "acked_bytes": j.acked_bytes, "chunk_size": j.chunk_size,
+            });
+            println!("{v}");
+        }
+        return Ok(());
+    }
+    if journals.is_empty() {
+        println!("no unfinished uploads");
+        return Ok(());
+    }
+    println!("{:<36}  {:>5}  {:>21}  FILE", "ID", "DONE", "BYTES");
+    for j in &journals {
+        println!(
+            "{:<36}  {:>4.0}%  {:>21}  {} ({})",
+            j.id,
+            percent(j.acked_bytes, j.file.size),
+            format!(
+                "{}/{}",
+                format_size(j.acked_bytes),
+                format_size(j.file.size)
+            ),
+            j.file.path.display(),
+            j.server
+        );
+    }
+    Ok(())
+}
+
+/// `uploader cancel`: DELETE on the server, then forget it locally. An upload the server
+/// no longer has is still forgotten locally; that is not an error when it was known here.
+pub async fn cancel(target: &str, server: &str, store: &Store, quiet: bool) -> Result<()> {
+    let t = resolve(target, server, store)?;
+    match t.client.cancel(&t.id).await {
+        Ok(()) => {}
+        Err(Error::Api {
+            status: 404 | 410, ..
+        }) if t.journal.is_some() => {
+            if !quiet {
+                eprintln!("uploader: upload {} was already gone from the server", t.id);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    store.remove(&t.id)?;
+    if !quiet {
+        println!("cancelled {}", t.id);
+    }
+    Ok(())
+}
