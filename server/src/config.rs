@@ -38,6 +38,14 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// Time a client has to send a request's headers before its connection is closed.
+    #[arg(long, env = "UPLOAD_SERVER_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "UPLOAD_SERVER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "UPLOAD_SERVER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -6,6 +6,7 @@
 //! - [`error`]: the single mapping from failures to HTTP statuses and problem documents.
 //! - [`extract`]: typed request parts (ids, digests, streamed bodies).
 //! - [`routes`]: the router and its handlers.
+//! - [`serve`]: the accept loop (timeouts, connection cap, graceful shutdown).
 //! - [`shutdown`]: signal handling.
 
 use std::future::Future;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod serve;
 pub mod shutdown;
 pub mod state;
 
@@ -63,18 +65,20 @@ pub async fn run(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
-    let mut graceful_rx = stop_rx.clone();
-    let serve = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|s| *s).await;
-    });
-    let mut deadline_rx = stop_rx;
-    let grace = config.shutdown_timeout;
-    tokio::select! {
-        r = serve => r?,
-        _ = async move {
-            let _ = deadline_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!("shutdown timeout reached; dropping unfinished requests"),
+    let limits = serve::ConnLimits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    };
+    if !serve::serve(
+        listener,
+        app(state),
+        limits,
+        stop_rx,
+        config.shutdown_timeout,
+    )
+    .await
+    {
+        tracing::warn!("shutdown timeout reached; dropping unfinished requests");
     }
     sweeper.abort();
     tracing::info!("stopped");
