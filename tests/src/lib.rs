@@ -51,7 +51,11 @@ impl Server {
 
     /// Starts a server on a free port over `data_dir`.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
-        Self::spawn(data_dir, args.iter().map(|s| s.to_string()).collect(), "127.0.0.1:0")
+        Self::spawn(
+            data_dir,
+            args.iter().map(|s| s.to_string()).collect(),
+            "127.0.0.1:0",
+        )
     }
 
     fn spawn(data_dir: &Path, args: Vec<String>, listen: &str) -> Server {
@@ -185,3 +189,37 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write test file");
     p
 }
+
+// Helpers for the server tests (tests/tests/server.rs).
+impl Server {
+    /// Sends a signal (e.g. "TERM") without waiting; see [`Server::wait_exit`].
+    pub fn send_signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Waits at most `timeout` for the process to exit; panics (with the logs) if it
+    /// does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "upload-server did not exit within {timeout:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+pub mod proxy;

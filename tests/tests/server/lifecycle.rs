@@ -1,0 +1,286 @@
+//! Expiry of idle uploads, and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::api::UploadState;
+use reqwest::StatusCode;
+use serde_json::json;
+use tests::{random_bytes, sha256_hex, Server};
+
+use crate::support::*;
+
+/// `--upload-ttl 2s`: an idle upload becomes 410 and its bytes disappear, while one that
+/// keeps receiving chunks lives on, and a completed one keeps its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_uploads_expire_active_ones_do_not() {
+    let (server, dir) = Server::start(&["--upload-ttl", "2s"]);
+    let api = Api::new(&server);
+    let cs = 64 * KIB;
+
+    let done_file = random_bytes(cs, 30);
+    let done = api.create(json!({"size": cs, "chunk_size": cs})).await;
+    api.put_ok(done.id, 0, &done_file).await;
+    assert_eq!(api.complete(done.id, None).await.status(), StatusCode::OK);
+
+    let active_file = random_bytes(200 * cs, 31);
+    let active = api
+        .create(json!({"size": active_file.len(), "chunk_size": cs}))
+        .await;
+    let active_since = Instant::now();
+    let idle_file = random_bytes(2 * cs, 32);
+    let idle = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
+    api.put_ok(idle.id, 0, &idle_file[..cs]).await;
+    let idle_data = upload_file(dir.path(), idle.id, "data");
+    assert!(idle_data.exists());
+
+    // Feed the active upload a chunk every ~100 ms until the idle one is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = 0usize;
+    loop {
+        let resp = api.status_resp(idle.id).await;
+        if resp.status() == StatusCode::GONE {
+            problem(resp, 410).await;
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(Instant::now() < deadline, "the idle upload never expired");
+        api.put_ok(
+            active.id,
+            next as u64,
+            &active_file[next * cs..(next + 1) * cs],
+        )
+        .await;
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        active_since.elapsed() > Duration::from_secs(2),
+        "the active upload outlived the TTL"
+    );
+    let st = api.status(active.id).await;
+    assert_eq!(st.state, UploadState::Uploading);
+    assert_eq!(st.received_bytes, (next * cs) as u64);
+
+    wait_until(
+        Duration::from_secs(10),
+        "the expired data file to go",
+        || async { !idle_data.exists() },
+    )
+    .await;
+    problem(api.put(idle.id, 1, &idle_file[cs..], true).await, 410).await;
+    problem(api.complete(idle.id, None).await, 410).await;
+
+    // The completed upload is not expired.
+    api.assert_content(done.id, &done_file).await;
+
+    // The active one finishes.
+    for i in next..200 {
+        api.put_ok(active.id, i as u64, &active_file[i * cs..(i + 1) * cs])
+            .await;
+    }
+    let resp = api
+        .complete(active.id, Some(json!({"sha256": sha256_hex(&active_file)})))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    api.assert_content(active.id, &active_file).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_when_idle_exits_zero() {
+    let (mut server, _dir) = Server::start(&[]);
+    let api = Api::new(&server);
+    let resp = api.http.get(api.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = api.http.get(api.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    server.send_signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.wait_exit(Duration::from_secs(15));
+        (s, server)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// SIGTERM while a chunk body is streaming: the request completes (201), the chunk is
+/// durable, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_an_inflight_chunk_finish() {
+    let (mut server, dir) = Server::start(&["--shutdown-timeout", "20s"]);
+    let api = Api::new(&server);
+    let cs = 4 * MIB;
+    let file = random_bytes(cs, 40);
+    let st = api.create(json!({"size": cs, "chunk_size": cs})).await;
+    let id = st.id;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    let put = tokio::spawn({
+        let req = api
+            .http
+            .put(api.chunk_url(id, 0))
+            .header("content-length", cs)
+            .header("content-digest", digest(&file).to_header())
+            .body(reqwest::Body::wrap_stream(body));
+        async move { req.send().await }
+    });
+    let half = 3 * MIB / 2;
+    tx.send(Bytes::copy_from_slice(&file[..half]))
+        .await
+        .unwrap();
+    // The server is handling the chunk once its first bytes are in the data file.
+    wait_until(
+        Duration::from_secs(10),
+        "the chunk's first bytes on disk",
+        || async { data_holds(dir.path(), id, 0, &file[..4096]) },
+    )
+    .await;
+
+    server.send_signal("TERM");
+    wait_until(Duration::from_secs(10), "the shutdown log line", || async {
+        server.logs().contains("shutting down")
+    })
+    .await;
+    // No new work is accepted now: a new connection is refused, or readiness says 503.
+    match client().get(api.url("/readyz")).send().await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => assert!(e.is_connect() || e.is_request(), "{e:?}"),
+    }
+
+    tx.send(Bytes::copy_from_slice(&file[half..]))
+        .await
+        .unwrap();
+    drop(tx);
+    let resp = put.await.unwrap().expect("the in-flight PUT is answered");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.wait_exit(Duration::from_secs(15));
+        (s, server)
+    })
+    .await
+    .unwrap();
+    let (status, mut server) = status;
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.logs());
+
+    // The acknowledged chunk is there after a restart.
+    server.restart();
+    let api = Api::new(&server);
+    let st = api.status(id).await;
+    assert!(st.missing.is_empty());
+    assert_eq!(st.received_bytes, cs as u64);
+    assert_eq!(api.complete(id, None).await.status(), StatusCode::OK);
+    api.assert_content(id, &file).await;
+}
+
+/// The shutdown wait is bounded: a chunk body that never ends, and a connection that
+/// never sends a request, hold the exit back at most `--shutdown-timeout`; the stalled
+/// chunk is not counted after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_is_bounded_by_its_timeout() {
+    let (mut server, dir) = Server::start(&["--shutdown-timeout", "1s", "--body-timeout", "60s"]);
+    let api = Api::new(&server);
+    let cs = 2 * MIB;
+    let file = random_bytes(cs, 41);
+    let st = api.create(json!({"size": cs, "chunk_size": cs})).await;
+    let _stalled = raw_put(&server, st.id, 0, cs, &file[..3 * MIB / 2]).await;
+    let _silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the chunk's first bytes on disk",
+        || async { data_holds(dir.path(), st.id, 0, &file[..4096]) },
+    )
+    .await;
+    let started = Instant::now();
+    server.send_signal("TERM");
+    let (status, mut server) = tokio::task::spawn_blocking(move || {
+        let s = server.wait_exit(Duration::from_secs(10));
+        (s, server)
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(took < Duration::from_secs(6), "exit took {took:?}");
+    server.restart();
+    let api = Api::new(&server);
+    let st = api.status(st.id).await;
+    assert_eq!(st.missing, vec![[0, 0]]);
+    assert_eq!(st.received_bytes, 0);
+}
+
+/// A connection that is open but idle (no request yet) does not hold the exit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_does_not_wait_for_idle_connections() {
+    let (mut server, _dir) = Server::start(&["--shutdown-timeout", "20s"]);
+    let api = Api::new(&server);
+    let _silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    // A kept-alive connection that served one request.
+    let pooled = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = pooled.get(api.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let started = Instant::now();
+    server.send_signal("TERM");
+    let (status, _server) = tokio::task::spawn_blocking(move || {
+        let s = server.wait_exit(Duration::from_secs(25));
+        (s, server)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "idle connections delayed the exit by {took:?}"
+    );
+}
+
+/// A second server on a data directory in use refuses to start (two writers would corrupt
+/// the journals), and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_server_on_the_same_directory_refuses_to_start() {
+    let (server, dir) = Server::start(&[]);
+    let api = Api::new(&server);
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            let mut child = std::process::Command::new(tests::bin_path("upload-server"))
+                .args(["--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&dir)
+                .env_remove("UPLOAD_SERVER_LISTEN")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "second server: {:?}\n{text}",
+        out.status
+    );
+    assert!(!text.contains("listening on"), "{text}");
+    // The first one is unaffected.
+    let resp = api.http.get(api.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
