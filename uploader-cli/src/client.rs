@@ -27,6 +27,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     display: String,
+    /// Limit for requests without a streamed body (create, status, complete, cancel).
+    timeout: Duration,
 }
 
 /// The answer to `POST /complete`.
@@ -92,7 +94,15 @@ impl Client {
             http,
             base,
             display,
+            timeout: Duration::from_secs(30),
         })
+    }
+
+    /// Sets the time limit of requests without a streamed body; a stalled one is aborted
+    /// (and, being a timeout, retried by the caller).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The server's base URL, without a trailing slash.
@@ -119,6 +129,7 @@ impl Client {
         let resp = self
             .http
             .get(url)
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| Error::Unreachable {
@@ -149,6 +160,7 @@ impl Client {
             .http
             .post(self.url("v1/uploads")?)
             .header(headers::IDEMPOTENCY_KEY, idempotency_key)
+            .timeout(self.timeout)
             .json(body)
             .send()
             .await
@@ -162,6 +174,7 @@ impl Client {
         let resp = self
             .http
             .get(self.url(&format!("v1/uploads/{id}"))?)
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| transport(&ctx, &e))?;
@@ -249,6 +262,7 @@ impl Client {
         let resp = self
             .http
             .post(self.url(&format!("v1/uploads/{id}/complete"))?)
+            .timeout(self.timeout)
             .json(&CompleteUpload {
                 sha256: Some(sha256),
             })
@@ -267,6 +281,7 @@ impl Client {
         let resp = self
             .http
             .delete(self.url(&format!("v1/uploads/{id}"))?)
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| transport(&ctx, &e))?;

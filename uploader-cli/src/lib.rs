@@ -118,7 +118,7 @@ async fn run_upload(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &Cancellat
     }
 
     let client = match client::Client::new(&cli.server) {
-        Ok(c) => c,
+        Ok(c) => c.with_timeout(a.stall_timeout),
         Err(e) => {
             reporter.failed(&a.paths[0], &e.to_string(), e.exit_code());
             return e.exit_code();

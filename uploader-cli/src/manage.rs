@@ -79,10 +79,10 @@ pub fn describe_status(st: &UploadStatus, server: &str) -> String {
         out.push_str(&format!("sha256    {sha}\n"));
     }
     // RFC 3339, as on the wire.
-    if let Some(exp) = serde_json::to_value(st)
-        .ok()
-        .and_then(|v| v.get("expires_at").and_then(|e| e.as_str().map(str::to_string)))
-    {
+    if let Some(exp) = serde_json::to_value(st).ok().and_then(|v| {
+        v.get("expires_at")
+            .and_then(|e| e.as_str().map(str::to_string))
+    }) {
         out.push_str(&format!("expires   {exp}\n"));
     }
     out.push_str(&format!("url       {server}/v1/uploads/{}/content", st.id));

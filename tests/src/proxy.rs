@@ -1,0 +1,417 @@
+//! A fault-injecting HTTP/1.1 proxy for the end-to-end tests, put between a client (the
+//! `uploader` CLI) and the real `upload-server`.
+//!
+//! It understands just enough HTTP/1.1 to find request and response boundaries on
+//! keep-alive connections (`Content-Length` and chunked bodies), and decides for each
+//! request to the upload routes, with a seeded RNG, whether to
+//! - forward it untouched;
+//! - [`Fault::Reset`]: forward the head and half the body, then close both connections;
+//! - [`Fault::Stall`]: forward the head and half the body, then stop moving bytes and
+//!   hold the connection open (the client must notice the stall and retry);
+//! - [`Fault::Unavailable`]: swallow the request and answer `503` with `Retry-After: 1`;
+//! - [`Fault::DropResponse`]: forward the whole request, then close the connection
+//!   instead of returning the answer (the server did the work; the retry must be safe).
+//!
+//! `GET /v1` and other routes outside `/v1/uploads` are always forwarded, so a test can
+//! tell "the server is down" from "the network is bad". It counts the bytes that cross it
+//! in each direction.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+/// A fault the proxy can inject into one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Close both connections after half the request body.
+    Reset,
+    /// Stop moving bytes after half the request body; hold the connection.
+    Stall,
+    /// Answer 503 with `Retry-After: 1` without forwarding.
+    Unavailable,
+    /// Forward the request, then close instead of returning the answer.
+    DropResponse,
+}
+
+/// Which requests get a fault.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Probability that a request to `/v1/uploads...` gets a fault (0.0 to 1.0).
+    pub rate: f64,
+    /// The faults to pick from, uniformly.
+    pub kinds: Vec<Fault>,
+    /// RNG seed.
+    pub seed: u64,
+    /// How long a stalled connection is held before the proxy drops it.
+    pub stall_hold: Duration,
+}
+
+impl Faults {
+    /// No faults: a plain counting proxy.
+    pub fn none() -> Self {
+        Self {
+            rate: 0.0,
+            kinds: Vec::new(),
+            seed: 0,
+            stall_hold: Duration::from_secs(30),
+        }
+    }
+
+    /// Every kind of fault at `rate`.
+    pub fn all(rate: f64, seed: u64) -> Self {
+        Self {
+            rate,
+            kinds: vec![
+                Fault::Reset,
+                Fault::Stall,
+                Fault::Unavailable,
+                Fault::DropResponse,
+            ],
+            seed,
+            stall_hold: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What crossed the proxy.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Bytes read from clients (request heads and bodies).
+    pub bytes_up: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_down: AtomicU64,
+    /// Requests seen.
+    pub requests: AtomicU64,
+    /// Faults injected, by kind: reset, stall, unavailable, dropped response.
+    pub resets: AtomicU64,
+    /// See `resets`.
+    pub stalls: AtomicU64,
+    /// See `resets`.
+    pub unavailable: AtomicU64,
+    /// See `resets`.
+    pub dropped: AtomicU64,
+}
+
+impl Stats {
+    /// Faults injected in all.
+    pub fn faults(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+            + self.stalls.load(Ordering::Relaxed)
+            + self.unavailable.load(Ordering::Relaxed)
+            + self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+struct Shared {
+    upstream: String,
+    faults: Faults,
+    rng: Mutex<rand::rngs::StdRng>,
+    stats: Stats,
+    stop: AtomicBool,
+}
+
+/// A running proxy; stops accepting when dropped.
+pub struct Proxy {
+    addr: String,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port in front of `upstream` (`host:port`).
+    pub fn start(upstream: &str, faults: Faults) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr").to_string();
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_start_matches("http://").to_string(),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(faults.seed)),
+            faults,
+            stats: Stats::default(),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(&s, conn);
+                });
+            }
+        });
+        Proxy { addr, shared }
+    }
+
+    /// Base URL of the proxy, e.g. `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+/// A request or response head: the raw bytes and what framing they announce.
+struct Head {
+    raw: Vec<u8>,
+    first_line: String,
+    content_length: Option<u64>,
+    chunked: bool,
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Head>> {
+    let mut raw = Vec::new();
+    let mut first_line = String::new();
+    let mut content_length = None;
+    let mut chunked = false;
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return if raw.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        raw.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if first_line.is_empty() {
+            first_line = text;
+            continue;
+        }
+        if text.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = text.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            let v = v.trim();
+            if k == "content-length" {
+                content_length = v.parse().ok();
+            } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    Ok(Some(Head {
+        raw,
+        first_line,
+        content_length,
+        chunked,
+    }))
+}
+
+/// Copies up to `n` bytes from `r` to `w` (when given), counting them into `counter`.
+fn copy_n(
+    r: &mut impl Read,
+    mut w: Option<&mut TcpStream>,
+    n: u64,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut left = n;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let k = r.read(&mut buf[..want])?;
+        if k == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        counter.fetch_add(k as u64, Ordering::Relaxed);
+        if let Some(w) = w.as_deref_mut() {
+            w.write_all(&buf[..k])?;
+        }
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Copies a chunked body verbatim (sizes, data, trailers).
+fn copy_chunked(
+    r: &mut impl BufRead,
+    mut w: Option<&mut TcpStream>,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    loop {
+        let mut line = Vec::new();
+        r.read_until(b'\n', &mut line)?;
+        counter.fetch_add(line.len() as u64, Ordering::Relaxed);
+        if let Some(w) = w.as_deref_mut() {
+            w.write_all(&line)?;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let size_text = text.trim().split(';').next().unwrap_or("").to_string();
+        let size = u64::from_str_radix(&size_text, 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {size_text:?}")))?;
+        if size == 0 {
+            // Trailers up to the empty line.
+            loop {
+                let mut t = Vec::new();
+                r.read_until(b'\n', &mut t)?;
+                counter.fetch_add(t.len() as u64, Ordering::Relaxed);
+                if let Some(w) = w.as_deref_mut() {
+                    w.write_all(&t)?;
+                }
+                if t == b"\r\n" || t == b"\n" || t.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+        copy_n(r, w.as_deref_mut(), size + 2, counter)?;
+    }
+}
+
+fn pick_fault(s: &Shared, first_line: &str) -> Option<Fault> {
+    let path = first_line.split_whitespace().nth(1).unwrap_or("");
+    if !path.starts_with("/v1/uploads") || s.faults.kinds.is_empty() || s.faults.rate <= 0.0 {
+        return None;
+    }
+    let mut rng = s.rng.lock().unwrap_or_else(|p| p.into_inner());
+    if rng.random::<f64>() < s.faults.rate {
+        let i = rng.random_range(0..s.faults.kinds.len());
+        Some(s.faults.kinds[i])
+    } else {
+        None
+    }
+}
+
+fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let mut client_w = client.try_clone()?;
+    let mut client_r = BufReader::new(client);
+    let mut upstream: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let stats = &s.stats;
+    loop {
+        let Some(head) = read_head(&mut client_r)? else {
+            return Ok(());
+        };
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_up
+            .fetch_add(head.raw.len() as u64, Ordering::Relaxed);
+        let method = head
+            .first_line
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let body_len = head.content_length.unwrap_or(0);
+        let fault = pick_fault(s, &head.first_line);
+
+        if fault == Some(Fault::Unavailable) {
+            stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            if head.chunked {
+                copy_chunked(&mut client_r, None, &stats.bytes_up)?;
+            } else {
+                copy_n(&mut client_r, None, body_len, &stats.bytes_up)?;
+            }
+            let body = br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"injected by the test proxy"}"#;
+            let resp = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            client_w.write_all(resp.as_bytes())?;
+            client_w.write_all(body)?;
+            stats
+                .bytes_down
+                .fetch_add((resp.len() + body.len()) as u64, Ordering::Relaxed);
+            continue;
+        }
+
+        if upstream.is_none() {
+            let up = TcpStream::connect(&s.upstream)?;
+            let _ = up.set_nodelay(true);
+            let r = BufReader::new(up.try_clone()?);
+            upstream = Some((up, r));
+        }
+        let Some((up_w, up_r)) = upstream.as_mut() else {
+            return Ok(());
+        };
+        up_w.write_all(&head.raw)?;
+
+        if matches!(fault, Some(Fault::Reset) | Some(Fault::Stall)) {
+            // Half the body (nothing when there is none), then the fault.
+            let half = body_len / 2;
+            copy_n(&mut client_r, Some(up_w), half, &stats.bytes_up)?;
+            if fault == Some(Fault::Reset) {
+                stats.resets.fetch_add(1, Ordering::Relaxed);
+                let _ = up_w.shutdown(Shutdown::Both);
+                let _ = client_w.shutdown(Shutdown::Both);
+            } else {
+                stats.stalls.fetch_add(1, Ordering::Relaxed);
+                // Hold both connections open without moving a byte; the client must give
+                // up on its own. The thread (and the sockets) go away afterwards.
+                std::thread::sleep(s.faults.stall_hold);
+            }
+            return Ok(());
+        }
+
+        if head.chunked {
+            copy_chunked(&mut client_r, Some(up_w), &stats.bytes_up)?;
+        } else {
+            copy_n(&mut client_r, Some(up_w), body_len, &stats.bytes_up)?;
+        }
+
+        // The response (skipping interim 1xx answers).
+        let resp = loop {
+            let Some(resp) = read_head(up_r)? else {
+                return Ok(());
+            };
+            let code = resp.first_line.split_whitespace().nth(1).unwrap_or("");
+            if code.starts_with('1') && code != "101" {
+                client_w.write_all(&resp.raw)?;
+                continue;
+            }
+            break resp;
+        };
+        let code: u16 = resp
+            .first_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let drop_it = fault == Some(Fault::DropResponse);
+        if drop_it {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let _ = up_w.shutdown(Shutdown::Both);
+            let _ = client_w.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        client_w.write_all(&resp.raw)?;
+        stats
+            .bytes_down
+            .fetch_add(resp.raw.len() as u64, Ordering::Relaxed);
+        let no_body = method == "HEAD" || code == 204 || code == 304;
+        if !no_body {
+            if resp.chunked {
+                copy_chunked(up_r, Some(&mut client_w), &stats.bytes_down)?;
+            } else if let Some(n) = resp.content_length {
+                copy_n(up_r, Some(&mut client_w), n, &stats.bytes_down)?;
+            } else {
+                // Delimited by close.
+                let mut rest = Vec::new();
+                up_r.read_to_end(&mut rest)?;
+                stats
+                    .bytes_down
+                    .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                client_w.write_all(&rest)?;
+                return Ok(());
+            }
+        }
+    }
+}
