@@ -12,6 +12,9 @@
 //! - [`Fault::DropResponse`]: forward the whole request, then close the connection
 //!   instead of returning the answer (the server did the work; the retry must be safe).
 //!
+//! With [`Faults::tamper_complete`], the SHA-256 declared in `POST .../complete` is
+//! replaced by another one, so the real server reports a verification mismatch.
+//!
 //! `GET /v1` and other routes outside `/v1/uploads` are always forwarded, so a test can
 //! tell "the server is down" from "the network is bad". It counts the bytes that cross it
 //! in each direction.
@@ -48,6 +51,8 @@ pub struct Faults {
     pub seed: u64,
     /// How long a stalled connection is held before the proxy drops it.
     pub stall_hold: Duration,
+    /// Replace the SHA-256 declared at completion with a wrong one.
+    pub tamper_complete: bool,
 }
 
 impl Faults {
@@ -58,6 +63,7 @@ impl Faults {
             kinds: Vec::new(),
             seed: 0,
             stall_hold: Duration::from_secs(30),
+            tamper_complete: false,
         }
     }
 
@@ -73,6 +79,7 @@ impl Faults {
             ],
             seed,
             stall_hold: Duration::from_secs(30),
+            tamper_complete: false,
         }
     }
 }
@@ -94,6 +101,8 @@ pub struct Stats {
     pub unavailable: AtomicU64,
     /// See `resets`.
     pub dropped: AtomicU64,
+    /// Client connections accepted (few, when the client keeps connections alive).
+    pub connections: AtomicU64,
 }
 
 impl Stats {
@@ -139,6 +148,7 @@ impl Proxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                s.stats.connections.fetch_add(1, Ordering::Relaxed);
                 let s = s.clone();
                 std::thread::spawn(move || {
                     let _ = serve(&s, conn);
@@ -361,7 +371,21 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
 
-        if head.chunked {
+        let path = head.first_line.split_whitespace().nth(1).unwrap_or("");
+        if s.faults.tamper_complete && method == "POST" && path.ends_with("/complete") {
+            // Same length, so Content-Length still holds.
+            let mut body = vec![0u8; usize::try_from(body_len).unwrap_or(0)];
+            client_r.read_exact(&mut body)?;
+            stats.bytes_up.fetch_add(body_len, Ordering::Relaxed);
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let tampered = match text.split_once("\"sha256\":\"") {
+                Some((a, b)) if b.len() >= 64 => {
+                    format!("{a}\"sha256\":\"{}{}", "0".repeat(64), &b[64..])
+                }
+                _ => text,
+            };
+            up_w.write_all(tampered.as_bytes())?;
+        } else if head.chunked {
             copy_chunked(&mut client_r, Some(up_w), &stats.bytes_up)?;
         } else {
             copy_n(&mut client_r, Some(up_w), body_len, &stats.bytes_up)?;

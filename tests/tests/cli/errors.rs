@@ -1,5 +1,6 @@
 //! Failures: one clear line on stderr and the documented exit code.
 
+use tests::proxy::{Faults, Proxy};
 use tests::Server;
 
 use crate::support::{random_file, Cli, Run};
@@ -148,4 +149,60 @@ fn unknown_upload_id_is_a_one_line_error() {
     one_line_error(&run, 1, "404");
     let run = cli.run(&["download", id, "--server", &server.url()]);
     one_line_error(&run, 1, "404");
+}
+
+/// The server's SHA-256 differs from the client's (here the proxy changes the hash the
+/// client declares at completion, so the real server refuses it): exit 3, with both hashes.
+#[test]
+fn verification_mismatch_exits_3_with_both_hashes() {
+    let (server, _data) = Server::start(&[]);
+    let proxy = Proxy::start(
+        &server.addr,
+        Faults {
+            tamper_complete: true,
+            ..Faults::none()
+        },
+    );
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, sha) = random_file(dir.path(), "m.bin", 1_500_000, 13);
+    let run = cli.run(&["upload", file.to_str().unwrap(), "--server", &proxy.url()]);
+    one_line_error(&run, 3, "SHA-256 mismatch");
+    assert!(run.stderr.contains(&sha), "{}", run.dump());
+    assert!(
+        run.stderr.contains(&"0".repeat(64)) || run.stderr.contains("server has"),
+        "{}",
+        run.dump()
+    );
+    let run = cli.run(&[
+        "upload",
+        file.to_str().unwrap(),
+        "--server",
+        &proxy.url(),
+        "--json",
+    ]);
+    run.expect_code(3);
+    assert_eq!(run.one("failed")["exit_code"], 3);
+}
+
+/// `-q` prints nothing on success.
+#[test]
+fn quiet_prints_nothing_on_success() {
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = random_file(dir.path(), "q.bin", 100_000, 14);
+    let run = cli.run(&[
+        "upload",
+        file.to_str().unwrap(),
+        "--server",
+        &server.url(),
+        "-q",
+    ]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.is_empty() && run.stderr.is_empty(),
+        "{}",
+        run.dump()
+    );
 }

@@ -44,6 +44,14 @@ fn upload_survives_twenty_percent_faulty_requests() {
     let stats = proxy.stats();
     let faults = stats.faults();
     let requests = stats.requests.load(Ordering::Relaxed);
+    eprintln!(
+        "faulty proxy: {requests} requests, {faults} faults (resets {}, stalls {}, 503s {}, dropped answers {}), {} retry events",
+        stats.resets.load(Ordering::Relaxed),
+        stats.stalls.load(Ordering::Relaxed),
+        stats.unavailable.load(Ordering::Relaxed),
+        stats.dropped.load(Ordering::Relaxed),
+        run.events_of("retry").len()
+    );
     assert!(faults >= 5, "only {faults} faults in {requests} requests");
     for (kind, n) in [
         ("reset", &stats.resets),

@@ -43,13 +43,15 @@ fn interrupt_at_half_then_resume_sends_each_chunk_about_once() {
             "128MiB/s",
             "--json",
         ],
-        progress_at_least(size / 2),
+        // Progress events come every 500 ms (~24 MiB here) and a loaded machine delays
+        // the signal a little: ask at 40% to pause at about half.
+        progress_at_least(size * 2 / 5),
     );
     first.expect_code(130);
     let paused = first.one("paused");
     let id = paused["id"].as_str().unwrap().to_string();
     let acked = paused["bytes"].as_u64().unwrap();
-    assert!(acked >= size / 2 && acked < size, "{}", first.dump());
+    assert!(acked >= size * 2 / 5 && acked < size, "{}", first.dump());
     let resume = paused["resume"].as_str().unwrap();
     assert!(
         resume.starts_with(&format!("uploader upload {p} --server {url}")),
@@ -90,6 +92,10 @@ fn interrupt_at_half_then_resume_sends_each_chunk_about_once() {
         "the resumed run re-read {read} bytes; {acked} were acknowledged before"
     );
     let up = proxy.stats().bytes_up.load(Ordering::Relaxed);
+    eprintln!(
+        "interrupt/resume: paused at {acked} of {size}; second run read {read} bytes; {up} bytes sent in total (+{} over the file size)",
+        up.saturating_sub(size)
+    );
     assert!(
         up < size + parallel * chunk,
         "{up} bytes sent in total for a {size}-byte file"
