@@ -29,7 +29,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Cli, Command, UploadArgs};
-use crate::error::{Error, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK};
+use crate::error::{Error, EXIT_INTERRUPTED, EXIT_MISMATCH, EXIT_OK};
 use crate::journal::Store;
 use crate::progress::{Mode, Reporter};
 
@@ -189,6 +189,5 @@ async fn run_upload(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &Cancellat
     if worst == EXIT_OK && cancel.is_cancelled() {
         return EXIT_INTERRUPTED;
     }
-    let _ = EXIT_FAILURE;
     worst
 }

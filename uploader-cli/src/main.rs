@@ -13,7 +13,7 @@ use uploader_cli::error::{Error, EXIT_FAILURE};
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with 2.
     let cli = Cli::parse();
-    let quiet_json = cli.json;
+    let json = cli.json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             ExitCode::from(Error::Interrupted { resume }.exit_code())
         }
         Err(e) => {
-            if quiet_json {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({"event": "failed", "error": e.to_string(), "exit_code": e.exit_code()})

@@ -262,3 +262,57 @@ fn cancel_deletes_on_the_server_and_forgets_locally() {
     let again = cli.run(&["cancel", &id, "--server", &url]);
     again.expect_code(1);
 }
+
+/// A crash (SIGKILL) mid-upload: the journal written before it lets the next run skip the
+/// prefix whose SHA-256 midstate was saved (it reads less than the file) and complete.
+#[test]
+fn resume_after_a_crash_skips_the_hashed_prefix() {
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let (path, sha) = random_file(dir.path(), "crash.bin", size as usize, 17);
+    let p = path.to_str().unwrap();
+    let url = server.url();
+    let journal_has_midstate = || {
+        cli.journal_values()
+            .iter()
+            .any(|j| j["midstate"]["chunks"].as_u64().unwrap_or(0) >= 4)
+    };
+    let first = cli.run_signalled(
+        &[
+            "upload",
+            p,
+            "--server",
+            &url,
+            "--chunk-size",
+            "1MiB",
+            "-j",
+            "2",
+            "--limit-rate",
+            "8MiB/s",
+            "--json",
+        ],
+        "KILL",
+        // Observable condition: the journal on disk holds a midstate of 4+ chunks.
+        |_| journal_has_midstate(),
+    );
+    assert_eq!(first.code, -1, "killed by a signal\n{}", first.dump());
+    assert!(first.events_of("paused").is_empty());
+    let saved = cli.journal_values()[0]["midstate"]["chunks"]
+        .as_u64()
+        .unwrap();
+
+    let second = cli.run(&["upload", p, "--server", &url, "--json"]);
+    second.expect_code(0);
+    let done = second.one("completed");
+    assert_eq!(done["sha256"], sha.as_str());
+    let read = done["read_bytes"].as_u64().unwrap();
+    // After the prefix, only the chunks that were in flight (2) or read ahead (1) when it
+    // crashed are read again.
+    assert!(
+        read <= size - saved * MIB + 3 * MIB,
+        "read {read} bytes although {saved} chunks were hashed before the crash"
+    );
+    assert!(second.one("started")["resumed_bytes"].as_u64().unwrap() > 0);
+}

@@ -109,6 +109,11 @@ impl Cli {
     /// Runs `uploader ARGS` (which must include `--json`), sends SIGINT once an event
     /// satisfies `when`, and returns the finished run. Panics if the run ends first.
     pub fn run_interrupted(&self, args: &[&str], when: impl Fn(&Value) -> bool) -> Run {
+        self.run_signalled(args, "INT", when)
+    }
+
+    /// Like [`Cli::run_interrupted`] with any signal (`KILL` for a crash).
+    pub fn run_signalled(&self, args: &[&str], signal: &str, when: impl Fn(&Value) -> bool) -> Run {
         let mut child = self
             .command(args)
             .stdout(Stdio::piped())
@@ -138,7 +143,7 @@ impl Cli {
             lines.push(line);
             if hit && !sent {
                 let ok = Command::new("kill")
-                    .arg("-INT")
+                    .arg(format!("-{signal}"))
                     .arg(child.id().to_string())
                     .status()
                     .expect("kill");
@@ -160,6 +165,15 @@ impl Cli {
             run.dump()
         );
         run
+    }
+
+    /// The journals' content.
+    pub fn journal_values(&self) -> Vec<Value> {
+        self.journals()
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
     }
 
     /// Journal files present.
