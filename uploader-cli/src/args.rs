@@ -123,7 +123,7 @@ pub struct DownloadArgs {
     /// The upload id.
     pub id: common::UploadId,
     /// Output file (default: the upload's file name, or its id).
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, env = "UPLOADER_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Retries of a broken transfer before giving up.
     #[arg(long, env = "UPLOADER_RETRIES", default_value_t = 10)]
