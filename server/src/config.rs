@@ -55,6 +55,19 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_INLINE_VERIFY_LIMIT", default_value = "1GiB", value_parser = parse_size)]
     pub inline_verify_limit: u64,
 
+    /// Base path of the tus 1.0 endpoint.
+    #[arg(long, env = "UPLOAD_SERVER_TUS_PATH", default_value = "/files/")]
+    pub tus_path: String,
+
+    /// Origin allowed to call the API from a browser (repeatable, or comma-separated in
+    /// the environment; `*` allows any). None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "UPLOAD_SERVER_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

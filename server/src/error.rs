@@ -21,6 +21,12 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// The request's media type is not the one the route takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A precondition header (e.g. `Tus-Resumable`) names something this server lacks.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The server is shutting down or its storage is failing.
     #[error("{0}")]
     Unavailable(String),
@@ -33,6 +39,16 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -93,6 +109,23 @@ impl ApiError {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "sha256-mismatch",
                     "File SHA-256 mismatch",
+                ),
+                E::OffsetMismatch { .. } => (
+                    StatusCode::CONFLICT,
+                    "mismatching-upload-offset",
+                    "Mismatching upload offset",
+                ),
+                E::Locked => (StatusCode::LOCKED, "upload-locked", "Upload locked"),
+                E::WrongMode(_) => (
+                    StatusCode::CONFLICT,
+                    "wrong-protocol",
+                    "Upload takes another kind of write",
+                ),
+                E::BodyChecksumMismatch { .. } => (
+                    // tus's checksum extension: 460 Checksum Mismatch.
+                    StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+                    "checksum-mismatch",
+                    "Checksum mismatch",
                 ),
                 E::IdempotencyConflict => (
                     StatusCode::UNPROCESSABLE_ENTITY,

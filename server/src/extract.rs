@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The `{id}` path segment as an upload id; anything that is not one is a 404 at once,
 /// before storage is touched.
@@ -55,27 +56,68 @@ impl<S: Send + Sync> FromRequestParts<S> for IndexPath {
     }
 }
 
-/// A JSON body; an empty body reads as the type's default (e.g. `POST .../complete`).
+/// A JSON object body (e.g. `POST /v1/uploads`).
 pub struct JsonBody<T>(pub T);
+
+/// A JSON object body that may be empty, reading as the type's default (e.g.
+/// `POST .../complete`).
+pub struct OptionalJsonBody<T>(pub T);
 
 /// Largest JSON body accepted.
 const JSON_LIMIT: usize = 64 * 1024;
 
-impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonBody<T> {
+/// Reads a small body whole, bounded in size and in idle time.
+async fn small_body(req: Request, idle: Duration) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body_stream(req.into_body(), idle);
+    let mut buf = Vec::new();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(ApiError::Domain)?;
+        if buf.len() + piece.len() > JSON_LIMIT {
+            return Err(ApiError::BadRequest(format!(
+                "the JSON body is larger than {JSON_LIMIT} bytes"
+            )));
+        }
+        buf.extend_from_slice(&piece);
+    }
+    Ok(buf)
+}
+
+/// Parses a JSON object (an array or a scalar is refused even where serde would take it).
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the JSON body must be an object".into(),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::to_bytes(req.into_body(), JSON_LIMIT)
-            .await
-            .map_err(|_| {
-                ApiError::BadRequest(format!("the JSON body is larger than {JSON_LIMIT} bytes"))
-            })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = small_body(req, state.body_timeout).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(T::default()));
+            return Err(ApiError::BadRequest(
+                "a JSON object body is required".into(),
+            ));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        parse_object(&bytes).map(JsonBody)
+    }
+}
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = small_body(req, state.body_timeout).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_object(&bytes).map(OptionalJsonBody)
     }
 }
 
@@ -134,5 +176,27 @@ pub fn body_stream(
             Ok(Some(Err(e))) => Some((Err(storage::Error::BodyRead(e.to_string())), None)),
         }
     })
+    .fuse()
     .boxed()
+}
+
+/// Largest unread body drained before an error answer; past it the connection is closed
+/// instead (see `routes::close_after_unread_body`).
+pub const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Reads and discards what is left of a body, so that an early error answer reaches a
+/// client that is still sending (an HTTP/1.1 client writing its body does not read the
+/// answer until it has sent it all). Gives up past [`DRAIN_LIMIT`] bytes or when the body
+/// stalls.
+pub async fn drain<S>(body: &mut S)
+where
+    S: Stream<Item = storage::Result<Bytes>> + Unpin,
+{
+    let mut seen = 0u64;
+    while let Some(Ok(piece)) = body.next().await {
+        seen += piece.len() as u64;
+        if seen > DRAIN_LIMIT {
+            return;
+        }
+    }
 }

@@ -51,6 +51,7 @@ pub async fn run(
         uploads: uploads.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
         body_timeout: config.body_timeout,
+        tus_path: normalize_base(&config.tus_path),
     };
     let sweeper = tokio::spawn(sweep_forever(uploads, sweep_interval(config.upload_ttl)));
 
@@ -71,7 +72,7 @@ pub async fn run(
     };
     if !serve::serve(
         listener,
-        app(state),
+        app(state, &config.cors_origins),
         limits,
         stop_rx,
         config.shutdown_timeout,
@@ -83,6 +84,11 @@ pub async fn run(
     sweeper.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `files` → `/files/`.
+fn normalize_base(path: &str) -> String {
+    format!("/{}/", path.trim_matches('/'))
 }
 
 /// How often the sweeper runs: often enough that a short TTL is honoured promptly.

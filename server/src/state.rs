@@ -15,6 +15,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// Idle limit between two pieces of a request body.
     pub body_timeout: Duration,
+    /// Where the tus endpoint lives, with a trailing slash (e.g. `/files/`).
+    pub tus_path: String,
 }
 
 impl AppState {

@@ -77,6 +77,26 @@ pub enum Error {
         /// Computed digest.
         actual: Sha256Digest,
     },
+    /// An in-order append did not start at the upload's current offset.
+    #[error("the upload's offset is {expected}, but the request starts at {got}")]
+    OffsetMismatch {
+        /// Where the next append must start.
+        expected: u64,
+        /// Where the request started.
+        got: u64,
+    },
+    /// Another request is appending to this upload right now.
+    #[error("another request is writing to this upload; retry when it has finished")]
+    Locked,
+    /// The upload does not take this kind of write (chunks vs in-order appends).
+    #[error("{0}")]
+    WrongMode(&'static str),
+    /// An append's body does not match the checksum sent with it; nothing was appended.
+    #[error("the body's {algorithm} checksum does not match; nothing was appended")]
+    BodyChecksumMismatch {
+        /// Algorithm name (`sha1`, `sha256`, `md5`).
+        algorithm: &'static str,
+    },
     /// The same idempotency key was used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,

@@ -14,12 +14,12 @@ use common::Sha256Digest;
 
 use crate::error::{Error, Result};
 
-/// How far the whole-file hash has got: every chunk below `next_index` is hashed into
-/// `state`.
+/// How far the whole-file hash has got: the first `hashed_bytes` bytes of the file are
+/// hashed into `hasher`.
 #[derive(Clone)]
 pub struct PrefixHash {
-    /// First chunk not yet hashed.
-    pub next_index: u64,
+    /// Bytes hashed, from the start of the file.
+    pub hashed_bytes: u64,
     /// Running hash of chunks `0..next_index`.
     pub hasher: Sha256,
 }
@@ -27,7 +27,7 @@ pub struct PrefixHash {
 impl Default for PrefixHash {
     fn default() -> Self {
         Self {
-            next_index: 0,
+            hashed_bytes: 0,
             hasher: Sha256::new(),
         }
     }
@@ -36,8 +36,8 @@ impl Default for PrefixHash {
 /// The serialized form of a [`PrefixHash`], as backends store it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPrefixHash {
-    /// First chunk not yet hashed.
-    pub next_index: u64,
+    /// Bytes hashed, from the start of the file.
+    pub hashed_bytes: u64,
     /// SHA-256 midstate, hex.
     pub state: String,
 }
@@ -46,7 +46,7 @@ impl PrefixHash {
     /// The form to store.
     pub fn save(&self) -> SavedPrefixHash {
         SavedPrefixHash {
-            next_index: self.next_index,
+            hashed_bytes: self.hashed_bytes,
             state: hex::encode(self.hasher.serialize().as_slice()),
         }
     }
@@ -57,7 +57,7 @@ impl PrefixHash {
         let state = SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
         let hasher = Sha256::deserialize(&state).ok()?;
         Some(Self {
-            next_index: saved.next_index,
+            hashed_bytes: saved.hashed_bytes,
             hasher,
         })
     }
@@ -123,15 +123,15 @@ mod tests {
     fn midstate_round_trip_continues_exactly() {
         let mut p = PrefixHash::default();
         p.hasher.update(b"hello ");
-        p.next_index = 1;
+        p.hashed_bytes = 6;
         let saved = p.save();
         let mut back = PrefixHash::restore(&saved).unwrap();
-        assert_eq!(back.next_index, 1);
+        assert_eq!(back.hashed_bytes, 6);
         back.hasher.update(b"world");
         let expect = Sha256::digest(b"hello world");
         assert_eq!(back.digest().0, <[u8; 32]>::from(expect));
         assert!(PrefixHash::restore(&SavedPrefixHash {
-            next_index: 0,
+            hashed_bytes: 0,
             state: "zz".into()
         })
         .is_none());

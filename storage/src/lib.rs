@@ -8,11 +8,13 @@
 //! - [`error`]: the crate's one error enum.
 //! - [`record`]: the durable upload record and pure rules (geometry, limits, states).
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
+//! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`service`]: the [`Uploads`] service.
 //! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
 
 pub mod backend;
+pub mod checksum;
 pub mod error;
 pub mod hash;
 pub mod record;
@@ -21,5 +23,9 @@ pub mod upload;
 
 pub use backend::local::LocalBackend;
 pub use backend::{Backend, Content};
+pub use checksum::BodyChecksum;
 pub use error::{Error, Result};
-pub use service::{ChunkStored, Completion, Created, Stats, SweepReport, Uploads, UploadsConfig};
+pub use record::UploadMode;
+pub use service::{
+    Appended, ChunkStored, Completion, Created, Stats, SweepReport, Uploads, UploadsConfig,
+};

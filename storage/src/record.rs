@@ -67,6 +67,17 @@ impl StoredState {
     }
 }
 
+/// How an upload's bytes arrive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadMode {
+    /// Whole chunks, in any order and in parallel (the native API).
+    #[default]
+    Chunks,
+    /// Appends at the current offset, in order, of any length (tus, the IETF draft).
+    Stream,
+}
+
 /// Everything the server keeps about one upload besides its bytes and chunk receipts.
 /// Rewritten whole (atomically) on every state change; chunk receipts live apart so that a
 /// chunk's acknowledgement never rewrites this record.
@@ -78,6 +89,9 @@ pub struct UploadRecord {
     pub size: u64,
     /// Bytes per chunk.
     pub chunk_size: u64,
+    /// How bytes arrive.
+    #[serde(default)]
+    pub mode: UploadMode,
     /// SHA-256 the client declared (at creation or completion).
     #[serde(default)]
     pub declared_sha256: Option<Sha256Digest>,
@@ -123,6 +137,11 @@ impl UploadRecord {
             )));
         }
         Ok((self.size - index * self.chunk_size).min(self.chunk_size))
+    }
+
+    /// Where chunk `index` ends (exclusive), for any index below the chunk count.
+    pub fn chunk_end(&self, index: u64) -> u64 {
+        ((index + 1) * self.chunk_size).min(self.size)
     }
 }
 
@@ -245,6 +264,7 @@ mod tests {
             id: UploadId::new_random(),
             size: 10,
             chunk_size: 4,
+            mode: UploadMode::Chunks,
             declared_sha256: None,
             sha256: None,
             filename: None,

@@ -15,10 +15,11 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::backend::{Backend, Content, IdempotencyClaim, StoredChunk};
+use crate::backend::{Backend, Content, IdempotencyClaim, Receipt, StoredChunk};
+use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHasher;
-use crate::record::{Limits, StoredState, UploadRecord};
+use crate::record::{Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
 /// Operator settings of the service.
@@ -62,6 +63,15 @@ pub struct ChunkStored {
     pub receipt: ChunkReceipt,
     /// False when the same bytes were already stored (a retry).
     pub new: bool,
+}
+
+/// The outcome of an in-order append.
+#[derive(Debug)]
+pub struct Appended {
+    /// The upload's offset after the append.
+    pub offset: u64,
+    /// The final status, when this append completed the upload.
+    pub completed: Option<UploadStatus>,
 }
 
 /// The outcome of a complete.
@@ -166,6 +176,17 @@ impl Uploads {
         req: CreateUpload,
         idempotency_key: Option<&str>,
     ) -> Result<Created> {
+        self.create_with_mode(req, idempotency_key, UploadMode::Chunks)
+            .await
+    }
+
+    /// Creates an upload whose bytes arrive as chunks or as in-order appends (tus, IETF).
+    pub async fn create_with_mode(
+        &self,
+        req: CreateUpload,
+        idempotency_key: Option<&str>,
+        mode: UploadMode,
+    ) -> Result<Created> {
         let chunk_size = self.limits.validate(&req)?;
         let _serial = match idempotency_key {
             Some(_) => Some(self.create_lock.lock().await),
@@ -176,6 +197,7 @@ impl Uploads {
             id: UploadId::new_random(),
             size: req.size,
             chunk_size,
+            mode,
             declared_sha256: req.sha256,
             sha256: None,
             filename: req.filename.clone(),
@@ -187,7 +209,11 @@ impl Uploads {
         };
         if let Some(key) = idempotency_key {
             let key_digest = Sha256Digest(Sha256::digest(key.as_bytes()).into());
-            let body = serde_json::to_vec(&req).map_err(|e| Error::Corrupt(e.to_string()))?;
+            // The same request written differently (an empty metadata object or none) is
+            // the same request.
+            let mut canonical = req.clone();
+            canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
+            let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
             let claim = IdempotencyClaim {
                 id: record.id,
                 fingerprint: Sha256Digest(Sha256::digest(&body).into()),
@@ -223,7 +249,7 @@ impl Uploads {
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
             last_activity: record.updated_at,
             record,
-            chunks: Vec::new(),
+            receipts: Vec::new(),
             prefix_hash: None,
         }));
         self.lock_open().insert(up.id, up.clone());
@@ -295,6 +321,11 @@ impl Uploads {
             s if s.is_tombstone() => return Err(Error::Gone(s.name())),
             s => return Err(Error::WrongState(s.name())),
         }
+        if record.mode != UploadMode::Chunks {
+            return Err(Error::WrongMode(
+                "this upload takes in-order appends (tus), not chunks",
+            ));
+        }
         let len = record.chunk_len(index)?;
         if let Some(d) = declared_len.filter(|d| *d != len) {
             return Err(Error::Invalid(format!(
@@ -327,10 +358,13 @@ impl Uploads {
 
         let in_flight_prefix = {
             let p = up.prefix();
-            (p.next_index == index).then(|| p.hasher.clone())
+            (p.hashed_bytes == record.chunk_offset(index)).then(|| p.hasher.clone())
         };
         let mut h = ChunkHasher::new(len, in_flight_prefix);
-        let mut writer = self.backend.chunk_writer(&record, index).await?;
+        let mut writer = self
+            .backend
+            .writer_at(&record, record.chunk_offset(index))
+            .await?;
         while let Some(b) = body.next().await {
             let b = b?;
             h.update(&b)?;
@@ -344,7 +378,9 @@ impl Uploads {
             size: len,
             sha256: actual,
         };
-        self.backend.commit_chunk(&record, &chunk).await?;
+        self.backend
+            .commit(&record, &[Receipt::Chunk(chunk)])
+            .await?;
         up.commit(&chunk, advanced);
         self.schedule_catch_up(&up);
         Ok(ChunkStored {
@@ -354,6 +390,172 @@ impl Uploads {
                 sha256: actual,
             },
             new: true,
+        })
+    }
+
+    /// Where the next in-order append goes: the bytes stored contiguously from the start.
+    pub async fn offset(&self, id: UploadId) -> Result<(UploadRecord, u64)> {
+        let up = self.get(id).await?;
+        let record = up.record();
+        record.state.visible()?;
+        let offset = up.chunks().contiguous_bytes(&record);
+        Ok((record, offset))
+    }
+
+    /// Appends `body` at `offset`, which must be the upload's current offset (tus PATCH,
+    /// IETF append). One appender at a time: a concurrent one gets [`Error::Locked`]. With
+    /// a `checksum`, the append is all or nothing; without, a body cut short keeps what
+    /// arrived, as tus expects. The bytes are durable when this returns; the upload is
+    /// completed (verified and published) when they reach its size.
+    pub async fn append<S>(
+        self: &Arc<Self>,
+        id: UploadId,
+        offset: u64,
+        checksum: Option<BodyChecksum>,
+        mut body: S,
+    ) -> Result<Appended>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        let up = self.get(id).await?;
+        let busy = up.busy_guard();
+        let op = up.op.read().await;
+        let record = up.record();
+        match record.state {
+            StoredState::Uploading => {}
+            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
+            s => return Err(Error::WrongState(s.name())),
+        }
+        if record.mode != UploadMode::Stream {
+            return Err(Error::WrongMode(
+                "this upload takes chunks (native API), not in-order appends",
+            ));
+        }
+        let mut cursor = up.stream.try_lock().map_err(|_| Error::Locked)?;
+        let start = up.chunks().contiguous_bytes(&record);
+        if offset != start {
+            return Err(Error::OffsetMismatch {
+                expected: start,
+                got: offset,
+            });
+        }
+        // After a restart the hashes must first be rebuilt from what is stored.
+        if up.prefix().hashed_bytes != start {
+            self.catch_up(&up).await?;
+        }
+        let chunk_start = |pos: u64| pos - pos % record.chunk_size;
+        if cursor.is_none() {
+            let from = chunk_start(start);
+            let mut h = Sha256::new();
+            let mut s = self.backend.read_range(&record, from, start - from).await?;
+            while let Some(b) = s.next().await {
+                h.update(&b?);
+            }
+            *cursor = Some(h);
+        }
+        let (mut prefix, mut chunk) = {
+            let p = up.prefix();
+            if p.hashed_bytes != start {
+                return Err(Error::Corrupt(
+                    "whole-file hash is behind the stored bytes".into(),
+                ));
+            }
+            (p.hasher.clone(), cursor.clone().unwrap_or_default())
+        };
+        let mut body_hash = checksum.as_ref().map(BodyChecksum::hasher);
+        let mut receipts = Vec::new();
+        let mut pos = start;
+        let mut writer = self.backend.writer_at(&record, start).await?;
+        let mut cut: Option<Error> = None;
+        while let Some(piece) = body.next().await {
+            let mut piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            };
+            if pos + piece.len() as u64 > record.size {
+                return Err(Error::Invalid(format!(
+                    "the body goes past the upload's length of {} bytes",
+                    record.size
+                )));
+            }
+            if let Some(h) = &mut body_hash {
+                h.update(&piece);
+            }
+            writer.write(piece.clone()).await?;
+            while !piece.is_empty() {
+                let index = pos / record.chunk_size;
+                let room = (record.chunk_end(index) - pos) as usize;
+                let seg = piece.split_to(room.min(piece.len()));
+                chunk.update(&seg);
+                prefix.update(&seg);
+                pos += seg.len() as u64;
+                if pos == record.chunk_end(index) {
+                    let done = std::mem::take(&mut chunk);
+                    receipts.push(Receipt::Chunk(StoredChunk {
+                        index,
+                        size: pos - record.chunk_offset(index),
+                        sha256: Sha256Digest(done.finalize().into()),
+                    }));
+                }
+            }
+        }
+        writer.finish().await?;
+        if let (Some(c), Some(h)) = (&checksum, body_hash) {
+            // All or nothing: a body cut short cannot be checked.
+            if let Some(e) = cut {
+                return Err(e);
+            }
+            if !c.matches(h) {
+                return Err(Error::BodyChecksumMismatch {
+                    algorithm: c.algorithm(),
+                });
+            }
+        }
+        if pos > start {
+            if pos % record.chunk_size != 0 && pos < record.size {
+                receipts.push(Receipt::Partial {
+                    index: pos / record.chunk_size,
+                    len: pos - chunk_start(pos),
+                });
+            }
+            self.backend.commit(&record, &receipts).await?;
+            {
+                let mut t = up.chunks();
+                for r in &receipts {
+                    match *r {
+                        Receipt::Chunk(c) => t.set(c.index, c.size, c.sha256),
+                        Receipt::Partial { index, len } => t.set_partial(index, len),
+                    }
+                }
+                let mut p = up.prefix();
+                p.hashed_bytes = pos;
+                p.hasher = prefix;
+            }
+            *cursor = Some(chunk);
+            let saved = up.prefix().save();
+            if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
+                tracing::warn!(%id, error = %e, "could not save the hash midstate");
+            }
+        }
+        if let Some(e) = cut {
+            return Err(e);
+        }
+        drop(cursor);
+        drop(op);
+        drop(busy);
+        let completed = if pos == record.size {
+            match self.complete(id, None).await? {
+                Completion::Done(s) | Completion::Verifying(s) => Some(s),
+            }
+        } else {
+            None
+        };
+        Ok(Appended {
+            offset: pos,
+            completed,
         })
     }
 
@@ -410,9 +612,7 @@ impl Uploads {
             r.updated_at = OffsetDateTime::now_utc();
         });
         self.backend.save_record(&record).await?;
-        let unhashed = record
-            .size
-            .saturating_sub(up.prefix().next_index * record.chunk_size);
+        let unhashed = record.size.saturating_sub(up.prefix().hashed_bytes);
         if unhashed > self.config.inline_verify_limit {
             drop(op);
             self.clone().spawn_verify(up.clone());
@@ -620,40 +820,49 @@ fn check_digest(declared: Option<Sha256Digest>, actual: Sha256Digest) -> Result<
     }
 }
 
-/// Advances the whole-file hash over every stored chunk right after the prefix, reading
-/// them back from storage, then saves the midstate. Returns the bytes read back.
+/// Advances the whole-file hash over the stored bytes right after the hashed prefix
+/// (whole chunks, and the stored part of a partly appended chunk), reading them back from
+/// storage, then saves the midstate. Returns the bytes read back.
 async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Result<u64> {
     let _runner = up.hash_runner.lock().await;
     let record = up.record();
-    let count = record.chunk_count();
     let mut advanced = false;
     let mut read = 0;
     loop {
-        let (next, mut hasher) = {
+        let (from, mut hasher) = {
             let p = up.prefix();
-            (p.next_index, p.hasher.clone())
+            (p.hashed_bytes, p.hasher.clone())
         };
-        if next >= count || up.chunks().get(next).is_none() {
+        if from >= record.size {
             break;
         }
-        let len = record.chunk_len(next)?;
-        let mut stream = backend
-            .read_range(&record, record.chunk_offset(next), len)
-            .await?;
+        let index = from / record.chunk_size;
+        let to = {
+            let t = up.chunks();
+            match t.partial() {
+                _ if t.get(index).is_some() => record.chunk_end(index),
+                Some((i, len)) if i == index => record.chunk_offset(index) + len,
+                _ => break,
+            }
+        };
+        if to <= from {
+            break;
+        }
+        let mut stream = backend.read_range(&record, from, to - from).await?;
         while let Some(b) = stream.next().await {
             hasher.update(&b?);
         }
-        up.read_back.fetch_add(len, Ordering::Relaxed);
-        total.fetch_add(len, Ordering::Relaxed);
-        read += len;
+        up.read_back.fetch_add(to - from, Ordering::Relaxed);
+        total.fetch_add(to - from, Ordering::Relaxed);
+        read += to - from;
         let mut p = up.prefix();
-        if p.next_index == next {
-            p.next_index = next + 1;
+        if p.hashed_bytes == from {
+            p.hashed_bytes = to;
             p.hasher = hasher;
             advanced = true;
         }
     }
-    if advanced || up.prefix().next_index == count {
+    if advanced {
         let saved = up.prefix().save();
         backend.save_prefix_hash(up.id, &saved).await?;
     }

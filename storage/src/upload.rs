@@ -13,21 +13,23 @@ use common::{Sha256Digest, UploadId};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
-use crate::backend::{Loaded, StoredChunk};
+use crate::backend::{Loaded, Receipt, StoredChunk};
 use crate::hash::PrefixHash;
 use crate::record::UploadRecord;
 
 /// Number of chunk lock stripes: requests for different chunks rarely wait on each other.
 const STRIPES: usize = 64;
 
-/// Which chunks are stored, with their digests.
+/// Which chunks are stored, with their digests, and how much of a partly appended chunk.
 pub struct ChunkTable {
     digests: Vec<Option<Sha256Digest>>,
+    /// `(index, len)`: the first `len` bytes of chunk `index` are stored (in-order appends).
+    partial: Option<(u64, u64)>,
     received_bytes: u64,
 }
 
 impl ChunkTable {
-    fn new(record: &UploadRecord, chunks: &[StoredChunk]) -> Self {
+    fn new(record: &UploadRecord, receipts: &[Receipt]) -> Self {
         let count = if record.state.is_tombstone() {
             0
         } else {
@@ -35,14 +37,50 @@ impl ChunkTable {
         };
         let mut t = Self {
             digests: vec![None; count as usize],
+            partial: None,
             received_bytes: 0,
         };
-        for c in chunks {
-            if (c.index as usize) < t.digests.len() && t.digests[c.index as usize].is_none() {
-                t.set(c.index, c.size, c.sha256);
+        for r in receipts {
+            match *r {
+                Receipt::Chunk(c) => t.set(c.index, c.size, c.sha256),
+                Receipt::Partial { index, len } => t.set_partial(index, len),
             }
         }
         t
+    }
+
+    /// Records the stored prefix of a chunk being appended to.
+    pub fn set_partial(&mut self, index: u64, len: u64) {
+        if (index as usize) >= self.digests.len() || self.get(index).is_some() {
+            return;
+        }
+        if let Some((_, old)) = self.partial.take() {
+            self.received_bytes -= old;
+        }
+        self.received_bytes += len;
+        self.partial = Some((index, len));
+    }
+
+    /// The partly stored chunk, if any: `(index, len)`.
+    pub fn partial(&self) -> Option<(u64, u64)> {
+        self.partial
+    }
+
+    /// Bytes stored contiguously from the start: where the next in-order append goes.
+    pub fn contiguous_bytes(&self, record: &UploadRecord) -> u64 {
+        let first_missing = self
+            .digests
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.digests.len()) as u64;
+        if first_missing >= record.chunk_count() {
+            return record.size;
+        }
+        let partial = match self.partial {
+            Some((i, len)) if i == first_missing => len,
+            _ => 0,
+        };
+        record.chunk_offset(first_missing) + partial
     }
 
     /// Digest of chunk `index` if it is stored.
@@ -55,6 +93,12 @@ impl ChunkTable {
         if let Some(slot) = self.digests.get_mut(index as usize) {
             if slot.replace(digest).is_none() {
                 self.received_bytes += size;
+                if let Some((i, len)) = self.partial {
+                    if i == index {
+                        self.received_bytes -= len;
+                        self.partial = None;
+                    }
+                }
             }
         }
     }
@@ -78,6 +122,7 @@ impl ChunkTable {
     /// Forgets every chunk (the bytes were discarded).
     pub fn clear(&mut self) {
         self.digests.clear();
+        self.partial = None;
         self.received_bytes = 0;
     }
 }
@@ -92,6 +137,9 @@ pub struct Upload {
     chunks: Mutex<ChunkTable>,
     prefix: Mutex<PrefixHash>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// One in-order writer at a time; holds the hash of the partly appended chunk (`None`
+    /// when it must be rebuilt from storage, e.g. after a restart).
+    pub stream: tokio::sync::Mutex<Option<sha2::Sha256>>,
     /// Serializes whole-file hash catch-up.
     pub hash_runner: tokio::sync::Mutex<()>,
     /// A catch-up pass is wanted / running (see `Uploads::schedule_catch_up`).
@@ -107,12 +155,13 @@ pub struct Upload {
 impl Upload {
     /// Builds the handle from what storage holds.
     pub fn from_loaded(loaded: Loaded) -> Self {
-        let chunks = ChunkTable::new(&loaded.record, &loaded.chunks);
+        let chunks = ChunkTable::new(&loaded.record, &loaded.receipts);
+        let durable = chunks.received_bytes();
         let prefix = loaded
             .prefix_hash
             .as_ref()
             .and_then(PrefixHash::restore)
-            .filter(|p| p.next_index <= loaded.record.chunk_count())
+            .filter(|p| p.hashed_bytes <= durable)
             .unwrap_or_default();
         Self {
             id: loaded.record.id,
@@ -121,6 +170,7 @@ impl Upload {
             chunks: Mutex::new(chunks),
             prefix: Mutex::new(prefix),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stream: tokio::sync::Mutex::new(None),
             hash_runner: tokio::sync::Mutex::new(()),
             hash_wanted: AtomicBool::new(false),
             hash_running: AtomicBool::new(false),
@@ -164,11 +214,15 @@ impl Upload {
         table.set(chunk.index, chunk.size, chunk.sha256);
         if let Some(h) = advanced {
             let mut p = self.prefix();
-            if p.next_index == chunk.index {
+            if p.hashed_bytes == chunk.index * self.record_chunk_size() {
                 p.hasher = h;
-                p.next_index += 1;
+                p.hashed_bytes += chunk.size;
             }
         }
+    }
+
+    fn record_chunk_size(&self) -> u64 {
+        lock(&self.record).chunk_size
     }
 
     /// Marks activity now, for idle expiry.

@@ -166,6 +166,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the server said.
+        if std::thread::panicking() {
+            eprintln!("--- upload-server logs ---\n{}\n--- end ---", self.logs());
+        }
     }
 }
 
@@ -223,3 +227,4 @@ impl Server {
     }
 }
 pub mod proxy;
+pub mod s3;

@@ -1,9 +1,12 @@
 //! The router: routes, and the layers every request goes through (request id, one log
 //! line per request, `nosniff`).
 
-use axum::http::{HeaderName, HeaderValue, Request};
-use axum::routing::{get, post, put};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, head, post, put};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -14,10 +17,110 @@ use crate::state::AppState;
 
 pub mod health;
 pub mod native;
+pub mod tus;
 
-/// The whole HTTP application.
-pub fn app(state: AppState) -> Router {
+/// Headers browsers may send cross-origin.
+const ALLOW_HEADERS: [&str; 14] = [
+    "authorization",
+    "content-type",
+    "content-digest",
+    "idempotency-key",
+    "x-request-id",
+    "tus-resumable",
+    "upload-length",
+    "upload-offset",
+    "upload-metadata",
+    "upload-checksum",
+    "upload-defer-length",
+    "upload-concat",
+    "x-http-method-override",
+    "range",
+];
+
+/// Headers browser scripts may read cross-origin.
+const EXPOSE_HEADERS: [&str; 13] = [
+    "location",
+    "upload-offset",
+    "upload-length",
+    "upload-metadata",
+    "upload-expires",
+    "tus-version",
+    "tus-resumable",
+    "tus-max-size",
+    "tus-extension",
+    "tus-checksum-algorithm",
+    "x-request-id",
+    "etag",
+    "content-range",
+];
+
+/// CORS for the configured origins; `None` when none are (same-origin only).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let names = |list: &[&'static str]| {
+        list.iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect::<Vec<_>>()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(names(&ALLOW_HEADERS))
+            .expose_headers(names(&EXPOSE_HEADERS))
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}
+
+/// An error answer to a request with a body may leave the body unread, and then the
+/// connection cannot carry another request: say so with `Connection: close`, so that a
+/// keep-alive client does not send its next request into a closing socket.
+async fn close_after_unread_body(req: axum::extract::Request, next: Next) -> Response {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The whole HTTP application; `cors_origins` may call it from browsers.
+pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let request_id = HeaderName::from_static(common::headers::REQUEST_ID);
+    let base = state.tus_path.clone();
+    let tus_routes = Router::new()
+        .route(&base, post(tus::create).options(tus::options))
+        .route(
+            base.trim_end_matches('/'),
+            post(tus::create).options(tus::options),
+        )
+        .route(
+            &format!("{base}{{id}}"),
+            head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::delete)
+                .options(tus::options),
+        );
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -30,9 +133,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/uploads/{id}/chunks/{index}", put(native::put_chunk))
         .route("/v1/uploads/{id}/complete", post(native::complete))
         .route("/v1/uploads/{id}/content", get(native::content))
+        .merge(tus_routes)
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
@@ -57,4 +162,5 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(tower::util::option_layer(cors(cors_origins)))
 }

@@ -11,7 +11,8 @@ use tower::ServiceExt;
 
 use crate::error::ApiError;
 use crate::extract::{
-    body_stream, content_digest, content_length, idempotency_key, IdPath, IndexPath, JsonBody,
+    body_stream, content_digest, content_length, drain, idempotency_key, IdPath, IndexPath,
+    JsonBody, OptionalJsonBody, DRAIN_LIMIT,
 };
 use crate::state::AppState;
 
@@ -60,11 +61,15 @@ pub async fn put_chunk(
 ) -> Result<Response, ApiError> {
     let len = content_length(&headers)?;
     let digest = content_digest(&headers)?;
-    let stream = body_stream(body, state.body_timeout);
-    let stored = state
+    let mut stream = body_stream(body, state.body_timeout);
+    let result = state
         .uploads
-        .put_chunk(id, index, len, digest, stream)
-        .await?;
+        .put_chunk(id, index, len, digest, &mut stream)
+        .await;
+    if result.is_err() && len.is_some_and(|l| l <= DRAIN_LIMIT) {
+        drain(&mut stream).await;
+    }
+    let stored = result?;
     let status = if stored.new {
         StatusCode::CREATED
     } else {
@@ -77,7 +82,7 @@ pub async fn put_chunk(
 pub async fn complete(
     State(state): State<AppState>,
     IdPath(id): IdPath,
-    JsonBody(req): JsonBody<CompleteUpload>,
+    OptionalJsonBody(req): OptionalJsonBody<CompleteUpload>,
 ) -> Result<Response, ApiError> {
     Ok(match state.uploads.complete(id, req.sha256).await? {
         Completion::Done(status) => (StatusCode::OK, Json(status)).into_response(),

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded,
-    StoredChunk,
+    Receipt,
 };
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -187,13 +187,13 @@ impl Backend for LocalBackend {
                     dir.display()
                 )));
             }
-            let (chunks, prefix_hash) = if record.state.is_tombstone() {
+            let (receipts, prefix_hash) = if record.state.is_tombstone() {
                 (Vec::new(), None)
             } else {
                 let mut j = open_journal(&dir)?;
-                let chunks = journal::replay(&mut j)?;
+                let receipts = journal::replay(&mut j)?;
                 let prefix = read_json::<SavedPrefixHash>(&dir.join("hash.json")).unwrap_or(None);
-                (chunks, prefix)
+                (receipts, prefix)
             };
             let last_activity = [mtime(&dir.join("chunks.journal")), Some(record.updated_at)]
                 .into_iter()
@@ -202,7 +202,7 @@ impl Backend for LocalBackend {
                 .unwrap_or(record.updated_at);
             Ok(Some(Loaded {
                 record,
-                chunks,
+                receipts,
                 prefix_hash,
                 last_activity,
             }))
@@ -221,24 +221,20 @@ impl Backend for LocalBackend {
         blocking(move || write_atomic(&path, &json, true)).await
     }
 
-    async fn chunk_writer(
-        &self,
-        record: &UploadRecord,
-        index: u64,
-    ) -> Result<Box<dyn ChunkWriter>> {
+    async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>> {
         let path = self.dir(record.id).join("data");
         let file = blocking(move || Ok(OpenOptions::new().write(true).open(path)?)).await?;
         Ok(Box::new(LocalChunkWriter {
             file: Arc::new(file),
-            offset: record.chunk_offset(index),
+            offset,
             buf: BytesMut::with_capacity(IO_BUF),
             pending: None,
         }))
     }
 
-    async fn commit_chunk(&self, record: &UploadRecord, chunk: &StoredChunk) -> Result<()> {
+    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()> {
         let dir = self.dir(record.id);
-        let chunk = *chunk;
+        let receipts = receipts.to_vec();
         blocking(move || {
             // Data first: a receipt must never name bytes that are not on disk.
             OpenOptions::new()
@@ -246,7 +242,7 @@ impl Backend for LocalBackend {
                 .open(dir.join("data"))?
                 .sync_data()?;
             let mut j = open_journal(&dir)?;
-            journal::append(&mut j, &chunk)
+            journal::append(&mut j, &receipts)
         })
         .await
     }

@@ -48,13 +48,27 @@ pub struct StoredChunk {
     pub sha256: Sha256Digest,
 }
 
+/// A durable fact about an upload's bytes, recorded when bytes are acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receipt {
+    /// A whole chunk is stored.
+    Chunk(StoredChunk),
+    /// The first `len` bytes of chunk `index` are stored (in-order appends, e.g. tus).
+    Partial {
+        /// Chunk index.
+        index: u64,
+        /// Bytes of the chunk stored, from its start.
+        len: u64,
+    },
+}
+
 /// One upload as found in storage.
 #[derive(Clone, Debug)]
 pub struct Loaded {
     /// The record.
     pub record: UploadRecord,
-    /// Receipts of every acknowledged chunk.
-    pub chunks: Vec<StoredChunk>,
+    /// Receipts of every acknowledged chunk, in the order they were made.
+    pub receipts: Vec<Receipt>,
     /// Whole-file hash progress, if any was saved.
     pub prefix_hash: Option<SavedPrefixHash>,
     /// Last time bytes or state changed, for idle expiry.
@@ -82,7 +96,7 @@ pub struct IdempotencyClaim {
 pub trait ChunkWriter: Send {
     /// Stores the next bytes of the chunk (not yet durable).
     async fn write(&mut self, bytes: Bytes) -> Result<()>;
-    /// Every byte has been handed to storage; [`Backend::commit_chunk`] makes it durable.
+    /// Every byte has been handed to storage; [`Backend::commit`] makes it durable.
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
@@ -104,14 +118,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Replaces the record (a state change), durably.
     async fn save_record(&self, record: &UploadRecord) -> Result<()>;
 
-    /// Opens a writer for chunk `index`. The caller guarantees one writer per chunk at a
-    /// time and never writes a committed chunk.
-    async fn chunk_writer(&self, record: &UploadRecord, index: u64)
-        -> Result<Box<dyn ChunkWriter>>;
+    /// Opens a writer of the upload's bytes from `offset` on. The caller guarantees one
+    /// writer per byte range at a time and never rewrites acknowledged bytes.
+    async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>>;
 
-    /// Makes a written chunk durable and records its receipt. After `Ok` the chunk may be
-    /// acknowledged: it survives a crash.
-    async fn commit_chunk(&self, record: &UploadRecord, chunk: &StoredChunk) -> Result<()>;
+    /// Makes written bytes durable and records their receipts. After `Ok` they may be
+    /// acknowledged: they survive a crash.
+    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()>;
 
     /// Reads `len` bytes at `offset` of the upload's bytes (stored chunks only).
     async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream>;

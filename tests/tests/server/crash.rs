@@ -191,7 +191,6 @@ async fn stalled_and_abandoned_bodies_count_nothing() {
 /// The body timeout covers every request body, not only chunks: a create or complete
 /// whose JSON body stalls is answered 408 (or cut) and frees its worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: JSON bodies have no timeout (server/src/extract.rs:68 JsonBody uses axum::body::to_bytes with no deadline; only chunk bodies go through body_stream), so a stalled create/complete holds its connection and worker forever"]
 async fn stalled_json_bodies_time_out() {
     use tokio::io::AsyncWriteExt;
     let (server, dir) = Server::start(&["--body-timeout", "1s"]);

@@ -1,0 +1,397 @@
+//! tus 1.0.0 (<https://tus.io/protocols/resumable-upload>) on the same domain core as the
+//! native API: an upload created here is the same upload in `GET /v1/uploads/{id}` and
+//! its content URL, verified the same way.
+//!
+//! Extensions: creation, creation-with-upload, expiration, checksum (sha1, sha256, md5)
+//! and termination. Appends of any length map onto the upload's chunks; one append at a
+//! time per upload (a concurrent one is answered 423).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use common::api::{CreateUpload, UploadStatus};
+use common::UploadId;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+use storage::checksum::ALGORITHMS;
+use storage::{BodyChecksum, UploadMode};
+
+use crate::error::ApiError;
+use crate::extract::{body_stream, drain, IdPath, DRAIN_LIMIT};
+use crate::state::AppState;
+
+/// The protocol version spoken.
+pub const VERSION: &str = "1.0.0";
+/// Extensions advertised in `Tus-Extension`.
+pub const EXTENSIONS: &str = "creation,creation-with-upload,expiration,checksum,termination";
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+
+fn h(name: &'static str) -> HeaderName {
+    HeaderName::from_static(name)
+}
+
+/// Adds `Tus-Resumable` to a response.
+fn tus(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(h("tus-resumable"), HeaderValue::from_static(VERSION));
+    resp
+}
+
+/// An error answer, with the tus headers clients look for.
+fn tus_error(e: ApiError) -> Response {
+    let mut resp = tus(e.into_response());
+    resp.headers_mut()
+        .insert(h("tus-version"), HeaderValue::from_static(VERSION));
+    resp
+}
+
+/// Every request but OPTIONS must speak our version.
+fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get("tus-resumable").and_then(|v| v.to_str().ok()) {
+        Some(VERSION) => Ok(()),
+        Some(other) => Err(ApiError::PreconditionFailed(format!(
+            "Tus-Resumable {other} is not supported; this server speaks {VERSION}"
+        ))),
+        None => Err(ApiError::PreconditionFailed(format!(
+            "the Tus-Resumable header is required (this server speaks {VERSION})"
+        ))),
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("{name} must be a non-negative integer"))
+                })
+        })
+        .transpose()
+}
+
+/// Parses `Upload-Metadata`: comma-separated `key base64value` pairs (the value may be
+/// absent). Values must be UTF-8 text; keys are unique.
+pub fn parse_metadata(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    if raw.trim().is_empty() {
+        return Ok(out);
+    }
+    for pair in raw.split(',') {
+        let mut parts = pair.trim().splitn(2, ' ');
+        let key = parts.next().unwrap_or_default();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(ApiError::BadRequest(
+                "Upload-Metadata keys must be non-empty ASCII without spaces or commas".into(),
+            ));
+        }
+        let value = match parts.next().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "Upload-Metadata value of {key:?} is not base64"
+                        ))
+                    })?;
+                String::from_utf8(bytes).map_err(|_| {
+                    ApiError::BadRequest(format!("Upload-Metadata value of {key:?} is not UTF-8"))
+                })?
+            }
+        };
+        if out.insert(key.to_string(), value).is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "Upload-Metadata repeats {key:?}"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes metadata back in `Upload-Metadata` form.
+fn format_metadata(meta: &BTreeMap<String, String>) -> String {
+    meta.iter()
+        .map(|(k, v)| {
+            if v.is_empty() {
+                k.clone()
+            } else {
+                format!(
+                    "{k} {}",
+                    base64::engine::general_purpose::STANDARD.encode(v)
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `Upload-Checksum: <algorithm> <base64>`.
+pub fn parse_checksum(raw: &str) -> Result<BodyChecksum, ApiError> {
+    let (alg, b64) = raw.trim().split_once(' ').ok_or_else(|| {
+        ApiError::BadRequest("Upload-Checksum must be `<algorithm> <base64>`".into())
+    })?;
+    if !ALGORITHMS.contains(&alg) {
+        return Err(ApiError::BadRequest(format!(
+            "checksum algorithm {alg:?} is not supported; use one of {}",
+            ALGORITHMS.join(", ")
+        )));
+    }
+    let digest = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ApiError::BadRequest("Upload-Checksum's digest is not base64".into()))?;
+    BodyChecksum::new(alg, &digest).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "Upload-Checksum's {alg} digest has the wrong length"
+        ))
+    })
+}
+
+fn expires(status: &UploadStatus) -> Option<HeaderValue> {
+    let at: SystemTime = status.expires_at?.into();
+    HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()
+}
+
+fn location(base: &str, id: UploadId) -> HeaderValue {
+    HeaderValue::from_str(&format!("{base}{id}")).unwrap_or(HeaderValue::from_static("/"))
+}
+
+/// `OPTIONS`: what this server supports.
+pub async fn options(State(state): State<AppState>) -> Response {
+    let max = state.uploads.capabilities().max_upload_size;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let hs = resp.headers_mut();
+    hs.insert(h("tus-version"), HeaderValue::from_static(VERSION));
+    hs.insert(h("tus-extension"), HeaderValue::from_static(EXTENSIONS));
+    hs.insert(h("tus-max-size"), HeaderValue::from(max));
+    hs.insert(
+        h("tus-checksum-algorithm"),
+        HeaderValue::from_static("sha1,sha256,md5"),
+    );
+    tus(resp)
+}
+
+/// `POST`: creation, and creation-with-upload when a body comes along.
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match create_inner(state, headers, body).await {
+        Ok(r) => tus(r),
+        Err(e) => tus_error(e),
+    }
+}
+
+async fn create_inner(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_version(&headers)?;
+    if headers.get("upload-defer-length").is_some() {
+        return Err(ApiError::BadRequest(
+            "creation-defer-length is not supported: send Upload-Length".into(),
+        ));
+    }
+    let size = header_u64(&headers, "upload-length")?
+        .ok_or_else(|| ApiError::BadRequest("Upload-Length is required".into()))?;
+    let metadata = match headers.get("upload-metadata") {
+        Some(v) => parse_metadata(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Metadata is not ASCII".into()))?,
+        )?,
+        None => BTreeMap::new(),
+    };
+    let has_body = header_u64(&headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0) > 0
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "an upload body must be {OFFSET_OCTET_STREAM}"
+        )));
+    }
+    let checksum = upload_checksum(&headers)?;
+    let req = CreateUpload {
+        size,
+        chunk_size: None,
+        sha256: None,
+        filename: metadata.get("filename").cloned(),
+        metadata: Some(metadata),
+    };
+    let created = state
+        .uploads
+        .create_with_mode(req, None, UploadMode::Stream)
+        .await?;
+    let id = created.status.id;
+    let mut status = created.status;
+    let mut offset = 0;
+    if size == 0 {
+        let (storage::Completion::Done(s) | storage::Completion::Verifying(s)) =
+            state.uploads.complete(id, None).await?;
+        status = s;
+    } else if has_body {
+        let appended = state
+            .uploads
+            .append(id, 0, checksum, body_stream(body, state.body_timeout))
+            .await?;
+        offset = appended.offset;
+        if let Some(s) = appended.completed {
+            status = s;
+        }
+    }
+    let mut resp = StatusCode::CREATED.into_response();
+    let hs = resp.headers_mut();
+    hs.insert(header::LOCATION, location(&state.tus_path, id));
+    hs.insert(h("upload-offset"), HeaderValue::from(offset));
+    if let Some(v) = expires(&status) {
+        hs.insert(h("upload-expires"), v);
+    }
+    Ok(resp)
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim())
+}
+
+fn upload_checksum(headers: &HeaderMap) -> Result<Option<BodyChecksum>, ApiError> {
+    headers
+        .get("upload-checksum")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Checksum is not ASCII".into()))
+                .and_then(parse_checksum)
+        })
+        .transpose()
+}
+
+/// `HEAD`: where to resume.
+pub async fn head(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Response {
+    let inner = async {
+        check_version(&headers)?;
+        let (record, offset) = state.uploads.offset(id).await?;
+        let status = state.uploads.status(id).await?;
+        let mut resp = StatusCode::OK.into_response();
+        let hs = resp.headers_mut();
+        hs.insert(h("upload-offset"), HeaderValue::from(offset));
+        hs.insert(h("upload-length"), HeaderValue::from(record.size));
+        hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if !record.metadata.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&format_metadata(&record.metadata)) {
+                hs.insert(h("upload-metadata"), v);
+            }
+        }
+        if let Some(v) = expires(&status) {
+            hs.insert(h("upload-expires"), v);
+        }
+        Ok::<_, ApiError>(resp)
+    };
+    match inner.await {
+        Ok(r) => tus(r),
+        Err(e) => {
+            // HEAD answers carry no body.
+            let mut r = tus_error(e);
+            *r.body_mut() = Body::empty();
+            r
+        }
+    }
+}
+
+/// `PATCH`: appends at `Upload-Offset`.
+pub async fn patch(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let inner = async {
+        check_version(&headers)?;
+        if content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "PATCH bodies must be {OFFSET_OCTET_STREAM}"
+            )));
+        }
+        let offset = header_u64(&headers, "upload-offset")?
+            .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
+        let checksum = upload_checksum(&headers)?;
+        let mut stream = body_stream(body, state.body_timeout);
+        let result = state
+            .uploads
+            .append(id, offset, checksum, &mut stream)
+            .await;
+        let small = header_u64(&headers, header::CONTENT_LENGTH.as_str())
+            .ok()
+            .flatten()
+            .is_some_and(|l| l <= DRAIN_LIMIT);
+        if result.is_err() && small {
+            drain(&mut stream).await;
+        }
+        let appended = result?;
+        let status = match appended.completed {
+            Some(s) => s,
+            None => state.uploads.status(id).await?,
+        };
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let hs = resp.headers_mut();
+        hs.insert(h("upload-offset"), HeaderValue::from(appended.offset));
+        if let Some(v) = expires(&status) {
+            hs.insert(h("upload-expires"), v);
+        }
+        Ok(resp)
+    };
+    match inner.await {
+        Ok(r) => tus(r),
+        Err(e) => tus_error(e),
+    }
+}
+
+/// `DELETE`: termination.
+pub async fn delete(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Response {
+    let inner = async {
+        check_version(&headers)?;
+        state.uploads.cancel(id).await?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
+    };
+    match inner.await {
+        Ok(r) => tus(r),
+        Err(e) => tus_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trip_and_rejects() {
+        let m = parse_metadata("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential")
+            .unwrap();
+        assert_eq!(m["filename"], "world_domination_plan.pdf");
+        assert_eq!(m["is_confidential"], "");
+        assert_eq!(parse_metadata(&format_metadata(&m)).unwrap(), m);
+        assert!(parse_metadata("").unwrap().is_empty());
+        for bad in ["a !!!", "a YQ==,a YQ==", ",", "k /w==", "a\tb YQ=="] {
+            assert!(parse_metadata(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn checksum_header() {
+        let c = parse_checksum("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=").unwrap();
+        assert_eq!(c.algorithm(), "sha1");
+        assert!(parse_checksum("crc32 AAAA").is_err());
+        assert!(parse_checksum("sha256 AAAA").is_err());
+        assert!(parse_checksum("sha256").is_err());
+    }
+}
