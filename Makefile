@@ -2,7 +2,9 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build release run test lint unit e2e bench clean
+S3_SERVER := bash scripts/s3-server/run.sh
+
+.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status
 
 all: build
 
@@ -24,9 +26,26 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
+## terminal test, and a local S3-compatible server (moto, in target/tools/s3-venv).
+test-deps: s3-install
+	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
+
 ## Everything: lints, unit tests, end-to-end tests against the real binaries.
-test: lint build
-	$(CARGO) test --workspace
+test: lint build test-deps
+	S3_REQUIRED=1 $(CARGO) test --workspace
+
+## Local S3-compatible test server: installed once (~20 s), then a no-op.
+s3-install:
+	@$(S3_SERVER) install
+
+## A shared S3-compatible server for manual runs (prints S3_ENDPOINT=...); stopped by PID.
+s3-start: s3-install
+	@$(S3_SERVER) start
+s3-stop:
+	@$(S3_SERVER) stop
+s3-status:
+	@$(S3_SERVER) status
 
 ## Throughput and memory against ceilings measured in the same run; updates README.md.
 bench: release
