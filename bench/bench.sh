@@ -6,7 +6,9 @@
 #   (b) hash ceiling:         openssl dgst -sha256
 #   (c) server:               loadgen -> upload-server, 8 MiB chunks, 4 in flight,
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
-#   (d) CLI end to end:       uploader -> upload-server, same shape (when built)
+#   (d) CLI end to end:       uploader -> upload-server, same shape
+#   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
+#                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +44,7 @@ stop_server() { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || tr
 trap 'stop_server 2>/dev/null || true' EXIT
 
 cat "$FILE" > /dev/null  # warm the page cache: every contender reads from memory
-A=(); B=(); C=(); CR=(); RB=(); RT=(); D=(); DR=()
+A=(); B=(); C=(); CR=(); RB=(); RT=(); D=(); DR=(); E=()
 for run in $(seq 1 "$RUNS"); do
   rm -f "$WORK/dd.out"; sync
   t0=$(now); dd if="$FILE" of="$WORK/dd.out" bs=8M conv=fdatasync status=none; t1=$(now)
@@ -68,8 +70,15 @@ for run in $(seq 1 "$RUNS"); do
     D+=("$(python3 -c "print($t1-$t0)")")
     DR+=("$(( $(cat "$WORK/cli.rss") / 1024 ))")
     stop_server
+
+    start_server "$WORK/data"; sync
+    rm -rf "$UPLOADER_STATE_DIR"
+    out=$(python3 bench/resume_cost.py "$BIN/uploader" "$SURL" "$FILE" "$UPLOADER_STATE_DIR")
+    E+=("$(python3 -c "import json,sys; e=json.loads(sys.argv[1]); full=float(sys.argv[2]); print(e['resume_seconds']/(full*e['remaining_bytes']/$BYTES))" "$out" "${D[-1]}")")
+    RESUME_JSON=$out
+    stop_server
   fi
-  echo "run $run: dd $(mbs "${A[-1]}") MB/s, openssl $(mbs "${B[-1]}") MB/s, server $(mbs "${C[-1]}") MB/s (RSS ${CR[-1]} MiB, read back at completion ${RB[-1]} B, during upload ${RT[-1]} B)${D:+, cli $(mbs "${D[-1]}") MB/s (RSS ${DR[-1]} MiB)}"
+  echo "run $run: dd $(mbs "${A[-1]}") MB/s, openssl $(mbs "${B[-1]}") MB/s, server $(mbs "${C[-1]}") MB/s (RSS ${CR[-1]} MiB, read back at completion ${RB[-1]} B, during upload ${RT[-1]} B)${D:+, cli $(mbs "${D[-1]}") MB/s (RSS ${DR[-1]} MiB), resume cost ${E[-1]}}"
 done
 rm -rf "$WORK/data"
 
@@ -90,7 +99,8 @@ if [ ${#D[@]} -gt 0 ]; then
   dratio=$(python3 -c "print(f'{$d/$ceil:.2f}')")
   drss=$(median "${DR[@]}" | cut -d. -f1)
   table="$table
-| (d) uploader → upload-server, \`-j 4\`, 8 MiB, hashing on both sides | $d | d / min(a,b) = **$dratio** | CLI $drss MiB |"
+| (d) uploader → upload-server, \`-j 4\`, 8 MiB, hashing on both sides | $d | d / min(a,b) = **$dratio** | CLI $drss MiB |
+| (e) uploader resume after Ctrl-C at half: second run's time / (d)'s time for the same bytes | | **$(printf '%.2f' "$(median "${E[@]}")")** | last run: $RESUME_JSON |"
 fi
 table="$table
 
