@@ -1,0 +1,554 @@
+//! tus 1.0 conformance over raw HTTP, against the real `upload-server` process: every
+//! status code of the core protocol and the supported extensions, uneven appends mapped
+//! onto chunks, a restart mid-upload, and the upload's life in the native API.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use common::api::{UploadState, UploadStatus};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use sha2::{Digest, Sha256};
+use tests::{random_bytes, sha256_hex, Server};
+
+const MIB: usize = 1 << 20;
+const OCTETS: &str = "application/offset+octet-stream";
+
+fn client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+struct Tus {
+    http: Client,
+    base: String,
+}
+
+impl Tus {
+    fn new(server: &Server) -> Self {
+        Self {
+            http: client(),
+            base: server.url(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("tus-resumable", "1.0.0")
+    }
+
+    /// Creates an upload and returns its path (`/files/{id}`).
+    async fn create(&self, len: usize, metadata: &str) -> String {
+        let mut r = self
+            .req(Method::POST, "/files/")
+            .header("upload-length", len.to_string());
+        if !metadata.is_empty() {
+            r = r.header("upload-metadata", metadata);
+        }
+        let resp = r.send().await.expect("POST");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "tus-resumable"), "1.0.0");
+        let loc = header(&resp, "location");
+        assert!(loc.starts_with("/files/"), "{loc}");
+        loc
+    }
+
+    async fn patch(&self, path: &str, offset: usize, body: Vec<u8>) -> Response {
+        self.req(Method::PATCH, path)
+            .header("content-type", OCTETS)
+            .header("upload-offset", offset.to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    async fn offset(&self, path: &str) -> u64 {
+        let resp = self.req(Method::HEAD, path).send().await.expect("HEAD");
+        assert_eq!(resp.status(), StatusCode::OK);
+        header(&resp, "upload-offset").parse().expect("offset")
+    }
+
+    async fn native(&self, path: &str) -> UploadStatus {
+        let id = path.trim_start_matches("/files/");
+        let resp = self
+            .http
+            .get(format!("{}/v1/uploads/{id}", self.base))
+            .send()
+            .await
+            .expect("status");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.expect("status json")
+    }
+
+    async fn content_sha(&self, path: &str) -> String {
+        let id = path.trim_start_matches("/files/");
+        let bytes = self
+            .http
+            .get(format!("{}/v1/uploads/{id}/content", self.base))
+            .send()
+            .await
+            .expect("content")
+            .bytes()
+            .await
+            .expect("content body");
+        sha256_hex(&bytes)
+    }
+}
+
+fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header in {resp:?}"))
+        .to_str()
+        .expect("ascii header")
+        .to_string()
+}
+
+#[tokio::test]
+async fn options_advertises_the_protocol() {
+    let (server, _dir) = Server::start(&["--max-upload-size", "5GiB"]);
+    let tus = Tus::new(&server);
+    let resp = client()
+        .request(Method::OPTIONS, format!("{}/files/", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "tus-version"), "1.0.0");
+    assert_eq!(header(&resp, "tus-max-size"), (5u64 << 30).to_string());
+    let ext = header(&resp, "tus-extension");
+    for e in [
+        "creation",
+        "creation-with-upload",
+        "expiration",
+        "checksum",
+        "termination",
+    ] {
+        assert!(ext.split(',').any(|x| x == e), "{e} missing from {ext}");
+    }
+    let algs = header(&resp, "tus-checksum-algorithm");
+    for a in ["sha1", "sha256", "md5"] {
+        assert!(algs.split(',').any(|x| x == a), "{a} missing from {algs}");
+    }
+    // The path without its trailing slash works too.
+    let resp = tus.req(Method::OPTIONS, "/files").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn version_media_type_and_header_errors() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let url = format!("{}/files/", server.url());
+    // No Tus-Resumable, and an unknown version: 412 with the version we speak.
+    for version in [None, Some("0.2.2")] {
+        let mut r = client().post(&url).header("upload-length", "10");
+        if let Some(v) = version {
+            r = r.header("tus-resumable", v);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(header(&resp, "tus-version"), "1.0.0");
+    }
+    // Missing or bad Upload-Length; deferred length is not offered.
+    for (h, v) in [
+        ("x-none", "1"),
+        ("upload-length", "-1"),
+        ("upload-length", "ten"),
+    ] {
+        let resp = tus
+            .req(Method::POST, "/files/")
+            .header(h, v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{h}: {v}");
+    }
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-defer-length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Too large.
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-length", (2u64 << 40).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Bad metadata.
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-length", "10")
+        .header("upload-metadata", "filename !!notbase64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let path = tus.create(10, "").await;
+    // Wrong content type: 415; no offset: 400; a bad checksum header: 400.
+    let resp = tus
+        .req(Method::PATCH, &path)
+        .header("content-type", "text/plain")
+        .header("upload-offset", "0")
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = tus
+        .req(Method::PATCH, &path)
+        .header("content-type", OCTETS)
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = tus
+        .req(Method::PATCH, &path)
+        .header("content-type", OCTETS)
+        .header("upload-offset", "0")
+        .header("upload-checksum", "crc32 AAAAAA==")
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.offset(&path).await, 0);
+    // Unknown and malformed ids.
+    for p in [
+        "/files/00000000-0000-4000-8000-000000000000",
+        "/files/..%2F..%2Fetc%2Fpasswd",
+    ] {
+        let resp = tus.req(Method::HEAD, p).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{p}");
+    }
+}
+
+#[tokio::test]
+async fn uneven_patches_across_chunks_complete_and_verify() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(20 * MIB + 12_345, 11);
+    let meta = format!(
+        "filename {},filetype {},empty",
+        b64(b"r\xc3\xa9port.bin"),
+        b64(b"application/pdf")
+    );
+    let path = tus.create(file.len(), &meta).await;
+
+    let head = tus.req(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(header(&head, "upload-offset"), "0");
+    assert_eq!(header(&head, "upload-length"), file.len().to_string());
+    assert_eq!(header(&head, "cache-control"), "no-store");
+    assert!(!header(&head, "upload-expires").is_empty());
+    let echoed = header(&head, "upload-metadata");
+    for pair in meta.split(',') {
+        assert!(
+            echoed.split(',').any(|p| p == pair),
+            "{pair} not in {echoed}"
+        );
+    }
+
+    // Pieces that start and end inside chunks, one that is a single byte, one that
+    // crosses two chunk boundaries.
+    let cuts = [
+        3 * MIB + 7,
+        3 * MIB + 8,
+        8 * MIB,
+        8 * MIB + 1,
+        19 * MIB,
+        file.len(),
+    ];
+    let mut at = 0;
+    for cut in cuts {
+        let resp = tus.patch(&path, at, file[at..cut].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "PATCH {at}..{cut}");
+        assert_eq!(header(&resp, "upload-offset"), cut.to_string());
+        assert_eq!(header(&resp, "tus-resumable"), "1.0.0");
+        at = cut;
+        if cut < file.len() {
+            assert_eq!(tus.offset(&path).await, cut as u64);
+            assert_eq!(tus.native(&path).await.received_bytes, cut as u64);
+        }
+    }
+    let status = tus.native(&path).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&file));
+    assert_eq!(status.filename.as_deref(), Some("r\u{e9}port.bin"));
+    assert_eq!(status.metadata["filetype"], "application/pdf");
+    assert_eq!(status.metadata["empty"], "");
+    assert_eq!(tus.content_sha(&path).await, sha256_hex(&file));
+    assert_eq!(tus.offset(&path).await, file.len() as u64);
+    // Nothing more can be appended.
+    let resp = tus.patch(&path, file.len(), b"x".to_vec()).await;
+    assert!(resp.status().is_client_error());
+}
+
+#[tokio::test]
+async fn offsets_checksums_and_lengths() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(300_000, 12);
+    let path = tus.create(file.len(), "").await;
+
+    // A stale offset: 409, nothing appended.
+    let resp = tus.patch(&path, 5, file[5..10].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(tus.offset(&path).await, 0);
+
+    let part = |a: usize, b: usize| file[a..b].to_vec();
+    let checked = |alg: &str, digest: Vec<u8>, a: usize, b: usize| {
+        tus.req(Method::PATCH, &path)
+            .header("content-type", OCTETS)
+            .header("upload-offset", a.to_string())
+            .header("upload-checksum", format!("{alg} {}", b64(&digest)))
+            .body(part(a, b))
+    };
+    // Right sha256: appended.
+    let resp = checked(
+        "sha256",
+        Sha256::digest(&file[..100_000]).to_vec(),
+        0,
+        100_000,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), "100000");
+    // Wrong sha1: 460, nothing appended.
+    let resp = checked("sha1", vec![0; 20], 100_000, 200_000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 460);
+    assert_eq!(tus.offset(&path).await, 100_000);
+    // Right sha1 and md5.
+    let sha1 = {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(&file[100_000..200_000]).to_vec()
+    };
+    let resp = checked("sha1", sha1, 100_000, 200_000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let md5 = {
+        use md5::Digest as _;
+        md5::Md5::digest(&file[200_000..250_000]).to_vec()
+    };
+    let resp = checked("md5", md5, 200_000, 250_000).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Past the length: refused, nothing appended.
+    let mut long = part(250_000, 300_000);
+    long.push(0);
+    let resp = tus.patch(&path, 250_000, long).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.offset(&path).await, 250_000);
+    let resp = tus.patch(&path, 250_000, part(250_000, 300_000)).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let status = tus.native(&path).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&file));
+}
+
+#[tokio::test]
+async fn creation_with_upload_zero_length_and_termination() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(1_000_000, 13);
+    // creation-with-upload: part of the file in the POST.
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-length", file.len().to_string())
+        .header("content-type", OCTETS)
+        .body(file[..400_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "upload-offset"), "400000");
+    let path = header(&resp, "location");
+    assert_eq!(tus.offset(&path).await, 400_000);
+    let resp = tus.patch(&path, 400_000, file[400_000..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.content_sha(&path).await, sha256_hex(&file));
+
+    // A zero-length upload is complete at once.
+    let empty = tus.create(0, "").await;
+    let status = tus.native(&empty).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(b""));
+
+    // Termination: 204, then gone everywhere.
+    let path = tus.create(10, "").await;
+    let resp = tus.req(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "tus-resumable"), "1.0.0");
+    let resp = tus.req(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let resp = tus.patch(&path, 0, b"0123456789".to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let id = path.trim_start_matches("/files/");
+    let resp = client()
+        .get(format!("{}/v1/uploads/{id}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn one_writer_at_a_time() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(2 * MIB, 14);
+    let path = tus.create(file.len(), "").await;
+    // A PATCH whose body arrives slowly, under the test's control.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|b| (b, rx))
+    }));
+    let slow = tus
+        .req(Method::PATCH, &path)
+        .header("content-type", OCTETS)
+        .header("upload-offset", "0")
+        .header("content-length", MIB.to_string())
+        .body(body)
+        .send();
+    let slow = tokio::spawn(slow);
+    tx.send(Ok(Bytes::copy_from_slice(&file[..1000])))
+        .await
+        .unwrap();
+    // The channel holds one piece: once this send returns, the server is reading the body.
+    tx.send(Ok(Bytes::copy_from_slice(&file[1000..2000])))
+        .await
+        .unwrap();
+    let second = tus.patch(&path, 0, file[..MIB].to_vec()).await;
+    assert_eq!(second.status(), StatusCode::LOCKED);
+    tx.send(Ok(Bytes::copy_from_slice(&file[2000..MIB])))
+        .await
+        .unwrap();
+    drop(tx);
+    let first = slow.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::NO_CONTENT);
+    assert_eq!(tus.offset(&path).await, MIB as u64);
+}
+
+#[tokio::test]
+async fn resumes_after_kill9_with_partial_chunks() {
+    let (mut server, _dir) = Server::start(&[]);
+    let file = random_bytes(10 * MIB + 333, 15);
+    let path = {
+        let tus = Tus::new(&server);
+        let path = tus.create(file.len(), "").await;
+        for (a, b) in [(0, 5 * MIB + 1), (5 * MIB + 1, 9 * MIB)] {
+            let resp = tus.patch(&path, a, file[a..b].to_vec()).await;
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        }
+        path
+    };
+    server.restart();
+    let tus = Tus::new(&server);
+    // Every acknowledged byte is there, nothing more.
+    assert_eq!(tus.offset(&path).await, (9 * MIB) as u64);
+    let resp = tus.patch(&path, 9 * MIB, file[9 * MIB..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let status = tus.native(&path).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&file));
+    assert_eq!(tus.content_sha(&path).await, sha256_hex(&file));
+}
+
+#[tokio::test]
+async fn protocols_do_not_mix_writes() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let http = client();
+    // A tus upload takes no native chunk...
+    let path = tus.create(10, "").await;
+    let id = path.trim_start_matches("/files/");
+    let resp = http
+        .put(format!("{}/v1/uploads/{id}/chunks/0", server.url()))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    // ...and a native upload takes no tus PATCH.
+    let resp = http
+        .post(format!("{}/v1/uploads", server.url()))
+        .json(&serde_json::json!({"size": 10}))
+        .send()
+        .await
+        .unwrap();
+    let st: UploadStatus = resp.json().await.unwrap();
+    let resp = tus
+        .patch(&format!("/files/{}", st.id), 0, b"0123456789".to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn cors_for_configured_origins_only() {
+    let (server, _dir) = Server::start(&["--cors-origin", "http://app.example"]);
+    let http = client();
+    let preflight = |origin: &'static str| {
+        http.request(Method::OPTIONS, format!("{}/files/", server.url()))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header(
+                "access-control-request-headers",
+                "tus-resumable,upload-offset,content-type",
+            )
+            .send()
+    };
+    let resp = preflight("http://app.example").await.unwrap();
+    assert!(resp.status().is_success());
+    assert_eq!(
+        header(&resp, "access-control-allow-origin"),
+        "http://app.example"
+    );
+    let allowed = header(&resp, "access-control-allow-headers").to_lowercase();
+    for h in ["tus-resumable", "upload-offset", "content-type"] {
+        assert!(allowed.contains(h), "{h} not in {allowed}");
+    }
+    assert!(header(&resp, "access-control-allow-methods").contains("PATCH"));
+    // Another origin gets no permission.
+    let resp = preflight("http://evil.example").await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    // A real request exposes what tus clients read.
+    let resp = http
+        .post(format!("{}/files/", server.url()))
+        .header("origin", "http://app.example")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let exposed = header(&resp, "access-control-expose-headers").to_lowercase();
+    for h in [
+        "location",
+        "upload-offset",
+        "upload-length",
+        "tus-resumable",
+        "x-request-id",
+    ] {
+        assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+}
