@@ -25,7 +25,7 @@ pub use backend::local::LocalBackend;
 pub use backend::{Backend, Content};
 pub use checksum::BodyChecksum;
 pub use error::{Error, Result};
-pub use record::UploadMode;
+pub use record::{Concat, UploadMode};
 pub use service::{
     Appended, ChunkStored, Completion, Created, Stats, SweepReport, Uploads, UploadsConfig,
 };

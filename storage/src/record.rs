@@ -78,6 +78,20 @@ pub enum UploadMode {
     Stream,
 }
 
+/// An upload's part in a concatenation: parts are uploaded separately (in parallel), then
+/// a final upload is made of them, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "role")]
+pub enum Concat {
+    /// A part of a later final upload.
+    Partial,
+    /// Made of these parts, in this order.
+    Final {
+        /// The parts.
+        parts: Vec<UploadId>,
+    },
+}
+
 /// Everything the server keeps about one upload besides its bytes and chunk receipts.
 /// Rewritten whole (atomically) on every state change; chunk receipts live apart so that a
 /// chunk's acknowledgement never rewrites this record.
@@ -109,6 +123,9 @@ pub struct UploadRecord {
     /// Why the upload failed, when it did.
     #[serde(default)]
     pub failure: Option<String>,
+    /// Its part in a concatenation (tus's concatenation extension), if any.
+    #[serde(default)]
+    pub concat: Option<Concat>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -271,6 +288,7 @@ mod tests {
             metadata: BTreeMap::new(),
             state: StoredState::Uploading,
             failure: None,
+            concat: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         };

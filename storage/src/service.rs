@@ -19,7 +19,7 @@ use crate::backend::{Backend, Content, IdempotencyClaim, Receipt, StoredChunk};
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHasher;
-use crate::record::{Limits, StoredState, UploadMode, UploadRecord};
+use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
 /// Operator settings of the service.
@@ -187,6 +187,16 @@ impl Uploads {
         idempotency_key: Option<&str>,
         mode: UploadMode,
     ) -> Result<Created> {
+        self.create_full(req, idempotency_key, mode, None).await
+    }
+
+    async fn create_full(
+        &self,
+        req: CreateUpload,
+        idempotency_key: Option<&str>,
+        mode: UploadMode,
+        concat: Option<Concat>,
+    ) -> Result<Created> {
         let chunk_size = self.limits.validate(&req)?;
         let _serial = match idempotency_key {
             Some(_) => Some(self.create_lock.lock().await),
@@ -204,6 +214,7 @@ impl Uploads {
             metadata: req.metadata.clone().unwrap_or_default(),
             state: StoredState::Uploading,
             failure: None,
+            concat,
             created_at: now,
             updated_at: now,
         };
@@ -557,6 +568,82 @@ impl Uploads {
             offset: pos,
             completed,
         })
+    }
+
+    /// Creates a part of a later concatenation (tus `Upload-Concat: partial`): an in-order
+    /// upload of its own.
+    pub async fn create_partial(&self, req: CreateUpload) -> Result<Created> {
+        self.create_full(req, None, UploadMode::Stream, Some(Concat::Partial))
+            .await
+    }
+
+    /// Makes a final upload of completed parts, in order (tus `Upload-Concat: final`): its
+    /// bytes are the parts' bytes, hashed and verified like any upload, and it is
+    /// completed before this returns. The parts are then removed: their bytes live on in
+    /// the final upload.
+    pub async fn concatenate(
+        self: &Arc<Self>,
+        parts: Vec<UploadId>,
+        filename: Option<String>,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<UploadStatus> {
+        if parts.is_empty() {
+            return Err(Error::Invalid(
+                "a final upload needs at least one part".into(),
+            ));
+        }
+        let mut records = Vec::with_capacity(parts.len());
+        for id in &parts {
+            let r = self.get(*id).await?.record();
+            if r.concat != Some(Concat::Partial) {
+                return Err(Error::Invalid(format!("{id} is not a partial upload")));
+            }
+            if r.state != StoredState::Completed {
+                return Err(Error::Invalid(format!("part {id} is not complete")));
+            }
+            records.push(r);
+        }
+        let size = records.iter().map(|r| r.size).sum();
+        let req = CreateUpload {
+            size,
+            filename,
+            metadata: Some(metadata),
+            ..Default::default()
+        };
+        let created = self
+            .create_full(
+                req,
+                None,
+                UploadMode::Stream,
+                Some(Concat::Final {
+                    parts: parts.clone(),
+                }),
+            )
+            .await?;
+        let id = created.status.id;
+        let mut offset = 0;
+        let mut status = created.status;
+        if size == 0 {
+            let (Completion::Done(s) | Completion::Verifying(s)) = self.complete(id, None).await?;
+            status = s;
+        }
+        for part in &records {
+            if part.size == 0 {
+                continue;
+            }
+            let mut bytes = self.backend.read_range(part, 0, part.size).await?;
+            let appended = self.append(id, offset, None, &mut bytes).await?;
+            offset = appended.offset;
+            if let Some(s) = appended.completed {
+                status = s;
+            }
+        }
+        for part in &parts {
+            if let Err(e) = self.cancel(*part).await {
+                tracing::warn!(id = %part, error = %e, "could not remove a concatenated part");
+            }
+        }
+        Ok(status)
     }
 
     /// Completes an upload: checks that every chunk is stored, finishes the whole-file

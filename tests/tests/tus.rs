@@ -132,6 +132,7 @@ async fn options_advertises_the_protocol() {
         "expiration",
         "checksum",
         "termination",
+        "concatenation",
     ] {
         assert!(ext.split(',').any(|x| x == e), "{e} missing from {ext}");
     }
@@ -550,5 +551,95 @@ async fn cors_for_configured_origins_only() {
         "x-request-id",
     ] {
         assert!(exposed.contains(h), "{h} not in {exposed}");
+    }
+}
+
+#[tokio::test]
+async fn concatenation_joins_parallel_parts() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(9 * MIB + 77, 16);
+    let bounds = [0, 3 * MIB + 1, 3 * MIB + 1, 9 * MIB + 77];
+    let mut parts = Vec::new();
+    for w in bounds.windows(2) {
+        let resp = tus
+            .req(Method::POST, "/files/")
+            .header("upload-concat", "partial")
+            .header("upload-length", (w[1] - w[0]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        parts.push((header(&resp, "location"), w[0], w[1]));
+    }
+    // A final upload of an unfinished part is refused.
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-concat", format!("final;{}", parts[0].0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // The parts go up in parallel (the empty middle one needs nothing).
+    let mut tasks = tokio::task::JoinSet::new();
+    for (path, a, b) in parts.clone() {
+        let tus = Tus {
+            http: client(),
+            base: server.url(),
+        };
+        let bytes = file[a..b].to_vec();
+        tasks.spawn(async move {
+            if !bytes.is_empty() {
+                let resp = tus.patch(&path, 0, bytes).await;
+                assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+            }
+            let head = tus.req(Method::HEAD, &path).send().await.unwrap();
+            assert_eq!(header(&head, "upload-concat"), "partial");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // With a length: refused. Then the final upload, naming parts by path and by URL.
+    let list = format!(
+        "final;{} {} {}{}",
+        parts[0].0,
+        parts[1].0,
+        server.url(),
+        parts[2].0
+    );
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-concat", &list)
+        .header("upload-length", file.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-concat", &list)
+        .header(
+            "upload-metadata",
+            format!("filename {}", b64(b"joined.bin")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let path = header(&resp, "location");
+    let status = tus.native(&path).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.size, file.len() as u64);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&file));
+    assert_eq!(status.filename.as_deref(), Some("joined.bin"));
+    assert_eq!(tus.content_sha(&path).await, sha256_hex(&file));
+    let head = tus.req(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(header(&head, "upload-offset"), file.len().to_string());
+    assert!(header(&head, "upload-concat").starts_with("final;/files/"));
+    // The parts' bytes live on in the final upload only.
+    for (p, _, _) in &parts {
+        let resp = tus.req(Method::HEAD, p).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::GONE);
     }
 }

@@ -2,8 +2,9 @@
 //! native API: an upload created here is the same upload in `GET /v1/uploads/{id}` and
 //! its content URL, verified the same way.
 //!
-//! Extensions: creation, creation-with-upload, expiration, checksum (sha1, sha256, md5)
-//! and termination. Appends of any length map onto the upload's chunks; one append at a
+//! Extensions: creation, creation-with-upload, expiration, checksum (sha1, sha256, md5),
+//! termination and concatenation (parts uploaded in parallel, then joined: how
+//! tus-js-client's `parallelUploads` works). Appends of any length map onto the upload's chunks; one append at a
 //! time per upload (a concurrent one is answered 423).
 
 use axum::body::Body;
@@ -16,7 +17,7 @@ use common::UploadId;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 use storage::checksum::ALGORITHMS;
-use storage::{BodyChecksum, UploadMode};
+use storage::{BodyChecksum, Concat, UploadMode};
 
 use crate::error::ApiError;
 use crate::extract::{body_stream, drain, IdPath, DRAIN_LIMIT};
@@ -25,7 +26,8 @@ use crate::state::AppState;
 /// The protocol version spoken.
 pub const VERSION: &str = "1.0.0";
 /// Extensions advertised in `Tus-Extension`.
-pub const EXTENSIONS: &str = "creation,creation-with-upload,expiration,checksum,termination";
+pub const EXTENSIONS: &str =
+    "creation,creation-with-upload,expiration,checksum,termination,concatenation";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 fn h(name: &'static str) -> HeaderName {
@@ -131,6 +133,36 @@ fn format_metadata(meta: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// Parses `Upload-Concat`: `partial`, or `final;` and the parts' URLs (absolute or paths)
+/// separated by spaces.
+pub fn parse_concat(raw: &str) -> Result<Concat, ApiError> {
+    let raw = raw.trim();
+    if raw == "partial" {
+        return Ok(Concat::Partial);
+    }
+    let Some(list) = raw.strip_prefix("final;") else {
+        return Err(ApiError::BadRequest(
+            "Upload-Concat must be `partial` or `final;<url> <url>...`".into(),
+        ));
+    };
+    let parts = list
+        .split_whitespace()
+        .map(|url| {
+            url.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .and_then(|id| id.parse::<UploadId>().ok())
+                .ok_or_else(|| ApiError::BadRequest(format!("{url:?} is not an upload URL")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if parts.is_empty() {
+        return Err(ApiError::BadRequest(
+            "a final upload names its parts".into(),
+        ));
+    }
+    Ok(Concat::Final { parts })
+}
+
 /// Parses `Upload-Checksum: <algorithm> <base64>`.
 pub fn parse_checksum(raw: &str) -> Result<BodyChecksum, ApiError> {
     let (alg, b64) = raw.trim().split_once(' ').ok_or_else(|| {
@@ -195,8 +227,14 @@ async fn create_inner(
             "creation-defer-length is not supported: send Upload-Length".into(),
         ));
     }
-    let size = header_u64(&headers, "upload-length")?
-        .ok_or_else(|| ApiError::BadRequest("Upload-Length is required".into()))?;
+    let concat = headers
+        .get("upload-concat")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Concat is not ASCII".into()))
+                .and_then(parse_concat)
+        })
+        .transpose()?;
     let metadata = match headers.get("upload-metadata") {
         Some(v) => parse_metadata(
             v.to_str()
@@ -204,6 +242,21 @@ async fn create_inner(
         )?,
         None => BTreeMap::new(),
     };
+    if let Some(Concat::Final { parts }) = concat {
+        if headers.contains_key("upload-length") {
+            return Err(ApiError::BadRequest(
+                "a final upload takes no Upload-Length: it is the sum of its parts".into(),
+            ));
+        }
+        let filename = metadata.get("filename").cloned();
+        let status = state.uploads.concatenate(parts, filename, metadata).await?;
+        let mut resp = StatusCode::CREATED.into_response();
+        resp.headers_mut()
+            .insert(header::LOCATION, location(&state.tus_path, status.id));
+        return Ok(resp);
+    }
+    let size = header_u64(&headers, "upload-length")?
+        .ok_or_else(|| ApiError::BadRequest("Upload-Length is required".into()))?;
     let has_body = header_u64(&headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0) > 0
         || headers.contains_key(header::TRANSFER_ENCODING);
     if has_body && content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
@@ -219,10 +272,15 @@ async fn create_inner(
         filename: metadata.get("filename").cloned(),
         metadata: Some(metadata),
     };
-    let created = state
-        .uploads
-        .create_with_mode(req, None, UploadMode::Stream)
-        .await?;
+    let created = match concat {
+        Some(_) => state.uploads.create_partial(req).await?,
+        None => {
+            state
+                .uploads
+                .create_with_mode(req, None, UploadMode::Stream)
+                .await?
+        }
+    };
     let id = created.status.id;
     let mut status = created.status;
     let mut offset = 0;
@@ -290,6 +348,21 @@ pub async fn head(
         }
         if let Some(v) = expires(&status) {
             hs.insert(h("upload-expires"), v);
+        }
+        let concat = match &record.concat {
+            Some(Concat::Partial) => Some("partial".to_string()),
+            Some(Concat::Final { parts }) => Some(format!(
+                "final;{}",
+                parts
+                    .iter()
+                    .map(|p| format!("{}{p}", state.tus_path))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            None => None,
+        };
+        if let Some(v) = concat.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            hs.insert(h("upload-concat"), v);
         }
         Ok::<_, ApiError>(resp)
     };
@@ -383,6 +456,20 @@ mod tests {
         assert!(parse_metadata("").unwrap().is_empty());
         for bad in ["a !!!", "a YQ==,a YQ==", ",", "k /w==", "a\tb YQ=="] {
             assert!(parse_metadata(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn concat_header() {
+        let a = UploadId::new_random();
+        let b = UploadId::new_random();
+        assert_eq!(parse_concat("partial").unwrap(), Concat::Partial);
+        assert_eq!(
+            parse_concat(&format!("final;/files/{a} http://h:1/files/{b}")).unwrap(),
+            Concat::Final { parts: vec![a, b] }
+        );
+        for bad in ["", "final;", "final;/files/x", "whole"] {
+            assert!(parse_concat(bad).is_err(), "{bad}");
         }
     }
 
