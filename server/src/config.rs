@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_timeout: Duration,
 
+    /// A retry of a chunk (or append) whose earlier request has moved no byte this long
+    /// stops that one and takes its place, instead of waiting for the body timeout.
+    #[arg(long, env = "UPLOAD_SERVER_STALL_TAKEOVER", default_value = "5s", value_parser = parse_duration)]
+    pub stall_takeover: Duration,
+
     /// Time a client has to send a request's headers before its connection is closed.
     #[arg(long, env = "UPLOAD_SERVER_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub header_timeout: Duration,

@@ -116,6 +116,11 @@ impl ApiError {
                     "Mismatching upload offset",
                 ),
                 E::Locked => (StatusCode::LOCKED, "upload-locked", "Upload locked"),
+                E::Superseded => (
+                    StatusCode::CONFLICT,
+                    "superseded",
+                    "Superseded by a newer request",
+                ),
                 E::WrongMode(_) => (
                     StatusCode::CONFLICT,
                     "wrong-protocol",

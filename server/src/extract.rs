@@ -186,17 +186,24 @@ pub const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// Reads and discards what is left of a body, so that an early error answer reaches a
 /// client that is still sending (an HTTP/1.1 client writing its body does not read the
-/// answer until it has sent it all). Gives up past [`DRAIN_LIMIT`] bytes or when the body
-/// stalls.
-pub async fn drain<S>(body: &mut S)
+/// answer until it has sent it all). Not after the body itself failed (stalled, cut, or
+/// taken over), and never past [`DRAIN_LIMIT`] bytes or ten seconds.
+pub async fn drain_after<S>(error: &storage::Error, body: &mut S)
 where
     S: Stream<Item = storage::Result<Bytes>> + Unpin,
 {
-    let mut seen = 0u64;
-    while let Some(Ok(piece)) = body.next().await {
-        seen += piece.len() as u64;
-        if seen > DRAIN_LIMIT {
-            return;
-        }
+    use storage::Error as E;
+    if matches!(error, E::BodyTimeout(_) | E::BodyRead(_) | E::Superseded) {
+        return;
     }
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(piece)) = body.next().await {
+            seen += piece.len() as u64;
+            if seen > DRAIN_LIMIT {
+                return;
+            }
+        }
+    })
+    .await;
 }

@@ -44,6 +44,7 @@ pub async fn run(
             upload_ttl: config.upload_ttl,
             tombstone_ttl: config.tombstone_ttl,
             inline_verify_limit: config.inline_verify_limit,
+            stall_takeover: config.stall_takeover,
         },
     )
     .await?;

@@ -85,6 +85,9 @@ pub enum Error {
         /// Where the request started.
         got: u64,
     },
+    /// A newer request for the same bytes took over from this stalled one.
+    #[error("a newer request for the same bytes took over from this stalled one")]
+    Superseded,
     /// Another request is appending to this upload right now.
     #[error("another request is writing to this upload; retry when it has finished")]
     Locked,

@@ -10,6 +10,7 @@
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
+//! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service.
 //! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
 
@@ -20,6 +21,7 @@ pub mod hash;
 pub mod record;
 pub mod service;
 pub mod upload;
+pub mod writers;
 
 pub use backend::local::LocalBackend;
 pub use backend::{Backend, Content};

@@ -34,6 +34,9 @@ pub struct UploadsConfig {
     /// Above this many bytes still to hash, completion answers "verifying" and finishes in
     /// the background.
     pub inline_verify_limit: u64,
+    /// A request for a chunk (or an append) that is being written by a request that has
+    /// moved no byte this long stops that one and takes its place.
+    pub stall_takeover: Duration,
 }
 
 impl Default for UploadsConfig {
@@ -43,6 +46,7 @@ impl Default for UploadsConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             inline_verify_limit: 1 << 30,
+            stall_takeover: Duration::from_secs(5),
         }
     }
 }
@@ -343,13 +347,23 @@ impl Uploads {
                 "the body is {d} bytes, but chunk {index} must be exactly {len} bytes"
             )));
         }
-        let _chunk_lock = up.stripe(index).lock().await;
+        let writer_slot = up.writers.enter(index, self.config.stall_takeover).await;
+        let slot = &writer_slot.slot;
+        // The next piece of the body, unless a newer request took over.
+        macro_rules! next_piece {
+            () => {
+                tokio::select! {
+                    b = body.next() => { slot.progressed(); b }
+                    _ = slot.abort.notified() => return Err(Error::Superseded),
+                }
+            };
+        }
 
         let already = up.chunks().get(index);
         if let Some(stored) = already {
             // A retry: read the body to tell "same bytes" from "other bytes", store nothing.
             let mut h = ChunkHasher::new(len, None);
-            while let Some(b) = body.next().await {
+            while let Some(b) = next_piece!() {
                 h.update(&b?)?;
             }
             let (actual, _) = h.finish()?;
@@ -376,7 +390,7 @@ impl Uploads {
             .backend
             .writer_at(&record, record.chunk_offset(index))
             .await?;
-        while let Some(b) = body.next().await {
+        while let Some(b) = next_piece!() {
             let b = b?;
             h.update(&b)?;
             writer.write(b).await?;
@@ -442,7 +456,13 @@ impl Uploads {
                 "this upload takes chunks (native API), not in-order appends",
             ));
         }
-        let mut cursor = up.stream.try_lock().map_err(|_| Error::Locked)?;
+        let appender = up
+            .writers
+            .try_enter(u64::MAX, self.config.stall_takeover)
+            .await
+            .ok_or(Error::Locked)?;
+        let slot = &appender.slot;
+        let mut cursor = up.stream.lock().await;
         let start = up.chunks().contiguous_bytes(&record);
         if offset != start {
             return Err(Error::OffsetMismatch {
@@ -478,7 +498,13 @@ impl Uploads {
         let mut pos = start;
         let mut writer = self.backend.writer_at(&record, start).await?;
         let mut cut: Option<Error> = None;
-        while let Some(piece) = body.next().await {
+        loop {
+            let piece = tokio::select! {
+                b = body.next() => b,
+                _ = slot.abort.notified() => Some(Err(Error::Superseded)),
+            };
+            let Some(piece) = piece else { break };
+            slot.progressed();
             let mut piece = match piece {
                 Ok(p) => p,
                 Err(e) => {
@@ -555,6 +581,7 @@ impl Uploads {
             return Err(e);
         }
         drop(cursor);
+        drop(appender);
         drop(op);
         drop(busy);
         let completed = if pos == record.size {

@@ -1,7 +1,7 @@
 //! The in-memory handle of one open upload: its record, which chunks are stored, how far
 //! the whole-file hash has got, and the locks that keep concurrent requests apart.
 //!
-//! Lock order, always: `op` → a chunk stripe → `chunks` → `prefix`. `op` is shared by
+//! Lock order, always: `op` → a chunk's writer slot → `stream` → `chunks` → `prefix`. `op` is shared by
 //! chunk writes and exclusive for state changes (complete, cancel, expire), so a state
 //! change never interleaves with a chunk being stored.
 
@@ -16,9 +16,7 @@ use tokio::sync::RwLock;
 use crate::backend::{Loaded, Receipt, StoredChunk};
 use crate::hash::PrefixHash;
 use crate::record::UploadRecord;
-
-/// Number of chunk lock stripes: requests for different chunks rarely wait on each other.
-const STRIPES: usize = 64;
+use crate::writers::Writers;
 
 /// Which chunks are stored, with their digests, and how much of a partly appended chunk.
 pub struct ChunkTable {
@@ -136,7 +134,8 @@ pub struct Upload {
     record: Mutex<UploadRecord>,
     chunks: Mutex<ChunkTable>,
     prefix: Mutex<PrefixHash>,
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// One writer per chunk (and one appender), with takeover of stalled ones.
+    pub writers: Writers,
     /// One in-order writer at a time; holds the hash of the partly appended chunk (`None`
     /// when it must be rebuilt from storage, e.g. after a restart).
     pub stream: tokio::sync::Mutex<Option<sha2::Sha256>>,
@@ -169,7 +168,7 @@ impl Upload {
             record: Mutex::new(loaded.record),
             chunks: Mutex::new(chunks),
             prefix: Mutex::new(prefix),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            writers: Writers::default(),
             stream: tokio::sync::Mutex::new(None),
             hash_runner: tokio::sync::Mutex::new(()),
             hash_wanted: AtomicBool::new(false),
@@ -200,11 +199,6 @@ impl Upload {
     /// The whole-file hash progress.
     pub fn prefix(&self) -> MutexGuard<'_, PrefixHash> {
         lock(&self.prefix)
-    }
-
-    /// The lock stripe that guards chunk `index`.
-    pub fn stripe(&self, index: u64) -> &tokio::sync::Mutex<()> {
-        &self.stripes[(index % STRIPES as u64) as usize]
     }
 
     /// Records a stored chunk and, when the chunk was hashed in flight right at the prefix,

@@ -643,3 +643,58 @@ async fn concatenation_joins_parallel_parts() {
         assert_eq!(resp.status(), StatusCode::GONE);
     }
 }
+
+#[tokio::test]
+async fn a_stalled_patch_is_taken_over_and_keeps_what_arrived() {
+    let (server, _dir) = Server::start(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
+    let tus = Tus::new(&server);
+    let file = random_bytes(MIB, 17);
+    let path = tus.create(file.len(), "").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|b| (b, rx))
+    }));
+    let stalled = tokio::spawn(
+        tus.req(Method::PATCH, &path)
+            .header("content-type", OCTETS)
+            .header("upload-offset", "0")
+            .header("content-length", MIB.to_string())
+            .body(body)
+            .send(),
+    );
+    tx.send(Ok(Bytes::copy_from_slice(&file[..1000])))
+        .await
+        .unwrap();
+    tx.send(Ok(Bytes::copy_from_slice(&file[1000..2000])))
+        .await
+        .unwrap();
+    // The first PATCH now stalls. A new one takes over once it has moved nothing for 1 s:
+    // the stalled one keeps what arrived (tus semantics) and the new one learns the offset.
+    // Until then it is answered 423, which clients retry (as tus-js-client does).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        let resp = tus.patch(&path, 0, file.clone()).await;
+        if resp.status() != StatusCode::LOCKED || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let offset = tus.offset(&path).await as usize;
+    assert!((1000..=2000).contains(&offset), "offset {offset}");
+    let resp = tus.patch(&path, offset, file[offset..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        tus.native(&path).await.sha256.unwrap().to_hex(),
+        sha256_hex(&file)
+    );
+    drop(tx);
+    // The stalled request was answered (or its connection closed), not left hanging.
+    let first = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    if let Ok(r) = first {
+        assert!(r.status().is_client_error(), "{:?}", r.status());
+    }
+}

@@ -17,6 +17,7 @@ use crate::state::AppState;
 
 pub mod health;
 pub mod native;
+pub mod page;
 pub mod tus;
 
 /// Headers browsers may send cross-origin.
@@ -122,6 +123,9 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
                 .options(tus::options),
         );
     Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::app_js))
+        .route("/style.css", get(page::style_css))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1", get(native::capabilities))

@@ -11,7 +11,7 @@ use tower::ServiceExt;
 
 use crate::error::ApiError;
 use crate::extract::{
-    body_stream, content_digest, content_length, drain, idempotency_key, IdPath, IndexPath,
+    body_stream, content_digest, content_length, drain_after, idempotency_key, IdPath, IndexPath,
     JsonBody, OptionalJsonBody, DRAIN_LIMIT,
 };
 use crate::state::AppState;
@@ -66,8 +66,10 @@ pub async fn put_chunk(
         .uploads
         .put_chunk(id, index, len, digest, &mut stream)
         .await;
-    if result.is_err() && len.is_some_and(|l| l <= DRAIN_LIMIT) {
-        drain(&mut stream).await;
+    if let Err(e) = &result {
+        if len.is_some_and(|l| l <= DRAIN_LIMIT) {
+            drain_after(e, &mut stream).await;
+        }
     }
     let stored = result?;
     let status = if stored.new {

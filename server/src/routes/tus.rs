@@ -20,7 +20,7 @@ use storage::checksum::ALGORITHMS;
 use storage::{BodyChecksum, Concat, UploadMode};
 
 use crate::error::ApiError;
-use crate::extract::{body_stream, drain, IdPath, DRAIN_LIMIT};
+use crate::extract::{body_stream, drain_after, IdPath, DRAIN_LIMIT};
 use crate::state::AppState;
 
 /// The protocol version spoken.
@@ -403,8 +403,8 @@ pub async fn patch(
             .ok()
             .flatten()
             .is_some_and(|l| l <= DRAIN_LIMIT);
-        if result.is_err() && small {
-            drain(&mut stream).await;
+        if let (Err(e), true) = (&result, small) {
+            drain_after(e, &mut stream).await;
         }
         let appended = result?;
         let status = match appended.completed {

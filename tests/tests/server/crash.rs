@@ -220,3 +220,42 @@ async fn stalled_json_bodies_time_out() {
     assert_eq!(upload_dirs(dir.path()), 1);
     assert_eq!(api.status(st.id).await.state, UploadState::Uploading);
 }
+
+/// A retry of a chunk whose first request stalled (a half-open connection) takes over
+/// after the stall-takeover time instead of waiting for the body timeout; the stalled
+/// request is told so, and its partial bytes never count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_takes_over_a_stalled_chunk_write() {
+    let (server, dir) = Server::start(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
+    let api = Api::new(&server);
+    let chunk = random_bytes(2 * MIB, 31);
+    let st = api
+        .create(json!({"size": 2 * MIB, "chunk_size": 2 * MIB}))
+        .await;
+    let id = st.id;
+    // More than the server's 1 MiB write buffer, so that the bytes show on disk.
+    let mut stalled = raw_put(&server, id, 0, 2 * MIB, &chunk[..MIB + 1000]).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the stalled write to begin",
+        || async { data_holds(dir.path(), id, 0, &chunk[..MIB]) },
+    )
+    .await;
+    let started = Instant::now();
+    let resp = api.put(id, 0, &chunk, true).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the retry waited {:?}, as long as a body timeout",
+        started.elapsed()
+    );
+    let answer = read_answer(&mut stalled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(answer.contains("superseded"), "{answer}");
+    let st = api.status(id).await;
+    assert_eq!(st.received_bytes, 2 * MIB as u64);
+    api.complete(id, Some(json!({"sha256": sha256_hex(&chunk)})))
+        .await
+        .error_for_status()
+        .expect("complete");
+}
