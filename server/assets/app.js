@@ -4,7 +4,7 @@
 'use strict'
 
 // ---- SHA-256 (FIPS 180-4), incremental: WebCrypto only hashes whole buffers ----
-const K = Uint32Array.of(
+const K = Int32Array.of(
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
   0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
   0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -241,8 +241,9 @@ class Upload {
       const r = await api('GET', `/v1/uploads/${saved.id}`)
       if (r.ok && r.json.size === this.file.size && ['uploading', 'completed'].includes(r.json.state)) {
         this.adopt(r.json)
-        const fresh = saved.hash && saved.chunkSize === this.chunkSize && saved.hash.len % this.chunkSize === 0
-        this.hasher = fresh ? Sha256.fromState(saved.hash) : new Sha256()
+        const h = saved.hash
+        const fresh = h && saved.chunkSize === this.chunkSize && (h.len % this.chunkSize === 0 || h.len === this.file.size)
+        this.hasher = fresh ? Sha256.fromState(h) : new Sha256()
         this.resumed = true
         this.el.dataset.resumed = 'true'
         renderUnfinished()
@@ -269,7 +270,7 @@ class Upload {
     this.stopped = false
     this.retryable = true
     this.samples = [[performance.now(), this.confirmed]]
-    this.setState('uploading')
+    this.setState('uploading', this.resumed && this.gen === 1 ? undefined : `Uploading, ${PARALLEL} chunks at a time.`)
     const cs = this.chunkSize
     const slots = new Set()
     for (let i = 0; i < this.count && alive(); i++) {
@@ -278,12 +279,16 @@ class Upload {
       if (!hashIt && !sendIt) continue
       if (sendIt) while (slots.size >= PARALLEL) await Promise.race(slots)
       if (!alive()) break
-      const buf = await this.file.slice(i * cs, Math.min(this.file.size, (i + 1) * cs)).arrayBuffer()
+      // The page reads each chunk once, for both hashes; the PUT body is the Blob slice itself,
+      // which the browser streams from disk (much faster than sending the ArrayBuffer).
+      const blob = this.file.slice(i * cs, Math.min(this.file.size, (i + 1) * cs))
+      const buf = await blob.arrayBuffer()
         .catch((e) => { throw new UploadError('Cannot read the file', 0, { detail: e.message }) })
       if (!alive()) break
       if (hashIt) { this.hasher.update(buf); this.save() }
       if (sendIt) {
-        const p = this.send(i, buf, alive).catch((e) => this.fail(e)).finally(() => slots.delete(p))
+        const digest = `sha-256=:${b64(await crypto.subtle.digest('SHA-256', buf))}:`
+        const p = this.send(i, blob, digest, alive).catch((e) => this.fail(e)).finally(() => slots.delete(p))
         slots.add(p)
       }
     }
@@ -291,13 +296,14 @@ class Upload {
     if (alive()) await this.complete()
   }
 
-  async send (i, buf, alive) {
-    const digest = `sha-256=:${b64(await crypto.subtle.digest('SHA-256', buf))}:`
+  // Sends chunk i (a Blob), retrying transient failures; the Content-Digest is of the bytes
+  // hashed, so a file that changed since is refused by the server rather than stored.
+  async send (i, blob, digest, alive) {
     for (let attempt = 0; alive(); attempt++) {
-      const r = await this.put(i, buf, digest)
+      const r = await this.put(i, blob, digest)
       if (r.aborted) return
       if (r.status === 200 || r.status === 201) {
-        if (this.missing.delete(i)) this.confirmed += buf.byteLength
+        if (this.missing.delete(i)) this.confirmed += blob.size
         return
       }
       if (!TRANSIENT.includes(r.status) || attempt >= RETRIES) {
@@ -312,7 +318,7 @@ class Upload {
   }
 
   // One chunk PUT with XMLHttpRequest, for upload progress events.
-  put (i, buf, digest) {
+  put (i, blob, digest) {
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest()
       const slot = { xhr, loaded: 0 }
@@ -329,7 +335,7 @@ class Upload {
       xhr.onload = () => done(false)
       xhr.onerror = () => done(false)
       xhr.onabort = () => done(true)
-      xhr.send(buf)
+      xhr.send(blob)
     })
   }
 
@@ -445,6 +451,7 @@ class Upload {
         if (bps > 0) eta = `${fmtTime((size - sent) / bps)} left`
       }
     }
+    if (this.count !== undefined) $('.chunks', this.el).textContent = `${this.count - this.missing.size} of ${this.count} chunks stored`
     $('.speed', this.el).textContent = speed
     $('.eta', this.el).textContent = eta
   }

@@ -116,6 +116,11 @@ impl ApiError {
                     "Mismatching upload offset",
                 ),
                 E::Locked => (StatusCode::LOCKED, "upload-locked", "Upload locked"),
+                E::Conflict => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "concurrent-change",
+                    "Changed concurrently; retry",
+                ),
                 E::Superseded => (
                     StatusCode::CONFLICT,
                     "superseded",

@@ -85,6 +85,10 @@ pub enum Error {
         /// Where the request started.
         got: u64,
     },
+    /// Another server process changed the record first (shared storage); reload and
+    /// decide again.
+    #[error("the upload was changed by another request; retry")]
+    Conflict,
     /// A newer request for the same bytes took over from this stalled one.
     #[error("a newer request for the same bytes took over from this stalled one")]
     Superseded,

@@ -40,6 +40,9 @@ pub struct SavedPrefixHash {
     pub hashed_bytes: u64,
     /// SHA-256 midstate, hex.
     pub state: String,
+    /// The stored version this was read as (shared backends), for conditional writes.
+    #[serde(skip)]
+    pub version: Option<String>,
 }
 
 impl PrefixHash {
@@ -48,6 +51,15 @@ impl PrefixHash {
         SavedPrefixHash {
             hashed_bytes: self.hashed_bytes,
             state: hex::encode(self.hasher.serialize().as_slice()),
+            version: None,
+        }
+    }
+
+    /// The form to store, conditional on the stored `version` it continues (shared backends).
+    pub fn save_as(&self, version: Option<String>) -> SavedPrefixHash {
+        SavedPrefixHash {
+            version,
+            ..self.save()
         }
     }
 
@@ -132,7 +144,8 @@ mod tests {
         assert_eq!(back.digest().0, <[u8; 32]>::from(expect));
         assert!(PrefixHash::restore(&SavedPrefixHash {
             hashed_bytes: 0,
-            state: "zz".into()
+            state: "zz".into(),
+            version: None,
         })
         .is_none());
     }

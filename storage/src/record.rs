@@ -132,6 +132,9 @@ pub struct UploadRecord {
     /// Last change of the record.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The stored version this copy was read as (an ETag on S3), for conditional writes.
+    #[serde(skip)]
+    pub version: Option<String>,
 }
 
 impl UploadRecord {
@@ -291,6 +294,7 @@ mod tests {
             concat: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
+            version: None,
         };
         assert_eq!(r.chunk_count(), 3);
         assert_eq!(r.chunk_len(0).unwrap(), 4);

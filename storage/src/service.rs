@@ -221,6 +221,7 @@ impl Uploads {
             concat,
             created_at: now,
             updated_at: now,
+            version: None,
         };
         if let Some(key) = idempotency_key {
             let key_digest = Sha256Digest(Sha256::digest(key.as_bytes()).into());
@@ -259,15 +260,17 @@ impl Uploads {
         self.insert_new(record).await
     }
 
-    async fn insert_new(&self, record: UploadRecord) -> Result<Created> {
-        self.backend.create(&record).await?;
+    async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
+        record.version = self.backend.create(&record).await?;
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
             last_activity: record.updated_at,
             record,
             receipts: Vec::new(),
             prefix_hash: None,
         }));
-        self.lock_open().insert(up.id, up.clone());
+        if !self.backend.info().shared {
+            self.lock_open().insert(up.id, up.clone());
+        }
         tracing::info!(id = %up.id, size = up.record().size, "upload created");
         Ok(Created {
             status: self.status_of(&up)?,
@@ -406,8 +409,17 @@ impl Uploads {
         self.backend
             .commit(&record, &[Receipt::Chunk(chunk)])
             .await?;
+        let in_flight = advanced.is_some();
         up.commit(&chunk, advanced);
-        self.schedule_catch_up(&up);
+        if self.backend.info().reads_before_assembly {
+            self.schedule_catch_up(&up);
+        } else if in_flight {
+            // Another process may continue the hash from here.
+            let saved = up.prefix().save_as(up.prefix_version());
+            if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
+                tracing::warn!(%id, error = %e, "could not save the hash midstate");
+            }
+        }
         Ok(ChunkStored {
             receipt: ChunkReceipt {
                 index,
@@ -720,12 +732,25 @@ impl Uploads {
         if !missing.is_empty() {
             return Err(Error::MissingChunks(missing));
         }
-        let record = up.update_record(|r| {
-            r.declared_sha256 = expected;
-            r.state = StoredState::Completing;
-            r.updated_at = OffsetDateTime::now_utc();
-        });
-        self.backend.save_record(&record).await?;
+        let claimed = self
+            .transition(&up, |r| {
+                r.declared_sha256 = expected;
+                r.state = StoredState::Completing;
+            })
+            .await;
+        let record = match claimed {
+            Ok(r) => r,
+            // Another server process got there first: answer from what it did.
+            Err(Error::Conflict) => {
+                drop(op);
+                let status = self.status(id).await?;
+                return Ok(match status.state {
+                    UploadState::Completed => Completion::Done(status),
+                    _ => Completion::Verifying(status),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let unhashed = record.size.saturating_sub(up.prefix().hashed_bytes);
         if unhashed > self.config.inline_verify_limit {
             drop(op);
@@ -751,29 +776,49 @@ impl Uploads {
 
     /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
     async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
+        let record = up.record();
+        let chunks: Vec<StoredChunk> = {
+            let t = up.chunks();
+            (0..record.chunk_count())
+                .filter_map(|i| {
+                    Some(StoredChunk {
+                        index: i,
+                        size: record.chunk_len(i).ok()?,
+                        sha256: t.get(i)?,
+                    })
+                })
+                .collect()
+        };
+        if let Err(e) = self.backend.assemble(&record, &chunks).await {
+            if let Error::MissingChunks(_) = e {
+                // Stored bytes that are not the acknowledged ones: the client resends them.
+                self.transition(up, |r| r.state = StoredState::Uploading)
+                    .await?;
+            }
+            return Err(e);
+        }
         let at_completion = self.catch_up(up).await?;
         let actual = up.prefix().digest();
         let expected = up.record().declared_sha256;
         let read_back = up.read_back.load(Ordering::Relaxed);
         if let Some(expected) = expected.filter(|e| *e != actual) {
-            let record = up.update_record(|r| {
+            self.transition(up, |r| {
                 r.state = StoredState::Failed;
                 r.sha256 = Some(actual);
                 r.failure = Some(format!("SHA-256 {actual} does not match {expected}"));
-                r.updated_at = OffsetDateTime::now_utc();
-            });
-            self.backend.save_record(&record).await?;
+            })
+            .await?;
             self.backend.discard(up.id).await?;
             up.chunks().clear();
             tracing::warn!(id = %up.id, %expected, %actual, "upload failed verification");
             return Err(Error::Sha256Mismatch { expected, actual });
         }
-        let record = up.update_record(|r| {
-            r.state = StoredState::Completed;
-            r.sha256 = Some(actual);
-            r.updated_at = OffsetDateTime::now_utc();
-        });
-        self.backend.save_record(&record).await?;
+        let record = self
+            .transition(up, |r| {
+                r.state = StoredState::Completed;
+                r.sha256 = Some(actual);
+            })
+            .await?;
         self.backend.publish(&record).await?;
         tracing::info!(
             id = %up.id,
@@ -830,11 +875,7 @@ impl Uploads {
 
     /// Turns an upload into a tombstone. Caller holds `op` exclusively.
     async fn bury(&self, up: &Upload, state: StoredState) -> Result<()> {
-        let record = up.update_record(|r| {
-            r.state = state;
-            r.updated_at = OffsetDateTime::now_utc();
-        });
-        self.backend.save_record(&record).await?;
+        self.transition(up, |r| r.state = state).await?;
         self.backend.discard(up.id).await?;
         up.chunks().clear();
         Ok(())
@@ -851,6 +892,17 @@ impl Uploads {
         }
         let content = self.backend.content(&record).await?;
         Ok((record, content))
+    }
+
+    /// Reads `len` bytes at `offset` of a completed upload's content (for backends whose
+    /// content is not a local file).
+    pub async fn read_content(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        len: u64,
+    ) -> Result<crate::backend::ByteStream> {
+        self.backend.read_range(record, offset, len).await
     }
 
     /// Expires idle unfinished uploads and purges old tombstones. Uploads with a request
@@ -909,14 +961,33 @@ impl Uploads {
         Ok(report)
     }
 
+    /// Stores a changed record, then adopts it. On shared storage the write is conditional
+    /// on the version read, so two processes never both make the same change.
+    async fn transition(
+        &self,
+        up: &Upload,
+        change: impl FnOnce(&mut UploadRecord),
+    ) -> Result<UploadRecord> {
+        let mut record = up.record();
+        change(&mut record);
+        record.updated_at = OffsetDateTime::now_utc();
+        record.version = self.backend.save_record(&record).await?;
+        up.set_record(record.clone());
+        Ok(record)
+    }
+
     /// The handle of an upload, loading it from storage when it is not in memory. A
-    /// tombstone is returned as a handle; callers turn it into "gone".
+    /// tombstone is returned as a handle; callers turn it into "gone". On shared storage
+    /// every call loads afresh: another process may have changed the upload.
     async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
         if let Some(up) = self.lock_open().get(&id) {
             return Ok(up.clone());
         }
         let loaded = self.backend.load(id).await?.ok_or(Error::NotFound)?;
         let up = Arc::new(Upload::from_loaded(loaded));
+        if self.backend.info().shared {
+            return Ok(up);
+        }
         Ok(self.lock_open().entry(id).or_insert(up).clone())
     }
 

@@ -149,12 +149,15 @@ pub struct Upload {
     pub read_back: AtomicU64,
     last_activity: Mutex<OffsetDateTime>,
     busy: AtomicUsize,
+    /// Stored version of the hash midstate this handle continued from (shared backends).
+    prefix_version: Option<String>,
 }
 
 impl Upload {
     /// Builds the handle from what storage holds.
     pub fn from_loaded(loaded: Loaded) -> Self {
         let chunks = ChunkTable::new(&loaded.record, &loaded.receipts);
+        let prefix_version = loaded.prefix_hash.as_ref().and_then(|p| p.version.clone());
         let durable = chunks.received_bytes();
         let prefix = loaded
             .prefix_hash
@@ -176,6 +179,7 @@ impl Upload {
             read_back: AtomicU64::new(0),
             last_activity: Mutex::new(loaded.last_activity),
             busy: AtomicUsize::new(0),
+            prefix_version,
         }
     }
 
@@ -184,11 +188,9 @@ impl Upload {
         lock(&self.record).clone()
     }
 
-    /// Changes the record in memory (the caller persists it).
-    pub fn update_record(&self, f: impl FnOnce(&mut UploadRecord)) -> UploadRecord {
-        let mut r = lock(&self.record);
-        f(&mut r);
-        r.clone()
+    /// Replaces the record in memory, once the new one is stored.
+    pub fn set_record(&self, record: UploadRecord) {
+        *lock(&self.record) = record;
     }
 
     /// The chunk table.
@@ -217,6 +219,11 @@ impl Upload {
 
     fn record_chunk_size(&self) -> u64 {
         lock(&self.record).chunk_size
+    }
+
+    /// Stored version of the hash midstate this handle was loaded with.
+    pub fn prefix_version(&self) -> Option<String> {
+        self.prefix_version.clone()
     }
 
     /// Marks activity now, for idle expiry.

@@ -96,7 +96,9 @@ async fn parallel_out_of_order_chunks_then_restart_keeps_every_ack() {
     };
     assert_eq!(status.state, UploadState::Completed);
     assert_eq!(status.sha256, Some(sha(&file)));
-    let (_, storage::Content::File(path)) = uploads.content(id).await.unwrap();
+    let (_, storage::Content::File(path)) = uploads.content(id).await.unwrap() else {
+        panic!("local content is a file")
+    };
     assert_eq!(std::fs::read(path).unwrap(), file);
 }
 

@@ -104,6 +104,48 @@ impl Tus {
     }
 }
 
+/// Waits (bounded) until the server has written `expected` at the start of the upload's
+/// data file: proof that a PATCH is being handled, though not acknowledged.
+async fn wait_for_bytes_on_disk(dir: &std::path::Path, path: &str, expected: &[u8]) {
+    let id = path.trim_start_matches("/files/");
+    let file = dir.join("uploads").join(id).join("data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_disk = std::fs::read(&file).unwrap_or_default();
+        if on_disk.len() >= expected.len() && &on_disk[..expected.len()] == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PATCH's bytes never reached the disk"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a PATCH at offset 0 whose body is fed by the returned sender.
+fn slow_patch(
+    tus: &Tus,
+    path: &str,
+    content_length: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<Response>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|b| (b, rx))
+    }));
+    let req = tus
+        .req(Method::PATCH, path)
+        .header("content-type", OCTETS)
+        .header("upload-offset", "0")
+        .header("content-length", content_length.to_string())
+        .body(body)
+        .send();
+    (tx, tokio::spawn(req))
+}
+
 fn header(resp: &Response, name: &str) -> String {
     resp.headers()
         .get(name)
@@ -415,39 +457,29 @@ async fn creation_with_upload_zero_length_and_termination() {
 
 #[tokio::test]
 async fn one_writer_at_a_time() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, dir) = Server::start(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(2 * MIB, 14);
     let path = tus.create(file.len(), "").await;
-    // A PATCH whose body arrives slowly, under the test's control.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
-        rx.recv().await.map(|b| (b, rx))
-    }));
-    let slow = tus
-        .req(Method::PATCH, &path)
-        .header("content-type", OCTETS)
-        .header("upload-offset", "0")
-        .header("content-length", MIB.to_string())
-        .body(body)
-        .send();
-    let slow = tokio::spawn(slow);
-    tx.send(Ok(Bytes::copy_from_slice(&file[..1000])))
+    // A PATCH whose body arrives under the test's control; more than the server's 1 MiB
+    // write buffer goes first, so its bytes show on disk while it is still running.
+    let (tx, slow) = slow_patch(&tus, &path, 2 * MIB);
+    tx.send(Ok(Bytes::copy_from_slice(&file[..MIB + 1000])))
         .await
         .unwrap();
-    // The channel holds one piece: once this send returns, the server is reading the body.
-    tx.send(Ok(Bytes::copy_from_slice(&file[1000..2000])))
-        .await
-        .unwrap();
-    let second = tus.patch(&path, 0, file[..MIB].to_vec()).await;
+    wait_for_bytes_on_disk(dir.path(), &path, &file[..MIB]).await;
+    let second = tus.patch(&path, 0, file.clone()).await;
     assert_eq!(second.status(), StatusCode::LOCKED);
-    tx.send(Ok(Bytes::copy_from_slice(&file[2000..MIB])))
+    tx.send(Ok(Bytes::copy_from_slice(&file[MIB + 1000..])))
         .await
         .unwrap();
     drop(tx);
     let first = slow.await.unwrap().unwrap();
     assert_eq!(first.status(), StatusCode::NO_CONTENT);
-    assert_eq!(tus.offset(&path).await, MIB as u64);
+    assert_eq!(
+        tus.native(&path).await.sha256.unwrap().to_hex(),
+        sha256_hex(&file)
+    );
 }
 
 #[tokio::test]
@@ -646,28 +678,15 @@ async fn concatenation_joins_parallel_parts() {
 
 #[tokio::test]
 async fn a_stalled_patch_is_taken_over_and_keeps_what_arrived() {
-    let (server, _dir) = Server::start(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
+    let (server, dir) = Server::start(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
     let tus = Tus::new(&server);
-    let file = random_bytes(MIB, 17);
+    let file = random_bytes(2 * MIB, 17);
     let path = tus.create(file.len(), "").await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
-        rx.recv().await.map(|b| (b, rx))
-    }));
-    let stalled = tokio::spawn(
-        tus.req(Method::PATCH, &path)
-            .header("content-type", OCTETS)
-            .header("upload-offset", "0")
-            .header("content-length", MIB.to_string())
-            .body(body)
-            .send(),
-    );
-    tx.send(Ok(Bytes::copy_from_slice(&file[..1000])))
+    let (tx, stalled) = slow_patch(&tus, &path, 2 * MIB);
+    tx.send(Ok(Bytes::copy_from_slice(&file[..MIB + 1000])))
         .await
         .unwrap();
-    tx.send(Ok(Bytes::copy_from_slice(&file[1000..2000])))
-        .await
-        .unwrap();
+    wait_for_bytes_on_disk(dir.path(), &path, &file[..MIB]).await;
     // The first PATCH now stalls. A new one takes over once it has moved nothing for 1 s:
     // the stalled one keeps what arrived (tus semantics) and the new one learns the offset.
     // Until then it is answered 423, which clients retry (as tus-js-client does).
@@ -681,7 +700,7 @@ async fn a_stalled_patch_is_taken_over_and_keeps_what_arrived() {
     };
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     let offset = tus.offset(&path).await as usize;
-    assert!((1000..=2000).contains(&offset), "offset {offset}");
+    assert_eq!(offset, MIB + 1000);
     let resp = tus.patch(&path, offset, file[offset..].to_vec()).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(

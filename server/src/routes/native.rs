@@ -126,14 +126,20 @@ pub async fn content(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let Content::File(path) = content;
-    let served =
-        tower_http::services::ServeFile::new_with_mime(path, &mime::APPLICATION_OCTET_STREAM)
+    let mut resp = match content {
+        Content::File(path) => {
+            let served = tower_http::services::ServeFile::new_with_mime(
+                path,
+                &mime::APPLICATION_OCTET_STREAM,
+            )
             .oneshot(req)
             .await;
-    let mut resp = match served {
-        Ok(r) => r.map(Body::new),
-        Err(never) => match never {},
+            match served {
+                Ok(r) => r.map(Body::new),
+                Err(never) => match never {},
+            }
+        }
+        Content::Object => serve_object(&state, &record, req.method(), req.headers()).await?,
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -143,6 +149,87 @@ pub async fn content(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// Serves content read through the storage backend, with a single `Range` (206/416).
+async fn serve_object(
+    state: &AppState,
+    record: &storage::record::UploadRecord,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let size = record.size;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|r| parse_range(r, size));
+    let (status, start, len) = match range {
+        None | Some(RangeAsk::Ignore) => (StatusCode::OK, 0, size),
+        Some(RangeAsk::Unsatisfiable) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            )
+                .into_response())
+        }
+        Some(RangeAsk::Range(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+    };
+    let body = if method == axum::http::Method::HEAD || len == 0 {
+        Body::empty()
+    } else {
+        Body::from_stream(state.uploads.read_content(record, start, len).await?)
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// What a `Range` header asks of a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAsk {
+    /// Serve the whole file (no byte range, or several ranges, which are not served).
+    Ignore,
+    /// No byte of the range exists.
+    Unsatisfiable,
+    /// Inclusive first and last byte.
+    Range(u64, u64),
+}
+
+fn parse_range(raw: &str, size: u64) -> RangeAsk {
+    let Some(spec) = raw.trim().strip_prefix("bytes=") else {
+        return RangeAsk::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAsk::Ignore;
+    };
+    let num = |s: &str| s.trim().parse::<u64>().ok();
+    match (a.trim().is_empty(), num(a), num(b)) {
+        // Suffix: the last n bytes.
+        (true, _, Some(n)) if n > 0 && size > 0 => {
+            RangeAsk::Range(size.saturating_sub(n), size - 1)
+        }
+        (true, _, _) => RangeAsk::Unsatisfiable,
+        (false, Some(first), _) if first >= size => RangeAsk::Unsatisfiable,
+        (false, Some(first), None) if b.trim().is_empty() => RangeAsk::Range(first, size - 1),
+        (false, Some(first), Some(last)) if last >= first => {
+            RangeAsk::Range(first, last.min(size - 1))
+        }
+        _ => RangeAsk::Ignore,
+    }
 }
 
 /// `attachment`, with the file name in RFC 6266 / RFC 8187 form (`filename*=UTF-8''…`),
@@ -175,6 +262,22 @@ fn content_disposition(filename: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::content_disposition;
+
+    #[test]
+    fn ranges() {
+        use super::{parse_range, RangeAsk::*};
+        assert_eq!(parse_range("bytes=0-9", 100), Range(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), Range(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Range(90, 99));
+        assert_eq!(parse_range("bytes=-200", 100), Range(0, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), Range(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
+        assert_eq!(parse_range("items=0-1", 100), Ignore);
+        assert_eq!(parse_range("bytes=9-1", 100), Ignore);
+        assert_eq!(parse_range("bytes=x-1", 100), Ignore);
+    }
 
     #[test]
     fn disposition_is_encoded() {

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::{
     journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded,
-    Receipt,
+    Receipt, StoredChunk,
 };
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -155,10 +155,12 @@ impl Backend for LocalBackend {
                 default: 8 * MIB,
             },
             max_chunks: 100_000,
+            shared: false,
+            reads_before_assembly: true,
         }
     }
 
-    async fn create(&self, record: &UploadRecord) -> Result<()> {
+    async fn create(&self, record: &UploadRecord) -> Result<Option<String>> {
         let dir = self.dir(record.id);
         let parent = self.root.join("uploads");
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -172,7 +174,8 @@ impl Backend for LocalBackend {
             write_atomic(&dir.join("record.json"), &json, true)?;
             fsync_dir(&parent)
         })
-        .await
+        .await?;
+        Ok(None)
     }
 
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>> {
@@ -215,10 +218,18 @@ impl Backend for LocalBackend {
         blocking(move || read_json(&path)).await
     }
 
-    async fn save_record(&self, record: &UploadRecord) -> Result<()> {
+    async fn save_record(&self, record: &UploadRecord) -> Result<Option<String>> {
+        // One process owns the directory, and the service orders state changes under its
+        // locks: no version check is needed.
         let path = self.dir(record.id).join("record.json");
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
-        blocking(move || write_atomic(&path, &json, true)).await
+        blocking(move || write_atomic(&path, &json, true)).await?;
+        Ok(None)
+    }
+
+    async fn assemble(&self, _record: &UploadRecord, _chunks: &[StoredChunk]) -> Result<()> {
+        // The chunks already sit at their offsets in one file.
+        Ok(())
     }
 
     async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>> {

@@ -35,6 +35,13 @@ pub struct BackendInfo {
     pub chunk_size: ChunkSizeBounds,
     /// Most chunks per upload.
     pub max_chunks: u64,
+    /// Several server processes may use this storage at once: the service then keeps no
+    /// upload state between requests and relies on the backend's conditional writes.
+    pub shared: bool,
+    /// Stored bytes of an unfinished upload can be read back (local disk), so the
+    /// whole-file hash can catch up while the upload goes on; otherwise (S3 multipart
+    /// parts) only after [`Backend::assemble`].
+    pub reads_before_assembly: bool,
 }
 
 /// The acknowledgement of one stored chunk.
@@ -80,6 +87,8 @@ pub struct Loaded {
 pub enum Content {
     /// A local file, served directly (with ranges) by the HTTP layer.
     File(PathBuf),
+    /// An object read through [`Backend::read_range`].
+    Object,
 }
 
 /// A claimed idempotency key: which upload it created, for which request.
@@ -107,7 +116,8 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> BackendInfo;
 
     /// Stores a new upload's record and prepares room for its bytes. Fails if the id exists.
-    async fn create(&self, record: &UploadRecord) -> Result<()>;
+    /// Returns the record's stored version.
+    async fn create(&self, record: &UploadRecord) -> Result<Option<String>>;
 
     /// Reads an upload back; `None` when the id is unknown.
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>>;
@@ -115,22 +125,34 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads only the record, without chunk receipts: cheap, for sweeps and start-up.
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>>;
 
-    /// Replaces the record (a state change), durably.
-    async fn save_record(&self, record: &UploadRecord) -> Result<()>;
+    /// Replaces the record (a state change), durably. On a shared backend the write is
+    /// conditional on `record.version` (the version it was loaded with) and fails with
+    /// [`crate::Error::Conflict`] when another process changed it first. Returns the new
+    /// version.
+    async fn save_record(&self, record: &UploadRecord) -> Result<Option<String>>;
 
     /// Opens a writer of the upload's bytes from `offset` on. The caller guarantees one
     /// writer per byte range at a time and never rewrites acknowledged bytes.
     async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>>;
 
     /// Makes written bytes durable and records their receipts. After `Ok` they may be
-    /// acknowledged: they survive a crash.
+    /// acknowledged: they survive a crash. A chunk receipt is write-once: when another
+    /// request stored the same chunk first, `Ok` if it has the same digest, else
+    /// [`crate::Error::ChunkConflict`].
     async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()>;
+
+    /// Before verification: joins the stored chunks into one readable whole. Nothing to do
+    /// on local disk; on S3, checks each part against its receipt and completes the
+    /// multipart upload into a staging object. Idempotent. A chunk whose stored bytes turn
+    /// out not to be the ones its receipt names is forgotten and reported missing.
+    async fn assemble(&self, record: &UploadRecord, chunks: &[StoredChunk]) -> Result<()>;
 
     /// Reads `len` bytes at `offset` of the upload's bytes (stored chunks only).
     async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream>;
 
     /// Saves whole-file hash progress. Advisory: losing it costs a re-hash, never
-    /// correctness, so it need not be durable.
+    /// correctness, so it need not be durable. On a shared backend it is conditional on
+    /// `saved.version` and quietly does nothing when another process saved first.
     async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()>;
 
     /// Makes verified bytes the upload's content. Called after the record says completed.
