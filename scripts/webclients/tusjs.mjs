@@ -137,17 +137,24 @@ try {
     })
     result.first_url = first.url
     result.aborted_after_sent = first.sent
-    await new Promise((r) => setTimeout(r, 200)) // let the server finish writing what it received
+    // No pause here: a real client resumes at once, and the HEAD below says what the server has.
+    // A server still finishing the aborted PATCH may answer 423 (locked) or 409; phase 2 therefore
+    // runs with tus-js-client's DEFAULT retryDelays (it retries 409/423 after a new HEAD), as an
+    // unmodified client would, and reports every such answer in `retried_statuses`.
     // Phase 2: a new Upload object, as after a process restart: find the URL by fingerprint and resume.
     let resumedOffset = null
     let previous = []
-    const { url } = await runUpload({ urlStorage, storeFingerprintForResuming: true, removeFingerprintOnSuccess: true }, {
+    const retried = {}
+    result.retried_statuses = retried
+    const { url } = await runUpload({ urlStorage, storeFingerprintForResuming: true, removeFingerprintOnSuccess: true, retryDelays: tus.defaultOptions.retryDelays }, {
       beforeStart: async (up) => {
         previous = await up.findPreviousUploads()
         if (previous.length) up.resumeFromPreviousUpload(previous[0])
       },
       onAfterResponse: (req, res) => {
         if (req.getMethod() === 'HEAD' && resumedOffset === null) resumedOffset = Number(res.getHeader('Upload-Offset'))
+        const st = res.getStatus()
+        if (st === 409 || st === 423) retried[`${req.getMethod()} ${st}`] = (retried[`${req.getMethod()} ${st}`] || 0) + 1
       },
     })
     result.previous_uploads_found = previous.length

@@ -3,7 +3,7 @@
 // Prints ONE JSON line; exit 0 on success, non-zero on failure.
 //
 //   node uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS]
-//                 [--chromium /usr/bin/chromium] [--upload-twice]
+//                 [--chromium /usr/bin/chromium] [--upload-twice] [--page-port N]
 //
 // --upload-twice: after the first upload, a NEW Uppy instance in the same page (as after a reload)
 // uploads the same file again: tus-js-client finds the URL in localStorage (Uppy keeps fingerprints
@@ -16,16 +16,18 @@
 // upload URL from `upload-success`. The page's origin is NOT the endpoint's (other port), so this is
 // a cross-origin upload: the server must allow the origin and expose Location and Upload-Offset
 // (and Upload-Length, for resuming). Stops the page server and the browser before exiting.
+// --page-port N serves the page on that port instead of a free one, so a server can be started
+// beforehand with exactly the page's origin (`--cors-origin http://127.0.0.1:N`) rather than `*`.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
 import { startPageServer } from './uppy_page/serve.mjs'
 
-const usage = 'usage: uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS] [--chromium PATH] [--upload-twice]'
+const usage = 'usage: uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS] [--chromium PATH] [--upload-twice] [--page-port N]'
 const args = parseArgs(process.argv.slice(2), {
   endpoint: 'string', file: 'string', screenshot: 'string', 'chunk-size': 'number', timeout: 'number', chromium: 'string',
-  'upload-twice': 'bool',
+  'upload-twice': 'bool', 'page-port': 'number',
 }, usage)
 if (!args.endpoint || !args.file) fail(usage, 2)
 const file = path.resolve(args.file)
@@ -54,7 +56,7 @@ watchdog(timeoutS * 1000, 'uppy upload', () => ({ ...result, console: consoleLin
 
 try {
   const { chromium: pw } = await load('playwright-core')
-  server = await startPageServer({ port: 0, log: (m) => consoleLines.push(`[server] ${m}`) })
+  server = await startPageServer({ port: args['page-port'] ?? 0, log: (m) => consoleLines.push(`[server] ${m}`) })
   result.page = server.url
   userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'uppy-chromium-'))
   // Also on the watchdog's exit path (playwright kills Chromium when this process exits).

@@ -228,3 +228,4 @@ impl Server {
 }
 pub mod proxy;
 pub mod s3;
+pub mod webclients;
