@@ -3,8 +3,9 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 S3_SERVER := bash scripts/s3-server/run.sh
+WEBCLIENTS := bash scripts/webclients/setup.sh
 
-.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status
+.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install
 
 all: build
 
@@ -27,13 +28,18 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
-## terminal test, and a local S3-compatible server (moto, in target/tools/s3-venv).
-test-deps: s3-install
+## terminal test, a local S3-compatible server (moto, in target/tools/s3-venv), and the
+## real web clients (tus-js-client, Uppy, playwright-core, tuspy, Debian's chromium).
+test-deps: s3-install webclients-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 
-## Everything: lints, unit tests, end-to-end tests against the real binaries.
+## Everything: lints, unit tests, end-to-end tests against the real binaries and clients.
 test: lint build test-deps
-	S3_REQUIRED=1 $(CARGO) test --workspace
+	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 $(CARGO) test --workspace
+
+## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
+webclients-install:
+	@$(WEBCLIENTS) install
 
 ## Local S3-compatible test server: installed once (~20 s), then a no-op.
 s3-install:
