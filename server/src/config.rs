@@ -17,6 +17,32 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Where uploads are stored: `local` (the data directory) or `s3` (a bucket shared by
+    /// any number of servers).
+    #[arg(long, env = "UPLOAD_SERVER_STORAGE", value_enum, default_value_t = StorageKind::Local)]
+    pub storage: StorageKind,
+
+    /// S3 bucket (with `--storage s3`); credentials come from the standard `AWS_*`
+    /// environment variables.
+    #[arg(long, env = "UPLOAD_SERVER_S3_BUCKET", required_if_eq("storage", "s3"))]
+    pub s3_bucket: Option<String>,
+
+    /// Key prefix inside the bucket.
+    #[arg(long, env = "UPLOAD_SERVER_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+
+    /// Endpoint of a non-AWS S3-compatible store (MinIO, Garage, Ceph, R2...).
+    #[arg(long, env = "UPLOAD_SERVER_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the bucket.
+    #[arg(long, env = "UPLOAD_SERVER_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Allow a plain-http S3 endpoint.
+    #[arg(long, env = "UPLOAD_SERVER_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+
     /// Directory where uploads are stored (local storage).
     #[arg(long, env = "UPLOAD_SERVER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -76,6 +102,15 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where uploads are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// Local disk, under `--data-dir`.
+    Local,
+    /// An S3-compatible bucket.
+    S3,
 }
 
 /// How log lines are written.

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use storage::{LocalBackend, Uploads, UploadsConfig};
+use config::StorageKind;
+use storage::backend::s3::{S3Backend, S3Config};
+use storage::{Backend, LocalBackend, Uploads, UploadsConfig};
 use tokio::net::TcpListener;
 
 pub mod config;
@@ -36,7 +38,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), storage::Error> {
-    let backend = Arc::new(LocalBackend::open(&config.data_dir)?);
+    let backend: Arc<dyn Backend> = match config.storage {
+        StorageKind::Local => Arc::new(LocalBackend::open(&config.data_dir)?),
+        StorageKind::S3 => Arc::new(S3Backend::new(&S3Config {
+            bucket: config.s3_bucket.clone().unwrap_or_default(),
+            prefix: config.s3_prefix.clone(),
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            allow_http: config.s3_allow_http,
+        })?),
+    };
     let uploads = Uploads::open(
         backend,
         UploadsConfig {

@@ -22,6 +22,7 @@ use crate::record::UploadRecord;
 
 pub mod journal;
 pub mod local;
+pub mod s3;
 
 /// A stream of bytes read back from storage.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;

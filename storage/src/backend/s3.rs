@@ -1,0 +1,683 @@
+//! S3-compatible backend: every byte and every piece of state in one bucket, so that any
+//! number of stateless servers share the same uploads with no lock service.
+//!
+//! # Layout (under the configured prefix)
+//! ```text
+//! uploads/{id}/record.json                      {"record": UploadRecord, "multipart_id": ..}
+//!                                               created If-None-Match: *, replaced If-Match: <etag>
+//! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}
+//!                                               empty receipt of one part; the name is the receipt,
+//!                                               so one LIST loads every receipt
+//! uploads/{id}/hash.json                        whole-file SHA-256 midstate, conditional writes
+//! uploads/{id}/staging                          the multipart upload's target: parts joined, not
+//!                                               yet verified
+//! files/{id}                                    the verified file (copied from staging)
+//! idempotency/{sha256(key)}.json                which upload an Idempotency-Key created (If-None-Match: *)
+//! ```
+//! Chunk `i` is part `i + 1` of one multipart upload per upload, streamed from the request
+//! body with the request's length (through a presigned UploadPart URL, so no chunk is held
+//! in memory); it is acknowledged once the store acknowledged the part and its receipt.
+//! Two requests racing on one chunk: the earliest receipt wins; a loser with other bytes
+//! removes its receipt and is told of the conflict. Completion is claimed by one
+//! conditional write of the record; the parts' ETags named by the receipts must match what
+//! the store holds, or CompleteMultipartUpload fails and nothing is published. The file
+//! appears at `files/{id}` only after its SHA-256 matched; a failed verification, a cancel
+//! or an expiry aborts the multipart upload and removes every object of the upload.
+//!
+//! Not yet: in-order appends (tus) on S3, which need short appends held durably until a
+//! part can be written.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use common::api::ChunkSizeBounds;
+use common::{Sha256Digest, UploadId};
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use super::{
+    Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded, Receipt,
+    StoredChunk,
+};
+use crate::error::{Error, Result};
+use crate::hash::SavedPrefixHash;
+use crate::record::UploadRecord;
+
+const MIB: u64 = 1 << 20;
+
+/// Where and how to reach the bucket.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket (may be empty).
+    pub prefix: String,
+    /// Endpoint for non-AWS stores (MinIO, Garage, Ceph, R2...).
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Allow plain http endpoints.
+    pub allow_http: bool,
+}
+
+/// The record object: the upload record and the multipart upload behind it.
+#[derive(Serialize, Deserialize)]
+struct RecordObject {
+    record: UploadRecord,
+    multipart_id: String,
+}
+
+/// Stores uploads in an S3-compatible bucket.
+pub struct S3Backend {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    http: reqwest::Client,
+    /// Part ETags between a writer's end and its commit, by (upload, chunk).
+    pending: Pending,
+}
+
+/// Part ETags between a writer's end and its commit.
+type Pending = Arc<Mutex<HashMap<(UploadId, u64), String>>>;
+
+fn store_err(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound,
+        object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. } => {
+            Error::Conflict
+        }
+        other => Error::Io(std::io::Error::other(other)),
+    }
+}
+
+impl S3Backend {
+    /// Connects to the bucket; credentials come from the standard `AWS_*` environment
+    /// variables. Store requests are retried briefly (a few seconds), so that a store
+    /// that is down is reported instead of waited on.
+    pub fn new(config: &S3Config) -> Result<Self> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_allow_http(config.allow_http)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+                ..Default::default()
+            });
+        if let Some(e) = &config.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &config.region {
+            b = b.with_region(r);
+        }
+        let store = b.build().map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: config.prefix.trim_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn key(&self, rest: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rest)
+        } else {
+            Path::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    fn record_key(&self, id: UploadId) -> Path {
+        self.key(&format!("uploads/{id}/record.json"))
+    }
+
+    fn staging_key(&self, id: UploadId) -> Path {
+        self.key(&format!("uploads/{id}/staging"))
+    }
+
+    fn file_key(&self, id: UploadId) -> Path {
+        self.key(&format!("files/{id}"))
+    }
+
+    fn chunks_prefix(&self, id: UploadId) -> Path {
+        self.key(&format!("uploads/{id}/chunks"))
+    }
+
+    async fn get_record(&self, id: UploadId) -> Result<Option<RecordObject>> {
+        match self.store.get(&self.record_key(id)).await {
+            Ok(got) => {
+                let e_tag = got.meta.e_tag.clone();
+                let bytes = got.bytes().await.map_err(store_err)?;
+                let mut obj: RecordObject = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("record of {id}: {e}")))?;
+                obj.record.version = e_tag;
+                Ok(Some(obj))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Receipts under `prefix` (all of an upload's, or one chunk's), earliest first, with
+    /// their part ETags.
+    async fn receipts_under(&self, prefix: &Path) -> Result<Vec<(StoredChunk, String, Path)>> {
+        let mut metas: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(store_err)?;
+        metas.sort_by(|a, b| {
+            (a.last_modified, a.location.as_ref()).cmp(&(b.last_modified, b.location.as_ref()))
+        });
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let (c, etag) = parse_receipt(&m.location)?;
+                Some((c, etag, m.location))
+            })
+            .collect())
+    }
+
+    async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
+        let locations = self.store.list(Some(prefix)).map_ok(|m| m.location).boxed();
+        self.store
+            .delete_stream(locations)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn delete_if_exists(&self, key: &Path) -> Result<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+/// `{size}.{sha256}.{etag hex}`: a receipt's name in its chunk's directory.
+fn receipt_name(c: &StoredChunk, etag: &str) -> String {
+    format!("{}.{}.{}", c.size, c.sha256.to_hex(), hex::encode(etag))
+}
+
+/// Reads a receipt back from its key `.../chunks/{index:05}/{name}`.
+fn parse_receipt(location: &Path) -> Option<(StoredChunk, String)> {
+    let mut parts: Vec<_> = location.parts().collect();
+    let name = parts.pop()?;
+    let index = parts.pop()?.as_ref().parse().ok()?;
+    let mut it = name.as_ref().split('.');
+    let size = it.next()?.parse().ok()?;
+    let sha256 = it.next()?.parse().ok()?;
+    let etag = String::from_utf8(hex::decode(it.next()?).ok()?).ok()?;
+    Some((
+        StoredChunk {
+            index,
+            size,
+            sha256,
+        },
+        etag,
+    ))
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "s3",
+            chunk_size: ChunkSizeBounds {
+                min: 5 * MIB,
+                max: 5 << 30,
+                default: 8 * MIB,
+            },
+            max_chunks: 10_000,
+            shared: true,
+            reads_before_assembly: false,
+        }
+    }
+
+    async fn create(&self, record: &UploadRecord) -> Result<Option<String>> {
+        if record.mode != crate::record::UploadMode::Chunks {
+            return Err(Error::WrongMode(
+                "in-order appends (tus) are not available on S3 storage yet",
+            ));
+        }
+        let multipart_id = self
+            .store
+            .create_multipart(&self.staging_key(record.id))
+            .await
+            .map_err(store_err)?;
+        let body = serde_json::to_vec(&RecordObject {
+            record: record.clone(),
+            multipart_id,
+        })
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let put = self
+            .store
+            .put_opts(
+                &self.record_key(record.id),
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(put.e_tag)
+    }
+
+    async fn load(&self, id: UploadId) -> Result<Option<Loaded>> {
+        let Some(obj) = self.get_record(id).await? else {
+            return Ok(None);
+        };
+        let record = obj.record;
+        let mut last_activity = record.updated_at;
+        let mut receipts = Vec::new();
+        if !record.state.is_tombstone() {
+            let metas: Vec<_> = self
+                .store
+                .list(Some(&self.chunks_prefix(id)))
+                .try_collect()
+                .await
+                .map_err(store_err)?;
+            if let Some(newest) = metas.iter().map(|m| m.last_modified).max() {
+                let t = OffsetDateTime::from_unix_timestamp(newest.timestamp())
+                    .unwrap_or(record.updated_at);
+                last_activity = last_activity.max(t);
+            }
+            for (c, _, _) in self.receipts_under(&self.chunks_prefix(id)).await? {
+                receipts.push(Receipt::Chunk(c));
+            }
+        }
+        let prefix_hash = match self
+            .store
+            .get(&self.key(&format!("uploads/{id}/hash.json")))
+            .await
+        {
+            Ok(got) => {
+                let e_tag = got.meta.e_tag.clone();
+                let bytes = got.bytes().await.map_err(store_err)?;
+                serde_json::from_slice::<SavedPrefixHash>(&bytes)
+                    .ok()
+                    .map(|mut s| {
+                        s.version = e_tag;
+                        s
+                    })
+            }
+            Err(_) => None,
+        };
+        Ok(Some(Loaded {
+            record,
+            receipts,
+            prefix_hash,
+            last_activity,
+        }))
+    }
+
+    async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
+        Ok(self.get_record(id).await?.map(|o| o.record))
+    }
+
+    async fn save_record(&self, record: &UploadRecord) -> Result<Option<String>> {
+        let Some(current) = self.get_record(record.id).await? else {
+            return Err(Error::NotFound);
+        };
+        let body = serde_json::to_vec(&RecordObject {
+            record: record.clone(),
+            multipart_id: current.multipart_id,
+        })
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mode = PutMode::Update(UpdateVersion {
+            e_tag: record.version.clone(),
+            version: None,
+        });
+        let put = self
+            .store
+            .put_opts(
+                &self.record_key(record.id),
+                PutPayload::from(body),
+                PutOptions::from(mode),
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(put.e_tag)
+    }
+
+    async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>> {
+        if !offset.is_multiple_of(record.chunk_size) {
+            return Err(Error::WrongMode("S3 storage writes whole chunks only"));
+        }
+        let index = offset / record.chunk_size;
+        let len = record.chunk_len(index)?;
+        let obj = self.get_record(record.id).await?.ok_or(Error::NotFound)?;
+        let options = SignedUrlOptions::new().with_query([
+            ("partNumber".to_string(), (index + 1).to_string()),
+            ("uploadId".to_string(), obj.multipart_id),
+        ]);
+        let url = self
+            .store
+            .signed_url_opts(
+                http::Method::PUT,
+                &self.staging_key(record.id),
+                Duration::from_secs(3600),
+                &options,
+            )
+            .await
+            .map_err(store_err)?;
+        let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|b| (b, rx))
+        }));
+        let request = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send();
+        Ok(Box::new(S3ChunkWriter {
+            tx: Some(tx),
+            response: tokio::spawn(request),
+            key: (record.id, index),
+            pending: self.pending.clone(),
+        }))
+    }
+
+    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()> {
+        let id = record.id;
+        for r in receipts {
+            let Receipt::Chunk(c) = r else {
+                return Err(Error::WrongMode(
+                    "in-order appends (tus) are not available on S3 storage yet",
+                ));
+            };
+            let etag = lock(&self.pending)
+                .remove(&(id, c.index))
+                .ok_or_else(|| Error::Corrupt(format!("no stored part for chunk {}", c.index)))?;
+            let dir = self.key(&format!("uploads/{id}/chunks/{:05}", c.index));
+            let mine = dir.clone().join(receipt_name(c, &etag));
+            match self
+                .store
+                .put_opts(&mine, PutPayload::new(), PutOptions::from(PutMode::Create))
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            // The earliest receipt of a chunk wins; a later one with other bytes withdraws.
+            let all = self.receipts_under(&dir).await?;
+            if let Some((first, _, _)) = all.first() {
+                if first.sha256 != c.sha256 {
+                    self.delete_if_exists(&mine).await?;
+                    return Err(Error::ChunkConflict {
+                        index: c.index,
+                        stored: first.sha256,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn assemble(&self, record: &UploadRecord, chunks: &[StoredChunk]) -> Result<()> {
+        let id = record.id;
+        let staging = self.staging_key(id);
+        match self.store.head(&staging).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        let obj = self.get_record(id).await?.ok_or(Error::NotFound)?;
+        if record.size == 0 {
+            // S3 completes no multipart upload without parts: an empty object instead.
+            let _ = self
+                .store
+                .abort_multipart(&staging, &obj.multipart_id)
+                .await;
+            self.store
+                .put(&staging, PutPayload::new())
+                .await
+                .map_err(store_err)?;
+            return Ok(());
+        }
+        let mut first_by_index: HashMap<u64, (StoredChunk, String)> = HashMap::new();
+        for (c, etag, _) in self.receipts_under(&self.chunks_prefix(id)).await? {
+            first_by_index.entry(c.index).or_insert((c, etag));
+        }
+        let mut parts = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            match first_by_index.get(&c.index) {
+                Some((r, etag)) if r.sha256 == c.sha256 => parts.push(PartId {
+                    content_id: etag.clone(),
+                }),
+                _ => {
+                    return Err(Error::MissingChunks(common::ranges::to_ranges([c.index])));
+                }
+            }
+        }
+        self.store
+            .complete_multipart(&staging, &obj.multipart_id, parts)
+            .await
+            .map_err(|e| {
+                Error::Corrupt(format!(
+                    "the store refused to join the parts (a part changed after its receipt?): {e}"
+                ))
+            })?;
+        Ok(())
+    }
+
+    async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream> {
+        let key = if record.state == crate::record::StoredState::Completed {
+            self.file_key(record.id)
+        } else {
+            self.staging_key(record.id)
+        };
+        let got = self
+            .store
+            .get_opts(
+                &key,
+                GetOptions {
+                    range: Some(GetRange::Bounded(offset..offset + len)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(got.into_stream().map_err(store_err).boxed())
+    }
+
+    async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()> {
+        let body = serde_json::to_vec(saved).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let mode = match &saved.version {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(UpdateVersion {
+                e_tag: Some(v.clone()),
+                version: None,
+            }),
+        };
+        match self
+            .store
+            .put_opts(
+                &self.key(&format!("uploads/{id}/hash.json")),
+                PutPayload::from(body),
+                PutOptions::from(mode),
+            )
+            .await
+        {
+            Ok(_)
+            | Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn publish(&self, record: &UploadRecord) -> Result<()> {
+        let staging = self.staging_key(record.id);
+        match self.store.copy(&staging, &self.file_key(record.id)).await {
+            Ok(()) => {}
+            // Published already (a retry after a crash between copy and delete).
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(store_err(e)),
+        }
+        self.delete_if_exists(&staging).await
+    }
+
+    async fn content(&self, _record: &UploadRecord) -> Result<Content> {
+        Ok(Content::Object)
+    }
+
+    async fn discard(&self, id: UploadId) -> Result<()> {
+        if let Some(obj) = self.get_record(id).await? {
+            match self
+                .store
+                .abort_multipart(&self.staging_key(id), &obj.multipart_id)
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "abort multipart failed"),
+            }
+        }
+        self.delete_prefix(&self.chunks_prefix(id)).await?;
+        for key in [
+            self.staging_key(id),
+            self.file_key(id),
+            self.key(&format!("uploads/{id}/hash.json")),
+        ] {
+            self.delete_if_exists(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, id: UploadId) -> Result<()> {
+        self.discard(id).await?;
+        self.delete_prefix(&self.key(&format!("uploads/{id}")))
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<UploadId>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.key("uploads")))
+            .await
+            .map_err(store_err)?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.parse().ok())
+            .collect())
+    }
+
+    async fn claim_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>> {
+        let path = self.key(&format!("idempotency/{}.json", key.to_hex()));
+        let body = serde_json::to_vec(claim).map_err(|e| Error::Corrupt(e.to_string()))?;
+        match self
+            .store
+            .put_opts(
+                &path,
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                let bytes = self
+                    .store
+                    .get(&path)
+                    .await
+                    .map_err(store_err)?
+                    .bytes()
+                    .await
+                    .map_err(store_err)?;
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt(e.to_string()))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    async fn health(&self) -> Result<()> {
+        match self.store.head(&self.key(".health")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+/// Streams one chunk into an UploadPart request through a presigned URL.
+struct S3ChunkWriter {
+    tx: Option<mpsc::Sender<std::result::Result<Bytes, std::io::Error>>>,
+    response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    key: (UploadId, u64),
+    pending: Pending,
+}
+
+#[async_trait]
+impl ChunkWriter for S3ChunkWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or(Error::Corrupt("writer finished".into()))?;
+        if tx.send(Ok(bytes)).await.is_err() {
+            // The request ended early: its outcome says why.
+            self.tx = None;
+            return Err(Error::Io(std::io::Error::other(
+                "the store stopped reading the part",
+            )));
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        drop(self.tx.take());
+        let resp = (&mut self.response)
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(Error::Io(std::io::Error::other(format!(
+                "UploadPart answered {status}: {}",
+                body.chars().take(300).collect::<String>()
+            ))));
+        }
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Io(std::io::Error::other("UploadPart answered no ETag")))?
+            .to_string();
+        lock(&self.pending).insert(self.key, etag);
+        Ok(())
+    }
+}
+
+impl Drop for S3ChunkWriter {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            // Abandoned mid-chunk: stop the request so the part is not half-sent.
+            self.response.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
