@@ -116,6 +116,11 @@ impl ApiError {
                     "Mismatching upload offset",
                 ),
                 E::Locked => (StatusCode::LOCKED, "upload-locked", "Upload locked"),
+                E::Unavailable { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    "Storage unavailable",
+                ),
                 E::Conflict => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "concurrent-change",
@@ -203,8 +208,14 @@ impl IntoResponse for ApiError {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
+            let secs = match &self {
+                ApiError::Domain(storage::Error::Unavailable { retry_after }) => {
+                    retry_after.as_secs().max(1)
+                }
+                _ => 1,
+            };
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

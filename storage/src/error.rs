@@ -85,6 +85,12 @@ pub enum Error {
         /// Where the request started.
         got: u64,
     },
+    /// The storage keeps failing; requests are refused until it recovers.
+    #[error("storage is unavailable; retry in {}s", retry_after.as_secs().max(1))]
+    Unavailable {
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
     /// Another server process changed the record first (shared storage); reload and
     /// decide again.
     #[error("the upload was changed by another request; retry")]

@@ -12,9 +12,11 @@
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service.
+//! - [`breaker`]: the circuit breaker in front of shared storage.
 //! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
 
 pub mod backend;
+pub mod breaker;
 pub mod checksum;
 pub mod error;
 pub mod hash;

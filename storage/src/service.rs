@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::backend::{Backend, Content, IdempotencyClaim, Receipt, StoredChunk};
+use crate::breaker::Breaker;
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHasher;
@@ -111,6 +112,7 @@ pub struct Uploads {
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
     create_lock: tokio::sync::Mutex<()>,
     read_back: Arc<AtomicU64>,
+    breaker: Breaker,
 }
 
 impl Uploads {
@@ -129,6 +131,7 @@ impl Uploads {
             open: Mutex::new(HashMap::new()),
             create_lock: tokio::sync::Mutex::new(()),
             read_back: Default::default(),
+            breaker: Breaker::new(Duration::from_secs(2)),
         });
         for id in this.backend.list().await? {
             match this.backend.load_record(id).await {
@@ -170,7 +173,12 @@ impl Uploads {
 
     /// Checks the storage.
     pub async fn health(&self) -> Result<()> {
-        self.backend.health().await
+        if self.breaker.is_open() {
+            self.breaker.check()?;
+        }
+        let r = self.backend.health().await;
+        self.breaker.record(&r);
+        r
     }
 
     /// Creates an upload. With an idempotency key, a repeat of the same request returns the
@@ -261,7 +269,10 @@ impl Uploads {
     }
 
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
-        record.version = self.backend.create(&record).await?;
+        self.breaker.check()?;
+        let created = self.backend.create(&record).await;
+        self.breaker.record(&created);
+        record.version = created?;
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
             last_activity: record.updated_at,
             record,
@@ -983,8 +994,12 @@ impl Uploads {
         if let Some(up) = self.lock_open().get(&id) {
             return Ok(up.clone());
         }
-        let loaded = self.backend.load(id).await?.ok_or(Error::NotFound)?;
-        let up = Arc::new(Upload::from_loaded(loaded));
+        // Every request starts here, and on shared storage it reads the store: the place
+        // to notice a failing store and refuse at once while it stays down.
+        self.breaker.check()?;
+        let loaded = self.backend.load(id).await;
+        self.breaker.record(&loaded);
+        let up = Arc::new(Upload::from_loaded(loaded?.ok_or(Error::NotFound)?));
         if self.backend.info().shared {
             return Ok(up);
         }
