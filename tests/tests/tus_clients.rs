@@ -10,8 +10,8 @@
 //! Skipped (with `SKIPPED …` on stderr) when the clients are not installed, unless
 //! `WEBCLIENTS_REQUIRED=1` (`make test`), which makes that a failure.
 //!
-//! Not covered here yet: `parallelUploads` (needs the concatenation extension) and
-//! tus-js-client's IETF draft protocols (not implemented by the server yet).
+//! Not covered here yet: tus-js-client's IETF draft protocols (not implemented by the
+//! server yet).
 
 use std::path::Path;
 use std::time::Duration;
@@ -168,6 +168,42 @@ async fn tusjs_single_upload_in_8mib_chunks() {
         status["metadata"]["filetype"], "application/octet-stream",
         "{status}"
     );
+}
+
+#[tokio::test]
+async fn tusjs_parallel_uploads_are_concatenated_into_one_verified_file() {
+    if !webclients::available_or_skip(
+        "tusjs_parallel_uploads_are_concatenated_into_one_verified_file",
+    ) {
+        return;
+    }
+    let (server, _data) = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 12 * MIB + 777;
+    let (bytes, file) = test_file(dir.path(), "parallel.bin", len, 7);
+    let filename = "parallel.bin";
+    let ep = endpoint(&server);
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--parallel",
+            "4",
+            "--chunk-size",
+            "4194304",
+            "--metadata",
+            &format!("filename={filename}"),
+        ])
+    })
+    .await;
+    r.assert_ok();
+    assert_eq!(r.str("mode"), "parallel", "{r}");
+    assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
+    // Four partial uploads and one final one.
+    assert_eq!(requests(&r, "POST"), 5, "{r}");
+    assert_completed_natively(&server, r.str("url"), &bytes, filename).await;
 }
 
 #[tokio::test]
