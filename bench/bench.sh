@@ -7,6 +7,7 @@
 #   (c) server:               loadgen -> upload-server, 8 MiB chunks, 4 in flight,
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
 #   (d) CLI end to end:       uploader -> upload-server, same shape
+#   (f) S3: upload-server into the local S3-compatible server vs aws s3 cp (bench/s3_bench.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
@@ -101,6 +102,12 @@ if [ ${#D[@]} -gt 0 ]; then
   table="$table
 | (d) uploader → upload-server, \`-j 4\`, 8 MiB, hashing on both sides | $d | d / min(a,b) = **$dratio** | CLI $drss MiB |
 | (e) uploader resume after Ctrl-C at half: second run's time / (d)'s time for the same bytes | | **$(printf '%.2f' "$(median "${E[@]}")")** | last run: $RESUME_JSON |"
+fi
+if [ "${BENCH_S3:-1}" = 1 ]; then
+  s3line=$(bash bench/s3_bench.sh "$FILE" | tee /dev/stderr | grep '^S3 ')
+  read -r _ s3o s3a s3rss s3rb <<< "$s3line"
+  table="$table
+| (f) upload-server → local S3-compatible server (moto), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MB × 4, same server, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb |"
 fi
 table="$table
 
