@@ -8,6 +8,7 @@
 //! - [`error`]: the crate's one error enum.
 //! - [`record`]: the durable upload record and pure rules (geometry, limits, states).
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
+//! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
@@ -20,6 +21,7 @@ pub mod breaker;
 pub mod checksum;
 pub mod error;
 pub mod hash;
+pub mod ordered_hash;
 pub mod record;
 pub mod service;
 pub mod upload;

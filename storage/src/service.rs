@@ -20,6 +20,7 @@ use crate::breaker::Breaker;
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHasher;
+use crate::ordered_hash::OrderedHashing;
 use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
@@ -113,6 +114,7 @@ pub struct Uploads {
     create_lock: tokio::sync::Mutex<()>,
     read_back: Arc<AtomicU64>,
     breaker: Breaker,
+    ordered: Arc<OrderedHashing>,
 }
 
 impl Uploads {
@@ -124,6 +126,7 @@ impl Uploads {
             chunk_size: info.chunk_size,
             max_chunks: info.max_chunks,
         };
+        let backend_for_hashing = backend.clone();
         let this = Arc::new(Self {
             backend,
             config,
@@ -132,6 +135,7 @@ impl Uploads {
             create_lock: tokio::sync::Mutex::new(()),
             read_back: Default::default(),
             breaker: Breaker::new(Duration::from_secs(2)),
+            ordered: Arc::new(OrderedHashing::new(backend_for_hashing, 8)),
         });
         for id in this.backend.list().await? {
             match this.backend.load_record(id).await {
@@ -399,6 +403,13 @@ impl Uploads {
             let p = up.prefix();
             (p.hashed_bytes == record.chunk_offset(index)).then(|| p.hasher.clone())
         };
+        // Ahead of the prefix on storage that cannot read it back before completion: keep
+        // the bytes to continue the whole-file hash when its turn comes.
+        let mut kept = if in_flight_prefix.is_none() && !self.backend.info().reads_before_assembly {
+            self.ordered.keep()
+        } else {
+            None
+        };
         let mut h = ChunkHasher::new(len, in_flight_prefix);
         let mut writer = self
             .backend
@@ -407,6 +418,9 @@ impl Uploads {
         while let Some(b) = next_piece!() {
             let b = b?;
             h.update(&b)?;
+            if let Some(k) = &mut kept {
+                k.push(b.clone());
+            }
             writer.write(b).await?;
         }
         writer.finish().await?;
@@ -430,6 +444,11 @@ impl Uploads {
             if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
                 tracing::warn!(%id, error = %e, "could not save the hash midstate");
             }
+            self.ordered.saved(id);
+        }
+        if let Some(k) = kept {
+            self.ordered
+                .continue_later(id, record.chunk_offset(index), k);
         }
         Ok(ChunkStored {
             receipt: ChunkReceipt {
@@ -704,6 +723,10 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
     ) -> Result<Completion> {
+        if !self.backend.info().reads_before_assembly {
+            // Chunks acknowledged here may still be continuing the whole-file hash.
+            self.ordered.wait_idle(id, Duration::from_secs(30)).await;
+        }
         let up = self.get(id).await?;
         let _busy = up.busy_guard();
         let op = up.op.clone().write_owned().await;

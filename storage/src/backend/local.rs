@@ -288,6 +288,11 @@ impl Backend for LocalBackend {
         Ok(stream.boxed())
     }
 
+    async fn load_prefix_hash(&self, id: UploadId) -> Result<Option<SavedPrefixHash>> {
+        let path = self.dir(id).join("hash.json");
+        blocking(move || Ok(read_json(&path).unwrap_or(None))).await
+    }
+
     async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()> {
         let path = self.dir(id).join("hash.json");
         let json = serde_json::to_vec(saved).map_err(|e| Error::Corrupt(e.to_string()))?;

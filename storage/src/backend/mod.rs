@@ -151,6 +151,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset` of the upload's bytes (stored chunks only).
     async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream>;
 
+    /// Reads the saved whole-file hash progress, with its stored version.
+    async fn load_prefix_hash(&self, id: UploadId) -> Result<Option<SavedPrefixHash>>;
+
     /// Saves whole-file hash progress. Advisory: losing it costs a re-hash, never
     /// correctness, so it need not be durable. On a shared backend it is conditional on
     /// `saved.version` and quietly does nothing when another process saved first.

@@ -299,23 +299,7 @@ impl Backend for S3Backend {
                 receipts.push(Receipt::Chunk(c));
             }
         }
-        let prefix_hash = match self
-            .store
-            .get(&self.key(&format!("uploads/{id}/hash.json")))
-            .await
-        {
-            Ok(got) => {
-                let e_tag = got.meta.e_tag.clone();
-                let bytes = got.bytes().await.map_err(store_err)?;
-                serde_json::from_slice::<SavedPrefixHash>(&bytes)
-                    .ok()
-                    .map(|mut s| {
-                        s.version = e_tag;
-                        s
-                    })
-            }
-            Err(_) => None,
-        };
+        let prefix_hash = self.load_prefix_hash(id).await.unwrap_or(None);
         Ok(Some(Loaded {
             record,
             receipts,
@@ -493,6 +477,27 @@ impl Backend for S3Backend {
             .await
             .map_err(store_err)?;
         Ok(got.into_stream().map_err(store_err).boxed())
+    }
+
+    async fn load_prefix_hash(&self, id: UploadId) -> Result<Option<SavedPrefixHash>> {
+        match self
+            .store
+            .get(&self.key(&format!("uploads/{id}/hash.json")))
+            .await
+        {
+            Ok(got) => {
+                let e_tag = got.meta.e_tag.clone();
+                let bytes = got.bytes().await.map_err(store_err)?;
+                Ok(serde_json::from_slice::<SavedPrefixHash>(&bytes)
+                    .ok()
+                    .map(|mut s| {
+                        s.version = e_tag;
+                        s
+                    }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     async fn save_prefix_hash(&self, id: UploadId, saved: &SavedPrefixHash) -> Result<()> {
