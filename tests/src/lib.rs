@@ -229,3 +229,68 @@ impl Server {
 pub mod proxy;
 pub mod s3;
 pub mod webclients;
+
+// Servers with extra environment variables (tests/tests/s3.rs: `AWS_*` for S3 storage).
+impl Server {
+    /// [`Server::start_in`] with extra environment variables for the process, e.g. the
+    /// `AWS_*` credentials of an S3-compatible store ([`s3::S3Server::aws_env`]).
+    /// [`Server::restart`] does not keep them: start another one instead.
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> Server {
+        let mut cmd = Command::new(bin_path("upload-server"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("UPLOAD_SERVER_LISTEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn upload-server");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                        let addr: String = addr
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '"')
+                            .collect();
+                        let _ = tx.send(addr);
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "upload-server did not report its address; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            logs,
+        }
+    }
+}
