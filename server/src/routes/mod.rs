@@ -16,12 +16,13 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub mod health;
+pub mod ietf;
 pub mod native;
 pub mod page;
 pub mod tus;
 
 /// Headers browsers may send cross-origin.
-const ALLOW_HEADERS: [&str; 14] = [
+const ALLOW_HEADERS: [&str; 19] = [
     "authorization",
     "content-type",
     "content-digest",
@@ -36,10 +37,15 @@ const ALLOW_HEADERS: [&str; 14] = [
     "upload-concat",
     "x-http-method-override",
     "range",
+    "upload-complete",
+    "upload-draft-interop-version",
+    "repr-digest",
+    "want-repr-digest",
+    "content-disposition",
 ];
 
 /// Headers browser scripts may read cross-origin.
-const EXPOSE_HEADERS: [&str; 13] = [
+const EXPOSE_HEADERS: [&str; 17] = [
     "location",
     "upload-offset",
     "upload-length",
@@ -53,6 +59,10 @@ const EXPOSE_HEADERS: [&str; 13] = [
     "x-request-id",
     "etag",
     "content-range",
+    "upload-complete",
+    "upload-limit",
+    "repr-digest",
+    "content-location",
 ];
 
 /// CORS for the configured origins; `None` when none are (same-origin only).
@@ -138,6 +148,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .route("/v1/uploads/{id}/complete", post(native::complete))
         .route("/v1/uploads/{id}/content", get(native::content))
         .merge(tus_routes)
+        .merge(ietf::routes(&base))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

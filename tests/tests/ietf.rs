@@ -1,0 +1,705 @@
+//! IETF Resumable Uploads for HTTP (draft-ietf-httpbis-resumable-upload) at `/uploads/`,
+//! against the real `upload-server` process: raw HTTP flows for creation, appends, offset
+//! retrieval, cancellation, the draft's problem types, `Repr-Digest` and a restart
+//! mid-upload; then tus-js-client's `ietf-draft-05` and `ietf-draft-03` protocols. Every
+//! upload is checked again through the native API (`GET /v1/uploads/{id}` and its content).
+
+use std::time::Duration;
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use tests::webclients::{self, DriverResult};
+use tests::{random_bytes, sha256_hex, write_file, Server};
+
+const MIB: usize = 1 << 20;
+const PARTIAL: &str = "application/partial-upload";
+const TYPES: &str = "https://iana.org/assignments/http-problem-types#";
+
+fn client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {resp:?}"))
+        .to_str()
+        .expect("ASCII header")
+        .to_string()
+}
+
+fn num(resp: &Response, name: &str) -> u64 {
+    header(resp, name).parse().expect("integer header")
+}
+
+fn repr_digest(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+    )
+}
+
+struct Ietf {
+    http: Client,
+    base: String,
+}
+
+impl Ietf {
+    fn new(server: &Server) -> Self {
+        Self {
+            http: client(),
+            base: server.url(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.req_v(method, path, "8")
+    }
+
+    /// A request that says it speaks interop version `v`.
+    fn req_v(&self, method: Method, path: &str, v: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("upload-draft-interop-version", v)
+    }
+
+    /// `POST /uploads/` with `Upload-Complete` and the body.
+    async fn create(&self, complete: bool, length: Option<usize>, body: Vec<u8>) -> Response {
+        let mut r = self
+            .req(Method::POST, "/uploads/")
+            .header("upload-complete", if complete { "?1" } else { "?0" });
+        if let Some(len) = length {
+            r = r.header("upload-length", len.to_string());
+        }
+        r.body(body).send().await.expect("POST")
+    }
+
+    /// Creates an incomplete upload of `len` bytes with `first` as its first part; returns
+    /// its path (`/uploads/{id}`).
+    async fn start(&self, len: usize, first: &[u8]) -> String {
+        let resp = self.create(false, Some(len), first.to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "upload-complete"), "?0");
+        assert_eq!(num(&resp, "upload-offset"), first.len() as u64);
+        let loc = header(&resp, "location");
+        assert!(loc.starts_with("/uploads/"), "{loc}");
+        loc
+    }
+
+    async fn patch(&self, path: &str, offset: usize, complete: bool, body: Vec<u8>) -> Response {
+        self.req(Method::PATCH, path)
+            .header("content-type", PARTIAL)
+            .header("upload-offset", offset.to_string())
+            .header("upload-complete", if complete { "?1" } else { "?0" })
+            .body(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    /// `HEAD`: (Upload-Offset, Upload-Complete).
+    async fn head(&self, path: &str) -> (u64, String) {
+        let resp = self.req(Method::HEAD, path).send().await.expect("HEAD");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{resp:?}");
+        assert_eq!(header(&resp, "cache-control"), "no-store");
+        assert!(header(&resp, "upload-limit").contains("max-size="));
+        (
+            num(&resp, "upload-offset"),
+            header(&resp, "upload-complete"),
+        )
+    }
+
+    async fn head_status(&self, path: &str) -> StatusCode {
+        self.req(Method::HEAD, path)
+            .send()
+            .await
+            .expect("HEAD")
+            .status()
+    }
+
+    /// `GET /v1/uploads/{id}` of an IETF upload path (status, JSON).
+    async fn native(&self, path: &str) -> (StatusCode, Value) {
+        let id = path.trim_start_matches("/uploads/");
+        let resp = self
+            .http
+            .get(format!("{}/v1/uploads/{id}", self.base))
+            .send()
+            .await
+            .expect("GET status");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn content(&self, path: &str) -> (StatusCode, Vec<u8>) {
+        let id = path.trim_start_matches("/uploads/");
+        let resp = self
+            .http
+            .get(format!("{}/v1/uploads/{id}/content", self.base))
+            .send()
+            .await
+            .expect("GET content");
+        let status = resp.status();
+        (status, resp.bytes().await.expect("content").to_vec())
+    }
+
+    /// The upload at `path` is completed natively with exactly `bytes`.
+    async fn assert_completed(&self, path: &str, bytes: &[u8]) -> Value {
+        let (code, status) = self.native(path).await;
+        assert_eq!(code, StatusCode::OK, "{status}");
+        assert_eq!(status["state"], "completed", "{status}");
+        assert_eq!(status["size"], bytes.len() as u64, "{status}");
+        assert_eq!(status["sha256"], sha256_hex(bytes).as_str(), "{status}");
+        let (code, content) = self.content(path).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(sha256_hex(&content), sha256_hex(bytes));
+        status
+    }
+}
+
+async fn problem(resp: Response) -> Value {
+    assert_eq!(header(&resp, "content-type"), "application/problem+json");
+    resp.json().await.expect("problem JSON")
+}
+
+#[tokio::test]
+async fn create_complete_in_one_request() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(300_001, 1);
+    let resp = c
+        .req(Method::POST, "/uploads")
+        .header("upload-complete", "?1")
+        .header(
+            "content-disposition",
+            "inline; filename=\"plain.bin\"; filename*=UTF-8''r%C3%A9sum%C3%A9.bin",
+        )
+        .header("content-type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    assert_eq!(num(&resp, "upload-offset"), bytes.len() as u64);
+    assert_eq!(header(&resp, "repr-digest"), repr_digest(&bytes));
+    assert!(header(&resp, "upload-limit").starts_with("max-size="));
+    let loc = header(&resp, "location");
+    let id = loc.strip_prefix("/uploads/").expect("location").to_string();
+    assert_eq!(
+        header(&resp, "content-location"),
+        format!("/v1/uploads/{id}")
+    );
+    let body: Value = resp.json().await.expect("status JSON");
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["state"], "completed");
+    assert_eq!(body["sha256"], sha256_hex(&bytes).as_str());
+
+    let status = c.assert_completed(&loc, &bytes).await;
+    assert_eq!(status["filename"], "résumé.bin", "{status}");
+    assert_eq!(status["metadata"]["filetype"], "image/png", "{status}");
+    assert_eq!(c.head(&loc).await, (bytes.len() as u64, "?1".into()));
+
+    // An empty file, complete at creation.
+    let resp = c.create(true, None, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let loc = header(&resp, "location");
+    c.assert_completed(&loc, &[]).await;
+
+    // OPTIONS says appends are welcome and what the limits are.
+    let resp = c.req(Method::OPTIONS, "/uploads/").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "accept-patch"), PARTIAL);
+    assert!(header(&resp, "upload-limit").starts_with("max-size="));
+}
+
+#[tokio::test]
+async fn create_incomplete_then_uneven_appends_then_complete() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    // Past the 8 MiB chunk size, so appends straddle a chunk boundary.
+    let bytes = random_bytes(9 * MIB + 4_321, 2);
+    let first = 1_000;
+    let resp = c
+        .create(false, Some(bytes.len()), bytes[..first].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "upload-complete"), "?0");
+    assert_eq!(num(&resp, "upload-offset"), first as u64);
+    assert_eq!(num(&resp, "upload-length"), bytes.len() as u64);
+    let limit = header(&resp, "upload-limit");
+    assert!(
+        limit.contains("max-size=") && limit.contains("max-age="),
+        "{limit}"
+    );
+    let loc = header(&resp, "location");
+    assert_eq!(c.head(&loc).await, (first as u64, "?0".into()));
+
+    let mut at = first;
+    for len in [1, 65_537, 8 * MIB - 3, 777] {
+        let resp = c.patch(&loc, at, false, bytes[at..at + len].to_vec()).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::NO_CONTENT,
+            "append of {len} at {at}"
+        );
+        at += len;
+        assert_eq!(num(&resp, "upload-offset"), at as u64);
+        assert_eq!(header(&resp, "upload-complete"), "?0");
+        assert_eq!(c.head(&loc).await, (at as u64, "?0".into()));
+    }
+    let (code, status) = c.native(&loc).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(status["state"], "uploading");
+    assert_eq!(status["received_bytes"], at as u64, "{status}");
+
+    let resp = c.patch(&loc, at, true, bytes[at..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    assert_eq!(num(&resp, "upload-offset"), bytes.len() as u64);
+    assert_eq!(header(&resp, "repr-digest"), repr_digest(&bytes));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["state"], "completed");
+    c.assert_completed(&loc, &bytes).await;
+    assert_eq!(c.head(&loc).await, (bytes.len() as u64, "?1".into()));
+}
+
+#[tokio::test]
+async fn offset_mismatch_is_409_with_expected_and_provided_offsets() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(1_000, 3);
+    let loc = c.start(bytes.len(), &bytes[..100]).await;
+    let resp = c.patch(&loc, 150, false, bytes[150..200].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(num(&resp, "upload-offset"), 100);
+    let p = problem(resp).await;
+    assert_eq!(
+        p["type"],
+        format!("{TYPES}mismatching-upload-offset"),
+        "{p}"
+    );
+    assert_eq!(p["status"], 409);
+    assert_eq!(p["expected-offset"], 100, "{p}");
+    assert_eq!(p["provided-offset"], 150, "{p}");
+    // Behind the offset is a mismatch too; nothing was appended either time.
+    let resp = c.patch(&loc, 50, false, bytes[50..200].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(problem(resp).await["provided-offset"], 50);
+    assert_eq!(c.head(&loc).await, (100, "?0".into()));
+    let resp = c.patch(&loc, 100, true, bytes[100..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+}
+
+#[tokio::test]
+async fn appending_to_a_completed_upload_is_refused() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(2_000, 4);
+    // Created with ?0, but the whole length arrives: the upload is complete.
+    let resp = c.create(false, Some(bytes.len()), bytes.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    let loc = header(&resp, "location");
+    assert_eq!(c.head(&loc).await, (2_000, "?1".into()));
+
+    // An empty append that does not complete: completed-upload.
+    let resp = c.patch(&loc, 2_000, false, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}completed-upload")
+    );
+    // A non-empty one: in the current draft an inconsistent length ...
+    let resp = c.patch(&loc, 2_000, false, vec![1, 2, 3]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}inconsistent-upload-length")
+    );
+    // ... and completed-upload for draft -05 clients (interop version 6).
+    let resp = c
+        .req_v(Method::PATCH, &loc, "6")
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "2000")
+        .header("upload-complete", "?1")
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}completed-upload")
+    );
+    // The client's own empty completing append is answered like the completing request.
+    let resp = c.patch(&loc, 2_000, true, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    c.assert_completed(&loc, &bytes).await;
+}
+
+#[tokio::test]
+async fn inconsistent_lengths_are_refused_and_append_nothing() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    // Upload-Length against the length a completing creation implies.
+    let resp = c.create(true, Some(10), vec![7u8; 5]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let p = problem(resp).await;
+    assert_eq!(
+        p["type"],
+        format!("{TYPES}inconsistent-upload-length"),
+        "{p}"
+    );
+    // A first part longer than the length.
+    let resp = c.create(false, Some(4), vec![7u8; 5]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let bytes = random_bytes(1_000, 5);
+    let loc = c.start(1_000, &bytes[..400]).await;
+    // Completing with too few bytes, past the length, or another Upload-Length.
+    let resp = c.patch(&loc, 400, true, bytes[400..900].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}inconsistent-upload-length")
+    );
+    let resp = c.patch(&loc, 400, false, vec![0u8; 601]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}inconsistent-upload-length")
+    );
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "400")
+        .header("upload-complete", "?0")
+        .header("upload-length", "999")
+        .body(bytes[400..500].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(c.head(&loc).await, (400, "?0".into()));
+    let resp = c.patch(&loc, 400, true, bytes[400..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+
+    // No length at all: this server needs one at creation.
+    let resp = c.create(false, None, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(problem(resp).await["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Upload-Length"));
+}
+
+#[tokio::test]
+async fn requests_the_endpoint_does_not_take() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    // No Upload-Complete; an interop version this server does not speak.
+    let resp = c
+        .req(Method::POST, "/uploads/")
+        .header("upload-length", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = c
+        .http
+        .post(format!("{}/uploads/", c.base))
+        .header("upload-draft-interop-version", "3")
+        .header("upload-complete", "?1")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(problem(resp).await["detail"]
+        .as_str()
+        .unwrap()
+        .contains("5, 6, 7, 8"));
+    // Larger than --max-upload-size: 413 with the limit.
+    let resp = c.create(false, Some(1 << 41), Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        header(&resp, "upload-limit"),
+        format!("max-size={}", 1u64 << 40)
+    );
+    // Appends must be application/partial-upload (draft -03 clients send no type).
+    let loc = c.start(10, b"abc").await;
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", "3")
+        .header("upload-complete", "?0")
+        .body("de")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let resp = c
+        .req_v(Method::PATCH, &loc, "5")
+        .header("upload-offset", "3")
+        .header("upload-complete", "?0")
+        .body("de")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(num(&resp, "upload-offset"), 5);
+    // An id that is not one, and an unknown one.
+    assert_eq!(c.head_status("/uploads/nope").await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.head_status("/uploads/00000000-0000-4000-8000-000000000000")
+            .await,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn delete_cancels_the_upload() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let loc = c.start(1_000, &[9u8; 300]).await;
+    let resp = c.req(Method::DELETE, &loc).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(c.head_status(&loc).await, StatusCode::GONE);
+    let resp = c.patch(&loc, 300, false, vec![1u8; 10]).await;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert_eq!(c.native(&loc).await.0, StatusCode::GONE);
+    assert_eq!(c.content(&loc).await.0, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn repr_digest_is_verified_against_the_whole_file() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(200_000, 6);
+    let wrong = repr_digest(b"something else");
+
+    // Right, at creation.
+    let resp = c
+        .req(Method::POST, "/uploads/")
+        .header("upload-complete", "?0")
+        .header("upload-length", bytes.len().to_string())
+        .header("repr-digest", repr_digest(&bytes))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let loc = header(&resp, "location");
+    assert_eq!(
+        c.native(&loc).await.1["sha256"],
+        sha256_hex(&bytes).as_str()
+    );
+    let resp = c.patch(&loc, 0, true, bytes.clone()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+
+    // Wrong, at creation: the domain fails the upload and never serves it.
+    let resp = c
+        .req(Method::POST, "/uploads/")
+        .header("upload-complete", "?1")
+        .header("repr-digest", &wrong)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    let loc = header(&resp, "location");
+    let p = problem(resp).await;
+    assert_eq!(p["actual_sha256"], sha256_hex(&bytes).as_str(), "{p}");
+    let (code, status) = c.native(&loc).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_ne!(c.content(&loc).await.0, StatusCode::OK);
+    assert_eq!(c.head_status(&loc).await, StatusCode::GONE);
+
+    // Right, on the completing append only.
+    let loc = c.start(bytes.len(), &bytes[..1_000]).await;
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "1000")
+        .header("upload-complete", "?1")
+        .header("repr-digest", repr_digest(&bytes))
+        .body(bytes[1_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+
+    // Wrong, on the completing append only: refused, and the upload is removed.
+    let loc = c.start(bytes.len(), &bytes[..1_000]).await;
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "1000")
+        .header("upload-complete", "?1")
+        .header("repr-digest", &wrong)
+        .body(bytes[1_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    assert_eq!(
+        problem(resp).await["actual_sha256"],
+        sha256_hex(&bytes).as_str()
+    );
+    assert_eq!(c.content(&loc).await.0, StatusCode::GONE);
+    assert_eq!(c.head_status(&loc).await, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn a_restart_mid_upload_resumes_from_head() {
+    let (mut server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(5 * MIB + 3, 7);
+    let loc = c.start(bytes.len(), &bytes[..MIB + 7]).await;
+    let at = MIB + 7;
+    let resp = c
+        .patch(&loc, at, false, bytes[at..at + 2 * MIB].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    server.restart();
+    let c = Ietf::new(&server);
+    let (offset, complete) = c.head(&loc).await;
+    assert_eq!((offset, complete.as_str()), ((3 * MIB + 7) as u64, "?0"));
+    let resp = c
+        .patch(
+            &loc,
+            offset as usize,
+            true,
+            bytes[offset as usize..].to_vec(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+}
+
+// tus-js-client 4.3.1 with its IETF draft protocols.
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("driver thread")
+}
+
+fn requests(r: &DriverResult, method: &str) -> u64 {
+    r.get("requests")[method].as_u64().unwrap_or(0)
+}
+
+/// The upload path (`/uploads/{id}`) of a tus-js-client upload URL.
+fn path_of(server: &Server, url: &str) -> String {
+    let path = url
+        .strip_prefix(&server.url())
+        .unwrap_or_else(|| panic!("{url} is not on {}", server.url()));
+    assert!(path.starts_with("/uploads/"), "{url}");
+    path.to_string()
+}
+
+async fn tusjs_single(protocol: &'static str, seed: u64) {
+    let name = format!("tusjs_{protocol}_single_upload");
+    if !webclients::available_or_skip(&name) {
+        return;
+    }
+    let (server, _d) = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random_bytes(9 * MIB + 123, seed);
+    let file = write_file(dir.path(), "ietf.bin", &bytes)
+        .display()
+        .to_string();
+    let ep = format!("{}/uploads/", server.url());
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--protocol",
+            protocol,
+            "--chunk-size",
+            "4194304",
+        ])
+    })
+    .await;
+    r.assert_ok();
+    assert_eq!(r.str("protocol"), protocol, "{r}");
+    assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
+    assert_eq!(requests(&r, "POST"), 1, "{r}");
+    assert_eq!(requests(&r, "PATCH"), 3, "{r}");
+    let c = Ietf::new(&server);
+    let loc = path_of(&server, r.str("url"));
+    let status = c.assert_completed(&loc, &bytes).await;
+    // Upload-Metadata (tus's form, which tus-js-client sends in every protocol).
+    assert_eq!(status["filename"], "ietf.bin", "{status}");
+}
+
+#[tokio::test]
+async fn tusjs_ietf_draft_05_single_upload() {
+    tusjs_single("ietf-draft-05", 11).await;
+}
+
+#[tokio::test]
+async fn tusjs_ietf_draft_03_single_upload() {
+    tusjs_single("ietf-draft-03", 12).await;
+}
+
+#[tokio::test]
+async fn tusjs_ietf_draft_05_interrupted_upload_resumes() {
+    if !webclients::available_or_skip("tusjs_ietf_draft_05_interrupted_upload_resumes") {
+        return;
+    }
+    let (server, _d) = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let len = 16 * MIB + 1_000;
+    let bytes = random_bytes(len, 13);
+    let file = write_file(dir.path(), "resumed.bin", &bytes)
+        .display()
+        .to_string();
+    let store = dir.path().join("urls.json").display().to_string();
+    let ep = format!("{}/uploads/", server.url());
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--protocol",
+            "ietf-draft-05",
+            "--chunk-size",
+            "4194304",
+            "--interrupt-at",
+            "0.4",
+            "--url-store",
+            &store,
+        ])
+    })
+    .await;
+    eprintln!("tus-js-client ietf-draft-05 interrupt+resume: {}", r.json);
+    r.assert_ok();
+    assert_eq!(r.u64("previous_uploads_found"), 1, "{r}");
+    assert_eq!(r.str("first_url"), r.str("url"), "{r}");
+    let resumed = r.u64("resumed_offset");
+    assert!(
+        resumed >= 4 * MIB as u64 && resumed <= r.u64("aborted_after_sent") && resumed < len as u64,
+        "resumed at {resumed}: {r}"
+    );
+    assert_eq!(requests(&r, "POST"), 1, "{r}");
+    assert_eq!(requests(&r, "HEAD"), 1, "{r}");
+    let c = Ietf::new(&server);
+    let loc = path_of(&server, r.str("url"));
+    c.assert_completed(&loc, &bytes).await;
+}
