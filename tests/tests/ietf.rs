@@ -458,6 +458,31 @@ async fn requests_the_endpoint_does_not_take() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert_eq!(num(&resp, "upload-offset"), 5);
+    // A Content-Digest that does not match the body: 400, nothing appended.
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "5")
+        .header("upload-complete", "?0")
+        .header("content-digest", repr_digest(b"other"))
+        .body("fg")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(c.head(&loc).await, (5, "?0".into()));
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "5")
+        .header("upload-complete", "?0")
+        .header("content-digest", repr_digest(b"fg"))
+        .body("fg")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(num(&resp, "upload-offset"), 7);
     // An id that is not one, and an unknown one.
     assert_eq!(c.head_status("/uploads/nope").await, StatusCode::NOT_FOUND);
     assert_eq!(

@@ -447,6 +447,11 @@ fn append_failure(e: storage::Error, v: Version, nonempty: bool) -> Failure {
         .with("upload-offset", HeaderValue::from(expected)),
         E::WrongState(s @ ("completed" | "completing")) => completed_failure(v, nonempty, s),
         E::Invalid(msg) => Kind::InconsistentLength(msg).into(),
+        // tus answers 460 for its Upload-Checksum; here it is RFC 9530's Content-Digest.
+        E::BodyChecksumMismatch { .. } => ApiError::BadRequest(
+            "the body does not match its Content-Digest; nothing was appended".into(),
+        )
+        .into(),
         e @ E::Sha256Mismatch { .. } => {
             Failure::from(e).with("upload-complete", complete_value(true))
         }
