@@ -99,6 +99,20 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
+    /// File of `token owner` lines: bearer tokens and who they stand for. Reloaded on
+    /// SIGHUP.
+    #[arg(long, env = "UPLOAD_SERVER_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Secret for HMAC-SHA256 (HS256) JWT bearer tokens: `sub` is the owner, `exp` the
+    /// expiry. Lets a web app's backend mint short-lived upload tokens.
+    #[arg(long, env = "UPLOAD_SERVER_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Serve without authentication on a non-loopback address (refused by default).
+    #[arg(long, env = "UPLOAD_SERVER_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
     /// Log format.
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,6 +1,7 @@
 //! `upload-server`: resumable, verified uploads over HTTP, on the `storage` domain core.
 //!
 //! # Layout
+//! - [`auth`]: bearer tokens (tokens file, signed JWTs) and the owner a request acts for.
 //! - [`config`]: flags and environment variables.
 //! - [`state`]: what handlers share.
 //! - [`error`]: the single mapping from failures to HTTP statuses and problem documents.
@@ -19,6 +20,7 @@ use storage::backend::s3::{S3Backend, S3Config};
 use storage::{Backend, LocalBackend, Uploads, UploadsConfig};
 use tokio::net::TcpListener;
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -64,7 +66,23 @@ pub async fn run(
         shutting_down: Arc::new(AtomicBool::new(false)),
         body_timeout: config.body_timeout,
         tus_path: normalize_base(&config.tus_path),
+        auth: auth::Auth::new(
+            config.tokens_file.as_deref(),
+            config.token_secret.as_deref(),
+        )?,
     };
+    #[cfg(unix)]
+    {
+        let auth = state.auth.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    auth.reload();
+                }
+            });
+        }
+    }
     let sweeper = tokio::spawn(sweep_forever(uploads, sweep_interval(config.upload_ttl)));
 
     let addr = listener.local_addr()?;

@@ -20,6 +20,21 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init(),
     }
+    let authenticated = config.tokens_file.is_some() || config.token_secret.is_some();
+    if !authenticated && !config.listen.ip().is_loopback() {
+        if !config.allow_anonymous {
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: configure --tokens-file or \
+                 --token-secret, or pass --allow-anonymous to accept anyone",
+                config.listen
+            );
+        }
+        tracing::warn!(
+            "listening on {} without authentication: anyone who can reach it can upload, \
+             read and cancel uploads",
+            config.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

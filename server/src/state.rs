@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use storage::Uploads;
 
+use crate::auth::Auth;
+
 /// Shared state of the HTTP layer; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -17,6 +19,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Where the tus endpoint lives, with a trailing slash (e.g. `/files/`).
     pub tus_path: String,
+    /// How requests are authenticated.
+    pub auth: Auth,
 }
 
 impl AppState {

@@ -10,6 +10,7 @@
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
 //! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
+//! - [`principal`]: who a request acts for; owners see only their own uploads.
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service.
@@ -22,6 +23,7 @@ pub mod checksum;
 pub mod error;
 pub mod hash;
 pub mod ordered_hash;
+pub mod principal;
 pub mod record;
 pub mod service;
 pub mod upload;

@@ -126,6 +126,9 @@ pub struct UploadRecord {
     /// Its part in a concatenation (tus's concatenation extension), if any.
     #[serde(default)]
     pub concat: Option<Concat>,
+    /// Who created it (an authenticated owner); only they see it.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -292,6 +295,7 @@ mod tests {
             state: StoredState::Uploading,
             failure: None,
             concat: None,
+            owner: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
             version: None,

@@ -21,6 +21,7 @@ use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHasher;
 use crate::ordered_hash::OrderedHashing;
+use crate::principal;
 use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
@@ -231,12 +232,18 @@ impl Uploads {
             state: StoredState::Uploading,
             failure: None,
             concat,
+            owner: principal::current().and_then(|p| p.owner().map(str::to_string)),
             created_at: now,
             updated_at: now,
             version: None,
         };
         if let Some(key) = idempotency_key {
-            let key_digest = Sha256Digest(Sha256::digest(key.as_bytes()).into());
+            // Keys are per owner: two owners may pick the same key.
+            let mut h = Sha256::new();
+            h.update(record.owner.as_deref().unwrap_or("").as_bytes());
+            h.update([0]);
+            h.update(key.as_bytes());
+            let key_digest = Sha256Digest(h.finalize().into());
             // The same request written differently (an empty metadata object or none) is
             // the same request.
             let mut canonical = req.clone();
@@ -1014,6 +1021,15 @@ impl Uploads {
     /// tombstone is returned as a handle; callers turn it into "gone". On shared storage
     /// every call loads afresh: another process may have changed the upload.
     async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
+        let up = self.get_any(id).await?;
+        // Another owner's upload does not exist, as far as this request can tell.
+        if !principal::may_see(up.record().owner.as_deref()) {
+            return Err(Error::NotFound);
+        }
+        Ok(up)
+    }
+
+    async fn get_any(&self, id: UploadId) -> Result<Arc<Upload>> {
         if let Some(up) = self.lock_open().get(&id) {
             return Ok(up.clone());
         }

@@ -119,6 +119,7 @@ async fn close_after_unread_body(req: axum::extract::Request, next: Next) -> Res
 pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let request_id = HeaderName::from_static(common::headers::REQUEST_ID);
     let base = state.tus_path.clone();
+    let auth = state.auth.clone();
     let tus_routes = Router::new()
         .route(&base, post(tus::create).options(tus::options))
         .route(
@@ -152,6 +153,10 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
