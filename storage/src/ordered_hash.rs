@@ -22,6 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::hash::PrefixHash;
+use crate::record::StoredState;
 
 /// How long a kept chunk waits for its turn.
 const WAIT_FOR_TURN: Duration = Duration::from_secs(30);
@@ -50,19 +51,20 @@ impl Kept {
 }
 
 impl OrderedHashing {
-    /// Keeps at most `max_chunks` chunks at once.
-    pub fn new(backend: Arc<dyn Backend>, max_chunks: usize) -> Self {
+    /// Keeps at most `max_mib` MiB of chunks at once.
+    pub fn new(backend: Arc<dyn Backend>, max_mib: usize) -> Self {
         Self {
             backend,
-            permits: Arc::new(Semaphore::new(max_chunks)),
+            permits: Arc::new(Semaphore::new(max_mib)),
             events: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Room to keep a chunk, if the bound allows.
-    pub fn keep(&self) -> Option<Kept> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+    /// Room to keep a chunk of `len` bytes, if the memory bound allows.
+    pub fn keep(&self, len: u64) -> Option<Kept> {
+        let mib = u32::try_from(len.div_ceil(1 << 20)).ok()?;
+        let permit = self.permits.clone().try_acquire_many_owned(mib).ok()?;
         Some(Kept {
             pieces: Vec::new(),
             _permit: permit,
@@ -138,6 +140,12 @@ impl OrderedHashing {
             }
             if Instant::now() >= deadline {
                 return Ok(false);
+            }
+            // A cancelled or expired upload has no turn to wait for.
+            match self.backend.load_record(id).await? {
+                Some(r)
+                    if r.state == StoredState::Uploading || r.state == StoredState::Completing => {}
+                _ => return Ok(false),
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
         }

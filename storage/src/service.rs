@@ -25,6 +25,9 @@ use crate::principal;
 use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
+/// How long a verification may stay silent before another request takes it over.
+const STALE_VERIFICATION: Duration = Duration::from_secs(60);
+
 /// Operator settings of the service.
 #[derive(Clone, Debug)]
 pub struct UploadsConfig {
@@ -136,7 +139,7 @@ impl Uploads {
             create_lock: tokio::sync::Mutex::new(()),
             read_back: Default::default(),
             breaker: Breaker::new(Duration::from_secs(2)),
-            ordered: Arc::new(OrderedHashing::new(backend_for_hashing, 8)),
+            ordered: Arc::new(OrderedHashing::new(backend_for_hashing, 64)),
         });
         for id in this.backend.list().await? {
             match this.backend.load_record(id).await {
@@ -266,11 +269,25 @@ impl Uploads {
                     // The claim was written but the upload was not (a crash between the
                     // two): create it now under the claimed id.
                     Err(Error::NotFound) => {
+                        // Usually the request that made the claim is creating the upload
+                        // right now: give it a moment before concluding it crashed.
+                        for _ in 0..20 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if let Ok(status) = self.status(existing.id).await {
+                                return Ok(Created { status, new: false });
+                            }
+                        }
                         let record = UploadRecord {
                             id: existing.id,
                             ..record
                         };
-                        return self.insert_new(record).await;
+                        return match self.insert_new(record).await {
+                            Err(Error::Conflict) => Ok(Created {
+                                status: self.status(existing.id).await?,
+                                new: false,
+                            }),
+                            other => other,
+                        };
                     }
                     Err(e) => return Err(e),
                 }
@@ -283,7 +300,7 @@ impl Uploads {
         self.breaker.check()?;
         let created = self.backend.create(&record).await;
         self.breaker.record(&created);
-        record.version = created?;
+        record.version = self.store_failure(created)?;
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
             last_activity: record.updated_at,
             record,
@@ -413,7 +430,7 @@ impl Uploads {
         // Ahead of the prefix on storage that cannot read it back before completion: keep
         // the bytes to continue the whole-file hash when its turn comes.
         let mut kept = if in_flight_prefix.is_none() && !self.backend.info().reads_before_assembly {
-            self.ordered.keep()
+            self.ordered.keep(len)
         } else {
             None
         };
@@ -730,11 +747,15 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
     ) -> Result<Completion> {
-        if !self.backend.info().reads_before_assembly {
+        let mut up = self.get(id).await?;
+        if !self.backend.info().reads_before_assembly
+            && up.record().state == StoredState::Uploading
+            && up.chunks().missing().is_empty()
+        {
             // Chunks acknowledged here may still be continuing the whole-file hash.
             self.ordered.wait_idle(id, Duration::from_secs(30)).await;
+            up = self.get(id).await?;
         }
-        let up = self.get(id).await?;
         let _busy = up.busy_guard();
         let op = up.op.clone().write_owned().await;
         let record = up.record();
@@ -760,7 +781,16 @@ impl Uploads {
                 }
                 return Ok(Completion::Done(self.status_of(&up)?));
             }
-            StoredState::Completing => return Ok(Completion::Verifying(self.status_of(&up)?)),
+            StoredState::Completing => {
+                // A verification that stopped (its server died, or the store failed) is
+                // taken over once it has been silent for a while.
+                let stale = OffsetDateTime::now_utc() - record.updated_at > STALE_VERIFICATION;
+                if stale && self.transition(&up, |_| {}).await.is_ok() {
+                    drop(op);
+                    self.clone().spawn_verify(up.clone());
+                }
+                return Ok(Completion::Verifying(self.status_of(&up)?));
+            }
             StoredState::Failed => {
                 return Err(match (record.declared_sha256, record.sha256) {
                     (Some(expected), Some(actual)) => Error::Sha256Mismatch { expected, actual },
@@ -830,13 +860,27 @@ impl Uploads {
                 })
                 .collect()
         };
-        if let Err(e) = self.backend.assemble(&record, &chunks).await {
-            if let Error::MissingChunks(_) = e {
-                // Stored bytes that are not the acknowledged ones: the client resends them.
+        match self.backend.assemble(&record, &chunks).await {
+            Ok(()) => {}
+            Err(e @ Error::MissingChunks(_)) => {
+                // Acknowledged chunks without their bytes: the client resends them.
                 self.transition(up, |r| r.state = StoredState::Uploading)
                     .await?;
+                return Err(e);
             }
-            return Err(e);
+            Err(Error::Corrupt(why)) => {
+                // The store holds other bytes than the acknowledged ones and cannot join
+                // them: fail the upload rather than publish anything wrong.
+                self.transition(up, |r| {
+                    r.state = StoredState::Failed;
+                    r.failure = Some(why.clone());
+                })
+                .await?;
+                self.backend.discard(up.id).await?;
+                tracing::warn!(id = %up.id, reason = %why, "upload failed assembly");
+                return Err(Error::Corrupt(why));
+            }
+            Err(e) => return Err(e),
         }
         let at_completion = self.catch_up(up).await?;
         let actual = up.prefix().digest();
@@ -1002,6 +1046,20 @@ impl Uploads {
         Ok(report)
     }
 
+    /// A failing shared store is a passing condition for clients ("retry soon"), not a
+    /// server fault.
+    fn store_failure<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(Error::Io(e)) if self.backend.info().shared => {
+                tracing::warn!(error = %e, "storage request failed");
+                Err(Error::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+            other => other,
+        }
+    }
+
     /// Stores a changed record, then adopts it. On shared storage the write is conditional
     /// on the version read, so two processes never both make the same change.
     async fn transition(
@@ -1038,7 +1096,9 @@ impl Uploads {
         self.breaker.check()?;
         let loaded = self.backend.load(id).await;
         self.breaker.record(&loaded);
-        let up = Arc::new(Upload::from_loaded(loaded?.ok_or(Error::NotFound)?));
+        let up = Arc::new(Upload::from_loaded(
+            self.store_failure(loaded)?.ok_or(Error::NotFound)?,
+        ));
         if self.backend.info().shared {
             return Ok(up);
         }

@@ -5,6 +5,8 @@
 //! ```text
 //! uploads/{id}/record.json                      {"record": UploadRecord, "multipart_id": ..}
 //!                                               created If-None-Match: *, replaced If-Match: <etag>
+//! uploads/{id}/chunks/{index:05}/lease         "{process} {unix expiry}": who is sending the part
+//! uploads/{id}/chunks/{index:05}/claim         the name of the chunk's receipt, written once
 //! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}
 //!                                               empty receipt of one part; the name is the receipt,
 //!                                               so one LIST loads every receipt
@@ -17,8 +19,14 @@
 //! Chunk `i` is part `i + 1` of one multipart upload per upload, streamed from the request
 //! body with the request's length (through a presigned UploadPart URL, so no chunk is held
 //! in memory); it is acknowledged once the store acknowledged the part and its receipt.
-//! Two requests racing on one chunk: the earliest receipt wins; a loser with other bytes
-//! removes its receipt and is told of the conflict. Completion is claimed by one
+//! Two requests racing on one chunk: before sending a part, a writer takes the chunk's
+//! `lease` (If-None-Match: *, or an If-Match takeover of an expired one), so a part is only
+//! ever written by one request; another server's request meanwhile is told to retry soon
+//! (503). After the part, the first to create the chunk's `claim` object wins; a later
+//! writer with the same bytes is a harmless retry, one with other bytes gets a conflict.
+//! Should a part still differ from its receipt (a lease outlived by a very slow writer),
+//! its ETag no longer matches, the store refuses to join the parts, and the upload fails
+//! instead of publishing anything wrong. Completion is claimed by one
 //! conditional write of the record; the parts' ETags named by the receipts must match what
 //! the store holds, or CompleteMultipartUpload fails and nothing is published. The file
 //! appears at `files/{id}` only after its SHA-256 matched; a failed verification, a cancel
@@ -87,7 +95,15 @@ pub struct S3Backend {
     http: reqwest::Client,
     /// Part ETags between a writer's end and its commit, by (upload, chunk).
     pending: Pending,
+    /// This process's name in chunk leases.
+    process: String,
 }
+
+/// How long a chunk lease holds off writers of other processes; a live writer renews it
+/// every [`LEASE_RENEW`], so a crashed server's chunk is free again within this time.
+const LEASE_SECS: i64 = 15;
+/// How often a writer renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(5);
 
 /// Part ETags between a writer's end and its commit.
 type Pending = Arc<Mutex<HashMap<(UploadId, u64), String>>>;
@@ -127,6 +143,7 @@ impl S3Backend {
             prefix: config.prefix.trim_matches('/').to_string(),
             http: reqwest::Client::new(),
             pending: Arc::new(Mutex::new(HashMap::new())),
+            process: UploadId::new_random().to_string(),
         })
     }
 
@@ -188,6 +205,57 @@ impl S3Backend {
                 Some((c, etag, m.location))
             })
             .collect())
+    }
+
+    /// Becomes the one writer of a chunk across all servers: a lease object naming this
+    /// process and an expiry. A live lease of another process means the chunk is being
+    /// written elsewhere ([`Error::Conflict`]: retry soon); an expired one, or one of this
+    /// process (whose own writers are already one at a time), is taken over.
+    async fn take_lease(&self, lease: &Path) -> Result<Option<String>> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let body = format!("{} {}", self.process, now + LEASE_SECS);
+        let create = self
+            .store
+            .put_opts(
+                lease,
+                PutPayload::from(body.clone().into_bytes()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match create {
+            Ok(put) => return Ok(put.e_tag),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        let held = match self.store.get(lease).await {
+            Ok(h) => h,
+            // Released meanwhile: the caller's retry will take it.
+            Err(object_store::Error::NotFound { .. }) => return Err(Error::Conflict),
+            Err(e) => return Err(store_err(e)),
+        };
+        let e_tag = held.meta.e_tag.clone();
+        let text = held.bytes().await.map_err(store_err)?;
+        let text = String::from_utf8_lossy(&text);
+        let mut it = text.split_whitespace();
+        let holder = it.next().unwrap_or_default();
+        let until: i64 = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
+        if holder != self.process && until > now {
+            return Err(Error::Conflict);
+        }
+        let put = self
+            .store
+            .put_opts(
+                lease,
+                PutPayload::from(body.into_bytes()),
+                PutOptions::from(PutMode::Update(UpdateVersion {
+                    e_tag,
+                    version: None,
+                })),
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(put.e_tag)
     }
 
     async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
@@ -261,10 +329,10 @@ impl Backend for S3Backend {
             .map_err(store_err)?;
         let body = serde_json::to_vec(&RecordObject {
             record: record.clone(),
-            multipart_id,
+            multipart_id: multipart_id.clone(),
         })
         .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let put = self
+        match self
             .store
             .put_opts(
                 &self.record_key(record.id),
@@ -272,8 +340,18 @@ impl Backend for S3Backend {
                 PutOptions::from(PutMode::Create),
             )
             .await
-            .map_err(store_err)?;
-        Ok(put.e_tag)
+        {
+            Ok(put) => Ok(put.e_tag),
+            Err(e) => {
+                // The record exists already (a racing idempotent create) or could not be
+                // written: the multipart upload made for it is not needed.
+                let staging = self.staging_key(record.id);
+                if let Err(abort) = self.store.abort_multipart(&staging, &multipart_id).await {
+                    tracing::debug!(error = %abort, "abort of an unused multipart upload");
+                }
+                Err(store_err(e))
+            }
+        }
     }
 
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>> {
@@ -344,6 +422,8 @@ impl Backend for S3Backend {
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
         let obj = self.get_record(record.id).await?.ok_or(Error::NotFound)?;
+        let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
+        let lease_tag = self.take_lease(&lease).await?;
         let options = SignedUrlOptions::new().with_query([
             ("partNumber".to_string(), (index + 1).to_string()),
             ("uploadId".to_string(), obj.multipart_id),
@@ -373,6 +453,10 @@ impl Backend for S3Backend {
             response: tokio::spawn(request),
             key: (record.id, index),
             pending: self.pending.clone(),
+            lease: Some((self.store.clone(), lease)),
+            lease_tag,
+            renewed: std::time::Instant::now(),
+            process: self.process.clone(),
         }))
     }
 
@@ -388,26 +472,58 @@ impl Backend for S3Backend {
                 .remove(&(id, c.index))
                 .ok_or_else(|| Error::Corrupt(format!("no stored part for chunk {}", c.index)))?;
             let dir = self.key(&format!("uploads/{id}/chunks/{:05}", c.index));
-            let mine = dir.clone().join(receipt_name(c, &etag));
-            match self
+            let name = receipt_name(c, &etag);
+            // The first writer of a chunk claims it; the claim says which bytes it holds.
+            let claim = dir.clone().join("claim");
+            let claimed = match self
                 .store
-                .put_opts(&mine, PutPayload::new(), PutOptions::from(PutMode::Create))
+                .put_opts(
+                    &claim,
+                    PutPayload::from(name.clone().into_bytes()),
+                    PutOptions::from(PutMode::Create),
+                )
                 .await
             {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Ok(_) => name,
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    let held = self
+                        .store
+                        .get(&claim)
+                        .await
+                        .map_err(store_err)?
+                        .bytes()
+                        .await
+                        .map_err(store_err)?;
+                    let held = String::from_utf8_lossy(&held).into_owned();
+                    let (first, _) = parse_receipt(&dir.clone().join(held.as_str()))
+                        .ok_or_else(|| Error::Corrupt(format!("bad claim of chunk {}", c.index)))?;
+                    if first.sha256 != c.sha256 {
+                        return Err(Error::ChunkConflict {
+                            index: c.index,
+                            stored: first.sha256,
+                        });
+                    }
+                    held
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            // The receipt proper, named so that one LIST reads every chunk's state.
+            match self
+                .store
+                .put_opts(
+                    &dir.clone().join(claimed.as_str()),
+                    PutPayload::new(),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await
+            {
+                Ok(_)
+                | Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {}
                 Err(e) => return Err(store_err(e)),
             }
-            // The earliest receipt of a chunk wins; a later one with other bytes withdraws.
-            let all = self.receipts_under(&dir).await?;
-            if let Some((first, _, _)) = all.first() {
-                if first.sha256 != c.sha256 {
-                    self.delete_if_exists(&mine).await?;
-                    return Err(Error::ChunkConflict {
-                        index: c.index,
-                        stored: first.sha256,
-                    });
-                }
-            }
+            self.delete_if_exists(&dir.clone().join("lease")).await?;
         }
         Ok(())
     }
@@ -630,11 +746,44 @@ struct S3ChunkWriter {
     response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
     key: (UploadId, u64),
     pending: Pending,
+    /// The chunk's lease, released if the write is abandoned (commit releases it otherwise).
+    lease: Option<(Arc<AmazonS3>, Path)>,
+    /// Version of the lease as last written, for renewals.
+    lease_tag: Option<String>,
+    renewed: std::time::Instant,
+    process: String,
+}
+
+impl S3ChunkWriter {
+    /// Extends the lease while the part is being sent; fails if another server took it.
+    async fn renew_lease(&mut self) -> Result<()> {
+        let Some((store, lease)) = &self.lease else {
+            return Ok(());
+        };
+        let until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
+        let put = store
+            .put_opts(
+                lease,
+                PutPayload::from(format!("{} {until}", self.process).into_bytes()),
+                PutOptions::from(PutMode::Update(UpdateVersion {
+                    e_tag: self.lease_tag.clone(),
+                    version: None,
+                })),
+            )
+            .await
+            .map_err(store_err)?;
+        self.lease_tag = put.e_tag;
+        self.renewed = std::time::Instant::now();
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl ChunkWriter for S3ChunkWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        if self.renewed.elapsed() >= LEASE_RENEW {
+            self.renew_lease().await?;
+        }
         let tx = self
             .tx
             .as_ref()
@@ -670,6 +819,8 @@ impl ChunkWriter for S3ChunkWriter {
             .ok_or_else(|| Error::Io(std::io::Error::other("UploadPart answered no ETag")))?
             .to_string();
         lock(&self.pending).insert(self.key, etag);
+        // From here the lease is the commit's to release.
+        self.lease = None;
         Ok(())
     }
 }
@@ -679,6 +830,11 @@ impl Drop for S3ChunkWriter {
         if self.tx.is_some() {
             // Abandoned mid-chunk: stop the request so the part is not half-sent.
             self.response.abort();
+        }
+        if let Some((store, lease)) = self.lease.take() {
+            tokio::spawn(async move {
+                let _ = store.delete(&lease).await;
+            });
         }
     }
 }
