@@ -104,7 +104,9 @@ if [ ${#D[@]} -gt 0 ]; then
 | (e) uploader resume after Ctrl-C at half: second run's time / (d)'s time for the same bytes | | **$(printf '%.2f' "$(median "${E[@]}")")** | last run: $RESUME_JSON |"
 fi
 if [ "${BENCH_S3:-1}" = 1 ]; then
-  s3line=$(bash bench/s3_bench.sh "$FILE" | tee /dev/stderr | grep '^S3 ')
+  s3out=$(bash bench/s3_bench.sh "$FILE")
+  echo "$s3out"
+  s3line=$(echo "$s3out" | grep '^S3 ')
   read -r _ s3o s3a s3rss s3rb <<< "$s3line"
   table="$table
 | (f) upload-server → local S3-compatible server (moto), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MB × 4, same server, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb |"

@@ -141,13 +141,18 @@ impl OrderedHashing {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            // A cancelled or expired upload has no turn to wait for.
-            match self.backend.load_record(id).await? {
-                Some(r)
-                    if r.state == StoredState::Uploading || r.state == StoredState::Completing => {}
-                _ => return Ok(false),
+            if tokio::time::timeout(Duration::from_millis(500), notified)
+                .await
+                .is_err()
+            {
+                // A quiet while: a cancelled or expired upload has no turn to wait for.
+                match self.backend.load_record(id).await? {
+                    Some(r)
+                        if r.state == StoredState::Uploading
+                            || r.state == StoredState::Completing => {}
+                    _ => return Ok(false),
+                }
             }
-            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
         }
     }
 

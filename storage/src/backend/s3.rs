@@ -97,6 +97,8 @@ pub struct S3Backend {
     pending: Pending,
     /// This process's name in chunk leases.
     process: String,
+    /// Multipart upload ids already read, by upload.
+    multipart_ids: Mutex<HashMap<UploadId, String>>,
 }
 
 /// How long a chunk lease holds off writers of other processes; a live writer renews it
@@ -144,6 +146,7 @@ impl S3Backend {
             http: reqwest::Client::new(),
             pending: Arc::new(Mutex::new(HashMap::new())),
             process: UploadId::new_random().to_string(),
+            multipart_ids: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,6 +187,16 @@ impl S3Backend {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(store_err(e)),
         }
+    }
+
+    /// The multipart upload id of an upload (it never changes: remembered once read).
+    async fn multipart_id(&self, id: UploadId) -> Result<String> {
+        if let Some(m) = lock(&self.multipart_ids).get(&id) {
+            return Ok(m.clone());
+        }
+        let obj = self.get_record(id).await?.ok_or(Error::NotFound)?;
+        lock(&self.multipart_ids).insert(id, obj.multipart_id.clone());
+        Ok(obj.multipart_id)
     }
 
     /// Receipts under `prefix` (all of an upload's, or one chunk's), earliest first, with
@@ -421,12 +434,12 @@ impl Backend for S3Backend {
         }
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
-        let obj = self.get_record(record.id).await?.ok_or(Error::NotFound)?;
+        let multipart_id = self.multipart_id(record.id).await?;
         let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
         let lease_tag = self.take_lease(&lease).await?;
         let options = SignedUrlOptions::new().with_query([
             ("partNumber".to_string(), (index + 1).to_string()),
-            ("uploadId".to_string(), obj.multipart_id),
+            ("uploadId".to_string(), multipart_id),
         ]);
         let url = self
             .store
