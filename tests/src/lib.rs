@@ -38,6 +38,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Extra arguments it was started with (reused by [`Server::restart`]).
     pub args: Vec<String>,
+    /// Extra environment variables it was started with (reused by [`Server::restart`]).
+    env: Vec<(String, String)>,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -54,17 +56,24 @@ impl Server {
         Self::spawn(
             data_dir,
             args.iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
             "127.0.0.1:0",
         )
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>, listen: &str) -> Server {
+    fn spawn(
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        listen: &str,
+    ) -> Server {
         let mut child = Command::new(bin_path("upload-server"))
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("UPLOAD_SERVER_LISTEN")
             .stdin(Stdio::null())
@@ -108,6 +117,7 @@ impl Server {
             addr,
             data_dir: data_dir.to_path_buf(),
             args,
+            env,
             logs,
         }
     }
@@ -158,7 +168,12 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let new = Self::spawn(&self.data_dir.clone(), self.args.clone(), &listen);
+        let new = Self::spawn(
+            &self.data_dir.clone(),
+            self.args.clone(),
+            self.env.clone(),
+            &listen,
+        );
         *self = new;
     }
 }
@@ -233,64 +248,16 @@ pub mod webclients;
 // Servers with extra environment variables (tests/tests/s3.rs: `AWS_*` for S3 storage).
 impl Server {
     /// [`Server::start_in`] with extra environment variables for the process, e.g. the
-    /// `AWS_*` credentials of an S3-compatible store ([`s3::S3Server::aws_env`]).
-    /// [`Server::restart`] does not keep them: start another one instead.
+    /// `AWS_*` credentials of an S3-compatible store ([`s3::S3Server::aws_env`]);
+    /// [`Server::restart`] keeps them.
     pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> Server {
-        let mut cmd = Command::new(bin_path("upload-server"));
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("UPLOAD_SERVER_LISTEN");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn upload-server");
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let tx = tx.clone();
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr: String = addr
-                            .chars()
-                            .take_while(|c| !c.is_whitespace() && *c != '"')
-                            .collect();
-                        let _ = tx.send(addr);
-                    }
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "upload-server did not report its address; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server {
-            child: Some(child),
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            logs,
-        }
+        Self::spawn(
+            data_dir,
+            args.iter().map(|s| s.to_string()).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            "127.0.0.1:0",
+        )
     }
 }
