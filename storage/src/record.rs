@@ -162,6 +162,25 @@ impl UploadRecord {
         Ok((self.size - index * self.chunk_size).min(self.chunk_size))
     }
 
+    /// Whether bytes may be written now, the `mode` way: only while uploading, and only
+    /// in the upload's own mode (chunks or in-order appends).
+    pub fn check_writable(&self, mode: UploadMode) -> Result<()> {
+        match self.state {
+            StoredState::Uploading => {}
+            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
+            s => return Err(Error::WrongState(s.name())),
+        }
+        match (self.mode, mode) {
+            (a, b) if a == b => Ok(()),
+            (UploadMode::Stream, _) => Err(Error::WrongMode(
+                "this upload takes in-order appends (tus, IETF), not chunks",
+            )),
+            (UploadMode::Chunks, _) => Err(Error::WrongMode(
+                "this upload takes chunks (native API), not in-order appends",
+            )),
+        }
+    }
+
     /// Where chunk `index` ends (exclusive), for any index below the chunk count.
     pub fn chunk_end(&self, index: u64) -> u64 {
         ((index + 1) * self.chunk_size).min(self.size)

@@ -373,16 +373,7 @@ impl Uploads {
         let _busy = up.busy_guard();
         let _op = up.op.read().await;
         let record = up.record();
-        match record.state {
-            StoredState::Uploading => {}
-            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
-            s => return Err(Error::WrongState(s.name())),
-        }
-        if record.mode != UploadMode::Chunks {
-            return Err(Error::WrongMode(
-                "this upload takes in-order appends (tus), not chunks",
-            ));
-        }
+        record.check_writable(UploadMode::Chunks)?;
         let len = record.chunk_len(index)?;
         if let Some(d) = declared_len.filter(|d| *d != len) {
             return Err(Error::Invalid(format!(
@@ -512,16 +503,7 @@ impl Uploads {
         let busy = up.busy_guard();
         let op = up.op.read().await;
         let record = up.record();
-        match record.state {
-            StoredState::Uploading => {}
-            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
-            s => return Err(Error::WrongState(s.name())),
-        }
-        if record.mode != UploadMode::Stream {
-            return Err(Error::WrongMode(
-                "this upload takes chunks (native API), not in-order appends",
-            ));
-        }
+        record.check_writable(UploadMode::Stream)?;
         let appender = up
             .writers
             .try_enter(u64::MAX, self.config.stall_takeover)

@@ -335,3 +335,59 @@ fn anonymous_serving_off_loopback_needs_consent() {
     let _ = child.wait();
     assert!(warned);
 }
+
+#[test]
+fn the_cli_sends_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "token-a alice\ntoken-b bob\n").unwrap();
+    let server = Server::start_in(
+        &dir.path().join("data"),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    );
+    let file = dir.path().join("f.bin");
+    let bytes = random_bytes(300_000, 9);
+    std::fs::write(&file, &bytes).unwrap();
+    let uploader = |token: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(bin_path("uploader"));
+        c.args(args)
+            .arg("--server")
+            .arg(server.url())
+            .env("UPLOADER_STATE_DIR", dir.path().join("state"))
+            .env_remove("UPLOADER_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            c.env("UPLOADER_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    // No token: a clear one-line error, exit 1, nothing created.
+    let out = uploader(None, &["upload", "--json", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Bearer"), "{stdout}");
+    // Alice's token: uploaded and verified.
+    let out = uploader(
+        Some("token-a"),
+        &["upload", "--json", file.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "completed")
+        .expect("completed event");
+    assert_eq!(done["sha256"], sha256_hex(&bytes));
+    let id = done["id"].as_str().unwrap().to_string();
+    // Bob cannot see it.
+    let out = uploader(Some("token-b"), &["status", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no upload"));
+    let out = uploader(Some("token-a"), &["status", &id]);
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -31,6 +31,11 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// Bearer token for servers that require authentication (a token from the server's
+    /// tokens file, or a signed JWT minted by your application).
+    #[arg(long, global = true, env = "UPLOADER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Where unfinished uploads are remembered (default: the platform state directory,
     /// e.g. ~/.local/state/uploader).
     #[arg(long, global = true, env = "UPLOADER_STATE_DIR", value_name = "DIR")]

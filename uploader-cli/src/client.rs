@@ -79,11 +79,20 @@ pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
 }
 
 impl Client {
-    /// A client for the server at `server` (already checked by [`parse_server_url`]).
-    pub fn new(server: &str) -> Result<Self> {
+    /// A client for the server at `server` (already checked by [`parse_server_url`]),
+    /// sending `token` as a bearer token when given.
+    pub fn new(server: &str, token: Option<&str>) -> Result<Self> {
         let display = parse_server_url(server).map_err(Error::Usage)?;
         let base = Url::parse(&format!("{display}/")).map_err(|e| Error::Usage(e.to_string()))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| Error::Usage("the token must be printable ASCII".into()))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)

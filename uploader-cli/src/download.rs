@@ -69,9 +69,10 @@ fn hash_existing(part: &Path) -> std::io::Result<(Sha256, u64)> {
 pub async fn download(
     args: &DownloadArgs,
     server: &str,
+    token: Option<&str>,
     cancel: &CancellationToken,
 ) -> Result<Downloaded> {
-    let client = Client::new(server)?;
+    let client = Client::new(server, token)?;
     let id = args.id;
     let st = client.status(&id).await?;
     if st.state != UploadState::Completed {

@@ -54,7 +54,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
     match &cli.command {
         Command::Upload(a) => Ok(run_upload(&cli, a, &store, &cancel).await),
         Command::Status { target } => {
-            manage::status(target, &cli.server, &store, cli.json).await?;
+            manage::status(target, &cli.server, cli.token.as_deref(), &store, cli.json).await?;
             Ok(EXIT_OK)
         }
         Command::List => {
@@ -62,11 +62,11 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
             Ok(EXIT_OK)
         }
         Command::Cancel { target } => {
-            manage::cancel(target, &cli.server, &store, cli.quiet).await?;
+            manage::cancel(target, &cli.server, cli.token.as_deref(), &store, cli.quiet).await?;
             Ok(EXIT_OK)
         }
         Command::Download(a) => {
-            let d = download::download(a, &cli.server, &cancel).await?;
+            let d = download::download(a, &cli.server, cli.token.as_deref(), &cancel).await?;
             if cli.json {
                 println!(
                     "{}",
@@ -117,7 +117,7 @@ async fn run_upload(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &Cancellat
         return e.exit_code();
     }
 
-    let client = match client::Client::new(&cli.server) {
+    let client = match client::Client::new(&cli.server, cli.token.as_deref()) {
         Ok(c) => c.with_timeout(a.stall_timeout),
         Err(e) => {
             reporter.failed(&a.paths[0], &e.to_string(), e.exit_code());

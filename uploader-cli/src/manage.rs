@@ -22,11 +22,11 @@ pub struct Target {
 
 /// Resolves `ID|FILE`: an id is looked up on `server`; a file through its journal (which
 /// names the server it was uploaded to).
-pub fn resolve(target: &str, server: &str, store: &Store) -> Result<Target> {
+pub fn resolve(target: &str, server: &str, token: Option<&str>, store: &Store) -> Result<Target> {
     if let Ok(id) = target.parse::<UploadId>() {
         let journal = store.find_by_id(&id)?;
         return Ok(Target {
-            client: Client::new(server)?,
+            client: Client::new(server, token)?,
             id,
             journal,
         });
@@ -42,7 +42,7 @@ pub fn resolve(target: &str, server: &str, store: &Store) -> Result<Target> {
         })?,
     };
     Ok(Target {
-        client: Client::new(&journal.server)?,
+        client: Client::new(&journal.server, token)?,
         id: journal.id,
         journal: Some(journal),
     })
@@ -90,8 +90,14 @@ pub fn describe_status(st: &UploadStatus, server: &str) -> String {
 }
 
 /// `uploader status`.
-pub async fn status(target: &str, server: &str, store: &Store, json: bool) -> Result<()> {
-    let t = resolve(target, server, store)?;
+pub async fn status(
+    target: &str,
+    server: &str,
+    token: Option<&str>,
+    store: &Store,
+    json: bool,
+) -> Result<()> {
+    let t = resolve(target, server, token, store)?;
     let st = t.client.status(&t.id).await?;
     if json {
         let v = serde_json::to_string(&st).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -142,8 +148,14 @@ pub fn list(store: &Store, json: bool) -> Result<()> {
 
 /// `uploader cancel`: DELETE on the server, then forget it locally. An upload the server
 /// no longer has is still forgotten locally; that is not an error when it was known here.
-pub async fn cancel(target: &str, server: &str, store: &Store, quiet: bool) -> Result<()> {
-    let t = resolve(target, server, store)?;
+pub async fn cancel(
+    target: &str,
+    server: &str,
+    token: Option<&str>,
+    store: &Store,
+    quiet: bool,
+) -> Result<()> {
+    let t = resolve(target, server, token, store)?;
     match t.client.cancel(&t.id).await {
         Ok(()) => {}
         Err(Error::Api {
