@@ -577,15 +577,21 @@ impl Backend for S3Backend {
                 }
             }
         }
-        self.store
+        let joined = self
+            .store
             .complete_multipart(&staging, &obj.multipart_id, parts)
-            .await
-            .map_err(|e| {
-                Error::Corrupt(format!(
+            .await;
+        match joined {
+            Ok(_) => Ok(()),
+            Err(e) => match self.store.head(&staging).await {
+                // Another verifier of the same upload joined them first.
+                Ok(_) => Ok(()),
+                Err(object_store::Error::NotFound { .. }) => Err(Error::Corrupt(format!(
                     "the store refused to join the parts (a part changed after its receipt?): {e}"
-                ))
-            })?;
-        Ok(())
+                ))),
+                Err(head) => Err(store_err(head)),
+            },
+        }
     }
 
     async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream> {
