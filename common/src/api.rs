@@ -154,3 +154,21 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_sha256: Option<Sha256Digest>,
 }
+
+/// Body of `POST /v1/uploads/{id}/content-url` (may be empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateContentUrl {
+    /// Seconds the URL stays valid (default one hour, at most seven days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+/// A signed, expiring download URL of a completed upload: it needs no token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentUrl {
+    /// Path and query to GET (relative to the server).
+    pub url: String,
+    /// When it stops working.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}

@@ -27,6 +27,9 @@ use crate::error::ApiError;
 pub struct Auth {
     tokens: Option<TokensFile>,
     secret: Option<Arc<Vec<u8>>>,
+    /// Key of signed download URLs: the token secret, or a random key (URLs then last
+    /// until a restart at most).
+    url_key: Arc<Vec<u8>>,
 }
 
 /// A tokens file and its current content.
@@ -57,10 +60,41 @@ impl Auth {
             }),
             None => None,
         };
+        let url_key = match secret {
+            Some(s) => format!("content-url:{s}").into_bytes(),
+            None => [
+                uuid::Uuid::new_v4().into_bytes(),
+                uuid::Uuid::new_v4().into_bytes(),
+            ]
+            .concat(),
+        };
         Ok(Self {
             tokens,
             secret: secret.map(|s| Arc::new(s.as_bytes().to_vec())),
+            url_key: Arc::new(url_key),
         })
+    }
+
+    fn url_mac(&self, id: &str, exp: i64) -> hmac::Hmac<Sha256> {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.url_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("{id}.{exp}").as_bytes());
+        mac
+    }
+
+    /// The query (`exp=..&sig=..`) of a signed download URL of upload `id`, valid until
+    /// `exp` (Unix seconds).
+    pub fn sign_content(&self, id: &str, exp: i64) -> String {
+        let sig = hex::encode(self.url_mac(id, exp).finalize().into_bytes());
+        format!("exp={exp}&sig={sig}")
+    }
+
+    /// Whether a signed download URL is genuine and not expired.
+    pub fn verify_content(&self, id: &str, exp: i64, sig: &str, now: i64) -> bool {
+        let Ok(sig) = hex::decode(sig) else {
+            return false;
+        };
+        exp > now && self.url_mac(id, exp).verify_slice(&sig).is_ok()
     }
 
     /// Whether any authentication is configured.
@@ -108,8 +142,31 @@ impl Auth {
     }
 }
 
-fn now() -> i64 {
+/// Now, in Unix seconds.
+pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// `exp` and `sig` of a signed content URL, if the request is one: `GET`/`HEAD` of
+/// `/v1/uploads/{id}/content?exp=..&sig=..`. Returns the id text too.
+fn signed_content(req: &Request) -> Option<(String, i64, String)> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/uploads/")?
+        .strip_suffix("/content")?;
+    let (mut exp, mut sig) = (None, None);
+    for pair in req.uri().query()?.split('&') {
+        match pair.split_once('=') {
+            Some(("exp", v)) => exp = v.parse().ok(),
+            Some(("sig", v)) => sig = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some((id.to_string(), exp?, sig?))
 }
 
 /// `token owner` per line; blank lines and `#` comments are skipped.
@@ -205,6 +262,14 @@ pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) ->
     if public {
         return next.run(req).await;
     }
+    if let Some((id, exp, sig)) = signed_content(&req) {
+        // A signed URL stands for the server itself, for this one upload's content.
+        if auth.verify_content(&id, exp, &sig, now()) {
+            return next.run(req).await;
+        }
+        return ApiError::Unauthorized("the signed URL is invalid or expired".into())
+            .into_response();
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -248,6 +313,20 @@ mod tests {
         assert!(verify_jwt(&jwt(s, r#"{"exp":2000}"#, "HS256"), s, 1000).is_err());
         assert!(verify_jwt(&jwt(s, r#"{"sub":"a"}"#, "HS256"), s, 1000).is_err());
         assert!(verify_jwt("a.b", s, 1000).is_err());
+    }
+
+    #[test]
+    fn signed_content_urls() {
+        let a = Auth::new(None, Some("s")).unwrap();
+        let q = a.sign_content("id1", 100);
+        let sig = q.split("sig=").nth(1).unwrap();
+        assert!(a.verify_content("id1", 100, sig, 99));
+        assert!(!a.verify_content("id1", 100, sig, 100), "expired");
+        assert!(!a.verify_content("id2", 100, sig, 99), "another upload");
+        assert!(!a.verify_content("id1", 101, sig, 99), "another expiry");
+        assert!(!a.verify_content("id1", 100, "zz", 99));
+        let other = Auth::new(None, Some("t")).unwrap();
+        assert!(!other.verify_content("id1", 100, sig, 99), "another key");
     }
 
     #[test]

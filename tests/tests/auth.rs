@@ -391,3 +391,116 @@ fn the_cli_sends_its_token() {
     let out = uploader(Some("token-a"), &["status", &id]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn signed_download_urls_need_no_token_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "token-a alice\ntoken-b bob\n").unwrap();
+    let server = Server::start_in(
+        &dir.path().join("data"),
+        &["--tokens-file", tokens.to_str().unwrap()],
+    );
+    let alice = As::new(&server, "token-a");
+    let bob = As::new(&server, "token-b");
+    let mut ids = Vec::new();
+    for seed in [1, 2] {
+        let file = random_bytes(1000, seed);
+        let st = alice.create(file.len()).await;
+        let r = alice
+            .req(Method::PUT, &format!("/v1/uploads/{}/chunks/0", st.id))
+            .body(file.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = alice
+            .req(Method::POST, &format!("/v1/uploads/{}/complete", st.id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        ids.push((st.id, file));
+    }
+    let (id, file) = &ids[0];
+    let mint = |who: &As, id: common::UploadId, ttl: u64| {
+        who.req(Method::POST, &format!("/v1/uploads/{id}/content-url"))
+            .json(&json!({"ttl_s": ttl}))
+            .send()
+    };
+    // Only the owner mints one.
+    assert_eq!(
+        mint(&bob, *id, 60).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let signed: common::api::ContentUrl =
+        mint(&alice, *id, 60).await.unwrap().json().await.unwrap();
+    assert!(
+        signed
+            .url
+            .starts_with(&format!("/v1/uploads/{id}/content?")),
+        "{}",
+        signed.url
+    );
+    // Anyone with the URL downloads, without a token.
+    let anon = client();
+    let got = anon
+        .get(format!("{}{}", server.url(), signed.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &file[..]);
+    // Tampered, moved to another upload, or with another expiry: refused.
+    let other = ids[1].0;
+    for bad in [
+        signed.url.replace("sig=", "sig=00"),
+        signed.url.replace(&id.to_string(), &other.to_string()),
+        {
+            let exp: i64 = signed
+                .url
+                .split("exp=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            signed
+                .url
+                .replace(&format!("exp={exp}"), &format!("exp={}", exp + 1000))
+        },
+    ] {
+        let r = anon
+            .get(format!("{}{bad}", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    // A signed URL opens nothing else.
+    let status_path = signed.url.replace("/content?", "?");
+    let r = anon
+        .get(format!("{}{status_path}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // It expires.
+    let short: common::api::ContentUrl = mint(&alice, *id, 1).await.unwrap().json().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = anon
+            .get(format!("{}{}", server.url(), short.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(Instant::now() < deadline, "the signed URL did not expire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -148,6 +148,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .route("/v1/uploads/{id}/chunks/{index}", put(native::put_chunk))
         .route("/v1/uploads/{id}/complete", post(native::complete))
         .route("/v1/uploads/{id}/content", get(native::content))
+        .route("/v1/uploads/{id}/content-url", post(native::content_url))
         .merge(tus_routes)
         .merge(ietf::routes(&base))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })

@@ -5,7 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::api::{CompleteUpload, CreateUpload};
+use common::api::{CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload};
 use storage::{Completion, Content};
 use tower::ServiceExt;
 
@@ -104,6 +104,26 @@ pub async fn cancel(
 ) -> Result<StatusCode, ApiError> {
     state.uploads.cancel(id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/uploads/{id}/content-url`: a signed, expiring URL of the verified file that
+/// needs no token (for a browser link, or a service that downloads on the owner's behalf).
+pub async fn content_url(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    OptionalJsonBody(req): OptionalJsonBody<CreateContentUrl>,
+) -> Result<Response, ApiError> {
+    // The owner check and "completed" come from the domain, as for a download.
+    state.uploads.content(id).await?;
+    let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 7 * 24 * 3600);
+    let exp = crate::auth::now() + ttl as i64;
+    let url = format!(
+        "/v1/uploads/{id}/content?{}",
+        state.auth.sign_content(&id.to_string(), exp)
+    );
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(exp)
+        .map_err(|_| ApiError::BadRequest("ttl_s is out of range".into()))?;
+    Ok(Json(ContentUrl { url, expires_at }).into_response())
 }
 
 /// `GET /v1/uploads/{id}/content`: the verified file, with ranges and an ETag.
