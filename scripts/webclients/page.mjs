@@ -30,11 +30,13 @@ import os from 'node:os'
 import path from 'node:path'
 import { emit, fail, load, parseArgs, watchdog } from './lib.mjs'
 
-const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--reload-at FRACTION] [--cancel] [--screenshot PATH] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH]'
+const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--reload-at FRACTION] [--cancel] [--screenshot PATH] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH] [--token TOKEN]'
 const args = parseArgs(process.argv.slice(2), {
   url: 'string', file: 'string', 'reload-at': 'number', cancel: 'bool', screenshot: 'string',
-  throttle: 'number', timeout: 'number', chromium: 'string',
+  throttle: 'number', timeout: 'number', chromium: 'string', token: 'string',
 }, usage)
+// --token: typed into the page's token field; the driver's own status requests send it too.
+const authHeaders = args.token ? { authorization: `Bearer ${args.token}` } : {}
 if (!args.url || !args.file) fail(usage, 2)
 const base = args.url.replace(/\/+$/, '')
 const file = path.resolve(args.file)
@@ -194,6 +196,10 @@ try {
   }
 
   mark('self-test done')
+  if (args.token) {
+    await page.fill('#token', args.token)
+    await page.dispatchEvent('#token', 'change')
+  }
   await page.setInputFiles('#file', file)
   mark('file set')
   const first = await waitUpload(page, { id: true }, 'the upload id')
@@ -224,7 +230,7 @@ try {
     const c = await waitUpload(page, { state: 'cancelled' }, 'the page to say cancelled')
     result.state = c.state
     result.message = c.message
-    const r = await fetch(`${base}/v1/uploads/${result.id}`)
+    const r = await fetch(`${base}/v1/uploads/${result.id}`, { headers: authHeaders })
     result.status_after_cancel = r.status
     result.problem_after_cancel = await r.json().catch(() => null)
     result.local_storage_entries = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('upload-page:')).length)
@@ -241,14 +247,17 @@ try {
       state: done.state, sha256: done.shown_sha256, link: done.link, message: done.message,
     })
     result.file_sha256 = await shaTask
-    const r = await fetch(`${base}/v1/uploads/${done.id}`)
+    const r = await fetch(`${base}/v1/uploads/${done.id}`, { headers: authHeaders })
     const st = await r.json()
     Object.assign(result, { server_state: st.state, server_sha256: st.sha256, chunk_size: st.chunk_size, chunk_count: st.chunk_count })
     result.local_storage_entries = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('upload-page:')).length)
     const problems = []
     if (done.shown_sha256 !== result.file_sha256) problems.push(`page shows ${done.shown_sha256}, file is ${result.file_sha256}`)
     if (st.state !== 'completed' || st.sha256 !== result.file_sha256) problems.push(`server: ${st.state} ${st.sha256}`)
-    if (done.link !== `/v1/uploads/${done.id}/content`) problems.push(`link ${done.link}`)
+    // With a token the link is a signed URL (a link cannot carry the token).
+    const plain = `/v1/uploads/${done.id}/content`
+    const linkOk = args.token ? done.link?.startsWith(`${plain}?`) && done.link.includes('sig=') : done.link === plain
+    if (!linkOk) problems.push(`link ${done.link}`)
     if (result.local_storage_entries !== 0) problems.push('localStorage entry left after completion')
     if (mode === 'reload' && !(result.same_id && result.resumed)) problems.push(`did not resume the same id (${result.id} then ${result.resumed_id})`)
     result.ok = problems.length === 0

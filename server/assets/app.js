@@ -97,6 +97,12 @@ class Sha256 {
 const PARALLEL = 4
 const RETRIES = 6
 const TRANSIENT = [0, 408, 429, 500, 502, 503, 504]
+
+// The bearer token typed in the page (kept for this tab only), as request headers.
+function authHeaders () {
+  const t = $('#token').value.trim()
+  return t ? { authorization: `Bearer ${t}` } : {}
+}
 const KEY_PREFIX = 'upload-page:v1:'
 const $ = (sel, el = document) => el.querySelector(sel)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -140,7 +146,7 @@ async function api (method, path, body) {
       const r = await fetch(path, {
         method,
         cache: 'no-store',
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        headers: { ...authHeaders(), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? undefined : JSON.stringify(body)
       })
       status = r.status
@@ -331,6 +337,7 @@ class Upload {
       }
       xhr.open('PUT', `/v1/uploads/${this.id}/chunks/${i}`)
       xhr.setRequestHeader('content-digest', digest)
+      for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v)
       xhr.upload.onprogress = (e) => { slot.loaded = e.loaded }
       xhr.onload = () => done(false)
       xhr.onerror = () => done(false)
@@ -369,6 +376,11 @@ class Upload {
     $('.sha', this.el).textContent = sha
     const link = $('.link', this.el)
     link.href = `/v1/uploads/${this.id}/content`
+    if (Object.keys(authHeaders()).length) {
+      // A link cannot carry the token: a signed URL that needs none.
+      const signed = await api('POST', `/v1/uploads/${this.id}/content-url`, {})
+      if (signed.ok) link.href = signed.json.url
+    }
     link.textContent = `Download ${this.file.name}`
     $('.result', this.el).hidden = false
     this.setState('done', "Done. The server's SHA-256 matches this file.")
@@ -495,6 +507,9 @@ function renderUnfinished () {
 }
 
 async function init () {
+  const token = $('#token')
+  token.value = sessionStorage.getItem('upload-token') || ''
+  token.addEventListener('change', () => sessionStorage.setItem('upload-token', token.value.trim()))
   const input = $('#file')
   input.addEventListener('change', () => { addFiles(input.files); input.value = '' })
   const drop = $('#drop')

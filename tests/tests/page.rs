@@ -268,3 +268,52 @@ fn page_cancel_makes_the_server_answer_410() {
     assert_eq!(code, reqwest::StatusCode::GONE, "{problem:#}");
     assert_eq!(problem["status"], 410, "{problem:#}");
 }
+
+/// With authentication on, the page sends the token typed in its field, and its download
+/// link is a signed URL that works without one.
+#[test]
+fn page_uploads_with_a_token_and_links_a_signed_url() {
+    if !webclients_or_skip("page_uploads_with_a_token_and_links_a_signed_url") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, "page-token carol\n").expect("tokens file");
+    let server = Server::start_in(
+        &tmp.path().join("data"),
+        &["--tokens-file", tokens.to_str().expect("utf-8 path")],
+    );
+    let data = random_bytes(3 * MIB + 17, 8);
+    let sha = sha256_hex(&data);
+    let file = write_file(tmp.path(), "with-token.bin", &data);
+    let r = run_driver(&server.url(), &file, &["--token", "page-token"]);
+    eprintln!("page.mjs: {r}");
+    assert_eq!(r["sha256"], sha.as_str(), "{r:#}");
+    assert_eq!(r["server_state"], "completed", "{r:#}");
+    let id = r["id"].as_str().expect("upload id").to_string();
+    // Without the token the upload does not exist...
+    let (code, _) = native_status(&server, &id);
+    assert_eq!(code, reqwest::StatusCode::UNAUTHORIZED);
+    // ...but the page's link downloads it.
+    let link = r["link"].as_str().expect("link").to_string();
+    assert!(
+        link.starts_with(&format!("/v1/uploads/{id}/content?")),
+        "{link}"
+    );
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let body = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(format!("{}{link}", server.url()))
+            .send()
+            .await
+            .expect("GET signed link")
+            .bytes()
+            .await
+            .expect("body")
+    });
+    assert_eq!(sha256_hex(&body), sha);
+}
