@@ -102,8 +102,9 @@ fn terminal_shows_bar_with_percent_speed_eta_then_a_clean_summary() {
                 .then(|| (l.to_string(), percent))
         })
     };
+    // Past the rate limiter's first-second burst (4 MiB of 12), so the smoothed speed has settled.
     let during = tmux.wait_for("a progress bar in motion", Duration::from_secs(20), |s| {
-        bar_line(s).is_some() && !s.contains("EXIT=")
+        bar_line(s).is_some_and(|(_, percent)| percent >= 50) && !s.contains("EXIT=")
     });
     let (bar, _percent) = bar_line(&during).unwrap();
     assert!(bar.contains("12.00 MiB"), "{bar}");
