@@ -8,6 +8,7 @@
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
 #   (d) CLI end to end:       uploader -> upload-server, same shape
 #   (f) S3: upload-server into the local S3-compatible server vs aws s3 cp (bench/s3_bench.sh)
+#   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
@@ -110,6 +111,14 @@ if [ "${BENCH_S3:-1}" = 1 ]; then
   read -r _ s3o s3a s3rss s3rb <<< "$s3line"
   table="$table
 | (f) upload-server → local S3-compatible server (moto), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MB × 4, same server, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb |"
+fi
+if [ "${BENCH_TUS:-1}" = 1 ]; then
+  tusout=$(bash bench/tus_bench.sh "$FILE")
+  echo "$tusout"
+  read -r _ tol trl toj trj torss trrss <<< "$(echo "$tusout" | grep '^TUS ')"
+  table="$table
+| (g) tus, 8 MiB PATCHes, lean client: upload-server (fsync + SHA-256) | $tol | vs @tus/server + @tus/file-store (neither; same run: $trl MB/s) = **$(python3 -c "print(f'{$tol/$trl:.2f}')")** | ours $torss MiB, @tus/server $trrss MiB (tus-js-client runs) |
+| (h) tus end to end with tus-js-client | $toj | vs @tus/server ($trj MB/s) = **$(python3 -c "print(f'{$toj/$trj:.2f}')")** | |"
 fi
 table="$table
 
