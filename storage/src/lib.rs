@@ -35,5 +35,6 @@ pub use checksum::BodyChecksum;
 pub use error::{Error, Result};
 pub use record::{Concat, UploadMode};
 pub use service::{
-    Appended, ChunkStored, Completion, Created, Stats, SweepReport, Uploads, UploadsConfig,
+    Appended, ChunkStored, Completion, Created, Position, Stats, SweepReport, Uploads,
+    UploadsConfig,
 };

@@ -75,6 +75,17 @@ pub struct ChunkStored {
     pub new: bool,
 }
 
+/// Where an in-order upload stands, read in one go: for tus and IETF `HEAD`.
+#[derive(Debug)]
+pub struct Position {
+    /// The record.
+    pub record: UploadRecord,
+    /// Bytes stored contiguously from the start: where the next append goes.
+    pub offset: u64,
+    /// The status document.
+    pub status: UploadStatus,
+}
+
 /// The outcome of an in-order append.
 #[derive(Debug)]
 pub struct Appended {
@@ -476,12 +487,16 @@ impl Uploads {
     }
 
     /// Where the next in-order append goes: the bytes stored contiguously from the start.
-    pub async fn offset(&self, id: UploadId) -> Result<(UploadRecord, u64)> {
+    pub async fn offset(&self, id: UploadId) -> Result<Position> {
         let up = self.get(id).await?;
+        let status = self.status_of(&up)?;
         let record = up.record();
-        record.state.visible()?;
         let offset = up.chunks().contiguous_bytes(&record);
-        Ok((record, offset))
+        Ok(Position {
+            record,
+            offset,
+            status,
+        })
     }
 
     /// Appends `body` at `offset`, which must be the upload's current offset (tus PATCH,

@@ -663,12 +663,15 @@ pub async fn offset(
 ) -> Response {
     let inner = async {
         let v = version(&headers)?;
-        let (record, stored) = state.uploads.offset(id).await?;
+        let storage::Position {
+            record,
+            offset: stored,
+            status,
+        } = state.uploads.offset(id).await?;
         if record.state == StoredState::Failed {
             // Its bytes were discarded: the upload resource is no longer usable.
             return Err(Failure::from(storage::Error::Gone("failed")));
         }
-        let status = state.uploads.status(id).await?;
         let done = is_done(status.state);
         let mut resp = StatusCode::NO_CONTENT.into_response();
         let hs = resp.headers_mut();
@@ -744,7 +747,11 @@ async fn append_inner(
     let repr = digest_header(headers, "repr-digest")?;
     let checksum = content_checksum(headers)?;
 
-    let (record, current) = state.uploads.offset(id).await?;
+    let storage::Position {
+        record,
+        offset: current,
+        status,
+    } = state.uploads.offset(id).await?;
     match record.state {
         StoredState::Failed => {
             return Err(match (record.declared_sha256, record.sha256) {
@@ -756,7 +763,6 @@ async fn append_inner(
             .with("upload-complete", complete_value(true)))
         }
         StoredState::Completed | StoredState::Completing => {
-            let status = state.uploads.status(id).await?;
             // The client completing an upload whose length was already reached.
             if complete && !nonempty && provided == record.size {
                 if let (Some(r), Some(s)) = (repr, status.sha256) {

@@ -334,8 +334,11 @@ pub async fn head(
 ) -> Response {
     let inner = async {
         check_version(&headers)?;
-        let (record, offset) = state.uploads.offset(id).await?;
-        let status = state.uploads.status(id).await?;
+        let storage::Position {
+            record,
+            offset,
+            status,
+        } = state.uploads.offset(id).await?;
         let mut resp = StatusCode::OK.into_response();
         let hs = resp.headers_mut();
         hs.insert(h("upload-offset"), HeaderValue::from(offset));

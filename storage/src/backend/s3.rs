@@ -49,7 +49,7 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
@@ -199,25 +199,13 @@ impl S3Backend {
         Ok(obj.multipart_id)
     }
 
-    /// Receipts under `prefix` (all of an upload's, or one chunk's), earliest first, with
-    /// their part ETags.
-    async fn receipts_under(&self, prefix: &Path) -> Result<Vec<(StoredChunk, String, Path)>> {
-        let mut metas: Vec<_> = self
-            .store
-            .list(Some(prefix))
+    /// Every object under an upload's `chunks/` (receipts, claims, leases).
+    async fn chunk_objects(&self, id: UploadId) -> Result<Vec<ObjectMeta>> {
+        self.store
+            .list(Some(&self.chunks_prefix(id)))
             .try_collect()
             .await
-            .map_err(store_err)?;
-        metas.sort_by(|a, b| {
-            (a.last_modified, a.location.as_ref()).cmp(&(b.last_modified, b.location.as_ref()))
-        });
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| {
-                let (c, etag) = parse_receipt(&m.location)?;
-                Some((c, etag, m.location))
-            })
-            .collect())
+            .map_err(store_err)
     }
 
     /// Becomes the one writer of a chunk across all servers: a lease object naming this
@@ -375,20 +363,20 @@ impl Backend for S3Backend {
         let mut last_activity = record.updated_at;
         let mut receipts = Vec::new();
         if !record.state.is_tombstone() {
-            let metas: Vec<_> = self
-                .store
-                .list(Some(&self.chunks_prefix(id)))
-                .try_collect()
-                .await
-                .map_err(store_err)?;
+            // One listing gives both the receipts and the latest activity (leases are
+            // renewed while a chunk is being sent).
+            let metas = self.chunk_objects(id).await?;
             if let Some(newest) = metas.iter().map(|m| m.last_modified).max() {
                 let t = OffsetDateTime::from_unix_timestamp(newest.timestamp())
                     .unwrap_or(record.updated_at);
                 last_activity = last_activity.max(t);
             }
-            for (c, _, _) in self.receipts_under(&self.chunks_prefix(id)).await? {
-                receipts.push(Receipt::Chunk(c));
-            }
+            receipts.extend(
+                metas
+                    .iter()
+                    .filter_map(|m| parse_receipt(&m.location))
+                    .map(|(c, _)| Receipt::Chunk(c)),
+            );
         }
         let prefix_hash = self.load_prefix_hash(id).await.unwrap_or(None);
         Ok(Some(Loaded {
@@ -563,7 +551,12 @@ impl Backend for S3Backend {
             return Ok(());
         }
         let mut first_by_index: HashMap<u64, (StoredChunk, String)> = HashMap::new();
-        for (c, etag, _) in self.receipts_under(&self.chunks_prefix(id)).await? {
+        for (c, etag) in self
+            .chunk_objects(id)
+            .await?
+            .iter()
+            .filter_map(|m| parse_receipt(&m.location))
+        {
             first_by_index.entry(c.index).or_insert((c, etag));
         }
         let mut parts = Vec::with_capacity(chunks.len());
