@@ -16,6 +16,7 @@ use crate::{Sha256Digest, UploadId};
 
 /// What this server accepts; clients size their chunks from it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// API version, `"1"`.
     pub version: String,
@@ -33,6 +34,7 @@ pub struct Capabilities {
 
 /// Chunk size bounds in bytes. Every chunk but the last has exactly the upload's chunk size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkSizeBounds {
     /// Smallest chunk size an upload may choose.
     pub min: u64,
@@ -44,6 +46,7 @@ pub struct ChunkSizeBounds {
 
 /// Body of `POST /v1/uploads`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateUpload {
     /// Total size in bytes; 0 is a valid upload.
     pub size: u64,
@@ -63,6 +66,7 @@ pub struct CreateUpload {
 
 /// Where an upload is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum UploadState {
     /// Accepting chunks.
@@ -77,6 +81,7 @@ pub enum UploadState {
 
 /// The status document of one upload: enough for any client to resume it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UploadStatus {
     /// The upload's id.
     pub id: UploadId,
@@ -91,6 +96,7 @@ pub struct UploadStatus {
     /// Bytes durably stored so far.
     pub received_bytes: u64,
     /// Chunk indexes not yet stored, as inclusive ranges.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::IndexRangesSchema))]
     pub missing: IndexRanges,
     /// SHA-256 of the whole file: the declared one until completion, then the verified one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +109,7 @@ pub struct UploadStatus {
     pub metadata: BTreeMap<String, String>,
     /// When the upload was created.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: OffsetDateTime,
     /// When an idle unfinished upload will be removed (absent once completed).
     #[serde(
@@ -110,11 +117,13 @@ pub struct UploadStatus {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<OffsetDateTime>,
 }
 
 /// Answer to a stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkReceipt {
     /// Chunk index.
     pub index: u64,
@@ -126,6 +135,7 @@ pub struct ChunkReceipt {
 
 /// Body of `POST /v1/uploads/{id}/complete` (may be empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompleteUpload {
     /// Expected SHA-256 of the whole file, if not declared at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +144,7 @@ pub struct CompleteUpload {
 
 /// An RFC 9457 problem document: every error answer of the API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// URI reference naming the kind of problem; stable, for programs.
     #[serde(rename = "type")]
@@ -146,6 +157,10 @@ pub struct Problem {
     pub detail: String,
     /// Chunks still missing, on a premature complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::openapi::IndexRangesSchema>)
+    )]
     pub missing: Option<IndexRanges>,
     /// The SHA-256 that was expected, on a verification failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +172,7 @@ pub struct Problem {
 
 /// Body of `POST /v1/uploads/{id}/content-url` (may be empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateContentUrl {
     /// Seconds the URL stays valid (default one hour, at most seven days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,10 +181,12 @@ pub struct CreateContentUrl {
 
 /// A signed, expiring download URL of a completed upload: it needs no token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContentUrl {
     /// Path and query to GET (relative to the server).
     pub url: String,
     /// When it stops working.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: OffsetDateTime,
 }

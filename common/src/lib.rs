@@ -9,10 +9,13 @@
 //! - [`digest`]: SHA-256 values as hex and as RFC 9530 `Content-Digest` headers.
 //! - [`ranges`]: sets of chunk indexes written as inclusive ranges.
 //! - [`units`]: human sizes (`8MiB`) and durations (`90m`) for flags.
+//! - `openapi` (feature `openapi`): OpenAPI schemas of the types serialized as strings.
 
 pub mod api;
 pub mod digest;
 pub mod id;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ranges;
 pub mod units;
 

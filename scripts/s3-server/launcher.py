@@ -19,6 +19,9 @@ Admin:
 * ``POST /moto-api/reset`` (moto's own) empties every bucket and backend; it runs
   under the lock like any request.
 * ``GET /_launcher/health`` answers ``ok`` (readiness probe, never reaches moto).
+* ``POST /_launcher/drop-bucket/{name}`` removes a bucket with everything in it
+  (objects and multipart uploads) and frees their memory, under the lock: tests that
+  share one server with a bucket each clean up after themselves with it.
 * Signals: SIGUSR1 takes the server "down" (the listening socket is closed, so new
   connections are refused, and requests on kept-alive connections get 503 with
   ``Connection: close``) while keeping all state in memory; SIGUSR2 brings it back
@@ -55,10 +58,12 @@ from moto.moto_server.werkzeug_app import (
 )
 
 HEALTH_PATH = "/_launcher/health"
+DROP_BUCKET_PREFIX = "/_launcher/drop-bucket/"
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
-    """Reads the whole request body (Content-Length or chunked)."""
+def _read_body(environ: dict[str, Any]) -> bytes | None:
+    """Reads the whole request body (Content-Length or chunked); ``None`` when the
+    client went away before sending all of the bytes its Content-Length announced."""
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
@@ -75,11 +80,33 @@ def _read_body(environ: dict[str, Any]) -> bytes:
                 break
             chunks.append(chunk)
             n -= len(chunk)
-        return b"".join(chunks)
+        return None if n > 0 else b"".join(chunks)
     if environ.get("wsgi.input_terminated"):
         # Chunked transfer encoding: werkzeug ends the stream at the last chunk.
         return stream.read()
     return b""
+
+
+def _drop_bucket(name: str) -> bool:
+    """Removes bucket ``name`` and everything in it from moto's memory, as moto's own
+    reset does for all buckets. Returns whether it existed. Caller holds the lock."""
+    from moto.s3.models import FakeKey, s3_backends
+
+    owner = s3_backends.bucket_accounts.get(name)
+    if owner is None:
+        return False
+    partition, account_id = owner
+    backend = s3_backends[account_id][partition]
+    bucket = backend.buckets.pop(name, None)
+    s3_backends.bucket_accounts.pop(name, None)
+    if bucket is None:
+        return False
+    for key in bucket.keys.values():
+        if isinstance(key, FakeKey):
+            key.dispose()
+    for part in bucket.multiparts.values():
+        part.dispose()
+    return True
 
 
 def _no_such_upload(upload_id: str, resource: str) -> tuple[str, list, list[bytes]]:
@@ -113,9 +140,19 @@ class SerializedApp:
         if path == HEALTH_PATH:
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
             return [b"ok\n"]
+        if path.startswith(DROP_BUCKET_PREFIX) and environ.get("REQUEST_METHOD") == "POST":
+            with self.lock:
+                found = _drop_bucket(path[len(DROP_BUCKET_PREFIX) :])
+            status = "204 No Content" if found else "404 Not Found"
+            start_response(status, [("Content-Length", "0")])
+            return [b""]
 
         # Outside the lock: a slow upload only delays itself.
         body = _read_body(environ)
+        if body is None:
+            # S3 stores nothing of a request whose body was cut short.
+            start_response("400 Bad Request", [("Content-Length", "0"), ("Connection", "close")])
+            return [b""]
         if self.down.is_set():
             msg = b"launcher is down (SIGUSR1)\n"
             start_response(

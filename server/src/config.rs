@@ -113,6 +113,78 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// Uploads an owner may have open at once (anonymous clients count as one owner);
+    /// more are refused with 429. 0: no limit.
+    #[arg(long, env = "UPLOAD_SERVER_MAX_OPEN_UPLOADS", default_value_t = 1000)]
+    pub max_open_uploads: u64,
+
+    /// Bytes an owner's open uploads may reserve together (their declared sizes); an
+    /// upload that would exceed it is refused with 507. 0: no limit.
+    #[arg(long, env = "UPLOAD_SERVER_QUOTA", default_value = "10TiB", value_parser = parse_size)]
+    pub quota: u64,
+
+    /// Requests a second each owner (each client address when anonymous) may make,
+    /// sustained; more get 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "UPLOAD_SERVER_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Requests an owner may make at once above the sustained rate.
+    #[arg(long, env = "UPLOAD_SERVER_RATE_LIMIT_BURST", default_value_t = 1000)]
+    pub rate_limit_burst: u32,
+
+    /// Serve Prometheus metrics at `GET /metrics` (public, like `/healthz`); `false` turns
+    /// the route and the recording off.
+    #[arg(long, env = "UPLOAD_SERVER_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
+    /// URL every upload event is POSTed to, signed (repeatable, or comma-separated in the
+    /// environment). None: no webhooks, and no events are recorded.
+    #[arg(
+        long = "webhook-url",
+        env = "UPLOAD_SERVER_WEBHOOK_URL",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+
+    /// Secret of the webhooks' `X-Upload-Signature` (HMAC-SHA256); required with
+    /// `--webhook-url`.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Delivery attempts of one event before it becomes a dead letter.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_MAX_ATTEMPTS", default_value_t = 15)]
+    pub webhook_max_attempts: u32,
+
+    /// Time from an event's first delivery attempt after which it becomes a dead letter.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_max_age: Duration,
+
+    /// First retry delay of a failed delivery; doubles with each attempt (with jitter).
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// Longest retry delay of a failed delivery.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_RETRY_MAX", default_value = "10m", value_parser = parse_duration)]
+    pub webhook_retry_max: Duration,
+
+    /// Time one delivery request may take before it counts as failed.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Deliveries in flight at once.
+    #[arg(long, env = "UPLOAD_SERVER_WEBHOOK_CONCURRENCY", default_value_t = 8)]
+    pub webhook_concurrency: usize,
+
+    /// Owner allowed to use the admin routes (`/v1/admin/...`) when authentication is
+    /// configured (repeatable, or comma-separated in the environment). Without
+    /// authentication the admin routes are open, like every route.
+    #[arg(
+        long = "admin-owner",
+        env = "UPLOAD_SERVER_ADMIN_OWNER",
+        value_delimiter = ','
+    )]
+    pub admin_owners: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

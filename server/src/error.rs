@@ -33,6 +33,17 @@ pub enum ApiError {
     /// The server is shutting down or its storage is failing.
     #[error("{0}")]
     Unavailable(String),
+    /// Authenticated, but not allowed (e.g. an admin route by a non-admin owner).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The client sent more requests than its rate allows; it may retry after the wait.
+    #[error("too many requests; retry in {}s", retry_secs(.0))]
+    RateLimited(std::time::Duration),
+}
+
+/// A wait as whole `Retry-After` seconds, never zero.
+fn retry_secs(wait: &std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl ApiError {
@@ -42,6 +53,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -67,6 +79,11 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             ApiError::Domain(e) => match e {
                 E::NotFound => (StatusCode::NOT_FOUND, "not-found", "Upload not found"),
                 E::Gone(_) => (StatusCode::GONE, "upload-gone", "Upload gone"),
@@ -89,6 +106,13 @@ impl ApiError {
                     StatusCode::CONFLICT,
                     "chunk-conflict",
                     "Chunk already stored with other bytes",
+                ),
+                // Handled by the service (the request becomes a retry); answered as
+                // "stored by another request" should it ever get here.
+                E::StoredMeanwhile { .. } => (
+                    StatusCode::CONFLICT,
+                    "chunk-stored",
+                    "Chunk stored by another request",
                 ),
                 E::BodyTooShort { .. } | E::BodyTooLong { .. } => (
                     StatusCode::BAD_REQUEST,
@@ -160,6 +184,16 @@ impl ApiError {
                     "storage-full",
                     "Storage full",
                 ),
+                E::QuotaExceeded { .. } => (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "quota-exceeded",
+                    "Storage quota exceeded",
+                ),
+                E::TooManyOpenUploads { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-open-uploads",
+                    "Too many open uploads",
+                ),
                 E::Corrupt(_) | E::Io(_) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -172,8 +206,9 @@ impl ApiError {
     /// The problem document for this error.
     pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.classify();
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            // The cause is logged; clients get no internals.
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // The cause is logged; clients get no internals. Other 5xx (503, 507) say
+            // what the client can do about them.
             "the server failed to handle this request; it was logged".to_string()
         } else {
             self.to_string()
@@ -208,20 +243,25 @@ impl IntoResponse for ApiError {
         let problem = self.problem();
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(error = %self, "request refused");
         }
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::INSUFFICIENT_STORAGE {
-            let secs = match &self {
-                ApiError::Domain(storage::Error::Unavailable { retry_after }) => {
-                    retry_after.as_secs().max(1)
-                }
-                _ => 1,
-            };
+        let retry = match &self {
+            ApiError::Domain(storage::Error::Unavailable { retry_after }) => Some(retry_after),
+            ApiError::RateLimited(wait) => Some(wait),
+            _ => None,
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || matches!(self, ApiError::Domain(storage::Error::StorageFull))
+            || retry.is_some()
+        {
+            let secs = retry.map_or(1, retry_secs);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

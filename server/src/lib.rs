@@ -6,9 +6,14 @@
 //! - [`state`]: what handlers share.
 //! - [`error`]: the single mapping from failures to HTTP statuses and problem documents.
 //! - [`extract`]: typed request parts (ids, digests, streamed bodies).
+//! - [`access_log`]: one log line per request.
+//! - [`metrics`]: the HTTP layer's metrics and the Prometheus exporter.
+//! - [`openapi`]: the OpenAPI document of the native API, generated from the handlers.
+//! - [`rate_limit`]: request rate per owner (per address when anonymous).
 //! - [`routes`]: the router and its handlers.
 //! - [`serve`]: the accept loop (timeouts, connection cap, graceful shutdown).
 //! - [`shutdown`]: signal handling.
+//! - [`webhooks`]: delivery of upload events to webhook URLs.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +25,19 @@ use storage::backend::s3::{S3Backend, S3Config};
 use storage::{Backend, LocalBackend, Uploads, UploadsConfig};
 use tokio::net::TcpListener;
 
+pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
+pub mod webhooks;
 
 pub use config::Config;
 pub use routes::app;
@@ -50,7 +60,24 @@ pub async fn run(
             allow_http: config.s3_allow_http,
         })?),
     };
-    let uploads = Uploads::open(
+    let webhooks = webhooks::settings(&config).map_err(storage::Error::Invalid)?;
+    let outbox: Option<Arc<dyn storage::events::Outbox>> = match (&webhooks, config.storage) {
+        (None, _) => None,
+        (Some(_), StorageKind::Local) => Some(Arc::new(storage::events::local::LocalOutbox::open(
+            &config.data_dir,
+        )?)),
+        (Some(_), StorageKind::S3) => Some(Arc::new(storage::events::s3::S3Outbox::connect(
+            &S3Config {
+                bucket: config.s3_bucket.clone().unwrap_or_default(),
+                prefix: config.s3_prefix.clone(),
+                endpoint: config.s3_endpoint.clone(),
+                region: config.s3_region.clone(),
+                allow_http: config.s3_allow_http,
+            },
+        )?)),
+    };
+    let events = storage::events::Events::new(outbox);
+    let uploads = Uploads::open_with_events(
         backend,
         UploadsConfig {
             max_upload_size: config.max_upload_size,
@@ -58,9 +85,22 @@ pub async fn run(
             tombstone_ttl: config.tombstone_ttl,
             inline_verify_limit: config.inline_verify_limit,
             stall_takeover: config.stall_takeover,
+            quota: storage::quota::QuotaLimits {
+                max_open_uploads: config.max_open_uploads,
+                max_reserved_bytes: config.quota,
+            },
         },
+        events,
     )
     .await?;
+    let deliverer = match (webhooks, uploads.events().outbox()) {
+        (Some(settings), Some(outbox)) => Some(tokio::spawn(webhooks::deliver_forever(
+            outbox.clone(),
+            uploads.events().queued_signal(),
+            settings,
+        ))),
+        _ => None,
+    };
     let state = AppState {
         uploads: uploads.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
@@ -70,6 +110,13 @@ pub async fn run(
             config.tokens_file.as_deref(),
             config.token_secret.as_deref(),
         )?,
+        admin_owners: Arc::new(config.admin_owners.clone()),
+        metrics: if config.metrics {
+            metrics::Exporter::install()
+        } else {
+            None
+        },
+        rate_limit: rate_limit::RateLimit::new(config.rate_limit, config.rate_limit_burst),
     };
     #[cfg(unix)]
     {
@@ -84,6 +131,14 @@ pub async fn run(
         }
     }
     let sweeper = tokio::spawn(sweep_forever(uploads, sweep_interval(config.upload_ttl)));
+    let rate_limit = state.rate_limit.clone();
+    let forgetter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            rate_limit.forget_idle();
+        }
+    });
 
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
@@ -112,6 +167,10 @@ pub async fn run(
         tracing::warn!("shutdown timeout reached; dropping unfinished requests");
     }
     sweeper.abort();
+    if let Some(d) = deliverer {
+        d.abort();
+    }
+    forgetter.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use storage::Uploads;
 
 use crate::auth::Auth;
+use crate::rate_limit::RateLimit;
 
 /// Shared state of the HTTP layer; cheap to clone.
 #[derive(Clone)]
@@ -21,6 +22,12 @@ pub struct AppState {
     pub tus_path: String,
     /// How requests are authenticated.
     pub auth: Auth,
+    /// Owners allowed on the admin routes (when authentication is configured).
+    pub admin_owners: Arc<Vec<String>>,
+    /// Renders `GET /metrics`; `None` when metrics are off.
+    pub metrics: Option<crate::metrics::Exporter>,
+    /// Request rate limits.
+    pub rate_limit: RateLimit,
 }
 
 impl AppState {

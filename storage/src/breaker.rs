@@ -61,6 +61,7 @@ impl Breaker {
     pub fn record<T>(&self, outcome: &Result<T>) {
         let failed = matches!(outcome, Err(Error::Io(_)));
         let mut s = self.lock();
+        let was_open = !matches!(*s, State::Closed { .. });
         *s = match (&*s, failed) {
             (_, false) => State::Closed { failures: 0 },
             (State::Closed { failures }, true) if failures + 1 < THRESHOLD => State::Closed {
@@ -73,6 +74,10 @@ impl Breaker {
                 }
             }
         };
+        let open = !matches!(*s, State::Closed { .. });
+        if open != was_open {
+            crate::metrics::circuit_open(open);
+        }
     }
 
     /// Whether requests are being refused.

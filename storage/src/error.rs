@@ -113,6 +113,34 @@ pub enum Error {
     /// The same idempotency key was used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyConflict,
+    /// Another request stored this chunk while this one waited to write it (shared
+    /// storage): the request is a retry of it, and the service compares the bytes.
+    #[error("chunk {index} was stored by another request meanwhile")]
+    StoredMeanwhile {
+        /// Chunk index.
+        index: u64,
+        /// SHA-256 of the stored chunk.
+        stored: Sha256Digest,
+    },
+    /// The owner's open uploads would reserve more bytes than their quota.
+    #[error(
+        "this upload of {size} bytes would bring your open uploads to {} bytes, above your quota of {quota} bytes; complete or cancel some first",
+        .reserved + .size
+    )]
+    QuotaExceeded {
+        /// Bytes already reserved by the owner's open uploads.
+        reserved: u64,
+        /// Size of the upload asked for.
+        size: u64,
+        /// The owner's quota.
+        quota: u64,
+    },
+    /// The owner already has as many open uploads as allowed.
+    #[error("you have {max} open uploads, the most allowed; complete or cancel some first")]
+    TooManyOpenUploads {
+        /// The limit.
+        max: u64,
+    },
     /// The storage has no room left for these bytes.
     #[error("storage is full")]
     StorageFull,

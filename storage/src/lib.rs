@@ -11,19 +11,25 @@
 //! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
+//! - [`quota`]: per-owner limits on open uploads and reserved bytes.
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service.
 //! - [`breaker`]: the circuit breaker in front of shared storage.
+//! - [`events`]: upload events, their durable outbox (webhooks) and live announcements.
+//! - [`metrics`]: the service's metrics (the `metrics` facade; exported by the server).
 //! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
 
 pub mod backend;
 pub mod breaker;
 pub mod checksum;
 pub mod error;
+pub mod events;
 pub mod hash;
+pub mod metrics;
 pub mod ordered_hash;
 pub mod principal;
+pub mod quota;
 pub mod record;
 pub mod service;
 pub mod upload;

@@ -27,6 +27,9 @@ use crate::record::StoredState;
 /// How long a kept chunk waits for its turn.
 const WAIT_FOR_TURN: Duration = Duration::from_secs(30);
 
+/// How long a completion waits for kept chunks while none of them makes progress.
+const QUIET: Duration = Duration::from_secs(2);
+
 /// See the module documentation.
 pub struct OrderedHashing {
     backend: Arc<dyn Backend>,
@@ -157,16 +160,28 @@ impl OrderedHashing {
     }
 
     /// Waits (at most `limit`) until no kept chunk of `id` is waiting here, so that a
-    /// completion finds as much hashed as possible.
+    /// completion finds as much hashed as possible. Gives up as soon as nothing moved for
+    /// [`QUIET`]: a kept chunk can also wait for a gap whose bytes no process holds any
+    /// more (the server that received them was restarted), and then completion reads the
+    /// gap back instead.
     pub async fn wait_idle(&self, id: UploadId, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while lock(&self.pending).contains_key(&id) && Instant::now() < deadline {
+        let mut moved = Instant::now();
+        while lock(&self.pending).contains_key(&id)
+            && Instant::now() < deadline
+            && moved.elapsed() < QUIET
+        {
             let event = self.event(id);
             let notified = event.notified();
             if !lock(&self.pending).contains_key(&id) {
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            if tokio::time::timeout(Duration::from_millis(100), notified)
+                .await
+                .is_ok()
+            {
+                moved = Instant::now();
+            }
         }
     }
 }

@@ -37,6 +37,12 @@ pub enum StoredState {
 }
 
 impl StoredState {
+    /// Whether the upload still takes bytes or is being verified: it holds its owner's
+    /// quota.
+    pub fn is_open(self) -> bool {
+        matches!(self, StoredState::Uploading | StoredState::Completing)
+    }
+
     /// The state shown to clients, or the reason the upload is gone.
     pub fn visible(self) -> Result<UploadState> {
         match self {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::api::{
@@ -19,9 +19,12 @@ use crate::backend::{Backend, Content, IdempotencyClaim, Receipt, StoredChunk};
 use crate::breaker::Breaker;
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
+use crate::events::{EventKind, Events};
 use crate::hash::ChunkHasher;
+use crate::metrics;
 use crate::ordered_hash::OrderedHashing;
 use crate::principal;
+use crate::quota::{Ledger, QuotaLimits};
 use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
@@ -43,6 +46,8 @@ pub struct UploadsConfig {
     /// A request for a chunk (or an append) that is being written by a request that has
     /// moved no byte this long stops that one and takes its place.
     pub stall_takeover: Duration,
+    /// Per-owner limits on open uploads.
+    pub quota: QuotaLimits,
 }
 
 impl Default for UploadsConfig {
@@ -53,6 +58,7 @@ impl Default for UploadsConfig {
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             inline_verify_limit: 1 << 30,
             stall_takeover: Duration::from_secs(5),
+            quota: QuotaLimits::default(),
         }
     }
 }
@@ -130,11 +136,24 @@ pub struct Uploads {
     read_back: Arc<AtomicU64>,
     breaker: Breaker,
     ordered: Arc<OrderedHashing>,
+    ledger: Ledger,
+    events: Events,
 }
 
 impl Uploads {
     /// Starts the service over a backend and resumes verifications a crash interrupted.
     pub async fn open(backend: Arc<dyn Backend>, config: UploadsConfig) -> Result<Arc<Self>> {
+        Self::open_with_events(backend, config, Events::default()).await
+    }
+
+    /// [`Self::open`] with an events hub: state changes are recorded in its outbox (when it
+    /// has one) and announced to its subscribers. Recent changes whose event a crash may
+    /// have lost are reconciled into the outbox first.
+    pub async fn open_with_events(
+        backend: Arc<dyn Backend>,
+        config: UploadsConfig,
+        events: Events,
+    ) -> Result<Arc<Self>> {
         let info = backend.info();
         let limits = Limits {
             max_upload_size: config.max_upload_size,
@@ -142,6 +161,7 @@ impl Uploads {
             max_chunks: info.max_chunks,
         };
         let backend_for_hashing = backend.clone();
+        let ledger = Ledger::new(config.quota);
         let this = Arc::new(Self {
             backend,
             config,
@@ -151,18 +171,33 @@ impl Uploads {
             read_back: Default::default(),
             breaker: Breaker::new(Duration::from_secs(2)),
             ordered: Arc::new(OrderedHashing::new(backend_for_hashing, 64)),
+            ledger,
+            events,
         });
+        let now = OffsetDateTime::now_utc();
+        let began = Instant::now();
+        let mut open = Vec::new();
         for id in this.backend.list().await? {
             match this.backend.load_record(id).await {
-                Ok(Some(r)) if r.state == StoredState::Completing => {
-                    tracing::info!(%id, "resuming an interrupted verification");
-                    let up = this.get(id).await?;
-                    this.clone().spawn_verify(up);
+                Ok(Some(r)) => {
+                    if let Err(e) = this.events.reconcile(&r, now).await {
+                        tracing::warn!(%id, error = %e, "could not reconcile the upload's events");
+                    }
+                    if r.state.is_open() {
+                        open.push((r.owner.clone(), id, r.size));
+                    }
+                    if r.state == StoredState::Completing {
+                        tracing::info!(%id, "resuming an interrupted verification");
+                        let up = this.get(id).await?;
+                        this.clone().spawn_verify(up);
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(%id, error = %e, "skipping an unreadable upload"),
             }
         }
+        metrics::set_active(open.len() as u64);
+        this.ledger.rebuild(open, began);
         Ok(this)
     }
 
@@ -181,6 +216,11 @@ impl Uploads {
             storage: self.backend.info().name.into(),
             checksums: vec!["sha-256".into()],
         }
+    }
+
+    /// The events hub: the outbox of webhook events and announcements of changes.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Counters since start.
@@ -309,8 +349,13 @@ impl Uploads {
 
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
         self.breaker.check()?;
+        self.ledger
+            .reserve(record.owner.as_deref(), record.id, record.size)?;
         let created = self.backend.create(&record).await;
         self.breaker.record(&created);
+        if created.is_err() {
+            self.ledger.release(record.id);
+        }
         record.version = self.store_failure(created)?;
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
             last_activity: record.updated_at,
@@ -322,6 +367,8 @@ impl Uploads {
             self.lock_open().insert(up.id, up.clone());
         }
         tracing::info!(id = %up.id, size = up.record().size, "upload created");
+        metrics::created();
+        self.events.emit(EventKind::Created, &up.record()).await;
         Ok(Created {
             status: self.status_of(&up)?,
             new: true,
@@ -403,7 +450,19 @@ impl Uploads {
             };
         }
 
-        let already = up.chunks().get(index);
+        let mut already = up.chunks().get(index);
+        let mut writer = None;
+        if already.is_none() {
+            match self
+                .backend
+                .writer_at(&record, record.chunk_offset(index))
+                .await
+            {
+                Ok(w) => writer = Some(w),
+                Err(Error::StoredMeanwhile { stored, .. }) => already = Some(stored),
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(stored) = already {
             // A retry: read the body to tell "same bytes" from "other bytes", store nothing.
             let mut h = ChunkHasher::new(len, None);
@@ -437,10 +496,7 @@ impl Uploads {
             None
         };
         let mut h = ChunkHasher::new(len, in_flight_prefix);
-        let mut writer = self
-            .backend
-            .writer_at(&record, record.chunk_offset(index))
-            .await?;
+        let mut writer = writer.ok_or_else(|| Error::Corrupt("no chunk writer".into()))?;
         while let Some(b) = next_piece!() {
             let b = b?;
             h.update(&b)?;
@@ -449,19 +505,30 @@ impl Uploads {
             }
             writer.write(b).await?;
         }
-        writer.finish().await?;
+        // Length and digest are checked before the write is finished: a body that is
+        // short or wrong is dropped unfinished (on S3 its part request is aborted), so
+        // it is refused for what it is and stores nothing.
         let (actual, advanced) = h.finish()?;
         check_digest(digest, actual)?;
+        writer.finish().await?;
         let chunk = StoredChunk {
             index,
             size: len,
             sha256: actual,
         };
-        self.backend
+        let stored_first = self
+            .backend
             .commit(&record, &[Receipt::Chunk(chunk)])
             .await?;
         let in_flight = advanced.is_some();
+        if stored_first == 0 {
+            metrics::received(len);
+        }
+        if in_flight {
+            metrics::hashed_in_flight(len);
+        }
         up.commit(&chunk, advanced);
+        self.events.changed(id);
         if self.backend.info().reads_before_assembly {
             self.schedule_catch_up(&up);
         } else if in_flight {
@@ -482,7 +549,7 @@ impl Uploads {
                 size: len,
                 sha256: actual,
             },
-            new: true,
+            new: stored_first == 0,
         })
     }
 
@@ -622,6 +689,9 @@ impl Uploads {
                 });
             }
             self.backend.commit(&record, &receipts).await?;
+            metrics::received(pos - start);
+            metrics::hashed_in_flight(pos - start);
+            self.events.changed(id);
             {
                 let mut t = up.chunks();
                 for r in &receipts {
@@ -837,6 +907,7 @@ impl Uploads {
                 return;
             }
             if let Err(e) = self.verify(&up).await {
+                metrics::storage_error(&e);
                 tracing::warn!(id = %up.id, error = %e, "background verification ended");
             }
         });
@@ -844,6 +915,7 @@ impl Uploads {
 
     /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
     async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
+        let started = Instant::now();
         let record = up.record();
         let chunks: Vec<StoredChunk> = {
             let t = up.chunks();
@@ -873,7 +945,9 @@ impl Uploads {
                     r.failure = Some(why.clone());
                 })
                 .await?;
+                metrics::failed();
                 self.backend.discard(up.id).await?;
+                self.events.emit(EventKind::Failed, &up.record()).await;
                 tracing::warn!(id = %up.id, reason = %why, "upload failed assembly");
                 return Err(Error::Corrupt(why));
             }
@@ -890,8 +964,10 @@ impl Uploads {
                 r.failure = Some(format!("SHA-256 {actual} does not match {expected}"));
             })
             .await?;
+            metrics::failed();
             self.backend.discard(up.id).await?;
             up.chunks().clear();
+            self.events.emit(EventKind::Failed, &up.record()).await;
             tracing::warn!(id = %up.id, %expected, %actual, "upload failed verification");
             return Err(Error::Sha256Mismatch { expected, actual });
         }
@@ -902,6 +978,9 @@ impl Uploads {
             })
             .await?;
         self.backend.publish(&record).await?;
+        self.events.emit(EventKind::Completed, &record).await;
+        metrics::completed();
+        metrics::verified(started.elapsed(), at_completion);
         tracing::info!(
             id = %up.id,
             sha256 = %actual,
@@ -925,6 +1004,7 @@ impl Uploads {
             loop {
                 up.hash_wanted.store(false, Ordering::SeqCst);
                 if let Err(e) = catch_up(&*backend, &up, &total).await {
+                    metrics::storage_error(&e);
                     tracing::warn!(id = %up.id, error = %e, "hash catch-up failed; it will be retried");
                 }
                 up.hash_running.store(false, Ordering::SeqCst);
@@ -951,6 +1031,8 @@ impl Uploads {
             return Err(Error::Gone(state.name()));
         }
         self.bury(&up, StoredState::Cancelled).await?;
+        metrics::cancelled(state.is_open());
+        self.events.emit(EventKind::Cancelled, &up.record()).await;
         tracing::info!(%id, "upload cancelled");
         Ok(())
     }
@@ -991,6 +1073,8 @@ impl Uploads {
     /// in flight are never expired.
     pub async fn sweep(&self) -> Result<SweepReport> {
         let now = OffsetDateTime::now_utc();
+        let began = Instant::now();
+        let mut open = Vec::new();
         let mut report = SweepReport::default();
         for id in self.backend.list().await? {
             let cached = self.lock_open().get(&id).cloned();
@@ -1006,6 +1090,9 @@ impl Uploads {
                 },
             };
             let ended = record.state == StoredState::Failed || record.state.is_tombstone();
+            if record.state.is_open() {
+                open.push((record.owner.clone(), id, record.size));
+            }
             if record.state == StoredState::Uploading {
                 let up = match cached {
                     Some(up) => up,
@@ -1019,6 +1106,8 @@ impl Uploads {
                     continue;
                 }
                 self.bury(&up, StoredState::Expired).await?;
+                metrics::expired();
+                self.events.emit(EventKind::Expired, &up.record()).await;
                 tracing::info!(%id, "upload expired");
                 report.expired += 1;
             } else if ended && now - record.updated_at > self.config.tombstone_ttl {
@@ -1032,6 +1121,9 @@ impl Uploads {
                 report.purged += 1;
             }
         }
+        // Expiries above released their uploads after the scan began, so the rebuild
+        // does not count them again.
+        self.ledger.rebuild(open, began);
         // Drop handles nobody uses whose upload no longer changes.
         self.lock_open().retain(|_, up| {
             Arc::strong_count(up) > 1
@@ -1068,7 +1160,11 @@ impl Uploads {
         change(&mut record);
         record.updated_at = OffsetDateTime::now_utc();
         record.version = self.backend.save_record(&record).await?;
+        if !record.state.is_open() {
+            self.ledger.release(record.id);
+        }
         up.set_record(record.clone());
+        self.events.changed(up.id);
         Ok(record)
     }
 
@@ -1144,10 +1240,12 @@ async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Resu
         if to <= from {
             break;
         }
+        let started = Instant::now();
         let mut stream = backend.read_range(&record, from, to - from).await?;
         while let Some(b) = stream.next().await {
             hasher.update(&b?);
         }
+        metrics::hashed_read_back(to - from, started.elapsed());
         up.read_back.fetch_add(to - from, Ordering::Relaxed);
         total.fetch_add(to - from, Ordering::Relaxed);
         read += to - from;

@@ -20,7 +20,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A syntactically valid SigV4 `Authorization` value that moto accepts (it does not
@@ -136,16 +137,7 @@ impl S3Server {
                 );
             }
         };
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            reqwest::header::HeaderValue::from_static(ANY_AUTHORIZATION),
-        );
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .no_proxy()
-            .build()
-            .expect("reqwest client");
+        let client = any_client();
         S3Server {
             endpoint: format!("http://{addr}"),
             addr,
@@ -173,6 +165,57 @@ impl S3Server {
         }
         eprintln!("SKIPPED {test}: the S3 test server is not installed; {hint}");
         None
+    }
+
+    /// One server shared by every test of this test binary (each test then works in a
+    /// bucket of its own, [`S3Server::new_bucket`]), started on first use and gone with
+    /// the process. `None` (with a message) when the venv is missing, unless
+    /// `S3_REQUIRED=1`, in which case it panics as [`S3Server::start_or_skip`] does.
+    pub fn shared_or_skip(test: &str) -> Option<&'static S3Server> {
+        static SHARED: OnceLock<S3Server> = OnceLock::new();
+        if let Some(s3) = SHARED.get() {
+            return Some(s3);
+        }
+        let started = S3Server::start_or_skip(test)?;
+        // A racing test may have started one too: the loser's is dropped (killed).
+        Some(SHARED.get_or_init(|| started))
+    }
+
+    /// Creates a bucket with a name no other call in this process used, and returns it.
+    /// Uses a client of its own, so that it works from any test's runtime.
+    pub async fn new_bucket(&self) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let resp = any_client()
+            .put(self.url(&format!("/{name}")))
+            .send()
+            .await
+            .expect("PUT bucket");
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "create bucket {name}: {body}");
+        name
+    }
+
+    /// Removes a bucket and everything in it, freeing the server's memory
+    /// (`POST /_launcher/drop-bucket/{name}`). Blocking, so that it can run in `Drop`;
+    /// returns whether the bucket existed.
+    pub fn drop_bucket(&self, name: &str) -> bool {
+        let Ok(mut stream) = TcpStream::connect(&self.addr) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let req = format!(
+            "POST /_launcher/drop-bucket/{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+            self.addr
+        );
+        if stream.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut resp = String::new();
+        let _ = stream.read_to_string(&mut resp);
+        resp.starts_with("HTTP/1.1 204") || resp.starts_with("HTTP/1.0 204")
     }
 
     /// `endpoint` + `path` (`path` starts with `/`, e.g. `/bucket/key?uploads`).
@@ -286,6 +329,20 @@ impl S3Server {
         let _ = stream.read_to_string(&mut resp);
         resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
     }
+}
+
+/// An HTTP client that sends [`ANY_AUTHORIZATION`] with every request.
+fn any_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static(ANY_AUTHORIZATION),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .build()
+        .expect("reqwest client")
 }
 
 impl Drop for S3Server {

@@ -9,15 +9,17 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
+pub mod events;
 pub mod health;
 pub mod ietf;
+pub mod metrics;
 pub mod native;
+pub mod openapi;
 pub mod page;
 pub mod tus;
 
@@ -120,6 +122,8 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let request_id = HeaderName::from_static(common::headers::REQUEST_ID);
     let base = state.tus_path.clone();
     let auth = state.auth.clone();
+    let exporter = state.metrics.clone();
+    let rate_limit = state.rate_limit.clone();
     let tus_routes = Router::new()
         .route(&base, post(tus::create).options(tus::options))
         .route(
@@ -149,20 +153,32 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .route("/v1/uploads/{id}/complete", post(native::complete))
         .route("/v1/uploads/{id}/content", get(native::content))
         .route("/v1/uploads/{id}/content-url", post(native::content_url))
+        .route("/v1/uploads/{id}/events", get(events::follow))
+        .route("/v1/admin/events/dead", get(events::dead))
+        .route("/v1/admin/events/{id}/replay", post(events::replay))
         .merge(tus_routes)
         .merge(ietf::routes(&base))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
+            rate_limit,
+            crate::rate_limit::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             auth,
             crate::auth::authenticate,
         ))
+        // Public like `/healthz`, added after the authentication layer.
+        .merge(metrics::routes(exporter))
+        .merge(openapi::routes())
         .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
         ))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn(crate::access_log::log))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {
@@ -171,15 +187,19 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
                         .get(common::headers::REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
+                    // The path only: a query may hold a signed URL's signature.
+                    let path = req.uri().path();
                     tracing::info_span!(
                         "request",
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        path = %path,
                         request_id = %id,
+                        upload_id = crate::access_log::upload_id(path).map(tracing::field::display),
                     )
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                // `access_log` writes the request's line, with the bytes sent.
+                .on_response(()),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -5,7 +5,11 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use common::api::{CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload};
+use common::api::{
+    Capabilities, ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload,
+    Problem, UploadStatus,
+};
+use common::UploadId;
 use storage::{Completion, Content};
 use tower::ServiceExt;
 
@@ -21,11 +25,40 @@ fn location(id: common::UploadId) -> HeaderValue {
 }
 
 /// `GET /v1`: what this server accepts.
+#[utoipa::path(
+    get,
+    path = "/v1",
+    tag = "uploads",
+    security(()),
+    responses(
+        (status = 200, description = "What this server accepts.", body = Capabilities),
+    )
+)]
 pub async fn capabilities(State(state): State<AppState>) -> Response {
     Json(state.uploads.capabilities()).into_response()
 }
 
 /// `POST /v1/uploads`: creates an upload (idempotently with `Idempotency-Key`).
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    tag = "uploads",
+    request_body(content = CreateUpload, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "1 to 255 visible ASCII characters: the same key and body return the same upload."),
+    ),
+    responses(
+        (status = 201, description = "Created.", body = UploadStatus,
+         headers(("Location" = String, description = "The upload's URL."))),
+        (status = 200, description = "The upload an earlier request with this Idempotency-Key created.",
+         body = UploadStatus, headers(("Location" = String, description = "The upload's URL."))),
+        (status = 400, description = "Malformed body, header, size or chunk size.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the maximum upload size.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key was used with another body.", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left for the upload.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -43,6 +76,19 @@ pub async fn create(
 }
 
 /// `GET /v1/uploads/{id}`: the status document.
+#[utoipa::path(
+    get,
+    path = "/v1/uploads/{id}",
+    tag = "uploads",
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+    ),
+    responses(
+        (status = 200, description = "The upload's status.", body = UploadStatus),
+        (status = 404, description = "No such upload (or another owner's).", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -52,6 +98,29 @@ pub async fn status(
 }
 
 /// `PUT /v1/uploads/{id}/chunks/{index}`: stores one chunk, streamed.
+#[utoipa::path(
+    put,
+    path = "/v1/uploads/{id}/chunks/{index}",
+    tag = "uploads",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "Exactly the chunk's bytes (chunk_size, the last one shorter)."),
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+        ("index" = u64, Path, description = "Chunk index, from 0."),
+        ("Content-Digest" = Option<String>, Header,
+         description = "RFC 9530 digest of the body: `sha-256=:<base64>:`."),
+    ),
+    responses(
+        (status = 201, description = "Stored durably.", body = ChunkReceipt),
+        (status = 200, description = "The same bytes were already stored.", body = ChunkReceipt),
+        (status = 400, description = "Wrong length, digest or index.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled; nothing was stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Other bytes are stored for this index, or the upload is completing.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left; the upload stays resumable.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn put_chunk(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -60,8 +129,18 @@ pub async fn put_chunk(
     body: Body,
 ) -> Result<Response, ApiError> {
     let len = content_length(&headers)?;
-    let digest = content_digest(&headers)?;
     let mut stream = body_stream(body, state.body_timeout);
+    let digest = match content_digest(&headers) {
+        Ok(d) => d,
+        Err(e) => {
+            // A bad header is refused before the body is read: drain it, so the client
+            // that is still sending gets the answer.
+            if len.is_some_and(|l| l <= DRAIN_LIMIT) {
+                drain_after(&storage::Error::Invalid(String::new()), &mut stream).await;
+            }
+            return Err(e);
+        }
+    };
     let result = state
         .uploads
         .put_chunk(id, index, len, digest, &mut stream)
@@ -81,6 +160,26 @@ pub async fn put_chunk(
 }
 
 /// `POST /v1/uploads/{id}/complete`: verifies and publishes.
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/complete",
+    tag = "uploads",
+    request_body(content = Option<CompleteUpload>, content_type = "application/json",
+        description = "May be empty."),
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+    ),
+    responses(
+        (status = 200, description = "Verified and published.", body = UploadStatus),
+        (status = 202, description = "Verification continues in the background; poll the status.",
+         body = UploadStatus, headers(("Location" = String, description = "The upload's URL."))),
+        (status = 400, description = "Malformed body, or a SHA-256 other than the declared one.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Chunks are missing (listed in `missing`).", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled or expired.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file's SHA-256 does not match: the upload failed.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn complete(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -98,6 +197,19 @@ pub async fn complete(
 }
 
 /// `DELETE /v1/uploads/{id}`: cancels and frees the bytes.
+#[utoipa::path(
+    delete,
+    path = "/v1/uploads/{id}",
+    tag = "uploads",
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+    ),
+    responses(
+        (status = 204, description = "Cancelled; its bytes are removed."),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Already cancelled or expired.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -108,6 +220,23 @@ pub async fn cancel(
 
 /// `POST /v1/uploads/{id}/content-url`: a signed, expiring URL of the verified file that
 /// needs no token (for a browser link, or a service that downloads on the owner's behalf).
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/content-url",
+    tag = "uploads",
+    request_body(content = Option<CreateContentUrl>, content_type = "application/json",
+        description = "May be empty."),
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+    ),
+    responses(
+        (status = 200, description = "A signed download URL.", body = ContentUrl),
+        (status = 400, description = "Malformed body.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not completed yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn content_url(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -127,6 +256,30 @@ pub async fn content_url(
 }
 
 /// `GET /v1/uploads/{id}/content`: the verified file, with ranges and an ETag.
+#[utoipa::path(
+    get,
+    path = "/v1/uploads/{id}/content",
+    tag = "uploads",
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-99`."),
+        ("If-None-Match" = Option<String>, Header, description = "ETags (the quoted SHA-256)."),
+        ("exp" = Option<i64>, Query, description = "Expiry of a signed URL (unix seconds)."),
+        ("sig" = Option<String>, Query, description = "Signature of a signed URL."),
+    ),
+    responses(
+        (status = 200, description = "The file.", body = Vec<u8>, content_type = "application/octet-stream",
+         headers(("ETag" = String, description = "The quoted SHA-256."),
+                 ("Content-Disposition" = String, description = "attachment, with the file name."))),
+        (status = 206, description = "The requested range.", body = Vec<u8>, content_type = "application/octet-stream",
+         headers(("Content-Range" = String, description = "The range sent."))),
+        (status = 304, description = "Not modified (If-None-Match)."),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not completed yet.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "The range is not satisfiable."),
+    )
+)]
 pub async fn content(
     State(state): State<AppState>,
     IdPath(id): IdPath,

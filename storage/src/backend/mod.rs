@@ -139,8 +139,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes written bytes durable and records their receipts. After `Ok` they may be
     /// acknowledged: they survive a crash. A chunk receipt is write-once: when another
     /// request stored the same chunk first, `Ok` if it has the same digest, else
-    /// [`crate::Error::ChunkConflict`].
-    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()>;
+    /// [`crate::Error::ChunkConflict`]. Returns how many of the chunk receipts another
+    /// request (on shared storage, maybe another server) had stored first with the same
+    /// bytes, so that exactly one of racing identical writes reports a new chunk.
+    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64>;
 
     /// Before verification: joins the stored chunks into one readable whole. Nothing to do
     /// on local disk; on S3, checks each part against its receipt and completes the

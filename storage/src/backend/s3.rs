@@ -121,6 +121,28 @@ fn store_err(e: object_store::Error) -> Error {
 }
 
 impl S3Backend {
+
+    /// The chunk whose claim is in `dir` (a chunk's folder), if it was claimed.
+    async fn read_claim(&self, dir: &Path, index: u64) -> Result<Option<StoredChunk>> {
+        Ok(self.read_claim_named(dir, index).await?.map(|(c, _)| c))
+    }
+
+    /// [`Self::read_claim`], with the name of the receipt the claim holds.
+    async fn read_claim_named(
+        &self,
+        dir: &Path,
+        index: u64,
+    ) -> Result<Option<(StoredChunk, String)>> {
+        let held = match self.store.get(&dir.clone().join("claim")).await {
+            Ok(r) => r.bytes().await.map_err(store_err)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_err(e)),
+        };
+        let held = String::from_utf8_lossy(&held).into_owned();
+        let (first, _) = parse_receipt(&dir.clone().join(held.as_str()))
+            .ok_or_else(|| Error::Corrupt(format!("bad claim of chunk {index}")))?;
+        Ok(Some((first, held)))
+    }
     /// Connects to the bucket; credentials come from the standard `AWS_*` environment
     /// variables. Store requests are retried briefly (a few seconds), so that a store
     /// that is down is reported instead of waited on.
@@ -425,6 +447,16 @@ impl Backend for S3Backend {
         let multipart_id = self.multipart_id(record.id).await?;
         let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
         let lease_tag = self.take_lease(&lease).await?;
+        // A writer that finished while this request waited for the lease has claimed the
+        // chunk: its part must not be overwritten, so this request becomes a retry.
+        let dir = self.key(&format!("uploads/{}/chunks/{index:05}", record.id));
+        if let Some(stored) = self.read_claim(&dir, index).await? {
+            self.delete_if_exists(&lease).await?;
+            return Err(Error::StoredMeanwhile {
+                index,
+                stored: stored.sha256,
+            });
+        }
         let options = SignedUrlOptions::new().with_query([
             ("partNumber".to_string(), (index + 1).to_string()),
             ("uploadId".to_string(), multipart_id),
@@ -461,8 +493,9 @@ impl Backend for S3Backend {
         }))
     }
 
-    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<()> {
+    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64> {
         let id = record.id;
+        let mut stored_first = 0;
         for r in receipts {
             let Receipt::Chunk(c) = r else {
                 return Err(Error::WrongMode(
@@ -488,23 +521,19 @@ impl Backend for S3Backend {
                 Ok(_) => name,
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
-                    let held = self
-                        .store
-                        .get(&claim)
-                        .await
-                        .map_err(store_err)?
-                        .bytes()
-                        .await
-                        .map_err(store_err)?;
-                    let held = String::from_utf8_lossy(&held).into_owned();
-                    let (first, _) = parse_receipt(&dir.clone().join(held.as_str()))
-                        .ok_or_else(|| Error::Corrupt(format!("bad claim of chunk {}", c.index)))?;
+                    let Some((first, held)) = self.read_claim_named(&dir, c.index).await? else {
+                        return Err(Error::Corrupt(format!(
+                            "the claim of chunk {} vanished",
+                            c.index
+                        )));
+                    };
                     if first.sha256 != c.sha256 {
                         return Err(Error::ChunkConflict {
                             index: c.index,
                             stored: first.sha256,
                         });
                     }
+                    stored_first += 1;
                     held
                 }
                 Err(e) => return Err(store_err(e)),
@@ -526,7 +555,7 @@ impl Backend for S3Backend {
             }
             self.delete_if_exists(&dir.clone().join("lease")).await?;
         }
-        Ok(())
+        Ok(stored_first)
     }
 
     async fn assemble(&self, record: &UploadRecord, chunks: &[StoredChunk]) -> Result<()> {

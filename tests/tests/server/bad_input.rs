@@ -5,21 +5,29 @@ use std::time::Duration;
 use common::UploadId;
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-fn idempotency_entries(data_dir: &std::path::Path) -> usize {
-    std::fs::read_dir(data_dir.join("idempotency"))
-        .map(|rd| rd.flatten().count())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_create_requests_store_nothing() {
-    let (server, dir) = Server::start(&["--max-upload-size", "10MiB"]);
+    let (server, store) = start!(&["--max-upload-size", "10MiB"]);
     let api = Api::new(&server);
+    let caps: serde_json::Value = api
+        .http
+        .get(api.url("/v1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (min, max) = (
+        caps["chunk_size"]["min"].as_u64().unwrap(),
+        caps["chunk_size"]["max"].as_u64().unwrap(),
+    );
+    let max_chunks = caps["max_chunks"].as_u64().unwrap();
+    let above_max = format!("{{\"size\": 10, \"chunk_size\": {}}}", max + 1);
     let cases: &[(&str, u16)] = &[
         // Malformed JSON and wrong shapes.
         ("{", 400),
@@ -48,7 +56,7 @@ async fn bad_create_requests_store_nothing() {
         ("{\"size\": 10, \"chunk_size\": 1}", 400),
         ("{\"size\": 10, \"chunk_size\": -65536}", 400),
         ("{\"size\": 10, \"chunk_size\": \"1MiB\"}", 400),
-        ("{\"size\": 10, \"chunk_size\": 1073741825}", 400),
+        (&above_max, 400),
         ("{\"size\": 10, \"chunk_size\": 18446744073709551615}", 400),
         // Other fields.
         ("{\"size\": 10, \"sha256\": \"xyz\"}", 400),
@@ -89,43 +97,44 @@ async fn bad_create_requests_store_nothing() {
         .await
         .unwrap();
     problem(resp, 413).await;
-    assert_eq!(upload_dirs(dir.path()), 0, "nothing created on disk");
-    assert_eq!(idempotency_entries(dir.path()), 0);
+    assert_eq!(store.upload_count().await, 0, "nothing created");
+    assert_eq!(store.idempotency_count().await, 0);
 
-    // Too many chunks for the chunk size is refused too (100,001 chunks of 64 KiB).
-    let (server2, dir2) = Server::start(&[]);
+    // Too many chunks for the chunk size is refused too (one more than the most chunks of
+    // the smallest size).
+    let (server2, store2) = start!(&[]);
     let api2 = Api::new(&server2);
     let resp = api2
-        .create_raw(&json!({"size": 100_001u64 * 65_536, "chunk_size": 65_536}).to_string())
+        .create_raw(&json!({"size": (max_chunks + 1) * min, "chunk_size": min}).to_string())
         .await;
     problem(resp, 400).await;
-    assert_eq!(upload_dirs(dir2.path()), 0);
+    assert_eq!(store2.upload_count().await, 0);
 
     // The exact maximum is accepted.
     let st = api.create(json!({"size": 10 * MIB})).await;
     assert_eq!(st.size, 10 * MIB as u64);
-    assert_eq!(upload_dirs(dir.path()), 1);
+    assert_eq!(store.upload_count().await, 1);
 }
 
 /// An empty body, or a JSON array, is not a create request: the body is an object and
 /// `size` is required.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn create_body_must_be_a_json_object() {
-    let (server, dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let api = Api::new(&server);
     for body in ["", "   \n", "[10]", "[10, 65536]"] {
         let resp = api.create_raw(body).await;
         problem(resp, 400).await;
     }
-    assert_eq!(upload_dirs(dir.path()), 0, "nothing created on disk");
+    assert_eq!(store.upload_count().await, 0, "nothing created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ids_that_are_not_upload_ids_are_404() {
-    let (server, dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let api = Api::new(&server);
     let real = api
-        .create(json!({"size": 10, "chunk_size": 65_536}))
+        .create(json!({"size": 10, "chunk_size": store.chunk(64 * KIB)}))
         .await
         .id;
     let upper = real.to_string().to_uppercase();
@@ -198,7 +207,7 @@ async fn ids_that_are_not_upload_ids_are_404() {
         assert!(!text.contains("root:"), "{path}: {text}");
     }
     // Nothing but the one real upload exists, and it is untouched.
-    assert_eq!(upload_dirs(dir.path()), 1);
+    assert_eq!(store.upload_count().await, 1);
     let st = api.status(real).await;
     assert_eq!(st.received_bytes, 0);
     // Unknown routes and methods: problem documents too.

@@ -1,13 +1,14 @@
 //! Chunk PUT semantics: retries, conflicts, digests, lengths, indexes, chunked bodies.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::api::ChunkReceipt;
 use common::UploadId;
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::{random_bytes, sha256_hex, Server};
+use tests::{random_bytes, sha256_hex};
 
 use crate::support::*;
 
@@ -22,9 +23,9 @@ fn stream_body(parts: Vec<Vec<u8>>) -> reqwest::Body {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunk_retries_conflicts_and_digests() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let api = Api::new(&server);
-    let cs = 64 * KIB;
+    let cs = store.chunk(64 * KIB);
     let file = random_bytes(3 * cs + 100, 10);
     let chunk = |i: usize| &file[i * cs..((i + 1) * cs).min(file.len())];
     let st = api
@@ -201,11 +202,26 @@ async fn chunk_retries_conflicts_and_digests() {
 /// A PUT racing its own retries, and PUTs of different bytes racing for one index: one
 /// is stored (201), retries of it are 200, the others 409, and the stored bytes are one
 /// sender's, whole.
+/// A PUT by a client that honours `503` + `Retry-After`: on S3 a chunk being sent by
+/// another request is leased to it, and a racing request is told to come back (at most
+/// 30 s). Returns the final status.
+async fn put_retrying_503(api: &Api, id: UploadId, index: u64, bytes: &[u8]) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = api.put(id, index, bytes, true).await;
+        if resp.status() != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            return resp.status().as_u16();
+        }
+        let wait: u64 = header(resp.headers(), "retry-after").parse().unwrap();
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_puts_to_one_index() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let api = Arc::new(Api::new(&server));
-    let cs = 256 * KIB;
+    let cs = store.chunk(256 * KIB);
     let st = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
     let id = st.id;
 
@@ -214,11 +230,11 @@ async fn racing_puts_to_one_index() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (api, same) = (api.clone(), same.clone());
-        tasks.spawn(async move { api.put(id, 0, &same, true).await.status() });
+        tasks.spawn(async move { put_retrying_503(&api, id, 0, &same).await });
     }
     let mut codes = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        codes.push(r.unwrap().as_u16());
+        codes.push(r.unwrap());
     }
     codes.sort();
     assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 201]);
@@ -229,7 +245,7 @@ async fn racing_puts_to_one_index() {
         let api = api.clone();
         tasks.spawn(async move {
             let body = random_bytes(cs, 100 + n);
-            (api.put(id, 1, &body, true).await.status().as_u16(), body)
+            (put_retrying_503(&api, id, 1, &body).await, body)
         });
     }
     let mut winners = Vec::new();
@@ -258,9 +274,9 @@ async fn racing_puts_to_one_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn early_error_answer_does_not_break_keep_alive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (server, _dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let api = Api::new(&server);
-    let cs = 64 * KIB;
+    let cs = store.chunk(64 * KIB);
     let st = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
     let unknown = UploadId::new_random();
     let body = random_bytes(MIB, 70);

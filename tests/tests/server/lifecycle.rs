@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::api::UploadState;
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::{random_bytes, sha256_hex, Server};
+use tests::{random_bytes, sha256_hex};
 
 use crate::support::*;
 
@@ -14,16 +14,22 @@ use crate::support::*;
 /// keeps receiving chunks lives on, and a completed one keeps its content.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_uploads_expire_active_ones_do_not() {
-    let (server, dir) = Server::start(&["--upload-ttl", "2s"]);
+    let (server, store) = start!(&["--upload-ttl", "2s"]);
     let api = Api::new(&server);
-    let cs = 64 * KIB;
+    let cs = store.chunk(64 * KIB);
+    // Enough chunks to feed the active upload until the idle one expires (~20 on disk,
+    // fewer on S3, where each chunk takes longer to send).
+    let active_chunks = match store.storage {
+        Storage::Local => 200,
+        Storage::S3 => 30,
+    };
 
     let done_file = random_bytes(cs, 30);
     let done = api.create(json!({"size": cs, "chunk_size": cs})).await;
     api.put_ok(done.id, 0, &done_file).await;
     assert_eq!(api.complete(done.id, None).await.status(), StatusCode::OK);
 
-    let active_file = random_bytes(200 * cs, 31);
+    let active_file = random_bytes(active_chunks * cs, 31);
     let active = api
         .create(json!({"size": active_file.len(), "chunk_size": cs}))
         .await;
@@ -31,8 +37,7 @@ async fn idle_uploads_expire_active_ones_do_not() {
     let idle_file = random_bytes(2 * cs, 32);
     let idle = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
     api.put_ok(idle.id, 0, &idle_file[..cs]).await;
-    let idle_data = upload_file(dir.path(), idle.id, "data");
-    assert!(idle_data.exists());
+    assert!(store.has_bytes(idle.id).await);
 
     // Feed the active upload a chunk every ~100 ms until the idle one is gone.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -45,6 +50,10 @@ async fn idle_uploads_expire_active_ones_do_not() {
         }
         assert_eq!(resp.status(), StatusCode::OK);
         assert!(Instant::now() < deadline, "the idle upload never expired");
+        assert!(
+            next < active_chunks,
+            "the idle upload outlived the active chunks"
+        );
         api.put_ok(
             active.id,
             next as u64,
@@ -64,8 +73,8 @@ async fn idle_uploads_expire_active_ones_do_not() {
 
     wait_until(
         Duration::from_secs(10),
-        "the expired data file to go",
-        || async { !idle_data.exists() },
+        "the expired upload's bytes to go",
+        || async { !store.has_bytes(idle.id).await },
     )
     .await;
     problem(api.put(idle.id, 1, &idle_file[cs..], true).await, 410).await;
@@ -75,7 +84,7 @@ async fn idle_uploads_expire_active_ones_do_not() {
     api.assert_content(done.id, &done_file).await;
 
     // The active one finishes.
-    for i in next..200 {
+    for i in next..active_chunks {
         api.put_ok(active.id, i as u64, &active_file[i * cs..(i + 1) * cs])
             .await;
     }
@@ -88,7 +97,7 @@ async fn idle_uploads_expire_active_ones_do_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_when_idle_exits_zero() {
-    let (mut server, _dir) = Server::start(&[]);
+    let (mut server, _store) = start!(&[]);
     let api = Api::new(&server);
     let resp = api.http.get(api.url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -109,9 +118,9 @@ async fn sigterm_when_idle_exits_zero() {
 /// durable, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_lets_an_inflight_chunk_finish() {
-    let (mut server, dir) = Server::start(&["--shutdown-timeout", "20s"]);
+    let (mut server, store) = start!(&["--shutdown-timeout", "20s"]);
     let api = Api::new(&server);
-    let cs = 4 * MIB;
+    let cs = store.chunk(4 * MIB);
     let file = random_bytes(cs, 40);
     let st = api.create(json!({"size": cs, "chunk_size": cs})).await;
     let id = st.id;
@@ -129,15 +138,15 @@ async fn sigterm_lets_an_inflight_chunk_finish() {
             .body(reqwest::Body::wrap_stream(body));
         async move { req.send().await }
     });
-    let half = 3 * MIB / 2;
+    let half = cs * 3 / 8;
     tx.send(Bytes::copy_from_slice(&file[..half]))
         .await
         .unwrap();
-    // The server is handling the chunk once its first bytes are in the data file.
+    // The server is handling the chunk once it stores its first bytes.
     wait_until(
         Duration::from_secs(10),
-        "the chunk's first bytes on disk",
-        || async { data_holds(dir.path(), id, 0, &file[..4096]) },
+        "the chunk being stored",
+        || async { store.writing(id, 0, 0, &file[..4096]).await },
     )
     .await;
 
@@ -182,17 +191,17 @@ async fn sigterm_lets_an_inflight_chunk_finish() {
 /// chunk is not counted after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_is_bounded_by_its_timeout() {
-    let (mut server, dir) = Server::start(&["--shutdown-timeout", "1s", "--body-timeout", "60s"]);
+    let (mut server, store) = start!(&["--shutdown-timeout", "1s", "--body-timeout", "60s"]);
     let api = Api::new(&server);
-    let cs = 2 * MIB;
+    let cs = store.chunk(2 * MIB);
     let file = random_bytes(cs, 41);
     let st = api.create(json!({"size": cs, "chunk_size": cs})).await;
-    let _stalled = raw_put(&server, st.id, 0, cs, &file[..3 * MIB / 2]).await;
+    let _stalled = raw_put(&server, st.id, 0, cs, &file[..cs * 3 / 4]).await;
     let _silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     wait_until(
         Duration::from_secs(10),
-        "the chunk's first bytes on disk",
-        || async { data_holds(dir.path(), st.id, 0, &file[..4096]) },
+        "the chunk being stored",
+        || async { store.writing(st.id, 0, 0, &file[..4096]).await },
     )
     .await;
     let started = Instant::now();
@@ -216,7 +225,7 @@ async fn shutdown_is_bounded_by_its_timeout() {
 /// A connection that is open but idle (no request yet) does not hold the exit back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_does_not_wait_for_idle_connections() {
-    let (mut server, _dir) = Server::start(&["--shutdown-timeout", "20s"]);
+    let (mut server, _store) = start!(&["--shutdown-timeout", "20s"]);
     let api = Api::new(&server);
     let _silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     // A kept-alive connection that served one request.
@@ -237,50 +246,4 @@ async fn sigterm_does_not_wait_for_idle_connections() {
         took < Duration::from_secs(5),
         "idle connections delayed the exit by {took:?}"
     );
-}
-
-/// A second server on a data directory in use refuses to start (two writers would corrupt
-/// the journals), and says why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn second_server_on_the_same_directory_refuses_to_start() {
-    let (server, dir) = Server::start(&[]);
-    let api = Api::new(&server);
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || {
-            let mut child = std::process::Command::new(tests::bin_path("upload-server"))
-                .args(["--listen", "127.0.0.1:0", "--data-dir"])
-                .arg(&dir)
-                .env_remove("UPLOAD_SERVER_LISTEN")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            child.wait_with_output().unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "second server: {:?}\n{text}",
-        out.status
-    );
-    assert!(!text.contains("listening on"), "{text}");
-    // The first one is unaffected.
-    let resp = api.http.get(api.url("/readyz")).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
 }

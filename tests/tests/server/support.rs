@@ -1,6 +1,7 @@
-//! Shared helpers of the server tests: a typed client over the native API, problem
-//! document checks, raw-socket requests for the cases reqwest cannot produce (stalls,
-//! disconnects), and bounded polling.
+//! Shared helpers of the server tests: the storage fixture (each test binary runs the same
+//! tests on local disk or on S3, see [`start`]), a typed client over the native API,
+//! problem document checks, raw-socket requests for the cases reqwest cannot produce
+//! (stalls, disconnects), and bounded polling.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,12 +13,258 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tests::s3::S3Server;
 use tests::Server;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
+
+/// Where the servers of a test binary keep uploads: `server` tests them on local disk,
+/// `server_s3` the same tests on S3 (one moto server per binary, a bucket per test).
+/// Each binary names its storage in a `STORAGE` constant at its root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // each test binary names one of them
+pub enum Storage {
+    /// `--data-dir` on local disk.
+    Local,
+    /// `--storage s3` on a fresh bucket of the binary's shared S3 test server.
+    S3,
+}
+
+/// S3's smallest part, hence the smallest chunk but the last.
+const S3_MIN_CHUNK: usize = 5 * MIB;
+
+/// Starts an `upload-server` with `args` on this binary's storage ([`crate::STORAGE`]):
+/// `let (server, store) = start!(&[...]);`. On S3 the test returns early (skipped, with a
+/// message) when the S3 test server is not installed, unless `S3_REQUIRED=1`.
+macro_rules! start {
+    ($args:expr) => {
+        match crate::support::start_server(module_path!(), $args).await {
+            Some(started) => started,
+            None => return,
+        }
+    };
+}
+pub(crate) use start;
+
+/// See [`start!`]: the server and its [`Store`], or `None` when S3 is not available.
+pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    match crate::STORAGE {
+        Storage::Local => {
+            let server = Server::start_in(dir.path(), args);
+            Some((
+                server,
+                Store {
+                    storage: Storage::Local,
+                    dir,
+                    s3: None,
+                    http: client(),
+                },
+            ))
+        }
+        Storage::S3 => {
+            let s3 = S3Server::shared_or_skip(test)?;
+            let bucket = s3.new_bucket().await;
+            let mut all = vec![
+                "--storage",
+                "s3",
+                "--s3-bucket",
+                &bucket,
+                "--s3-endpoint",
+                &s3.endpoint,
+                "--s3-allow-http",
+                "--s3-region",
+                "us-east-1",
+            ];
+            all.extend_from_slice(args);
+            let server = Server::start_with_env(dir.path(), &all, &s3.aws_env());
+            Some((
+                server,
+                Store {
+                    storage: Storage::S3,
+                    dir,
+                    s3: Some((s3, bucket)),
+                    http: any_auth_client(),
+                },
+            ))
+        }
+    }
+}
+
+/// One test's storage, and what the test may look at inside it. On S3 its bucket is
+/// removed (freeing the S3 server's memory) when it is dropped.
+pub struct Store {
+    /// Which storage.
+    pub storage: Storage,
+    /// The server's data directory (on S3 it holds nothing of the uploads).
+    pub dir: tempfile::TempDir,
+    s3: Option<(&'static S3Server, String)>,
+    http: Client,
+}
+
+impl Store {
+    /// The `storage` name in `GET /v1`.
+    pub fn name(&self) -> &'static str {
+        match self.storage {
+            Storage::Local => "local",
+            Storage::S3 => "s3",
+        }
+    }
+
+    /// The chunk size a test uses where it would use `local` on local disk: on S3 the
+    /// smallest part S3 takes (5 MiB), so tests there keep their chunk counts small.
+    pub fn chunk(&self, local: usize) -> usize {
+        match self.storage {
+            Storage::Local => local,
+            Storage::S3 => S3_MIN_CHUNK,
+        }
+    }
+
+    /// How many chunks a test sends where it would send `local` on local disk: at most 4
+    /// on S3, where chunks are 5 MiB and the test server keeps every byte in memory.
+    pub fn count(&self, local: usize) -> usize {
+        match self.storage {
+            Storage::Local => local,
+            Storage::S3 => local.min(4),
+        }
+    }
+
+    fn bucket(&self) -> (&'static S3Server, &str) {
+        let (s3, bucket) = self.s3.as_ref().expect("an S3 store");
+        (s3, bucket.as_str())
+    }
+
+    /// Keys of the test's bucket under `prefix` (ListObjectsV2, one page).
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let (s3, bucket) = self.bucket();
+        let resp = self
+            .http
+            .get(s3.url(&format!("/{bucket}?list-type=2&prefix={prefix}")))
+            .send()
+            .await
+            .expect("ListObjectsV2");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.text().await.expect("listing");
+        assert!(!body.contains("<IsTruncated>true</IsTruncated>"), "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether `key` is an object of the test's bucket.
+    async fn object_exists(&self, key: &str) -> bool {
+        let (s3, bucket) = self.bucket();
+        let resp = self
+            .http
+            .head(s3.url(&format!("/{bucket}/{key}")))
+            .send()
+            .await
+            .expect("HeadObject");
+        match resp.status() {
+            StatusCode::OK => true,
+            StatusCode::NOT_FOUND => false,
+            other => panic!("HEAD {key}: {other}"),
+        }
+    }
+
+    /// Uploads stored, tombstones included.
+    pub async fn upload_count(&self) -> usize {
+        match self.storage {
+            Storage::Local => upload_dirs(self.dir.path()),
+            Storage::S3 => self
+                .keys("uploads/")
+                .await
+                .iter()
+                .filter(|k| k.ends_with("/record.json"))
+                .count(),
+        }
+    }
+
+    /// Idempotency keys claimed.
+    pub async fn idempotency_count(&self) -> usize {
+        match self.storage {
+            Storage::Local => std::fs::read_dir(self.dir.path().join("idempotency"))
+                .map(|rd| rd.flatten().count())
+                .unwrap_or(0),
+            Storage::S3 => self.keys("idempotency/").await.len(),
+        }
+    }
+
+    /// Whether any bytes or chunk receipts of upload `id` are stored (before or after
+    /// completion): the data file and journal on disk; on S3 the multipart upload, its
+    /// chunk objects, the staging object or the published file.
+    pub async fn has_bytes(&self, id: UploadId) -> bool {
+        match self.storage {
+            Storage::Local => ["data", "chunks.journal", "content"]
+                .iter()
+                .any(|name| upload_file(self.dir.path(), id, name).exists()),
+            Storage::S3 => {
+                let (s3, bucket) = self.bucket();
+                let staging = format!("uploads/{id}/staging");
+                let resp = self
+                    .http
+                    .get(s3.url(&format!("/{bucket}?uploads&prefix={staging}")))
+                    .send()
+                    .await
+                    .expect("ListMultipartUploads");
+                let body = resp.text().await.expect("listing");
+                body.contains("<UploadId>")
+                    || !self.keys(&format!("uploads/{id}/chunks/")).await.is_empty()
+                    || self.object_exists(&staging).await
+                    || self.object_exists(&format!("files/{id}")).await
+            }
+        }
+    }
+
+    /// Whether the completed file of upload `id` is stored.
+    pub async fn has_content(&self, id: UploadId) -> bool {
+        match self.storage {
+            Storage::Local => upload_file(self.dir.path(), id, "content").exists(),
+            Storage::S3 => self.object_exists(&format!("files/{id}")).await,
+        }
+    }
+
+    /// Whether the server is storing chunk `index` of `id` (not yet acknowledged), whose
+    /// bytes from the chunk's start are `first`: on disk they are in the data file at
+    /// `offset`; on S3 the chunk's lease is taken (the part streams to the store).
+    pub async fn writing(&self, id: UploadId, index: u64, offset: u64, first: &[u8]) -> bool {
+        match self.storage {
+            Storage::Local => data_holds(self.dir.path(), id, offset, first),
+            Storage::S3 => {
+                self.object_exists(&format!("uploads/{id}/chunks/{index:05}/lease"))
+                    .await
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some((s3, bucket)) = &self.s3 {
+            s3.drop_bucket(bucket);
+        }
+    }
+}
+
+/// A client for raw S3 requests to the test server (it wants an `Authorization` header).
+fn any_auth_client() -> Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_static(tests::s3::ANY_AUTHORIZATION),
+    );
+    Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client")
+}
 
 /// A client that never goes through a proxy and never waits forever. It keeps connections
 /// alive, as real clients do.
@@ -104,6 +351,27 @@ impl Api {
         assert_eq!(receipt.index, index);
         assert_eq!(receipt.size, bytes.len() as u64);
         assert_eq!(receipt.sha256, digest(bytes));
+    }
+
+    /// [`Api::put_ok`], after waiting out 503 answers as a client honouring `Retry-After`
+    /// does (at most 30 s): on S3 a chunk that a killed server was sending stays leased
+    /// to it for a few seconds.
+    pub async fn put_ok_retrying(&self, id: UploadId, index: u64, bytes: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = self.put(id, index, bytes, true).await;
+            if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
+                assert_eq!(resp.status(), StatusCode::CREATED, "PUT chunk {index}");
+                let receipt: ChunkReceipt = resp.json().await.expect("receipt JSON");
+                assert_eq!(receipt.sha256, digest(bytes));
+                return;
+            }
+            let wait: u64 = header(resp.headers(), "retry-after")
+                .parse()
+                .expect("Retry-After seconds");
+            assert!(Instant::now() < deadline, "chunk {index}: 503 for 30 s");
+            tokio::time::sleep(Duration::from_secs(wait.clamp(1, 5))).await;
+        }
     }
 
     /// Sends every chunk of `file` in index order.
