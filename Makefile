@@ -4,8 +4,9 @@ export CARGO_TERM_COLOR ?= never
 
 S3_SERVER := bash scripts/s3-server/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
+API_TOOLS := bash scripts/api-tools/setup.sh
 
-.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install
+.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install
 
 all: build
 
@@ -29,17 +30,23 @@ lint:
 
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
 ## terminal test, a local S3-compatible server (moto, in target/tools/s3-venv), and the
-## real web clients (tus-js-client, Uppy, playwright-core, tuspy, Debian's chromium).
-test-deps: s3-install webclients-install
+## real web clients (tus-js-client, Uppy, playwright-core, tuspy, Debian's chromium), and
+## the API checkers (promtool, Schemathesis).
+test-deps: s3-install webclients-install api-tools-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 
 ## Everything: lints, unit tests, end-to-end tests against the real binaries and clients.
 test: lint build test-deps
-	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 $(CARGO) test --workspace
+	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 $(CARGO) test --workspace
 
 ## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
 webclients-install:
 	@$(WEBCLIENTS) install
+
+## promtool (unpacked from Debian's prometheus package) and Schemathesis (in a venv):
+## ~15 s once, then a no-op.
+api-tools-install:
+	@$(API_TOOLS) install
 
 ## Local S3-compatible test server: installed once (~20 s), then a no-op.
 s3-install:

@@ -148,8 +148,11 @@ pub fn now() -> i64 {
 }
 
 /// `exp` and `sig` of a signed content URL, if the request is one: `GET`/`HEAD` of
-/// `/v1/uploads/{id}/content?exp=..&sig=..`. Returns the id text too.
-fn signed_content(req: &Request) -> Option<(String, i64, String)> {
+/// `/v1/uploads/{id}/content?exp=..&sig=..`. Returns the id text too. `Some(Err(()))`
+/// when the query names `exp` or `sig` but is no well-formed signed URL (one of them
+/// missing, `exp` not a number): such a request is refused rather than served as if it
+/// had no query.
+pub(crate) fn signed_content(req: &Request) -> Option<Result<(String, i64, String), ()>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return None;
     }
@@ -158,15 +161,24 @@ fn signed_content(req: &Request) -> Option<(String, i64, String)> {
         .path()
         .strip_prefix("/v1/uploads/")?
         .strip_suffix("/content")?;
-    let (mut exp, mut sig) = (None, None);
+    let (mut exp, mut sig, mut named) = (None, None, false);
     for pair in req.uri().query()?.split('&') {
         match pair.split_once('=') {
-            Some(("exp", v)) => exp = v.parse().ok(),
-            Some(("sig", v)) => sig = Some(v.to_string()),
+            Some(("exp", v)) => {
+                named = true;
+                exp = v.parse().ok();
+            }
+            Some(("sig", v)) => {
+                named = true;
+                sig = Some(v.to_string());
+            }
             _ => {}
         }
     }
-    Some((id.to_string(), exp?, sig?))
+    named.then(|| match (exp, sig) {
+        (Some(exp), Some(sig)) => Ok((id.to_string(), exp, sig)),
+        _ => Err(()),
+    })
 }
 
 /// `token owner` per line; blank lines and `#` comments are skipped.
@@ -262,13 +274,22 @@ pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) ->
     if public {
         return next.run(req).await;
     }
-    if let Some((id, exp, sig)) = signed_content(&req) {
+    match signed_content(&req) {
         // A signed URL stands for the server itself, for this one upload's content.
-        if auth.verify_content(&id, exp, &sig, now()) {
+        Some(Ok((id, exp, sig))) if auth.verify_content(&id, exp, &sig, now()) => {
             return next.run(req).await;
         }
-        return ApiError::Unauthorized("the signed URL is invalid or expired".into())
-            .into_response();
+        Some(Ok(_)) => {
+            return ApiError::Unauthorized("the signed URL is invalid or expired".into())
+                .into_response()
+        }
+        Some(Err(())) => {
+            return ApiError::Unauthorized(
+                "a signed URL needs both exp (Unix seconds) and sig".into(),
+            )
+            .into_response()
+        }
+        None => {}
     }
     let authorization = req
         .headers()

@@ -128,6 +128,12 @@ pub fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
+/// Sets the dead-letter gauge from the outbox (after a change to the set, and at start).
+pub async fn count_dead_letters(outbox: &dyn Outbox) -> storage::Result<()> {
+    storage::metrics::webhook_dead_letters(outbox.dead().await?.len() as u64);
+    Ok(())
+}
+
 /// The delivery task: runs until aborted.
 pub async fn deliver_forever(outbox: Arc<dyn Outbox>, signal: Arc<Notify>, s: WebhookSettings) {
     let client = match reqwest::Client::builder()
@@ -150,6 +156,9 @@ pub async fn deliver_forever(outbox: Arc<dyn Outbox>, signal: Arc<Notify>, s: We
         in_flight: Mutex::new(HashSet::new()),
         signal,
     });
+    if let Err(e) = count_dead_letters(d.outbox.as_ref()).await {
+        tracing::warn!(error = %e, "could not count the dead letters");
+    }
     let mut pruned_at = None::<std::time::Instant>;
     loop {
         if pruned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
@@ -262,6 +271,7 @@ impl Deliverer {
         let upload = q.event.upload.id;
         if errors.is_empty() {
             tracing::info!(event = %id, %upload, kind, "webhook delivered");
+            storage::metrics::webhook_delivery("delivered");
             return self.outbox.delivered(id).await;
         }
         let d = &mut q.delivery;
@@ -274,7 +284,9 @@ impl Deliverer {
                 error = d.last_error.as_deref().unwrap_or_default(),
                 "webhook delivery given up; the event is a dead letter"
             );
-            return self.outbox.bury(&q).await;
+            storage::metrics::webhook_delivery("dead");
+            self.outbox.bury(&q).await?;
+            return count_dead_letters(self.outbox.as_ref()).await;
         }
         let delay = backoff(d.attempts, self.s.retry_base, self.s.retry_max);
         d.next_attempt_at = Some(now + delay);
@@ -283,6 +295,7 @@ impl Deliverer {
             error = d.last_error.as_deref().unwrap_or_default(),
             "webhook delivery failed; retrying"
         );
+        storage::metrics::webhook_delivery("retry");
         self.outbox.update(&q).await
     }
 

@@ -60,6 +60,9 @@ impl Breaker {
     /// (I/O errors), not answers such as "not found".
     pub fn record<T>(&self, outcome: &Result<T>) {
         let failed = matches!(outcome, Err(Error::Io(_)));
+        if let Err(e) = outcome {
+            crate::metrics::storage_error(e);
+        }
         let mut s = self.lock();
         let was_open = !matches!(*s, State::Closed { .. });
         *s = match (&*s, failed) {

@@ -256,5 +256,6 @@ pub async fn replay(
         other => other?,
     };
     state.uploads.events().queued_signal().notify_one();
+    crate::webhooks::count_dead_letters(outbox.as_ref()).await?;
     Ok((StatusCode::ACCEPTED, Json(entry(q))).into_response())
 }

@@ -55,6 +55,7 @@ pub async fn capabilities(State(state): State<AppState>) -> Response {
          body = UploadStatus, headers(("Location" = String, description = "The upload's URL."))),
         (status = 400, description = "Malformed body, header, size or chunk size.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than the maximum upload size.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The upload this Idempotency-Key created was cancelled or expired.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The Idempotency-Key was used with another body.", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left for the upload.", body = Problem, content_type = "application/problem+json"),
     )
