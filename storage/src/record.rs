@@ -277,7 +277,19 @@ fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
             "{what} must not contain control characters"
         )));
     }
+    if s.chars().any(is_bidi_control) {
+        return Err(Error::Invalid(format!(
+            "{what} must not contain bidirectional text controls (they make a name display as \
+             another)"
+        )));
+    }
     Ok(())
+}
+
+/// Unicode's explicit direction marks, embeddings, overrides and isolates: invisible,
+/// and able to make a name display as another.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -364,6 +376,10 @@ mod tests {
         assert!(matches!(l.validate(&r), Err(Error::Invalid(_))));
         r.filename = Some("x".repeat(MAX_FILENAME_LEN + 1));
         assert!(matches!(l.validate(&r), Err(Error::Invalid(_))));
+        r.filename = Some("invoice\u{202e}fdp.exe".into());
+        assert!(l.validate(&r).is_err(), "a right-to-left override");
+        r.filename = Some("résumé — 履歴書.pdf".into());
+        assert!(l.validate(&r).is_ok(), "non-ASCII names are fine");
         r.filename = Some("../../etc/passwd".into());
         assert!(l.validate(&r).is_ok(), "a filename is data, never a path");
     }

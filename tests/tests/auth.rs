@@ -210,6 +210,50 @@ async fn owners_are_isolated_on_every_route() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["upload-offset"], "0");
 
+    // The IETF draft's endpoint: the same rule.
+    let resp = alice
+        .req(Method::POST, "/uploads/")
+        .header("upload-draft-interop-version", "8")
+        .header("upload-complete", "?0")
+        .header("upload-length", "10")
+        .body("01234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    for (method, body) in [
+        (Method::HEAD, None),
+        (Method::PATCH, Some("56789")),
+        (Method::DELETE, None),
+    ] {
+        let mut r = bob
+            .req(method.clone(), &loc)
+            .header("upload-draft-interop-version", "8");
+        if let Some(body) = body {
+            r = r
+                .header("content-type", "application/partial-upload")
+                .header("upload-offset", "5")
+                .header("upload-complete", "?1")
+                .body(body);
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "IETF {method}");
+    }
+    let resp = alice
+        .req(Method::HEAD, &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        resp.headers()["upload-offset"],
+        "5",
+        "Bob's PATCH appended nothing"
+    );
+    assert_eq!(resp.headers()["upload-complete"], "?0");
+
     // Idempotency keys are per owner.
     let key_create = |who: &As| {
         who.req(Method::POST, "/v1/uploads")

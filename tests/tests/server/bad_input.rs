@@ -218,3 +218,93 @@ async fn ids_that_are_not_upload_ids_are_404() {
     )
     .await;
 }
+
+/// Filenames and metadata are data: a path-like name is stored as it is and never used as
+/// a path (nothing appears outside the data directory), names that would disguise
+/// themselves (control characters, bidirectional overrides) or are too long or not UTF-8
+/// are refused, and a download is always an attachment of type `application/octet-stream`
+/// with `nosniff` and an RFC 6266 name, so uploaded HTML is never rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filenames_are_data_and_downloads_are_never_pages() {
+    let (server, store) = start!(&[]);
+    let api = Api::new(&server);
+    let page = b"<html><script>alert(document.cookie)</script></html>".to_vec();
+    for (name, ascii, encoded) in [
+        (
+            "../../../evil.html",
+            ".._.._.._evil.html",
+            "..%2F..%2F..%2Fevil.html",
+        ),
+        ("/etc/passwd", "_etc_passwd", "%2Fetc%2Fpasswd"),
+        (
+            "r\u{e9}sum\u{e9} \"q\".html",
+            "r_sum_ _q_.html",
+            "r%C3%A9sum%C3%A9%20%22q%22.html",
+        ),
+    ] {
+        let st = api
+            .create(json!({
+                "size": page.len(),
+                "filename": name,
+                "metadata": {"path": "..\\..\\windows", "type": "text/html"},
+            }))
+            .await;
+        assert_eq!(st.filename.as_deref(), Some(name), "kept as it was sent");
+        api.put_ok(st.id, 0, &page).await;
+        let done = api.complete(st.id, None).await;
+        assert_eq!(done.status(), StatusCode::OK);
+        let resp = api.content(st.id).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(
+            header(resp.headers(), "content-type"),
+            "application/octet-stream"
+        );
+        assert_eq!(header(resp.headers(), "x-content-type-options"), "nosniff");
+        assert_eq!(
+            header(resp.headers(), "content-disposition"),
+            format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+        );
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), page);
+    }
+    // The names were never used as paths: nothing of them in the data directory, nor
+    // where the traversals would have led.
+    let dir = store.dir.path();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains("evil") && !name.contains("passwd") && !name.contains("sum"),
+                "{}",
+                e.path().display()
+            );
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(e.path());
+            }
+        }
+    }
+    for up in ["..", "../..", "../../..", "../../../.."] {
+        assert!(!dir.join(up).join("evil.html").exists(), "{up}/evil.html");
+    }
+
+    // Refused: control characters, bidirectional overrides, too long, not UTF-8.
+    for body in [
+        json!({"size": 1, "filename": "a\u{0}b"}).to_string(),
+        json!({"size": 1, "filename": "a\u{1b}[31mred"}).to_string(),
+        json!({"size": 1, "filename": "invoice\u{202e}fdp.exe"}).to_string(),
+        json!({"size": 1, "metadata": {"k": "x\u{2066}y"}}).to_string(),
+        json!({"size": 1, "filename": "n".repeat(5000)}).to_string(),
+        json!({"size": 1, "metadata": {"k": "v".repeat(20_000)}}).to_string(),
+    ] {
+        problem(api.create_raw(&body).await, 400).await;
+    }
+    let not_utf8 = api
+        .http
+        .post(api.url("/v1/uploads"))
+        .header("content-type", "application/json")
+        .body(b"{\"size\": 1, \"filename\": \"\xff\xfe\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    problem(not_utf8, 400).await;
+}
