@@ -225,26 +225,37 @@ impl Deliverer {
             self.in_flight().insert(id.clone());
             let d = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = d.deliver(&id).await {
-                    tracing::warn!(event = %id, error = %e, "webhook delivery could not be recorded");
-                }
+                let attempted = match d.deliver(&id).await {
+                    Ok(attempted) => attempted,
+                    Err(e) => {
+                        // A failing store: look again at the next poll, not at once.
+                        tracing::warn!(event = %id, error = %e, "webhook delivery could not be recorded");
+                        false
+                    }
+                };
                 d.in_flight().remove(&id);
                 drop(permit);
-                d.signal.notify_one();
+                // Another server holds the claim and is delivering the event: waking the
+                // loop now would only list and claim again at once, a busy loop against
+                // the store for as long as that delivery takes. The next poll looks again.
+                if attempted {
+                    d.signal.notify_one();
+                }
             });
         }
         Ok(wait)
     }
 
-    /// One delivery attempt of event `id` to every URL that has not accepted it yet.
-    async fn deliver(&self, id: &str) -> storage::Result<()> {
+    /// One delivery attempt of event `id` to every URL that has not accepted it yet;
+    /// `false` when another process holds the event's claim (nothing was attempted).
+    async fn deliver(&self, id: &str) -> storage::Result<bool> {
         let lease = self.s.timeout * (self.s.urls.len() as u32).max(1) + Duration::from_secs(30);
         if !self.outbox.claim(id, lease).await? {
-            return Ok(());
+            return Ok(false);
         }
         let result = self.attempt(id).await;
         let released = self.outbox.release(id).await;
-        result.and(released)
+        result.and(released).map(|()| true)
     }
 
     async fn attempt(&self, id: &str) -> storage::Result<()> {
