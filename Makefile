@@ -6,7 +6,7 @@ S3_SERVER := bash scripts/s3-server/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
 
-.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install
+.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
 
 all: build
 
@@ -59,6 +59,11 @@ s3-stop:
 	@$(S3_SERVER) stop
 s3-status:
 	@$(S3_SERVER) status
+
+## The long reliability pass: 200 crash rounds (kill -9 of the server mid-upload); its
+## figures go into README.md and target/torture/.
+torture: build
+	bash bench/torture.sh
 
 ## Throughput and memory against ceilings measured in the same run; updates README.md.
 bench: release

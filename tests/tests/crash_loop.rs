@@ -1,0 +1,351 @@
+//! The crash loop (issue 9): the `uploader` CLI uploads a file with 8 chunks in flight
+//! while the harness `kill -9`s the server at random points of the upload (seeded, the
+//! seed printed), restarts it on the same data directory and port, and lets the CLI carry
+//! on (or runs it again, when its retries ran out: it resumes from its journal). Checked
+//! at every kill and at the end of every round:
+//!
+//! - I1/I4: after each restart the server reports at least every byte the CLI had seen
+//!   acknowledged before the kill (`bytes acknowledged then lost` must be 0);
+//! - I2: the published file's SHA-256 is the source file's, and the CLI verified it;
+//! - I3: the upload was completed once (one "upload completed" log line over all the
+//!   server processes of the round).
+//!
+//! `make test` runs 20 rounds of 256 MiB (`CRASH_ROUNDS`, `CRASH_SIZE_MIB`, `CRASH_SEED`
+//! change that); `make torture` runs 200 and writes the figures to
+//! `target/torture/crash-loop.md`. Build the binaries first (`cargo build --workspace
+//! --bins`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tests::Server;
+
+const MIB: u64 = 1 << 20;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A running `uploader upload --json`: its acknowledged bytes as it reports them, and its
+/// exit.
+struct CliRun {
+    child: Child,
+    acked: Arc<AtomicU64>,
+    id: Arc<std::sync::Mutex<Option<String>>>,
+    events: mpsc::Receiver<Value>,
+    /// Every event received so far.
+    seen: Vec<Value>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl CliRun {
+    fn start(server: &Server, state: &Path, file: &Path) -> Self {
+        let mut cmd = Command::new(tests::bin_path("uploader"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("UPLOADER_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .env("UPLOADER_STATE_DIR", state)
+            .args(["--server", &server.url(), "--json", "upload", "-j", "8"])
+            // Retry long enough to outlast a restart, with short waits.
+            .args(["--retries", "30", "--retry-max-delay", "500ms"])
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn uploader");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let acked = Arc::new(AtomicU64::new(0));
+        let id = Arc::new(std::sync::Mutex::new(None));
+        let (tx, events) = mpsc::channel();
+        {
+            let (acked, id) = (acked.clone(), id.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    if let Some(i) = v["id"].as_str() {
+                        *id.lock().unwrap() = Some(i.to_string());
+                    }
+                    if v["event"] == "progress" {
+                        if let Some(b) = v["bytes"].as_u64() {
+                            acked.fetch_max(b, Ordering::SeqCst);
+                        }
+                    }
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            acked,
+            id,
+            events,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits until the CLI has reported `bytes` acknowledged (or exited): the moment to
+    /// strike. Returns `false` if it exited first.
+    fn wait_for_acked(&mut self, bytes: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.acked.load(Ordering::SeqCst) >= bytes {
+                return true;
+            }
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            // Woken by each event line; the timeout only re-checks the exit.
+            if let Ok(e) = self.events.recv_timeout(Duration::from_millis(20)) {
+                self.seen.push(e);
+            }
+        }
+        panic!("the CLI did not reach {bytes} acknowledged bytes within {limit:?}");
+    }
+
+    /// Waits for the CLI to exit; its code, every event it printed, and its stderr.
+    fn finish(mut self, limit: Duration) -> (i32, Vec<Value>, String) {
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "the CLI did not finish");
+            if let Ok(e) = self.events.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(e);
+            }
+        };
+        let stderr = self.stderr.join().unwrap_or_default();
+        // The reader ends with stdout: everything it read is in the channel.
+        let mut events = self.seen;
+        events.extend(self.events.iter());
+        (code, events, stderr)
+    }
+}
+
+/// The server's status of upload `id`.
+fn status(server: &Server, id: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "30"])
+        .arg(format!("{}/v1/uploads/{id}", server.url()))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "status of {id}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// SHA-256 of the published content, streamed.
+fn content_sha256(server: &Server, id: &str) -> String {
+    let mut child = Command::new("curl")
+        .args(["-sf", "--max-time", "120"])
+        .arg(format!("{}/v1/uploads/{id}/content", server.url()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = out.read(&mut buf).expect("read content");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    assert!(child.wait().expect("curl").success(), "download of {id}");
+    hex::encode(h.finalize())
+}
+
+fn peak_rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Writes `size` pseudo-random bytes from `seed` to `path`, returning their SHA-256.
+fn write_random(path: &Path, size: u64, seed: u64) -> String {
+    use std::io::Write;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        rng.fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Counts the completions of `id` in a server process's log.
+fn completions(logs: &str, id: &str) -> usize {
+    logs.lines()
+        .filter(|l| l.contains("upload completed") && l.contains(id))
+        .count()
+}
+
+#[test]
+fn uploads_survive_kill_9_of_the_server_at_random_moments() {
+    let rounds: u32 = env_or("CRASH_ROUNDS", 20);
+    let size = env_or::<u64>("CRASH_SIZE_MIB", 256) * MIB;
+    let seed: u64 = env_or(
+        "CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs()),
+    );
+    eprintln!(
+        "crash loop: {rounds} rounds of {} MiB, CRASH_SEED={seed}",
+        size / MIB
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let state = work.path().join("state");
+    let mut server = Server::start_in(&data, &[]);
+    let started = Instant::now();
+    let (mut kills, mut cli_reruns, mut lost, mut mismatches, mut doubles) = (0u64, 0, 0, 0, 0);
+    let mut peak_rss = 0;
+
+    for round in 0..rounds {
+        let file = work.path().join(format!("round-{round}.bin"));
+        let sha = write_random(&file, size, seed ^ u64::from(round));
+        let mut logs = String::new();
+        let mut run = CliRun::start(&server, &state, &file);
+        // One or two kills a round, at random fractions of the upload; one round in five
+        // also strikes once every byte is acknowledged (the completion is under way).
+        let mut strikes: Vec<u64> = (0..rng.random_range(1..=2))
+            .map(|_| rng.random_range(size / 20..size))
+            .collect();
+        if rng.random_ratio(1, 5) {
+            strikes.push(size);
+        }
+        strikes.sort();
+        for at in strikes {
+            if !run.wait_for_acked(at, Duration::from_secs(300)) {
+                break;
+            }
+            let acked = run.acked.load(Ordering::SeqCst);
+            peak_rss = peak_rss.max(peak_rss_mib(server.pid()));
+            logs.push_str(&server.logs());
+            server.restart();
+            kills += 1;
+            let Some(id) = run.id.lock().unwrap().clone() else {
+                continue;
+            };
+            let st = status(&server, &id);
+            let received = st["received_bytes"].as_u64().unwrap_or(0);
+            let state = st["state"].as_str().unwrap_or_default();
+            if received < acked && state == "uploading" {
+                eprintln!(
+                    "round {round}: {acked} bytes acknowledged before the kill, {received} after"
+                );
+                lost += acked - received;
+            }
+        }
+        // Let the CLI finish; run it again (it resumes) if its retries ran out.
+        let mut result = run.finish(Duration::from_secs(600));
+        let mut tries = 0;
+        while result.0 != 0 {
+            tries += 1;
+            assert!(
+                tries <= 3,
+                "round {round} (CRASH_SEED={seed}): the CLI keeps failing (exit {}):\n{}",
+                result.0,
+                result.2
+            );
+            cli_reruns += 1;
+            result = CliRun::start(&server, &state, &file).finish(Duration::from_secs(600));
+        }
+        let completed = result
+            .1
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "completed")
+            .cloned()
+            .unwrap_or_else(|| panic!("round {round}: no completed event: {:?}", result.1));
+        let id = completed["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            completed["sha256"], sha,
+            "round {round}: the CLI's verified hash"
+        );
+        let st = status(&server, &id);
+        assert_eq!(st["state"], "completed", "round {round}: {st}");
+        if st["sha256"] != sha.as_str() || content_sha256(&server, &id) != sha {
+            mismatches += 1;
+        }
+        logs.push_str(&server.logs());
+        if completions(&logs, &id) > 1 {
+            doubles += 1;
+        }
+        // Free the round's bytes.
+        let _ = Command::new("curl")
+            .args(["-sf", "-X", "DELETE"])
+            .arg(format!("{}/v1/uploads/{id}", server.url()))
+            .status();
+        let _ = std::fs::remove_file(&file);
+    }
+    peak_rss = peak_rss.max(peak_rss_mib(server.pid()));
+
+    let report = format!(
+        "| figure | value |\n| --- | --- |\n\
+         | crash rounds survived / run | {rounds} / {rounds} |\n\
+         | file per round | {} MiB, 8 chunks in flight |\n\
+         | server kill -9s | {kills} |\n\
+         | CLI runs that gave up and were resumed | {cli_reruns} |\n\
+         | bytes acknowledged then lost | {lost} |\n\
+         | SHA-256 mismatches published | {mismatches} |\n\
+         | double completions | {doubles} |\n\
+         | peak server RSS | {peak_rss} MiB |\n\
+         | time | {:.0} s |\n\
+         | seed | {seed} |\n",
+        size / MIB,
+        started.elapsed().as_secs_f64(),
+    );
+    eprintln!("{report}");
+    let out = tests::webclients::repo_root()
+        .join("target")
+        .join("torture");
+    if std::fs::create_dir_all(&out).is_ok() {
+        let _ = std::fs::write(out.join("crash-loop.md"), &report);
+    }
+    assert_eq!(lost, 0, "acknowledged bytes were lost (CRASH_SEED={seed})");
+    assert_eq!(
+        mismatches, 0,
+        "a wrong file was published (CRASH_SEED={seed})"
+    );
+    assert_eq!(doubles, 0, "an upload completed twice (CRASH_SEED={seed})");
+}
