@@ -6,7 +6,7 @@ S3_SERVER := bash scripts/s3-server/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
 
-.PHONY: all build release run test test-deps lint bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
+.PHONY: all build release run test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
 
 all: build
 
@@ -27,6 +27,13 @@ run:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## The parsers' property tests (common/src/fuzz.rs, server/src/fuzz.rs) with many cases:
+## FUZZ_CASES per property instead of the 256 of `cargo test`. The test profile, not
+## --release, so that an integer overflow panics instead of wrapping unseen.
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p common -p server --lib fuzz
 
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
 ## terminal test, a local S3-compatible server (moto, in target/tools/s3-venv), and the

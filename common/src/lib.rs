@@ -19,6 +19,9 @@ pub mod openapi;
 pub mod ranges;
 pub mod units;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use digest::Sha256Digest;
 pub use id::UploadId;
 

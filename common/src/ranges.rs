@@ -9,7 +9,7 @@ pub fn to_ranges(indexes: impl IntoIterator<Item = u64>) -> IndexRanges {
     let mut out: IndexRanges = Vec::new();
     for i in indexes {
         match out.last_mut() {
-            Some(last) if last[1] + 1 == i => last[1] = i,
+            Some(last) if last[1].checked_add(1) == Some(i) => last[1] = i,
             _ => out.push([i, i]),
         }
     }
@@ -21,9 +21,13 @@ pub fn iter_ranges(ranges: &[[u64; 2]]) -> impl Iterator<Item = u64> + '_ {
     ranges.iter().flat_map(|[a, b]| *a..=*b)
 }
 
-/// How many indexes `ranges` covers.
+/// How many indexes `ranges` covers. The ranges may come from a server or a journal: an
+/// inverted pair covers nothing (as in [`iter_ranges`]) and the total saturates.
 pub fn count(ranges: &[[u64; 2]]) -> u64 {
-    ranges.iter().map(|[a, b]| b - a + 1).sum()
+    ranges
+        .iter()
+        .map(|&[a, b]| b.checked_sub(a).map_or(0, |n| n.saturating_add(1)))
+        .fold(0, u64::saturating_add)
 }
 
 #[cfg(test)]

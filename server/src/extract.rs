@@ -50,10 +50,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IndexPath {
             .find(|(k, _)| k == "index")
             .map(|(_, v)| v.as_str())
             .unwrap_or_default();
-        raw.parse().map(IndexPath).map_err(|_| {
+        chunk_index(raw).map(IndexPath).ok_or_else(|| {
             ApiError::BadRequest(format!("chunk index {raw:?} is not a non-negative integer"))
         })
     }
+}
+
+/// A chunk index as its path segment spells it: decimal digits only, within `u64`.
+pub(crate) fn chunk_index(raw: &str) -> Option<u64> {
+    digits(raw)
+}
+
+/// A number written as decimal digits only, within `u64`: `u64::from_str` alone would
+/// also take a leading `+`, a second spelling of the same value.
+pub(crate) fn digits(s: &str) -> Option<u64> {
+    s.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// A JSON object body (e.g. `POST /v1/uploads`).
@@ -83,7 +97,7 @@ async fn small_body(req: Request, idle: Duration) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Parses a JSON object (an array or a scalar is refused even where serde would take it).
-fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     if !value.is_object() {
@@ -128,7 +142,7 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .map(|v| {
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse().ok())
+                .and_then(|s| digits(s.trim()))
                 .ok_or_else(|| ApiError::BadRequest("Content-Length is not a number".into()))
         })
         .transpose()

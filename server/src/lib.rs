@@ -39,6 +39,9 @@ pub mod shutdown;
 pub mod state;
 pub mod webhooks;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use config::Config;
 pub use routes::app;
 pub use state::AppState;

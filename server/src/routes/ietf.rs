@@ -115,7 +115,7 @@ fn bare_item(raw: &str) -> &str {
 }
 
 /// A structured-field Integer that is not negative (RFC 9651 §3.3.1: at most 15 digits).
-fn sf_integer(raw: &str) -> Option<u64> {
+pub(crate) fn sf_integer(raw: &str) -> Option<u64> {
     let s = bare_item(raw);
     if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -124,7 +124,7 @@ fn sf_integer(raw: &str) -> Option<u64> {
 }
 
 /// A structured-field Boolean (`?0`, `?1`).
-fn sf_boolean(raw: &str) -> Option<bool> {
+pub(crate) fn sf_boolean(raw: &str) -> Option<bool> {
     match bare_item(raw) {
         "?1" => Some(true),
         "?0" => Some(false),
@@ -134,7 +134,7 @@ fn sf_boolean(raw: &str) -> Option<bool> {
 
 /// A header holding a structured-field Integer; a value of another form is ignored, as the
 /// draft says.
-fn integer_header(headers: &HeaderMap, name: &str) -> Option<u64> {
+pub(crate) fn integer_header(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -142,7 +142,7 @@ fn integer_header(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 /// `Upload-Complete`, when present and well-formed.
-fn upload_complete(headers: &HeaderMap) -> Option<bool> {
+pub(crate) fn upload_complete(headers: &HeaderMap) -> Option<bool> {
     headers
         .get("upload-complete")
         .and_then(|v| v.to_str().ok())
@@ -200,7 +200,7 @@ fn has_body(headers: &HeaderMap) -> Result<bool, Failure> {
 
 /// The file name of a `Content-Disposition` header: `filename*` (RFC 8187, UTF-8) first,
 /// then `filename`.
-fn disposition_filename(raw: &str) -> Option<String> {
+pub(crate) fn disposition_filename(raw: &str) -> Option<String> {
     let mut plain = None;
     for param in raw.split(';').skip(1) {
         let Some((key, value)) = param.split_once('=') else {
@@ -209,8 +209,10 @@ fn disposition_filename(raw: &str) -> Option<String> {
         let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
         if key == "filename*" {
             let mut parts = value.splitn(3, '\'');
-            let charset = parts.next()?;
-            let encoded = parts.nth(1)?;
+            // A malformed `filename*` is skipped like an unknown charset: `filename` stays.
+            let (Some(charset), Some(encoded)) = (parts.next(), parts.nth(1)) else {
+                continue;
+            };
             if !charset.eq_ignore_ascii_case("utf-8") {
                 continue;
             }
@@ -229,13 +231,16 @@ fn disposition_filename(raw: &str) -> Option<String> {
     plain.filter(|n| !n.is_empty())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
+            // Two hex digits: `from_str_radix` alone would also take `+F`.
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {

@@ -371,7 +371,7 @@ async fn serve_object(
 
 /// What a `Range` header asks of a file of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
-enum RangeAsk {
+pub(crate) enum RangeAsk {
     /// Serve the whole file (no byte range, or several ranges, which are not served).
     Ignore,
     /// No byte of the range exists.
@@ -380,7 +380,7 @@ enum RangeAsk {
     Range(u64, u64),
 }
 
-fn parse_range(raw: &str, size: u64) -> RangeAsk {
+pub(crate) fn parse_range(raw: &str, size: u64) -> RangeAsk {
     let Some(spec) = raw.trim().strip_prefix("bytes=") else {
         return RangeAsk::Ignore;
     };
@@ -390,7 +390,7 @@ fn parse_range(raw: &str, size: u64) -> RangeAsk {
     let Some((a, b)) = spec.trim().split_once('-') else {
         return RangeAsk::Ignore;
     };
-    let num = |s: &str| s.trim().parse::<u64>().ok();
+    let num = |s: &str| crate::extract::digits(s.trim());
     match (a.trim().is_empty(), num(a), num(b)) {
         // Suffix: the last n bytes.
         (true, _, Some(n)) if n > 0 && size > 0 => {
@@ -408,7 +408,7 @@ fn parse_range(raw: &str, size: u64) -> RangeAsk {
 
 /// `attachment`, with the file name in RFC 6266 / RFC 8187 form (`filename*=UTF-8''…`),
 /// plus a plain ASCII fallback.
-fn content_disposition(filename: Option<&str>) -> String {
+pub(crate) fn content_disposition(filename: Option<&str>) -> String {
     let Some(name) = filename.filter(|n| !n.is_empty()) else {
         return "attachment".into();
     };

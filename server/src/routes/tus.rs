@@ -62,7 +62,7 @@ fn check_version(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
     headers
         .get(name)
         .map(|v| {
@@ -117,7 +117,7 @@ pub fn parse_metadata(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
 }
 
 /// Writes metadata back in `Upload-Metadata` form.
-fn format_metadata(meta: &BTreeMap<String, String>) -> String {
+pub(crate) fn format_metadata(meta: &BTreeMap<String, String>) -> String {
     meta.iter()
         .map(|(k, v)| {
             if v.is_empty() {
