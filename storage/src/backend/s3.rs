@@ -121,7 +121,6 @@ fn store_err(e: object_store::Error) -> Error {
 }
 
 impl S3Backend {
-
     /// The chunk whose claim is in `dir` (a chunk's folder), if it was claimed.
     async fn read_claim(&self, dir: &Path, index: u64) -> Result<Option<StoredChunk>> {
         Ok(self.read_claim_named(dir, index).await?.map(|(c, _)| c))

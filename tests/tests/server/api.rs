@@ -469,9 +469,11 @@ async fn concurrent_completes_complete_once() {
         answers.push(status);
     }
     assert!(answers.contains(&StatusCode::OK), "{answers:?}");
-    wait_until(Duration::from_secs(30), "the upload to complete", || async {
-        api.status(st.id).await.state == UploadState::Completed
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the upload to complete",
+        || async { api.status(st.id).await.state == UploadState::Completed },
+    )
     .await;
     assert_eq!(api.status(st.id).await.sha256.unwrap().to_hex(), sha);
     let logs = synced_logs(&api, &server).await;
@@ -663,4 +665,109 @@ async fn verification_resumes_after_kill9() {
     let resp = api.complete(st.id, None).await;
     assert_eq!(resp.status(), StatusCode::OK);
     api.assert_content(st.id, &file).await;
+}
+
+/// A complete whose answer was lost (the client hung up before it came) and its retry:
+/// the upload is completed once, and the retry gets the completed status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_complete_after_a_lost_answer_completes_once() {
+    let (server, store) = start!(&[]);
+    let api = Api::new(&server);
+    let cs = store.chunk(64 * KIB);
+    let file = random_bytes(2 * cs + 7, 8);
+    let st = api
+        .create(json!({"size": file.len(), "chunk_size": cs}))
+        .await;
+    api.put_all(st.id, &file, cs).await;
+    // The first complete: sent whole, then the connection is dropped unread.
+    {
+        let addr = server.url().trim_start_matches("http://").to_string();
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /v1/uploads/{}/complete HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n\r\n",
+            st.id
+        );
+        use tokio::io::AsyncWriteExt;
+        conn.write_all(req.as_bytes()).await.unwrap();
+    }
+    // The retry answers with the final state, however far the first one got.
+    wait_until(Duration::from_secs(30), "the retried complete", || async {
+        let resp = api.complete(st.id, None).await;
+        match resp.status() {
+            StatusCode::OK => {
+                let done: UploadStatus = resp.json().await.unwrap();
+                assert_eq!(done.sha256.unwrap().to_hex(), sha256_hex(&file));
+                true
+            }
+            StatusCode::ACCEPTED => false,
+            other => panic!("retried complete answered {other}"),
+        }
+    })
+    .await;
+    let logs = synced_logs(&api, &server).await;
+    let completions = logs
+        .lines()
+        .filter(|l| l.contains("upload completed") && l.contains(&st.id.to_string()))
+        .count();
+    assert_eq!(completions, 1, "logs:\n{logs}");
+    api.assert_content(st.id, &file).await;
+}
+
+/// Cancel racing complete, many times: each upload ends in one state, and a file is
+/// served only if it completed with the right SHA-256 and was not cancelled after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_racing_complete_has_one_outcome() {
+    let (server, store) = start!(&[]);
+    let api = Arc::new(Api::new(&server));
+    let cs = store.chunk(64 * KIB);
+    for round in 0..8u64 {
+        let file = random_bytes(2 * cs, 40 + round);
+        let st = api
+            .create(json!({"size": file.len(), "chunk_size": cs, "sha256": sha256_hex(&file)}))
+            .await;
+        api.put_all(st.id, &file, cs).await;
+        let (a, b) = (api.clone(), api.clone());
+        let id = st.id;
+        let complete = tokio::spawn(async move { a.complete(id, None).await.status() });
+        let cancel = tokio::spawn(async move {
+            b.http
+                .delete(b.upload_url(id))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        let (complete, cancel) = (complete.await.unwrap(), cancel.await.unwrap());
+        assert!(
+            matches!(complete.as_u16(), 200 | 202 | 409 | 410),
+            "round {round}: complete answered {complete}"
+        );
+        assert!(
+            matches!(cancel.as_u16(), 204 | 409),
+            "round {round}: cancel answered {cancel}"
+        );
+        // Settle whatever is still verifying, then read the outcome.
+        wait_until(Duration::from_secs(30), "a final state", || async {
+            let s = api.status_resp(id).await.status();
+            s == StatusCode::GONE
+                || (s == StatusCode::OK && api.status(id).await.state != UploadState::Completing)
+        })
+        .await;
+        let content = api.content(id).await;
+        match api.status_resp(id).await.status() {
+            StatusCode::GONE => {
+                assert_eq!(cancel, StatusCode::NO_CONTENT, "round {round}");
+                assert_eq!(content.status(), StatusCode::GONE, "round {round}");
+                assert!(!store.has_content(id).await, "round {round}: content kept");
+            }
+            StatusCode::OK => {
+                // The cancel lost (the upload was completing); the file is whole.
+                assert_eq!(cancel, StatusCode::CONFLICT, "round {round}");
+                assert_eq!(api.status(id).await.state, UploadState::Completed);
+                assert_eq!(content.status(), StatusCode::OK);
+                assert_eq!(content.bytes().await.unwrap().to_vec(), file);
+            }
+            other => panic!("round {round}: status {other}"),
+        }
+    }
 }
