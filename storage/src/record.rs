@@ -259,6 +259,13 @@ impl Limits {
                     return Err(Error::Invalid("metadata keys must not be empty".into()));
                 }
                 check_text("metadata key", k, MAX_METADATA_LEN)?;
+                // tus carries keys bare in `Upload-Metadata` (`key base64,key base64`): a
+                // key that every protocol can show is visible ASCII without space or comma.
+                if !k.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                    return Err(Error::Invalid(format!(
+                        "metadata key {k:?} must be visible ASCII without spaces or commas"
+                    )));
+                }
                 check_text("metadata value", v, MAX_METADATA_LEN)?;
             }
         }

@@ -287,12 +287,15 @@ async fn filenames_are_data_and_downloads_are_never_pages() {
         assert!(!dir.join(up).join("evil.html").exists(), "{up}/evil.html");
     }
 
-    // Refused: control characters, bidirectional overrides, too long, not UTF-8.
+    // Refused: control characters, bidirectional overrides, metadata keys that tus could
+    // not carry, too long, not UTF-8.
     for body in [
         json!({"size": 1, "filename": "a\u{0}b"}).to_string(),
         json!({"size": 1, "filename": "a\u{1b}[31mred"}).to_string(),
         json!({"size": 1, "filename": "invoice\u{202e}fdp.exe"}).to_string(),
         json!({"size": 1, "metadata": {"k": "x\u{2066}y"}}).to_string(),
+        json!({"size": 1, "metadata": {"a key": "v"}}).to_string(),
+        json!({"size": 1, "metadata": {"a,b": "v"}}).to_string(),
         json!({"size": 1, "filename": "n".repeat(5000)}).to_string(),
         json!({"size": 1, "metadata": {"k": "v".repeat(20_000)}}).to_string(),
     ] {
