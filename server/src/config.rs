@@ -188,6 +188,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Storage faults to inject, for tests only (see `storage::faults`), e.g.
+    /// `data-fsync@2`.
+    #[arg(long, env = "UPLOAD_SERVER_FAULTS", hide = true)]
+    pub faults: Option<String>,
 }
 
 /// Where uploads are stored.

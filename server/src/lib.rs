@@ -53,6 +53,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), storage::Error> {
+    if let Some(spec) = &config.faults {
+        storage::faults::install(spec).map_err(storage::Error::Invalid)?;
+    }
     let backend: Arc<dyn Backend> = match config.storage {
         StorageKind::Local => Arc::new(LocalBackend::open(&config.data_dir)?),
         StorageKind::S3 => Arc::new(S3Backend::new(&S3Config {

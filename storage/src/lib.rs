@@ -16,6 +16,7 @@
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service.
 //! - [`breaker`]: the circuit breaker in front of shared storage.
+//! - [`faults`]: injected storage faults, for tests only.
 //! - [`events`]: upload events, their durable outbox (webhooks) and live announcements.
 //! - [`metrics`]: the service's metrics (the `metrics` facade; exported by the server).
 //! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
@@ -25,6 +26,7 @@ pub mod breaker;
 pub mod checksum;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod hash;
 pub mod metrics;
 pub mod ordered_hash;

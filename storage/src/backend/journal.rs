@@ -67,6 +67,7 @@ pub fn decode(e: &[u8]) -> Option<Receipt> {
 pub fn append(file: &mut File, receipts: &[Receipt]) -> Result<()> {
     let buf: Vec<u8> = receipts.iter().flat_map(encode).collect();
     file.write_all(&buf)?;
+    crate::faults::check("journal-fsync")?;
     file.sync_data()?;
     Ok(())
 }

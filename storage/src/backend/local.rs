@@ -248,10 +248,9 @@ impl Backend for LocalBackend {
         let receipts = receipts.to_vec();
         blocking(move || {
             // Data first: a receipt must never name bytes that are not on disk.
-            OpenOptions::new()
-                .write(true)
-                .open(dir.join("data"))?
-                .sync_data()?;
+            let data = OpenOptions::new().write(true).open(dir.join("data"))?;
+            crate::faults::check("data-fsync")?;
+            data.sync_data()?;
             let mut j = open_journal(&dir)?;
             journal::append(&mut j, &receipts)?;
             // One server per data directory, and the service lets one writer per chunk

@@ -53,3 +53,56 @@ async fn second_server_on_the_same_directory_refuses_to_start() {
     let resp = api.http.get(api.url("/readyz")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// An fsync that fails (EIO, injected: no real disk fails on demand) is never taken for
+/// success: the chunk is answered 5xx and not counted, even after a restart, and its retry
+/// writes and syncs the bytes again (201, a new chunk, not 200), so the upload completes
+/// with the right SHA-256. Once for the chunk's data, once for its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_fsync_is_never_an_acknowledgement() {
+    for point in ["data-fsync", "journal-fsync"] {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = format!("{point}@2");
+        let mut server = Server::start_in(dir.path(), &["--faults", &fault]);
+        let api = Api::new(&server);
+        let cs = 64 * KIB;
+        let file = tests::random_bytes(3 * cs, 60);
+        let st = api
+            .create(serde_json::json!({"size": file.len(), "chunk_size": cs}))
+            .await;
+        api.put_ok(st.id, 0, &file[..cs]).await;
+        let failed = api.put(st.id, 1, &file[cs..2 * cs], true).await;
+        assert!(
+            failed.status().is_server_error(),
+            "{point}: the chunk whose fsync failed answered {}",
+            failed.status()
+        );
+        let status = api.status(st.id).await;
+        assert_eq!(status.received_bytes, cs as u64, "{point}: not counted");
+        assert_eq!(status.missing, vec![[1, 2]], "{point}");
+        if point == "data-fsync" {
+            // Its receipt was never written: a restart (without faults) does not find it
+            // either.
+            server.kill9();
+            server = Server::start_in(dir.path(), &[]);
+            let api = Api::new(&server);
+            let status = api.status(st.id).await;
+            assert_eq!(status.received_bytes, cs as u64, "{point}: after a restart");
+        }
+        let api = Api::new(&server);
+        api.put_ok(st.id, 1, &file[cs..2 * cs]).await;
+        api.put_ok(st.id, 2, &file[2 * cs..]).await;
+        let done = api
+            .complete(
+                st.id,
+                Some(serde_json::json!({"sha256": tests::sha256_hex(&file)})),
+            )
+            .await;
+        assert_eq!(done.status(), StatusCode::OK, "{point}");
+        api.assert_content(st.id, &file).await;
+        let logs = server.logs();
+        if point == "journal-fsync" {
+            assert!(logs.contains("injected fault"), "{point}: {logs}");
+        }
+    }
+}
