@@ -58,13 +58,7 @@ pub async fn run(
     }
     let backend: Arc<dyn Backend> = match config.storage {
         StorageKind::Local => Arc::new(LocalBackend::open(&config.data_dir)?),
-        StorageKind::S3 => Arc::new(S3Backend::new(&S3Config {
-            bucket: config.s3_bucket.clone().unwrap_or_default(),
-            prefix: config.s3_prefix.clone(),
-            endpoint: config.s3_endpoint.clone(),
-            region: config.s3_region.clone(),
-            allow_http: config.s3_allow_http,
-        })?),
+        StorageKind::S3 => Arc::new(S3Backend::new(&s3_config(&config))?),
     };
     let webhooks = webhooks::settings(&config).map_err(storage::Error::Invalid)?;
     let outbox: Option<Arc<dyn storage::events::Outbox>> = match (&webhooks, config.storage) {
@@ -73,13 +67,7 @@ pub async fn run(
             &config.data_dir,
         )?)),
         (Some(_), StorageKind::S3) => Some(Arc::new(storage::events::s3::S3Outbox::connect(
-            &S3Config {
-                bucket: config.s3_bucket.clone().unwrap_or_default(),
-                prefix: config.s3_prefix.clone(),
-                endpoint: config.s3_endpoint.clone(),
-                region: config.s3_region.clone(),
-                allow_http: config.s3_allow_http,
-            },
+            &s3_config(&config),
         )?)),
     };
     let events = storage::events::Events::new(outbox);
@@ -184,6 +172,17 @@ pub async fn run(
 /// `files` → `/files/`.
 fn normalize_base(path: &str) -> String {
     format!("/{}/", path.trim_matches('/'))
+}
+
+/// The bucket settings of `config` (`--storage s3`).
+fn s3_config(config: &Config) -> S3Config {
+    S3Config {
+        bucket: config.s3_bucket.clone().unwrap_or_default(),
+        prefix: config.s3_prefix.clone(),
+        endpoint: config.s3_endpoint.clone(),
+        region: config.s3_region.clone(),
+        allow_http: config.s3_allow_http,
+    }
 }
 
 /// How often the sweeper runs: often enough that a short TTL is honoured promptly.

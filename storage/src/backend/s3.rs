@@ -81,6 +81,29 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
+impl S3Config {
+    /// A client of the bucket; credentials come from the standard `AWS_*` environment
+    /// variables. Store requests are retried briefly (a few seconds), so that a store
+    /// that is down is reported instead of waited on.
+    pub fn connect(&self) -> Result<AmazonS3> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&self.bucket)
+            .with_allow_http(self.allow_http)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+                ..Default::default()
+            });
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &self.region {
+            b = b.with_region(r);
+        }
+        b.build().map_err(|e| Error::Io(std::io::Error::other(e)))
+    }
+}
+
 /// The record object: the upload record and the multipart upload behind it.
 #[derive(Serialize, Deserialize)]
 struct RecordObject {
@@ -142,25 +165,10 @@ impl S3Backend {
             .ok_or_else(|| Error::Corrupt(format!("bad claim of chunk {index}")))?;
         Ok(Some((first, held)))
     }
-    /// Connects to the bucket; credentials come from the standard `AWS_*` environment
-    /// variables. Store requests are retried briefly (a few seconds), so that a store
-    /// that is down is reported instead of waited on.
+
+    /// Connects to the bucket (see [`S3Config::connect`]).
     pub fn new(config: &S3Config) -> Result<Self> {
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&config.bucket)
-            .with_allow_http(config.allow_http)
-            .with_retry(object_store::RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(10),
-                ..Default::default()
-            });
-        if let Some(e) = &config.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(r) = &config.region {
-            b = b.with_region(r);
-        }
-        let store = b.build().map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let store = config.connect()?;
         Ok(Self {
             store: Arc::new(store),
             prefix: config.prefix.trim_matches('/').to_string(),

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use time::OffsetDateTime;
@@ -50,22 +49,7 @@ impl S3Outbox {
     /// Connects to the bucket of `config` (credentials from the standard `AWS_*`
     /// environment variables, as for the upload backend).
     pub fn connect(config: &S3Config) -> Result<Self> {
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&config.bucket)
-            .with_allow_http(config.allow_http)
-            .with_retry(object_store::RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(10),
-                ..Default::default()
-            });
-        if let Some(e) = &config.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(r) = &config.region {
-            b = b.with_region(r);
-        }
-        let store = b.build().map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        Ok(Self::new(Arc::new(store), &config.prefix))
+        Ok(Self::new(Arc::new(config.connect()?), &config.prefix))
     }
 
     /// An outbox in `store` under `prefix`.
