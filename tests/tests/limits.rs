@@ -263,6 +263,42 @@ async fn requests_over_the_rate_get_429_with_retry_after() {
     }
 }
 
+/// Anonymous clients are limited by address: one address over its rate is refused while
+/// another (a second loopback address) is not.
+#[tokio::test]
+async fn anonymous_clients_are_limited_per_address() {
+    let (server, _data) = Server::start(&["--rate-limit", "1", "--rate-limit-burst", "3"]);
+    let from = |ip: [u8; 4]| {
+        Client::builder()
+            .no_proxy()
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let path = format!(
+        "{}/v1/uploads/00000000-0000-4000-8000-000000000000",
+        server.url()
+    );
+    let one = from([127, 0, 0, 1]);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(one.get(&path).send().await.unwrap().status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let other = from([127, 0, 0, 2]);
+    for _ in 0..3 {
+        assert_eq!(
+            other.get(&path).send().await.unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "another address has a bucket of its own"
+        );
+    }
+}
+
 /// The CLI meets the rate limit, honours `Retry-After`, and finishes the upload.
 #[test]
 fn the_cli_backs_off_from_the_rate_limit_and_succeeds() {
