@@ -730,12 +730,19 @@ async fn cancel_racing_complete_has_one_outcome() {
         let id = st.id;
         let complete = tokio::spawn(async move { a.complete(id, None).await.status() });
         let cancel = tokio::spawn(async move {
-            b.http
-                .delete(b.upload_url(id))
-                .send()
-                .await
-                .unwrap()
-                .status()
+            // On S3 a cancel that loses a conditional write to the complete is told to
+            // retry (503 + Retry-After), as a client would.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let resp = b.http.delete(b.upload_url(id)).send().await.unwrap();
+                if resp.status() != StatusCode::SERVICE_UNAVAILABLE
+                    || std::time::Instant::now() > deadline
+                {
+                    return resp.status();
+                }
+                let wait: u64 = header(resp.headers(), "retry-after").parse().unwrap();
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
         });
         let (complete, cancel) = (complete.await.unwrap(), cancel.await.unwrap());
         assert!(
