@@ -439,7 +439,7 @@ async fn concurrent_completes_complete_once() {
         .await;
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..12 {
+    for n in 0..16 {
         let api = api.clone();
         let sha = sha.clone();
         tasks.spawn(async move {
