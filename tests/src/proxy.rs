@@ -16,7 +16,8 @@
 //! replaced by another one, so the real server reports a verification mismatch.
 //!
 //! `GET /v1` and other routes outside `/v1/uploads` are always forwarded, so a test can
-//! tell "the server is down" from "the network is bad". It counts the bytes that cross it
+//! tell "the server is down" from "the network is bad" ([`Faults::matching`] chooses
+//! other requests, e.g. an S3 store's UploadPart). It counts the bytes that cross it
 //! in each direction.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -43,8 +44,12 @@ pub enum Fault {
 /// Which requests get a fault.
 #[derive(Clone, Debug)]
 pub struct Faults {
-    /// Probability that a request to `/v1/uploads...` gets a fault (0.0 to 1.0).
+    /// Probability that a request whose path (with its query) contains `matching` gets
+    /// a fault (0.0 to 1.0).
     pub rate: f64,
+    /// Which requests may get a fault: those whose path and query contain this
+    /// (`/v1/uploads` for the upload server; e.g. `partNumber=` for S3 UploadPart).
+    pub matching: String,
     /// The faults to pick from, uniformly.
     pub kinds: Vec<Fault>,
     /// RNG seed.
@@ -60,6 +65,7 @@ impl Faults {
     pub fn none() -> Self {
         Self {
             rate: 0.0,
+            matching: "/v1/uploads".into(),
             kinds: Vec::new(),
             seed: 0,
             stall_hold: Duration::from_secs(30),
@@ -71,6 +77,7 @@ impl Faults {
     pub fn all(rate: f64, seed: u64) -> Self {
         Self {
             rate,
+            matching: "/v1/uploads".into(),
             kinds: vec![
                 Fault::Reset,
                 Fault::Stall,
@@ -288,7 +295,10 @@ fn copy_chunked(
 
 fn pick_fault(s: &Shared, first_line: &str) -> Option<Fault> {
     let path = first_line.split_whitespace().nth(1).unwrap_or("");
-    if !path.starts_with("/v1/uploads") || s.faults.kinds.is_empty() || s.faults.rate <= 0.0 {
+    if !path.contains(s.faults.matching.as_str())
+        || s.faults.kinds.is_empty()
+        || s.faults.rate <= 0.0
+    {
         return None;
     }
     let mut rng = s.rng.lock().unwrap_or_else(|p| p.into_inner());

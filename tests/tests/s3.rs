@@ -1383,3 +1383,167 @@ async fn complete_answers_at_once_with_chunks_ahead_of_the_prefix() {
         "complete after cancel took {cancelled:?}"
     );
 }
+
+/// Faults at the store, injected by a proxy between `upload-server` and the S3 server
+/// (seeded): UploadPart requests reset mid-body, stalled, answered 503, or completed with
+/// the answer dropped (the part is stored but the server never hears it); then the same
+/// on every request at a lower rate, CompleteMultipartUpload and the conditional writes
+/// included. A client that retries what it is told to retry finishes every upload with
+/// the right SHA-256 and one published object; nothing acknowledged goes missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_faults_are_survived() {
+    use tests::proxy::{Fault, Faults, Proxy};
+    let Some(s3) = s3_or_skip("store_faults_are_survived").await else {
+        return;
+    };
+    let scenarios = [
+        (
+            "UploadPart",
+            "partNumber=",
+            vec![
+                Fault::Reset,
+                Fault::Stall,
+                Fault::Unavailable,
+                Fault::DropResponse,
+            ],
+            0.3,
+        ),
+        (
+            "every request",
+            "/",
+            vec![Fault::Reset, Fault::Unavailable, Fault::DropResponse],
+            0.08,
+        ),
+    ];
+    for (n, (what, matching, kinds, rate)) in scenarios.into_iter().enumerate() {
+        let proxy = Proxy::start(
+            s3.endpoint.trim_start_matches("http://"),
+            Faults {
+                rate,
+                matching: matching.into(),
+                kinds,
+                seed: 900 + n as u64,
+                stall_hold: Duration::from_secs(2),
+                tamper_complete: false,
+            },
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let endpoint = proxy.url();
+        let args = [
+            "--storage",
+            "s3",
+            "--s3-bucket",
+            BUCKET,
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-allow-http",
+            "--s3-region",
+            "us-east-1",
+        ];
+        let server = Server::start_with_env(dir.path(), &args, &s3.aws_env());
+        let api = Api::new(&server);
+        for round in 0..3u64 {
+            let file = Bytes::from(random_bytes(3 * CS + 4321, 70 + 10 * n as u64 + round));
+            let chunks = chunks_of(&file);
+            // Creating is retried too: its record write may meet a fault.
+            let id = retry(what, "create", || async {
+                let resp = api
+                    .http
+                    .post(api.url("/v1/uploads"))
+                    .header("idempotency-key", format!("faults-{n}-{round}"))
+                    .json(&json!({"size": file.len(), "chunk_size": CS}))
+                    .send()
+                    .await
+                    .ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                let st: UploadStatus = resp.json().await.ok()?;
+                Some(st.id)
+            })
+            .await;
+            for (i, chunk) in chunks.iter().enumerate() {
+                retry(what, "chunk", || async {
+                    let resp = api
+                        .http
+                        .put(api.url(&format!("/v1/uploads/{id}/chunks/{i}")))
+                        .header("content-digest", digest(chunk).to_header())
+                        .body(chunk.clone())
+                        .send()
+                        .await
+                        .ok()?;
+                    let code = resp.status();
+                    assert!(
+                        code.is_success() || code.is_server_error(),
+                        "{what}: chunk {i} answered {code}: {}",
+                        resp.text().await.unwrap_or_default()
+                    );
+                    code.is_success().then_some(())
+                })
+                .await;
+                // Acknowledged means stored: the status says so at once.
+                let st = retry(what, "status", || async {
+                    let resp = api.status_resp(id).await;
+                    if !resp.status().is_success() {
+                        return None;
+                    }
+                    resp.json::<UploadStatus>().await.ok()
+                })
+                .await;
+                assert!(
+                    !common::ranges::iter_ranges(&st.missing).any(|m| m == i as u64),
+                    "{what}: acknowledged chunk {i} is missing: {:?}",
+                    st.missing
+                );
+            }
+            let done = retry(what, "complete", || async {
+                let resp = api.complete(id, None).await;
+                let code = resp.status();
+                let st: UploadStatus = match code.as_u16() {
+                    200 | 202 => resp.json().await.ok()?,
+                    500..=599 => return None,
+                    _ => panic!(
+                        "{what}: complete answered {code}: {}",
+                        resp.text().await.unwrap_or_default()
+                    ),
+                };
+                (st.state == UploadState::Completed).then_some(st)
+            })
+            .await;
+            assert_eq!(done.sha256, Some(digest(&file)), "{what}");
+            let body = retry(what, "download", || async {
+                let resp = api.content(id, None).await;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                resp.bytes().await.ok()
+            })
+            .await;
+            assert!(body == file, "{what}: downloaded bytes differ");
+            assert!(
+                list_keys(&s3, "files/").await.contains(&file_key(id)),
+                "{what}: no published object"
+            );
+        }
+        let faults = proxy.stats().faults();
+        eprintln!("store faults ({what}): {faults} injected");
+        assert!(faults >= 3, "{what}: only {faults} faults were injected");
+    }
+}
+
+/// Calls `attempt` until it gives `Some` (at most 60 s, 200 ms apart): a client retrying
+/// 5xx answers and broken connections.
+async fn retry<T, F, Fut>(what: &str, step: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {step} kept failing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
