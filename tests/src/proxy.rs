@@ -10,7 +10,9 @@
 //!   hold the connection open (the client must notice the stall and retry);
 //! - [`Fault::Unavailable`]: swallow the request and answer `503` with `Retry-After: 1`;
 //! - [`Fault::DropResponse`]: forward the whole request, then close the connection
-//!   instead of returning the answer (the server did the work; the retry must be safe).
+//!   instead of returning the answer (the server did the work; the retry must be safe);
+//! - [`Fault::Latency`], [`Fault::Trickle`]: delay the request, or crawl through the
+//!   start of its body at 5 KB/s ([`Faults::chaos`] adds them to the others).
 //!
 //! With [`Faults::tamper_complete`], the SHA-256 declared in `POST .../complete` is
 //! replaced by another one, so the real server reports a verification mismatch.
@@ -39,6 +41,11 @@ pub enum Fault {
     Unavailable,
     /// Forward the request, then close instead of returning the answer.
     DropResponse,
+    /// Hold the request 250 ms before forwarding it (a slow, distant link).
+    Latency,
+    /// Forward the first 10 KiB of the body at about 5 KB/s, then the rest (a link that
+    /// crawls for a while: bytes keep moving, so it is no stall).
+    Trickle,
 }
 
 /// Which requests get a fault.
@@ -91,6 +98,15 @@ impl Faults {
     }
 }
 
+impl Faults {
+    /// [`Faults::all`] plus latency and trickling.
+    pub fn chaos(rate: f64, seed: u64) -> Self {
+        let mut f = Self::all(rate, seed);
+        f.kinds.extend([Fault::Latency, Fault::Trickle]);
+        f
+    }
+}
+
 /// What crossed the proxy.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -108,6 +124,10 @@ pub struct Stats {
     pub unavailable: AtomicU64,
     /// See `resets`.
     pub dropped: AtomicU64,
+    /// See `resets`.
+    pub delayed: AtomicU64,
+    /// See `resets`.
+    pub trickled: AtomicU64,
     /// Client connections accepted (few, when the client keeps connections alive).
     pub connections: AtomicU64,
 }
@@ -119,6 +139,8 @@ impl Stats {
             + self.stalls.load(Ordering::Relaxed)
             + self.unavailable.load(Ordering::Relaxed)
             + self.dropped.load(Ordering::Relaxed)
+            + self.delayed.load(Ordering::Relaxed)
+            + self.trickled.load(Ordering::Relaxed)
     }
 }
 
@@ -362,7 +384,26 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
         let Some((up_w, up_r)) = upstream.as_mut() else {
             return Ok(());
         };
+        if fault == Some(Fault::Latency) {
+            stats.delayed.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(250));
+        }
         up_w.write_all(&head.raw)?;
+        let mut body_len = body_len;
+        if fault == Some(Fault::Trickle) && !head.chunked {
+            stats.trickled.fetch_add(1, Ordering::Relaxed);
+            // 512 bytes every 100 ms: about 5 KB/s, for the first 10 KiB.
+            let slow = body_len.min(10 << 10);
+            let mut sent = 0;
+            while sent < slow {
+                let piece = (slow - sent).min(512);
+                copy_n(&mut client_r, Some(up_w), piece, &stats.bytes_up)?;
+                up_w.flush()?;
+                sent += piece;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            body_len -= slow;
+        }
 
         if matches!(fault, Some(Fault::Reset) | Some(Fault::Stall)) {
             // Half the body (nothing when there is none), then the fault.

@@ -97,3 +97,72 @@ fn upload_survives_twenty_percent_faulty_requests() {
     .expect_code(0);
     assert_eq!(tests::sha256_hex(&std::fs::read(&out).unwrap()), sha);
 }
+
+/// Network chaos over more than a thousand chunk sends: 64 MiB in 64 KiB chunks, 8 in
+/// flight, through a proxy that gives 10% of the requests one of resets mid-body,
+/// stalls (half-open connections), 503s, dropped answers, latency and a 5 KB/s trickle.
+/// The upload completes with the right SHA-256, and the server agrees.
+#[test]
+fn upload_survives_network_chaos_over_a_thousand_chunk_sends() {
+    let (server, _data) = Server::start(&["--body-timeout", "2s"]);
+    let proxy = Proxy::start(&server.addr, Faults::chaos(0.1, 7));
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 << 20;
+    let (path, sha) = random_file(dir.path(), "chaos.bin", size, 5);
+    let run = cli.run(&[
+        "upload",
+        path.to_str().unwrap(),
+        "--server",
+        &proxy.url(),
+        "--chunk-size",
+        "64KiB",
+        "-j",
+        "8",
+        "--stall-timeout",
+        "2s",
+        "--retry-max-delay",
+        "1s",
+        "--retries",
+        "20",
+        "--json",
+    ]);
+    run.expect_code(0);
+    let done = run.one("completed");
+    assert_eq!(done["sha256"], sha.as_str(), "{}", run.dump());
+    assert_progress_monotonic(&run, size as u64);
+
+    let stats = proxy.stats();
+    let requests = stats.requests.load(Ordering::Relaxed);
+    eprintln!(
+        "chaos: {requests} requests, {} faults (resets {}, stalls {}, 503s {}, dropped {}, delayed {}, trickled {})",
+        stats.faults(),
+        stats.resets.load(Ordering::Relaxed),
+        stats.stalls.load(Ordering::Relaxed),
+        stats.unavailable.load(Ordering::Relaxed),
+        stats.dropped.load(Ordering::Relaxed),
+        stats.delayed.load(Ordering::Relaxed),
+        stats.trickled.load(Ordering::Relaxed),
+    );
+    assert!(requests >= 1024, "only {requests} requests");
+    for (kind, n) in [
+        ("reset", &stats.resets),
+        ("stall", &stats.stalls),
+        ("503", &stats.unavailable),
+        ("dropped answer", &stats.dropped),
+        ("latency", &stats.delayed),
+        ("trickle", &stats.trickled),
+    ] {
+        assert!(n.load(Ordering::Relaxed) > 0, "no {kind} was injected");
+    }
+    let id = done["id"].as_str().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "30"])
+        .arg(format!("{}/v1/uploads/{id}", server.url()))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["sha256"], sha.as_str());
+    assert_eq!(status["state"], "completed");
+}
