@@ -400,6 +400,20 @@ async fn a_full_disk_answers_507_and_the_upload_resumes_after_space_is_freed() {
     let volume = Tmpfs::mount("6m");
     let mut server = Server::start_in(volume.path(), &[]);
     let anon = As::new(&server, None);
+    // Another upload, completed before the disk fills: it must stay readable.
+    let other = random_bytes(64 * 1024, 4);
+    let done_up = anon.create(other.len(), 64 * 1024).await;
+    let done_id = done_up.id.to_string();
+    assert_eq!(
+        anon.put_chunk(&done_id, 0, &other).await.status(),
+        StatusCode::CREATED
+    );
+    let done = anon
+        .req(Method::POST, &format!("/v1/uploads/{done_id}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::OK);
     let bytes = random_bytes(12 * MIB, 3);
     let up = anon.create(bytes.len(), MIB).await;
     let id = up.id.to_string();
@@ -418,6 +432,16 @@ async fn a_full_disk_answers_507_and_the_upload_resumes_after_space_is_freed() {
         break;
     }
     let refused = refused.expect("a 6 MiB volume cannot hold 12 MiB");
+    // The full disk stops only what needs room: the other upload is still served.
+    let got = anon
+        .req(Method::GET, &format!("/v1/uploads/{done_id}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), other);
+    let ready = anon.req(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
     assert!(
         !acknowledged.is_empty() && acknowledged.len() < 6,
         "{acknowledged:?}"
