@@ -36,15 +36,16 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p common -p server --lib fuzz
 
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
-## terminal test, a local S3-compatible server (moto, in target/tools/s3-venv), and the
-## real web clients (tus-js-client, Uppy, playwright-core, tuspy, Debian's chromium), and
-## the API checkers (promtool, Schemathesis).
+## terminal test, strace for the power-cut test, a local S3-compatible server (moto, in
+## target/tools/s3-venv), the real web clients (tus-js-client, Uppy, playwright-core,
+## tuspy, Debian's chromium), and the API checkers (promtool, Schemathesis).
 test-deps: s3-install webclients-install api-tools-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
+	@command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 
 ## Everything: lints, unit tests, end-to-end tests against the real binaries and clients.
 test: lint build test-deps
-	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 $(CARGO) test --workspace
+	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 $(CARGO) test --workspace
 
 ## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
 webclients-install:

@@ -55,6 +55,11 @@ impl LocalBackend {
         let root = root.into();
         fs::create_dir_all(root.join("uploads"))?;
         fs::create_dir_all(root.join("idempotency"))?;
+        // The new names must survive a power cut as much as the files below them.
+        fsync_dir(&root)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
