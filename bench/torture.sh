@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# `make torture`: the long reliability pass. Runs the crash loop for many rounds and puts
-# its figures in README.md (between the torture markers) and target/torture/.
+# `make torture`: the long reliability pass. Runs the crash loops for many rounds, the
+# power-cut check and a 10-minute soak, and puts their figures in README.md (between the
+# torture markers) and target/torture/.
 #
 #   CRASH_ROUNDS (default 200), CRASH_S3_ROUNDS (20), CRASH_SIZE_MIB (256), CRASH_SEED (the
-#   time) as for the tests.
+#   time), SOAK_SECS (600) as for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS=${CRASH_ROUNDS:-200} CRASH_S3_ROUNDS=${CRASH_S3_ROUNDS:-20}
 # The S3 variant needs the local S3-compatible server (make s3-install).
 bash scripts/s3-server/run.sh install
-rm -f target/torture/crash-loop.md target/torture/crash-loop-s3.md
+reports="crash-loop crash-loop-s3 power-cut soak"
+for r in $reports; do rm -f "target/torture/$r.md"; done
 S3_REQUIRED=1 cargo test -q -p tests --test crash_loop -- --nocapture --test-threads 1
-for report in target/torture/crash-loop.md target/torture/crash-loop-s3.md; do
-  [ -f "$report" ] || { echo "torture: no report at $report" >&2; exit 1; }
-done
-table="$(cat target/torture/crash-loop.md)
+STRACE_REQUIRED=1 cargo test -q -p tests --test power_cut -- --nocapture
+SOAK_SECS=${SOAK_SECS:-600} cargo test -q -p tests --test soak -- --nocapture
+table=""
+for r in $reports; do
+  [ -f "target/torture/$r.md" ] || { echo "torture: no report target/torture/$r.md" >&2; exit 1; }
+  table="$table$(cat "target/torture/$r.md")
 
-$(cat target/torture/crash-loop-s3.md)
-Measured $(date -u +%Y-%m-%d) by \`make torture\` on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)."
+"
+done
+table="${table}Measured $(date -u +%Y-%m-%d) by \`make torture\` on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)."
 echo "$table"
 if grep -q '<!-- torture:start -->' README.md; then
   python3 - "$table" <<'PY'

@@ -327,6 +327,20 @@ async fn every_answer_follows_the_fsyncs_it_promises() {
          and new names traced, {} violations",
         violations.len()
     );
+    let out = tests::webclients::repo_root()
+        .join("target")
+        .join("torture");
+    if std::fs::create_dir_all(&out).is_ok() {
+        let report = format!(
+            "| power cut: each acknowledgement a crash point (strace) | value |\n\
+             | --- | --- |\n\
+             | acknowledgements checked | {answers} |\n\
+             | writes and new names traced | {changes} |\n\
+             | acknowledged before their fsyncs | {} |\n",
+            violations.len()
+        );
+        let _ = std::fs::write(out.join("power-cut.md"), report);
+    }
     // Each chunk is a data write and a receipt: the trace must show them.
     assert!(
         changes > 2 * count,
