@@ -75,9 +75,12 @@ impl LocalBackend {
             ))
         })?;
         // Leftovers of interrupted atomic writes.
-        for entry in fs::read_dir(root.join("idempotency"))?.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
+        let uploads = fs::read_dir(root.join("uploads"))?.flatten().map(|e| e.path());
+        for dir in std::iter::once(root.join("idempotency")).chain(uploads) {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(Self { root, _lock: lock })
@@ -100,9 +103,11 @@ fn fsync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Replaces `path` with `bytes` atomically and durably.
+/// Replaces `path` with `bytes` atomically and durably. The temporary file has a name of
+/// its own, so two writers of one path (the hash midstate is saved by a request and by
+/// the background catch-up) never rename each other's file away.
 fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     if durable {
