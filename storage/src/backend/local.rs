@@ -75,7 +75,9 @@ impl LocalBackend {
             ))
         })?;
         // Leftovers of interrupted atomic writes.
-        let uploads = fs::read_dir(root.join("uploads"))?.flatten().map(|e| e.path());
+        let uploads = fs::read_dir(root.join("uploads"))?
+            .flatten()
+            .map(|e| e.path());
         for dir in std::iter::once(root.join("idempotency")).chain(uploads) {
             for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
                 if entry.file_name().to_string_lossy().ends_with(".tmp") {
