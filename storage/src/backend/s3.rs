@@ -5,7 +5,7 @@
 //! ```text
 //! uploads/{id}/record.json                      {"record": UploadRecord, "multipart_id": ..}
 //!                                               created If-None-Match: *, replaced If-Match: <etag>
-//! uploads/{id}/chunks/{index:05}/lease         "{process} {unix expiry}": who is sending the part
+//! uploads/{id}/chunks/{index:05}/lease         "{process}-{write} {unix expiry}": which write is sending the part
 //! uploads/{id}/chunks/{index:05}/claim         the name of the chunk's receipt, written once
 //! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}
 //!                                               empty receipt of one part; the name is the receipt,
@@ -124,7 +124,7 @@ pub struct S3Backend {
     multipart_ids: Mutex<HashMap<UploadId, String>>,
 }
 
-/// How long a chunk lease holds off writers of other processes; a live writer renews it
+/// How long a chunk lease holds off other writers; a live writer renews it
 /// every [`LEASE_RENEW`], so a crashed server's chunk is free again within this time.
 const LEASE_SECS: i64 = 15;
 /// How often a writer renews its lease.
@@ -237,13 +237,13 @@ impl S3Backend {
             .map_err(store_err)
     }
 
-    /// Becomes the one writer of a chunk across all servers: a lease object naming this
-    /// process and an expiry. A live lease of another process means the chunk is being
-    /// written elsewhere ([`Error::Conflict`]: retry soon); an expired one, or one of this
-    /// process (whose own writers are already one at a time), is taken over.
-    async fn take_lease(&self, lease: &Path) -> Result<Option<String>> {
+    /// Becomes the one writer of a chunk across all servers and requests: a lease object
+    /// naming this write (`holder_id`) and an expiry. A live lease of another write means
+    /// the chunk is being written elsewhere ([`Error::Conflict`]: retry soon); an expired
+    /// one is taken over.
+    async fn take_lease(&self, lease: &Path, holder_id: &str) -> Result<Option<String>> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let body = format!("{} {}", self.process, now + LEASE_SECS);
+        let body = format!("{holder_id} {}", now + LEASE_SECS);
         let create = self
             .store
             .put_opts(
@@ -270,7 +270,7 @@ impl S3Backend {
         let mut it = text.split_whitespace();
         let holder = it.next().unwrap_or_default();
         let until: i64 = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
-        if holder != self.process && until > now {
+        if holder != holder_id && until > now {
             return Err(Error::Conflict);
         }
         let put = self
@@ -453,7 +453,10 @@ impl Backend for S3Backend {
         let len = record.chunk_len(index)?;
         let multipart_id = self.multipart_id(record.id).await?;
         let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
-        let lease_tag = self.take_lease(&lease).await?;
+        // Each write holds the lease under a name of its own: two requests of this same
+        // process (which share no state on S3) must not both send the part.
+        let holder_id = format!("{}-{}", self.process, uuid::Uuid::new_v4().simple());
+        let lease_tag = self.take_lease(&lease, &holder_id).await?;
         // A writer that finished while this request waited for the lease has claimed the
         // chunk: its part must not be overwritten, so this request becomes a retry.
         let dir = self.key(&format!("uploads/{}/chunks/{index:05}", record.id));
@@ -496,7 +499,7 @@ impl Backend for S3Backend {
             lease: Some((self.store.clone(), lease)),
             lease_tag,
             renewed: std::time::Instant::now(),
-            process: self.process.clone(),
+            process: holder_id,
         }))
     }
 
