@@ -211,6 +211,52 @@ fn write_random(path: &Path, size: u64, seed: u64) -> String {
     hex::encode(h.finalize())
 }
 
+/// Bytes the CLI saw acknowledged (`acked`) that the server no longer reports for upload
+/// `id` after a restart: must be 0.
+fn lost_bytes(url: &str, id: &str, acked: u64, round: u32) -> u64 {
+    let st = status(url, id);
+    let received = st["received_bytes"].as_u64().unwrap_or(0);
+    if received < acked && st["state"] == "uploading" {
+        eprintln!("round {round}: {acked} bytes acknowledged before the kill, {received} after");
+        return acked - received;
+    }
+    0
+}
+
+/// Lets `run` finish, running the CLI again (it resumes from its journal) while it
+/// fails, at most three times. Returns its `completed` event and how many runs it took
+/// beyond the first.
+fn finish_resuming(
+    run: CliRun,
+    url: &str,
+    state: &Path,
+    file: &Path,
+    extra: &[&str],
+    round: u32,
+    seed: u64,
+) -> (Value, u64) {
+    let mut result = run.finish(Duration::from_secs(600));
+    let mut reruns = 0;
+    while result.0 != 0 {
+        reruns += 1;
+        assert!(
+            reruns <= 3,
+            "round {round} (CRASH_SEED={seed}): the CLI keeps failing (exit {}):\n{}",
+            result.0,
+            result.2
+        );
+        result = CliRun::start(url, state, file, extra).finish(Duration::from_secs(600));
+    }
+    let completed = result
+        .1
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "completed")
+        .cloned()
+        .unwrap_or_else(|| panic!("round {round}: no completed event: {:?}", result.1));
+    (completed, reruns)
+}
+
 /// Counts the completions of `id` in a server process's log.
 fn completions(logs: &str, id: &str) -> usize {
     logs.lines()
@@ -267,38 +313,11 @@ fn uploads_survive_kill_9_of_the_server_at_random_moments() {
             let Some(id) = run.id.lock().unwrap().clone() else {
                 continue;
             };
-            let st = status(&server.url(), &id);
-            let received = st["received_bytes"].as_u64().unwrap_or(0);
-            let state = st["state"].as_str().unwrap_or_default();
-            if received < acked && state == "uploading" {
-                eprintln!(
-                    "round {round}: {acked} bytes acknowledged before the kill, {received} after"
-                );
-                lost += acked - received;
-            }
+            lost += lost_bytes(&server.url(), &id, acked, round);
         }
-        // Let the CLI finish; run it again (it resumes) if its retries ran out.
-        let mut result = run.finish(Duration::from_secs(600));
-        let mut tries = 0;
-        while result.0 != 0 {
-            tries += 1;
-            assert!(
-                tries <= 3,
-                "round {round} (CRASH_SEED={seed}): the CLI keeps failing (exit {}):\n{}",
-                result.0,
-                result.2
-            );
-            cli_reruns += 1;
-            result =
-                CliRun::start(&server.url(), &state, &file, &[]).finish(Duration::from_secs(600));
-        }
-        let completed = result
-            .1
-            .iter()
-            .rev()
-            .find(|e| e["event"] == "completed")
-            .cloned()
-            .unwrap_or_else(|| panic!("round {round}: no completed event: {:?}", result.1));
+        let (completed, reruns) =
+            finish_resuming(run, &server.url(), &state, &file, &[], round, seed);
+        cli_reruns += reruns;
         let id = completed["id"].as_str().unwrap().to_string();
         assert_eq!(
             completed["sha256"], sha,
@@ -456,33 +475,11 @@ fn three_servers_on_one_bucket_survive_kill_9_of_one() {
             servers[victim].restart();
             kills += 1;
             if let Some(id) = run.id.lock().unwrap().clone() {
-                let st = status(&lb.url(), &id);
-                let received = st["received_bytes"].as_u64().unwrap_or(0);
-                if received < acked && st["state"] == "uploading" {
-                    lost += acked - received;
-                }
+                lost += lost_bytes(&lb.url(), &id, acked, round);
             }
         }
-        let mut result = run.finish(Duration::from_secs(600));
-        let mut tries = 0;
-        while result.0 != 0 {
-            tries += 1;
-            assert!(
-                tries <= 3,
-                "round {round} (CRASH_SEED={seed}): the CLI keeps failing (exit {}):\n{}",
-                result.0,
-                result.2
-            );
-            result = CliRun::start(&lb.url(), &state, &file, &["--chunk-size", "5MiB"])
-                .finish(Duration::from_secs(600));
-        }
-        let completed = result
-            .1
-            .iter()
-            .rev()
-            .find(|e| e["event"] == "completed")
-            .cloned()
-            .unwrap_or_else(|| panic!("round {round}: no completed event"));
+        let extra = ["--chunk-size", "5MiB"];
+        let (completed, _) = finish_resuming(run, &lb.url(), &state, &file, &extra, round, seed);
         let id = completed["id"].as_str().unwrap().to_string();
         assert_eq!(completed["sha256"], sha, "round {round}");
         if status(&lb.url(), &id)["sha256"] != sha.as_str() || content_sha256(&lb.url(), &id) != sha
