@@ -4,13 +4,14 @@
 # torture markers) and target/torture/.
 #
 #   CRASH_ROUNDS (default 200), CRASH_S3_ROUNDS (20), CRASH_SIZE_MIB (256), CRASH_SEED (the
-#   time), SOAK_SECS (600) as for the tests.
+#   time), POWER_CUT_SEEDS (5000), SOAK_SECS (600) as for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS=${CRASH_ROUNDS:-200} CRASH_S3_ROUNDS=${CRASH_S3_ROUNDS:-20}
+export POWER_CUT_SEEDS=${POWER_CUT_SEEDS:-5000}
 # The S3 variant needs the local S3-compatible server (make s3-install).
 bash scripts/s3-server/run.sh install
-reports="crash-loop crash-loop-s3 power-cut soak"
+reports="crash-loop crash-loop-s3 power-cut power-cut-replay soak"
 for r in $reports; do rm -f "target/torture/$r.md"; done
 S3_REQUIRED=1 cargo test -q -p tests --test crash_loop -- --nocapture --test-threads 1
 STRACE_REQUIRED=1 cargo test -q -p tests --test power_cut -- --nocapture

@@ -554,8 +554,20 @@ impl Uploads {
     }
 
     /// Where the next in-order append goes: the bytes stored contiguously from the start.
-    pub async fn offset(&self, id: UploadId) -> Result<Position> {
-        let up = self.get(id).await?;
+    /// An in-order upload whose every byte is stored but which is not completed (a crash
+    /// or a store failure between its last append and the verification) is completed
+    /// here: its client sees nothing left to send and would never ask again.
+    pub async fn offset(self: &Arc<Self>, id: UploadId) -> Result<Position> {
+        let mut up = self.get(id).await?;
+        let record = up.record();
+        if record.mode == UploadMode::Stream
+            && record.state == StoredState::Uploading
+            && up.chunks().contiguous_bytes(&record) == record.size
+        {
+            tracing::info!(%id, "completing an upload whose bytes are all stored");
+            self.complete(id, None).await?;
+            up = self.get(id).await?;
+        }
         let status = self.status_of(&up)?;
         let record = up.record();
         let offset = up.chunks().contiguous_bytes(&record);

@@ -241,6 +241,7 @@ impl Server {
         }
     }
 }
+pub mod fs_replay;
 pub mod proxy;
 pub mod s3;
 pub mod webclients;
