@@ -4,18 +4,25 @@
 # torture markers) and target/torture/.
 #
 #   CRASH_ROUNDS (default 200), CRASH_S3_ROUNDS (20), CRASH_SIZE_MIB (256), CRASH_SEED (the
-#   time), POWER_CUT_SEEDS (5000), SOAK_SECS (600) as for the tests.
+#   time), POWER_CUT_SEEDS (5000), RACE_ROUNDS (20), SOAK_SECS (600) as for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS=${CRASH_ROUNDS:-200} CRASH_S3_ROUNDS=${CRASH_S3_ROUNDS:-20}
-export POWER_CUT_SEEDS=${POWER_CUT_SEEDS:-5000}
+export POWER_CUT_SEEDS=${POWER_CUT_SEEDS:-5000} RACE_ROUNDS=${RACE_ROUNDS:-20}
 # The S3 variant needs the local S3-compatible server (make s3-install).
 bash scripts/s3-server/run.sh install
 reports="crash-loop crash-loop-s3 power-cut power-cut-replay soak"
 for r in $reports; do rm -f "target/torture/$r.md"; done
+rm -rf target/torture/tally
 S3_REQUIRED=1 cargo test -q -p tests --test crash_loop -- --nocapture --test-threads 1
 STRACE_REQUIRED=1 cargo test -q -p tests --test power_cut -- --nocapture
 SOAK_SECS=${SOAK_SECS:-600} cargo test -q -p tests --test soak -- --nocapture
+# Faults and races: the tests that inject them, each adding its count to target/torture/tally.
+races="racing_puts_to_one_index concurrent_completes_complete_once a_retried_complete cancel_racing_complete idle_uploads_expire"
+S3_REQUIRED=1 cargo test -q -p tests --test server --test server_s3 -- $races a_failed_fsync
+S3_REQUIRED=1 cargo test -q -p tests --test s3 -- store_faults_are_survived
+cargo test -q -p tests --test cli -- upload_survives_
+cargo test -q -p tests --test limits -- a_full_disk
 table=""
 for r in $reports; do
   [ -f "target/torture/$r.md" ] || { echo "torture: no report target/torture/$r.md" >&2; exit 1; }
@@ -23,6 +30,21 @@ for r in $reports; do
 
 "
 done
+table="$table$(python3 - <<'PY'
+import glob
+rows = {"fault": [], "race": []}
+for f in sorted(glob.glob("target/torture/tally/*.txt")):
+    kind, what, n = open(f).read().strip().split("|")
+    rows[kind].append((what, int(n)))
+out = ["| faults injected and racing requests tried (each test asserts its outcome) | count |", "| --- | --- |"]
+for kind, total in [("fault", "storage and network faults injected"), ("race", "duplicate and racing requests tried")]:
+    out += [f"| {w} | {n} |" for w, n in rows[kind]]
+    out.append(f"| **{total}** | **{sum(n for _, n in rows[kind])}** |")
+print("\n".join(out))
+PY
+)
+
+"
 table="${table}Measured $(date -u +%Y-%m-%d) by \`make torture\` on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)."
 echo "$table"
 if grep -q '<!-- torture:start -->' README.md; then

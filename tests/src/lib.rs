@@ -262,3 +262,29 @@ impl Server {
         )
     }
 }
+
+/// Where the reliability tests leave their figures for `make torture` (`bench/torture.sh`).
+fn torture_dir() -> Option<PathBuf> {
+    let out = webclients::repo_root().join("target").join("torture");
+    std::fs::create_dir_all(out.join("tally")).ok()?;
+    Some(out)
+}
+
+/// Writes one scenario's figures table (markdown) as `target/torture/{name}.md`.
+pub fn torture_report(name: &str, markdown: &str) {
+    if let Some(out) = torture_dir() {
+        let _ = std::fs::write(out.join(format!("{name}.md")), markdown);
+    }
+}
+
+/// Records how many faults or racing requests a test tried, as one row of the torture
+/// table's "faults and races" section: `target/torture/tally/{key}.txt` holds
+/// `kind|what|count`, where kind is `fault` or `race`.
+pub fn tally(key: &str, kind: &str, what: &str, count: u64) {
+    if let Some(out) = torture_dir() {
+        let _ = std::fs::write(
+            out.join("tally").join(format!("{key}.txt")),
+            format!("{kind}|{what}|{count}\n"),
+        );
+    }
+}

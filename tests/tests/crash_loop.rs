@@ -357,12 +357,13 @@ fn uploads_survive_kill_9_of_the_server_at_random_moments() {
         started.elapsed().as_secs_f64(),
     );
     eprintln!("{report}");
-    let out = tests::webclients::repo_root()
-        .join("target")
-        .join("torture");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join("crash-loop.md"), &report);
-    }
+    tests::torture_report("crash-loop", &report);
+    tests::tally(
+        "crash-kills",
+        "fault",
+        "server kill -9 at a random point (crash loop, local disk)",
+        kills,
+    );
     assert_eq!(lost, 0, "acknowledged bytes were lost (CRASH_SEED={seed})");
     assert_eq!(
         mismatches, 0,
@@ -509,12 +510,13 @@ fn three_servers_on_one_bucket_survive_kill_9_of_one() {
         size / MIB
     );
     eprintln!("{report}");
-    let out = tests::webclients::repo_root()
-        .join("target")
-        .join("torture");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join("crash-loop-s3.md"), &report);
-    }
+    tests::torture_report("crash-loop-s3", &report);
+    tests::tally(
+        "crash-kills-s3",
+        "fault",
+        "server kill -9 at a random point (three servers on one S3 bucket)",
+        kills,
+    );
     assert_eq!(lost, 0, "acknowledged bytes were lost (CRASH_SEED={seed})");
     assert_eq!(
         mismatches, 0,

@@ -492,6 +492,12 @@ async fn a_full_disk_answers_507_and_the_upload_resumes_after_space_is_freed() {
         .unwrap();
     assert!(content[..] == bytes[..], "the published file differs");
     drop(server);
+    tests::tally(
+        "disk-full",
+        "fault",
+        "local disk: the data volume full mid-upload",
+        1,
+    );
 }
 
 /// 300 connections trickle bytes (half of them headers, half a chunk body) while a

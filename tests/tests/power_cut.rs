@@ -271,20 +271,15 @@ async fn every_answer_follows_the_fsyncs_it_promises() {
          and new names traced, {} violations",
         violations.len()
     );
-    let out = tests::webclients::repo_root()
-        .join("target")
-        .join("torture");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let report = format!(
-            "| power cut: each acknowledgement a crash point (strace) | value |\n\
-             | --- | --- |\n\
-             | acknowledgements checked | {answers} |\n\
-             | writes and new names traced | {changes} |\n\
-             | acknowledged before their fsyncs | {} |\n",
-            violations.len()
-        );
-        let _ = std::fs::write(out.join("power-cut.md"), report);
-    }
+    let report = format!(
+        "| power cut: each acknowledgement a crash point (strace) | value |\n\
+         | --- | --- |\n\
+         | acknowledgements checked | {answers} |\n\
+         | writes and new names traced | {changes} |\n\
+         | acknowledged before their fsyncs | {} |\n",
+        violations.len()
+    );
+    tests::torture_report("power-cut", &report);
     // Each chunk is a data write and a receipt: the trace must show them.
     assert!(
         changes > 2 * count,
@@ -668,20 +663,15 @@ async fn power_cuts_at_random_points_lose_nothing_acknowledged() {
          acknowledged chunks checked",
         failures.len()
     );
-    let out = tests::webclients::repo_root()
-        .join("target")
-        .join("torture");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let report = format!(
-            "| power cut replayed (unsynced writes dropped or torn) | value |\n\
-             | --- | --- |\n\
-             | seeds passed / run | {} / {seeds} |\n\
-             | unsynced changes dropped or torn | {lost_total} |\n\
-             | acknowledged chunks checked after a cut | {acked_total} |\n",
-            seeds as usize - failures.len()
-        );
-        let _ = std::fs::write(out.join("power-cut-replay.md"), report);
-    }
+    let report = format!(
+        "| power cut replayed (unsynced writes dropped or torn) | value |\n\
+         | --- | --- |\n\
+         | seeds passed / run | {} / {seeds} |\n\
+         | unsynced changes dropped or torn | {lost_total} |\n\
+         | acknowledged chunks checked after a cut | {acked_total} |\n",
+        seeds as usize - failures.len()
+    );
+    tests::torture_report("power-cut-replay", &report);
     assert!(
         lost_total > 0,
         "the power cuts dropped nothing: the replay is too kind"

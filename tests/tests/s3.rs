@@ -1528,6 +1528,12 @@ async fn store_faults_are_survived() {
         let faults = proxy.stats().faults();
         eprintln!("store faults ({what}): {faults} injected");
         assert!(faults >= 3, "{what}: only {faults} faults were injected");
+        tests::tally(
+            &format!("s3-store-faults-{n}"),
+            "fault",
+            &format!("S3 store ({what})"),
+            faults,
+        );
     }
 }
 

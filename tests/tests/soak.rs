@@ -248,12 +248,7 @@ async fn mixed_load_stays_flat_and_leaves_no_orphans() {
         late.1,
     );
     eprintln!("{report}");
-    let out = tests::webclients::repo_root()
-        .join("target")
-        .join("torture");
-    if std::fs::create_dir_all(&out).is_ok() {
-        let _ = std::fs::write(out.join("soak.md"), &report);
-    }
+    tests::torture_report("soak", &report);
     assert!(requests > 100, "only {requests} requests in {secs} s");
     assert_eq!(errors, 0, "unexpected answers (see the log above)");
     assert_eq!(left, 0, "upload bytes left after every upload ended");

@@ -53,6 +53,12 @@ fn upload_survives_twenty_percent_faulty_requests() {
         run.events_of("retry").len()
     );
     assert!(faults >= 5, "only {faults} faults in {requests} requests");
+    tests::tally(
+        "network-faulty-requests",
+        "fault",
+        "network: a fifth of CLI requests reset, stalled, 503'd or their answer dropped",
+        faults,
+    );
     for (kind, n) in [
         ("reset", &stats.resets),
         ("stall", &stats.stalls),
@@ -145,6 +151,15 @@ fn upload_survives_network_chaos_over_a_thousand_chunk_sends() {
         stats.trickled.load(Ordering::Relaxed),
     );
     assert!(requests >= 1024, "only {requests} requests");
+    tests::tally(
+        "network-chaos",
+        "fault",
+        &format!(
+            "network chaos over {requests} chunk sends: resets, stalls, 503s, dropped \
+             answers, latency, 5 KB/s trickle"
+        ),
+        stats.faults(),
+    );
     for (kind, n) in [
         ("reset", &stats.resets),
         ("stall", &stats.stalls),

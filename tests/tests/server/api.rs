@@ -483,6 +483,7 @@ async fn concurrent_completes_complete_once() {
         .count();
     assert_eq!(completions, 1, "logs:\n{logs}");
     api.assert_content(st.id, &file).await;
+    store.tally_races("complete", "concurrent completes of one upload", 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -711,6 +712,11 @@ async fn a_retried_complete_after_a_lost_answer_completes_once() {
         .count();
     assert_eq!(completions, 1, "logs:\n{logs}");
     api.assert_content(st.id, &file).await;
+    store.tally_races(
+        "complete-retry",
+        "a complete whose answer was lost, and its retries",
+        2,
+    );
 }
 
 /// Cancel racing complete, many times: each upload ends in one state, and a file is
@@ -720,7 +726,8 @@ async fn cancel_racing_complete_has_one_outcome() {
     let (server, store) = start!(&[]);
     let api = Arc::new(Api::new(&server));
     let cs = store.chunk(64 * KIB);
-    for round in 0..8u64 {
+    let rounds = race_rounds(8);
+    for round in 0..rounds {
         let file = random_bytes(2 * cs, 40 + round);
         let st = api
             .create(json!({"size": file.len(), "chunk_size": cs, "sha256": sha256_hex(&file)}))
@@ -777,4 +784,9 @@ async fn cancel_racing_complete_has_one_outcome() {
             other => panic!("round {round}: status {other}"),
         }
     }
+    store.tally_races(
+        "cancel-complete",
+        "a cancel racing a complete, per round both",
+        2 * rounds,
+    );
 }

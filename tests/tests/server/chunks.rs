@@ -222,49 +222,57 @@ async fn racing_puts_to_one_index() {
     let (server, store) = start!(&[]);
     let api = Arc::new(Api::new(&server));
     let cs = store.chunk(256 * KIB);
-    let st = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
-    let id = st.id;
+    let rounds = race_rounds(1);
+    for round in 0..rounds {
+        let st = api.create(json!({"size": 2 * cs, "chunk_size": cs})).await;
+        let id = st.id;
 
-    // Same bytes, 8 at once.
-    let same = Arc::new(random_bytes(cs, 20));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let (api, same) = (api.clone(), same.clone());
-        tasks.spawn(async move { put_retrying_503(&api, id, 0, &same).await });
-    }
-    let mut codes = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        codes.push(r.unwrap());
-    }
-    codes.sort();
-    assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 201]);
-
-    // Different bytes, 8 at once.
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..8u64 {
-        let api = api.clone();
-        tasks.spawn(async move {
-            let body = random_bytes(cs, 100 + n);
-            (put_retrying_503(&api, id, 1, &body).await, body)
-        });
-    }
-    let mut winners = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let (code, body) = r.unwrap();
-        match code {
-            201 => winners.push(body),
-            409 => {}
-            other => panic!("racing PUT answered {other}"),
+        // Same bytes, 8 at once.
+        let same = Arc::new(random_bytes(cs, 20 + round));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (api, same) = (api.clone(), same.clone());
+            tasks.spawn(async move { put_retrying_503(&api, id, 0, &same).await });
         }
+        let mut codes = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            codes.push(r.unwrap());
+        }
+        codes.sort();
+        assert_eq!(codes, [200, 200, 200, 200, 200, 200, 200, 201]);
+
+        // Different bytes, 8 at once.
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..8u64 {
+            let api = api.clone();
+            tasks.spawn(async move {
+                let body = random_bytes(cs, 100 + n + 8 * round);
+                (put_retrying_503(&api, id, 1, &body).await, body)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            let (code, body) = r.unwrap();
+            match code {
+                201 => winners.push(body),
+                409 => {}
+                other => panic!("racing PUT answered {other}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one racing PUT stores its bytes");
+        let st = api.status(id).await;
+        assert!(st.missing.is_empty());
+        assert_eq!(st.received_bytes, 2 * cs as u64);
+        let mut file = same.to_vec();
+        file.extend_from_slice(&winners[0]);
+        assert_eq!(api.complete(id, None).await.status(), StatusCode::OK);
+        api.assert_content(id, &file).await;
     }
-    assert_eq!(winners.len(), 1, "exactly one racing PUT stores its bytes");
-    let st = api.status(id).await;
-    assert!(st.missing.is_empty());
-    assert_eq!(st.received_bytes, 2 * cs as u64);
-    let mut file = same.to_vec();
-    file.extend_from_slice(&winners[0]);
-    assert_eq!(api.complete(id, None).await.status(), StatusCode::OK);
-    api.assert_content(id, &file).await;
+    store.tally_races(
+        "put",
+        "racing PUTs of one chunk, 8 with equal and 8 with different bytes",
+        16 * rounds,
+    );
 }
 
 /// An error answered before the request body is read (here: an unknown upload, a wrong

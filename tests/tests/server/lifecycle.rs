@@ -70,6 +70,11 @@ async fn idle_uploads_expire_active_ones_do_not() {
     let st = api.status(active.id).await;
     assert_eq!(st.state, UploadState::Uploading);
     assert_eq!(st.received_bytes, (next * cs) as u64);
+    store.tally_races(
+        "expiry",
+        "chunk PUTs of an active upload past its TTL while the sweeper expired an idle one",
+        next as u64,
+    );
 
     wait_until(
         Duration::from_secs(10),

@@ -105,4 +105,10 @@ async fn a_failed_fsync_is_never_an_acknowledgement() {
             assert!(logs.contains("injected fault"), "{point}: {logs}");
         }
     }
+    tests::tally(
+        "fsync-eio",
+        "fault",
+        "local disk: fsync EIO, of a chunk's data and of its receipt",
+        2,
+    );
 }

@@ -114,6 +114,17 @@ impl Store {
         }
     }
 
+    /// Records how many racing or duplicate requests a test tried, per backend, for the
+    /// torture table.
+    pub fn tally_races(&self, key: &str, what: &str, count: u64) {
+        tests::tally(
+            &format!("race-{}-{key}", self.name()),
+            "race",
+            &format!("{what} ({})", self.name()),
+            count,
+        );
+    }
+
     /// The chunk size a test uses where it would use `local` on local disk: on S3 the
     /// smallest part S3 takes (5 MiB), so tests there keep their chunk counts small.
     pub fn chunk(&self, local: usize) -> usize {
@@ -561,4 +572,12 @@ pub async fn synced_logs(api: &Api, server: &Server) -> String {
     })
     .await;
     server.logs()
+}
+
+/// Rounds of a race test: `RACE_ROUNDS` when set (`make torture` raises it), else `default`.
+pub fn race_rounds(default: u64) -> u64 {
+    std::env::var("RACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
