@@ -5,7 +5,7 @@
 //! rendered on demand by the route, on the server's one port.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::Method;
@@ -46,6 +46,7 @@ impl Exporter {
                     Ok(handle) => {
                         describe();
                         storage::metrics::describe();
+                        spawn_upkeep(handle.clone());
                         Some(Exporter(handle))
                     }
                     Err(e) => {
@@ -62,6 +63,24 @@ impl Exporter {
         // Without the exporter's own listener nothing else drains histogram samples.
         self.0.run_upkeep();
         self.0.render()
+    }
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets now and then. The recorder keeps every raw
+/// sample until an upkeep runs; without its own listener that happened only on a scrape,
+/// so a server nobody scraped grew by every request it served (found by the soak test).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "histogram upkeep is not running");
     }
 }
 

@@ -253,9 +253,11 @@ async fn mixed_load_stays_flat_and_leaves_no_orphans() {
     assert_eq!(errors, 0, "unexpected answers (see the log above)");
     assert_eq!(left, 0, "upload bytes left after every upload ended");
     assert!(counts.abandoned.load(Ordering::Relaxed) > 0);
-    // Flat: the last quarter of the run holds no more than the first one plus slack.
+    // Flat: the last quarter of the run holds no more than the first one plus slack (an
+    // unscraped metrics recorder once grew by every request served: 34 → 52 MiB in 10
+    // minutes).
     assert!(
-        late.0 <= early.0 + early.0 / 2 + 16,
+        late.0 <= early.0 + (early.0 / 5).max(8),
         "memory grew: {early:?} → {late:?}"
     );
     assert!(
