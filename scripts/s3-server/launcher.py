@@ -22,6 +22,8 @@ Admin:
 * ``POST /_launcher/drop-bucket/{name}`` removes a bucket with everything in it
   (objects and multipart uploads) and frees their memory, under the lock: tests that
   share one server with a bucket each clean up after themselves with it.
+* ``LAUNCHER_REQUEST_LOG=<path>``: one line per request (method, path and query,
+  status, milliseconds under the lock), to see what a client asks of the store.
 * Signals: SIGUSR1 takes the server "down" (the listening socket is closed, so new
   connections are refused, and requests on kept-alive connections get 503 with
   ``Connection: close``) while keeping all state in memory; SIGUSR2 brings it back
@@ -134,6 +136,8 @@ class SerializedApp:
         self.app = app
         self.lock = threading.Lock()
         self.down = threading.Event()
+        log = os.environ.get("LAUNCHER_REQUEST_LOG")
+        self.log = open(log, "a", buffering=1) if log else None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -176,6 +180,7 @@ class SerializedApp:
             return written.append  # legacy write() callable
 
         with self.lock:
+            started = time.monotonic()
             try:
                 result = self.app(environ, capture)
                 try:
@@ -191,6 +196,13 @@ class SerializedApp:
                 status, headers, chunks = _no_such_upload(upload_id, path)
                 captured["status"] = status
                 captured["headers"] = headers
+            if self.log is not None:
+                query = environ.get("QUERY_STRING", "")
+                self.log.write(
+                    f"{environ.get('REQUEST_METHOD')} {path}{'?' + query if query else ''} "
+                    f"{captured['status'].split()[0]} {len(body)} "
+                    f"{(time.monotonic() - started) * 1000:.1f}\n"
+                )
 
         # Outside the lock: sending the response.
         start_response(captured["status"], captured["headers"])

@@ -427,7 +427,7 @@ impl Uploads {
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
-        let up = self.get(id).await?;
+        let up = self.get_for_write(id).await?;
         let _busy = up.busy_guard();
         let _op = up.op.read().await;
         let record = up.record();
@@ -1184,7 +1184,17 @@ impl Uploads {
     /// tombstone is returned as a handle; callers turn it into "gone". On shared storage
     /// every call loads afresh: another process may have changed the upload.
     async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
-        let up = self.get_any(id).await?;
+        self.get_visible(id, false).await
+    }
+
+    /// [`Self::get`] for a chunk write: on shared storage the handle may lack the other
+    /// chunks' receipts (see [`Backend::load_for_write`]).
+    async fn get_for_write(&self, id: UploadId) -> Result<Arc<Upload>> {
+        self.get_visible(id, true).await
+    }
+
+    async fn get_visible(&self, id: UploadId, for_write: bool) -> Result<Arc<Upload>> {
+        let up = self.get_loaded(id, for_write).await?;
         // Another owner's upload does not exist, as far as this request can tell.
         if !principal::may_see(up.record().owner.as_deref()) {
             return Err(Error::NotFound);
@@ -1192,19 +1202,24 @@ impl Uploads {
         Ok(up)
     }
 
-    async fn get_any(&self, id: UploadId) -> Result<Arc<Upload>> {
+    async fn get_loaded(&self, id: UploadId, for_write: bool) -> Result<Arc<Upload>> {
         if let Some(up) = self.lock_open().get(&id) {
             return Ok(up.clone());
         }
         // Every request starts here, and on shared storage it reads the store: the place
         // to notice a failing store and refuse at once while it stays down.
         self.breaker.check()?;
-        let loaded = self.backend.load(id).await;
+        let shared = self.backend.info().shared;
+        let loaded = if shared && for_write {
+            self.backend.load_for_write(id).await
+        } else {
+            self.backend.load(id).await
+        };
         self.breaker.record(&loaded);
         let up = Arc::new(Upload::from_loaded(
             self.store_failure(loaded)?.ok_or(Error::NotFound)?,
         ));
-        if self.backend.info().shared {
+        if shared {
             return Ok(up);
         }
         Ok(self.lock_open().entry(id).or_insert(up).clone())

@@ -123,6 +123,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads an upload back; `None` when the id is unknown.
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>>;
 
+    /// Reads an upload back for a chunk write, which needs the record and the hash
+    /// progress but not every receipt (a chunk write finds out itself whether its own
+    /// chunk is stored). On S3 this spares one LIST per chunk, which grows with the
+    /// upload's chunks. Receipts may be left out.
+    async fn load_for_write(&self, id: UploadId) -> Result<Option<Loaded>> {
+        self.load(id).await
+    }
+
     /// Reads only the record, without chunk receipts: cheap, for sweeps and start-up.
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>>;
 

@@ -416,6 +416,24 @@ impl Backend for S3Backend {
         }))
     }
 
+    async fn load_for_write(&self, id: UploadId) -> Result<Option<Loaded>> {
+        let Some(obj) = self.get_record(id).await? else {
+            return Ok(None);
+        };
+        let record = obj.record;
+        let prefix_hash = if record.state.is_tombstone() {
+            None
+        } else {
+            self.load_prefix_hash(id).await.unwrap_or(None)
+        };
+        Ok(Some(Loaded {
+            last_activity: record.updated_at,
+            record,
+            receipts: Vec::new(),
+            prefix_hash,
+        }))
+    }
+
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
         Ok(self.get_record(id).await?.map(|o| o.record))
     }
