@@ -20,7 +20,7 @@ SOAK_SECS=${SOAK_SECS:-600} cargo test -q -p tests --test soak -- --nocapture
 # Faults and races: the tests that inject them, each adding its count to target/torture/tally.
 races="racing_puts_to_one_index concurrent_completes_complete_once a_retried_complete cancel_racing_complete idle_uploads_expire"
 S3_REQUIRED=1 cargo test -q -p tests --test server --test server_s3 -- $races a_failed_fsync
-S3_REQUIRED=1 cargo test -q -p tests --test s3 -- store_faults_are_survived
+S3_REQUIRED=1 cargo test -q -p tests --test s3 -- store_faults_are_survived the_cli_outlasts
 cargo test -q -p tests --test cli -- upload_survives_
 cargo test -q -p tests --test limits -- a_full_disk
 table=""

@@ -1553,3 +1553,108 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The store down for 10 s in the middle of a CLI upload (issue 9): meanwhile the server
+/// refuses requests with a 5xx instead of hanging, the CLI keeps retrying (honouring
+/// `Retry-After`), and once the store is back the same upload completes with the right
+/// SHA-256 and exactly one published object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_outlasts_the_store_down_for_ten_seconds() {
+    use std::io::BufRead;
+    let Some(s3) = s3_or_skip("the_cli_outlasts_the_store_down_for_ten_seconds").await else {
+        return;
+    };
+    let (server, dir) = upload_server(&s3, &[]);
+    let api = Api::new(&server);
+    let file = random_bytes(8 * CS + 123, 77);
+    let path = dir.path().join("file.bin");
+    std::fs::write(&path, &file).unwrap();
+    let mut cmd = std::process::Command::new(tests::bin_path("uploader"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("UPLOADER_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .env("UPLOADER_STATE_DIR", dir.path().join("cli-state"))
+        .args(["--server", &server.url(), "--json", "upload", "-j", "2"])
+        .args([
+            "--chunk-size",
+            "5MiB",
+            "--retries",
+            "100",
+            "--retry-max-delay",
+            "1s",
+        ])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn uploader");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, events) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // Down once the first chunk is acknowledged.
+    let mut id = None;
+    let mut seen = Vec::new();
+    loop {
+        let v = events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the CLI reports progress");
+        if let Some(i) = v["id"].as_str() {
+            id = Some(i.parse::<UploadId>().unwrap());
+        }
+        let progressed = v["event"] == "progress" && v["bytes"].as_u64().unwrap_or(0) > 0;
+        seen.push(v);
+        if progressed {
+            break;
+        }
+    }
+    let id = id.expect("the CLI named its upload");
+    s3.go_down();
+    let down = Instant::now();
+    let during = api.status_resp(id).await.status();
+    assert!(
+        during.is_server_error(),
+        "status with the store down answered {during}"
+    );
+    // The outage lasts 10 s: this sleep is the fault's duration, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+    s3.come_up();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    // The reader ends at the CLI's end of output.
+    seen.extend(events.iter());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the CLI failed: {stderr}");
+    let done = seen
+        .iter()
+        .find(|v| v["event"] == "completed")
+        .unwrap_or_else(|| panic!("no completed event: {seen:?}"));
+    assert_eq!(done["sha256"], sha256_hex(&file).as_str());
+    let retries = seen.iter().filter(|v| v["event"] == "retry").count();
+    assert!(retries > 0, "the outage caused no retry");
+    eprintln!("store down 10 s: the CLI retried {retries} times and finished");
+    assert_eq!(list_keys(&s3, "files/").await, vec![file_key(id)]);
+    api.assert_content(id, &file).await;
+    tests::tally(
+        "s3-store-down",
+        "fault",
+        "S3 store down for 10 s during a CLI upload (requests it failed and the CLI retried)",
+        retries as u64,
+    );
+}
