@@ -1658,3 +1658,50 @@ async fn the_cli_outlasts_the_store_down_for_ten_seconds() {
         retries as u64,
     );
 }
+
+/// A writer that dies after claiming its chunk but before releasing the chunk's lease
+/// leaves the lease behind until it expires; a retry of that stored chunk (its answer was
+/// lost with the writer) must still be answered at once as a retry (200), not refused
+/// until the lease expires. Found by the three-server crash loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_of_a_stored_chunk_ignores_a_lease_left_behind() {
+    let Some(s3) = s3_or_skip("a_retry_of_a_stored_chunk_ignores_a_lease_left_behind").await else {
+        return;
+    };
+    let (server, _dir) = upload_server(&s3, &[]);
+    let api = Api::new(&server);
+    let file = Bytes::from(random_bytes(CS + 17, 78));
+    let chunks = chunks_of(&file);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    api.put_ok(id, 0, chunks[0].clone()).await;
+    // The lease of a writer on another process that will never come back, far from expiry.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let lease = format!("/{BUCKET}/{}00000/lease", chunks_prefix(id));
+    let put = s3
+        .client()
+        .put(s3.url(&lease))
+        .body(format!("dead-process-write {until}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let retry = api.put(id, 0, chunks[0].clone()).await;
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "a retry of the stored chunk"
+    );
+    // Other bytes for it are still a conflict, not a "retry soon".
+    let other = Bytes::from(random_bytes(CS, 79));
+    assert_eq!(api.put(id, 0, other).await.status(), StatusCode::CONFLICT);
+    api.put_ok(id, 1, chunks[1].clone()).await;
+    api.complete_ok(id, &file).await;
+    api.assert_content(id, &file).await;
+}

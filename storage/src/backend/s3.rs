@@ -471,13 +471,21 @@ impl Backend for S3Backend {
         let len = record.chunk_len(index)?;
         let multipart_id = self.multipart_id(record.id).await?;
         let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
+        let dir = self.key(&format!("uploads/{}/chunks/{index:05}", record.id));
+        // A retry of a stored chunk needs no lease (whose holder may have died after
+        // claiming the chunk, leaving it to expire): the claim answers it at once.
+        if let Some(stored) = self.read_claim(&dir, index).await? {
+            return Err(Error::StoredMeanwhile {
+                index,
+                stored: stored.sha256,
+            });
+        }
         // Each write holds the lease under a name of its own: two requests of this same
         // process (which share no state on S3) must not both send the part.
         let holder_id = format!("{}-{}", self.process, uuid::Uuid::new_v4().simple());
         let lease_tag = self.take_lease(&lease, &holder_id).await?;
         // A writer that finished while this request waited for the lease has claimed the
         // chunk: its part must not be overwritten, so this request becomes a retry.
-        let dir = self.key(&format!("uploads/{}/chunks/{index:05}", record.id));
         if let Some(stored) = self.read_claim(&dir, index).await? {
             self.delete_if_exists(&lease).await?;
             return Err(Error::StoredMeanwhile {
@@ -721,8 +729,24 @@ impl Backend for S3Backend {
         self.delete_if_exists(&staging).await
     }
 
-    async fn content(&self, _record: &UploadRecord) -> Result<Content> {
-        Ok(Content::Object)
+    async fn content(&self, record: &UploadRecord) -> Result<Content> {
+        match self.store.head(&self.file_key(record.id)).await {
+            Ok(_) => return Ok(Content::Object),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        // The record says completed, but the file is not there yet: the process that
+        // verified it is still copying, or stopped (a crash, a store failure) between
+        // storing "completed" and publishing. Publishing is idempotent: finish it here.
+        self.publish(record).await?;
+        match self.store.head(&self.file_key(record.id)).await {
+            Ok(_) => Ok(Content::Object),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::Corrupt(format!(
+                "upload {} is completed but neither its file nor its staging object exists",
+                record.id
+            ))),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     async fn discard(&self, id: UploadId) -> Result<()> {
