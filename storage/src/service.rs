@@ -520,6 +520,16 @@ impl Uploads {
             .backend
             .commit(&record, &[Receipt::Chunk(chunk)])
             .await?;
+        if self.backend.info().shared {
+            // Another process may have expired or cancelled the upload while this chunk
+            // was sent: a chunk of an ended upload is not acknowledged (see
+            // [`Self::expire`]).
+            if let Some(now) = self.backend.load_record(id).await? {
+                if now.state.is_tombstone() {
+                    return Err(Error::Gone(now.state.name()));
+                }
+            }
+        }
         let in_flight = advanced.is_some();
         if stored_first == 0 {
             metrics::received(len);
@@ -1049,6 +1059,29 @@ impl Uploads {
         Ok(())
     }
 
+    /// Expires an idle upload, unless a chunk write began meanwhile. On shared storage
+    /// another process's chunk request may have loaded the upload before this sweep
+    /// stored "expired": its marks then differ from `marks` (taken before the idle check),
+    /// and the expiry is undone before anything is discarded; a request that stores its
+    /// chunk later finds "expired" when it checks again and acknowledges nothing (see
+    /// [`Self::put_chunk`]). Returns whether the upload expired. Caller holds `op`.
+    async fn expire(&self, up: &Upload, marks: &[String]) -> Result<bool> {
+        self.transition(up, |r| r.state = StoredState::Expired)
+            .await?;
+        if self.backend.info().shared {
+            let now = self.backend.write_marks(up.id).await?;
+            if now.iter().any(|m| !marks.contains(m)) {
+                tracing::info!(id = %up.id, "expiry undone: a chunk write began meanwhile");
+                self.transition(up, |r| r.state = StoredState::Uploading)
+                    .await?;
+                return Ok(false);
+            }
+        }
+        self.backend.discard(up.id).await?;
+        up.chunks().clear();
+        Ok(true)
+    }
+
     /// Turns an upload into a tombstone. Caller holds `op` exclusively.
     async fn bury(&self, up: &Upload, state: StoredState) -> Result<()> {
         self.transition(up, |r| r.state = state).await?;
@@ -1106,6 +1139,8 @@ impl Uploads {
                 open.push((record.owner.clone(), id, record.size));
             }
             if record.state == StoredState::Uploading {
+                // Before the idle check reads them: what chunk writes have left so far.
+                let marks = self.backend.write_marks(id).await?;
                 let up = match cached {
                     Some(up) => up,
                     None => self.get(id).await?,
@@ -1117,7 +1152,12 @@ impl Uploads {
                 if up.is_busy() || up.record().state != StoredState::Uploading {
                     continue;
                 }
-                self.bury(&up, StoredState::Expired).await?;
+                match self.expire(&up, &marks).await {
+                    Ok(true) => {}
+                    // Another request changed it (a chunk began, a complete or a cancel).
+                    Ok(false) | Err(Error::Conflict) => continue,
+                    Err(e) => return Err(e),
+                }
                 metrics::expired();
                 self.events.emit(EventKind::Expired, &up.record()).await;
                 tracing::info!(%id, "upload expired");

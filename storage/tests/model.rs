@@ -60,9 +60,13 @@
 //! `S3Backend::load` takes the newest `last_modified` under `chunks/` (a writer's lease is
 //! written when it starts sending and renewed while it sends), and the sweep skips an upload
 //! active within the TTL. The model's expirer uses exactly that guard, so it also races chunk
-//! writers: a writer that loaded the record but has not written its lease yet is not seen.
-//! The main scenarios check I1–I4 with the expirer racing writers, completers and status
-//! reads; [`gap_expiry_with_a_chunk_request_in_flight`] shows that the guard is not atomic.
+//! writers: a writer that loaded the record but has not written its lease yet is not seen
+//! by that guard alone (the model found the upload expiring under such a request). So the
+//! expiry (`Uploads::expire`) takes the chunk objects' marks before its idle check, stores
+//! "expired", looks again and undoes the expiry if a mark changed; and a chunk request
+//! checks the record once more after storing its receipt, answering "gone" for an ended
+//! upload. [`model_expiry_never_reaps_an_active_upload`] checks that an upload never ends
+//! expired with a chunk acknowledged after the sweep judged it idle (check "E").
 //!
 //! # Invariants and where they are checked
 //! - **I1** an acknowledged chunk is never lost or altered: at every write of `files/{id}`,
@@ -117,12 +121,13 @@
 //! it fails the same way.
 //!
 //! # Gaps of the real protocol the model shows
-//! The `gap_*` tests assert that the model finds schedules where the real protocol does what
-//! the invariants' spirit forbids: an upload expired while its chunk request is in flight
-//! (check "E", enabled only there, see [`Checks`]); an acknowledged chunk whose part is
-//! overwritten when its lease is outlived, which only a writer marked `lease_seen_expired`
-//! produces (I4). A third one, an upload answered "completed" whose file could not be
-//! downloaded yet (check "C"), was fixed: `model_completed_is_downloadable` now checks it.
+//! The `gap_*` test asserts that the model finds schedules where the real protocol does what
+//! the invariants' spirit forbids: an acknowledged chunk whose part is overwritten when its
+//! lease is outlived, which only a writer marked `lease_seen_expired` produces (I4). Two
+//! other gaps it found were fixed and are now checked: an upload expired under a chunk
+//! request that was then acknowledged (check "E", `model_expiry_never_reaps_an_active_upload`)
+//! and an upload answered "completed" whose file could not be downloaded yet (check "C",
+//! `model_completed_is_downloadable`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,11 +299,11 @@ struct Flaws {
     skip_hash_check: bool,
 }
 
-/// Checks beyond I1–I4, enabled only by the gap tests that show the real protocol fails
-/// them.
+/// Checks beyond I1–I4, enabled by the scenarios that need them.
 #[derive(Clone, Copy, Debug, Default)]
 struct Checks {
-    /// No upload is expired while one of its chunk requests is in flight.
+    /// An upload never ends expired with a chunk acknowledged after the sweep judged it
+    /// idle (check "E").
     expiry_never_in_flight: bool,
     /// The file of an upload answered "completed" can be read right away.
     done_implies_downloadable: bool,
@@ -370,8 +375,10 @@ struct Log {
     completed_writes: usize,
     /// Events emitted, by name.
     events: Vec<&'static str>,
-    /// Chunk requests received and not yet answered.
-    chunk_requests_in_flight: usize,
+    /// An expirer has taken its first look at the chunk writes (its idle decision).
+    expiry_marked: bool,
+    /// Chunks answered 2xx after that look.
+    acks_after_expiry_look: usize,
     /// Whether some complete answered "completed".
     answered_done: bool,
     /// What happened in this schedule, for the coverage summary ([`Outcomes`]).
@@ -505,7 +512,7 @@ impl Store {
 
     /// Stores `bytes` at `key` as a new version, after the monitors have seen the write.
     fn write(&self, b: &mut Bucket, key: &str, bytes: Vec<u8>) -> u64 {
-        self.monitor(b, key, &bytes);
+        self.monitor(key, &bytes);
         b.versions += 1;
         let version = b.versions;
         b.objects.insert(
@@ -519,13 +526,12 @@ impl Store {
         version
     }
 
-    /// The invariants checked at every write: record writes (I2, I3, and the expiry check
-    /// of the gap test) and writes of the published file (I1, I2).
-    fn monitor(&self, b: &Bucket, key: &str, bytes: &[u8]) {
+    /// The invariants checked at every write: record writes (I2, I3) and writes of the
+    /// published file (I1, I2).
+    fn monitor(&self, key: &str, bytes: &[u8]) {
         if key == record_key() {
             let obj: RecordObject =
                 serde_json::from_slice(bytes).expect("the model writes records it can read");
-            let old = b.objects.get(key).and_then(|o| stored_state(&o.bytes));
             let mut log = self.log();
             log.state = Some(obj.record.state);
             if obj.record.state == StoredState::Completed {
@@ -538,15 +544,6 @@ impl Store {
                     obj.record.sha256,
                     Some(sha(FILE)),
                     "I2 violated: the record says completed with a SHA-256 other than the declared one"
-                );
-            }
-            if obj.record.state == StoredState::Expired
-                && old != Some(StoredState::Expired)
-                && self.checks.expiry_never_in_flight
-            {
-                assert_eq!(
-                    log.chunk_requests_in_flight, 0,
-                    "E violated: the upload expired while a chunk request was in flight"
                 );
             }
         }
@@ -617,6 +614,16 @@ impl Store {
     fn list(&self, prefix: &str) -> Vec<(String, OffsetDateTime)> {
         let b = self.lock();
         Self::listing(&b, prefix)
+    }
+
+    /// `S3Backend::write_marks`: the keys under `prefix` with their versions (ETags).
+    fn marks(&self, prefix: &str) -> Vec<String> {
+        let b = self.lock();
+        b.objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| format!("{k} {}", o.version))
+            .collect()
     }
 
     /// The keys under `prefix` with their last-modified times.
@@ -984,6 +991,12 @@ impl Node {
             sha256: actual,
         };
         let stored_first = self.commit(&chunk)?;
+        // An upload expired or cancelled meanwhile: its chunk is not acknowledged.
+        if let Some((now, _)) = self.get_record()? {
+            if now.state.is_tombstone() {
+                return Err(Error::Gone(now.state.name()));
+            }
+        }
         let in_flight = advanced.is_some();
         up.commit(&chunk, advanced);
         if in_flight {
@@ -1425,6 +1438,8 @@ impl Node {
         if record.state != StoredState::Uploading {
             return Ok(false);
         }
+        let marks = self.s.marks(&chunks_prefix());
+        self.s.log().expiry_marked = true;
         let (up, _) = self.get()?;
         if up.is_busy() || now() - up.last_activity() <= ttl() {
             return Ok(false);
@@ -1433,7 +1448,23 @@ impl Node {
         if up.is_busy() || up.record().state != StoredState::Uploading {
             return Ok(false);
         }
-        self.bury(&up, StoredState::Expired)?;
+        // `Uploads::expire`.
+        match self.transition(&up, |r| r.state = StoredState::Expired) {
+            Ok(_) => {}
+            Err(Error::Conflict) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let now = self.s.marks(&chunks_prefix());
+        if now.iter().any(|m| !marks.contains(m)) {
+            self.s
+                .saw("sweep: expiry undone, a chunk write began meanwhile");
+            match self.transition(&up, |r| r.state = StoredState::Uploading) {
+                Ok(_) | Err(Error::Conflict) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.discard()?;
+        up.chunks().clear();
         self.s.emit("upload.expired");
         Ok(true)
     }
@@ -1776,7 +1807,7 @@ fn all_scenarios() -> Vec<Scenario> {
         teeth_lease_not_exclusive_scenario(),
         teeth_join_ignores_etags_scenario(),
         teeth_claim_not_create_once_scenario(),
-        gap_expiry_scenario(),
+        expiry_never_reaps_scenario(),
         outlived_lease(),
         completed_is_downloadable_scenario(),
     ]
@@ -1858,18 +1889,19 @@ fn run_actor(s: &Arc<Store>, name: &str, actor: Actor) {
 fn send_chunk(s: &Arc<Store>, name: &str, w: &Write) {
     for attempt in 0..WRITER_ATTEMPTS {
         let node = Node::new(s, &format!("{name}.a{attempt}"));
-        s.log().chunk_requests_in_flight += 1;
         let answer = node.put_chunk(w);
         {
             let mut log = s.log();
             if answer.is_ok() {
                 log.chunk_acks.push((w.index, w.bytes.clone()));
+                if log.expiry_marked {
+                    log.acks_after_expiry_look += 1;
+                }
                 if matches!(answer, Ok(true)) && log.state.is_some_and(StoredState::is_tombstone) {
                     log.seen
                         .insert("chunk: new, answered after the upload was discarded".into());
                 }
             }
-            log.chunk_requests_in_flight -= 1;
             let answer = answer
                 .as_ref()
                 .map(|new| if *new { "new" } else { "already stored" });
@@ -1976,6 +2008,14 @@ fn check_end(s: &Store) {
         .and_then(|o| stored_state(&o.bytes))
         .expect("the record stays");
     s.saw(format!("end: {}", state.name()));
+    if state == StoredState::Expired && s.checks.expiry_never_in_flight {
+        let after = s.log().acks_after_expiry_look;
+        assert_eq!(
+            after, 0,
+            "E violated: the upload expired though {after} chunk(s) were acknowledged after \
+             the sweep judged it idle"
+        );
+    }
     if state.is_tombstone() && b.objects.keys().any(|k| k.starts_with(&chunks_prefix())) {
         s.saw("end: objects left under chunks/ of a tombstone");
     }
@@ -2344,16 +2384,20 @@ fn teeth_claim_not_create_once() {
     expect_violation(&teeth_claim_not_create_once_scenario(), &["I1"]);
 }
 
-/// A sweep of an idle upload racing a chunk request, checking that no expiry happens while
-/// the request is in flight.
-fn gap_expiry_scenario() -> Scenario {
+/// A sweep of an idle upload racing chunk requests, checking that it never expires an
+/// upload with a chunk acknowledged after it judged the upload idle.
+fn expiry_never_reaps_scenario() -> Scenario {
     Scenario::new(
-        "gap_expiry",
-        &[0, 1],
-        vec![Actor::Writer(good(2)), Actor::Expirer],
+        "expiry_never_reaps",
+        &[0],
+        vec![
+            Actor::Writer(good(1)),
+            Actor::Writer(good(2)),
+            Actor::Expirer,
+        ],
     )
     .checked(
-        "gap_expiry",
+        "expiry_never_reaps",
         Checks {
             expiry_never_in_flight: true,
             ..Checks::default()
@@ -2361,13 +2405,12 @@ fn gap_expiry_scenario() -> Scenario {
     )
 }
 
-/// Gap of the real protocol: the sweep's guard on shared storage is the activity time of
-/// the objects under `chunks/`, read before its conditional record write; a chunk request
-/// that loaded the record before the sweep listed, and writes its lease after, is not
-/// seen, and the upload expires under it.
+/// An expiry racing chunk requests: either the requests are answered "gone" (nothing
+/// acknowledged) or the expiry is undone. (Before the second look and the writer's check,
+/// the model found the upload expiring under a chunk request that was then acknowledged.)
 #[test]
-fn gap_expiry_with_a_chunk_request_in_flight() {
-    expect_violation(&gap_expiry_scenario(), &["E"]);
+fn model_expiry_never_reaps_an_active_upload() {
+    check(&expiry_never_reaps_scenario());
 }
 
 /// Gap of the real protocol: when a lease is outlived (its holder waits longer than

@@ -131,6 +131,15 @@ pub trait Backend: Send + Sync + 'static {
         self.load(id).await
     }
 
+    /// Marks that chunk writes leave in storage (on S3, each lease, claim and receipt
+    /// object with its ETag). On shared storage no lock keeps another process's chunk
+    /// request out of an expiry, so the expiry compares these before and after it stores
+    /// "expired": a new mark is a write that began meanwhile. Empty where one process owns
+    /// the storage and its own locks order the two.
+    async fn write_marks(&self, _id: UploadId) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Reads only the record, without chunk receipts: cheap, for sweeps and start-up.
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>>;
 

@@ -434,6 +434,15 @@ impl Backend for S3Backend {
         }))
     }
 
+    async fn write_marks(&self, id: UploadId) -> Result<Vec<String>> {
+        Ok(self
+            .chunk_objects(id)
+            .await?
+            .into_iter()
+            .map(|m| format!("{} {}", m.location, m.e_tag.unwrap_or_default()))
+            .collect())
+    }
+
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
         Ok(self.get_record(id).await?.map(|o| o.record))
     }
