@@ -529,7 +529,17 @@ async fn power_cut(replay: &Replay, line: usize, seed: u64, sent: &Sent) -> Resu
             .await
             .map_err(|e| format!("appending the rest: {e}"))?;
         }
-        let st = up.status(tid).await.map_err(|e| e.to_string())?;
+        // A verification the power cut interrupted is resumed in the background.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            let st = up.status(tid).await.map_err(|e| e.to_string())?;
+            if st.state != common::api::UploadState::Completing
+                || std::time::Instant::now() > deadline
+            {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let want = sha256_hex(tbytes);
         if st.sha256.map(|d| d.to_hex()) != Some(want) {
             return Err(format!("I2: tus upload ended as {:?}", st.state));
