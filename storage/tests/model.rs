@@ -736,6 +736,20 @@ impl Store {
         Ok(())
     }
 
+    /// ListParts: the ETag of every part, by part number.
+    fn part_etags(
+        &self,
+        multipart: &str,
+    ) -> std::result::Result<BTreeMap<u64, String>, StoreError> {
+        let b = self.lock();
+        let m = b
+            .multiparts
+            .get(multipart)
+            .filter(|m| m.open)
+            .ok_or(StoreError::NoSuchUpload)?;
+        Ok(m.parts.iter().map(|(n, (_, e))| (*n, e.clone())).collect())
+    }
+
     /// AbortMultipartUpload: the parts are gone.
     fn abort_multipart(&self, multipart: &str) -> std::result::Result<(), StoreError> {
         let mut b = self.lock();
@@ -1316,15 +1330,31 @@ impl Node {
                 _ => return Err(Error::MissingChunks(common::ranges::to_ranges([c.index]))),
             }
         }
-        match self.s.complete_multipart(&multipart_id, &staging, &parts) {
-            Ok(()) => Ok(()),
+        let refused = match self.s.complete_multipart(&multipart_id, &staging, &parts) {
+            Ok(()) => return Ok(()),
             Err(e) => match self.s.head(&staging) {
-                Some(_) => Ok(()),
-                None => Err(Error::Corrupt(format!(
-                    "the store refused to join the parts: {e:?}"
-                ))),
+                Some(_) => return Ok(()),
+                None => e,
             },
+        };
+        // A part that no longer holds its receipt's bytes: that chunk is forgotten.
+        let stored = self.s.part_etags(&multipart_id).map_err(store_err)?;
+        let changed: Vec<u64> = chunks
+            .iter()
+            .filter(|c| stored.get(&(c.index + 1)) != first_by_index.get(&c.index).map(|(_, e)| e))
+            .map(|c| c.index)
+            .collect();
+        if changed.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "the store refused to join the parts: {refused:?}"
+            )));
         }
+        for index in &changed {
+            for (key, _) in self.s.list(&format!("{}/", chunk_dir(*index))) {
+                self.s.delete(&key);
+            }
+        }
+        Err(Error::MissingChunks(common::ranges::to_ranges(changed)))
     }
 
     /// `catch_up`: advances the whole-file hash over the stored chunks after the hashed
@@ -2324,10 +2354,11 @@ fn teeth_lease_not_exclusive_scenario() -> Scenario {
     )
 }
 
-/// The loser's part replaces the winner's: a status counts bytes that are not stored.
+/// The loser's part replaces the winner's: a status counts bytes that are not stored (I4),
+/// or completion forgets the acknowledged chunk (I1).
 #[test]
 fn teeth_lease_not_exclusive() {
-    expect_violation(&teeth_lease_not_exclusive_scenario(), &["I4"]);
+    expect_violation(&teeth_lease_not_exclusive_scenario(), &["I4", "I1"]);
 }
 
 /// Broken: parts joined without checking their ETags, with a lease outlived (which breaks
@@ -2416,11 +2447,13 @@ fn model_expiry_never_reaps_an_active_upload() {
 /// Gap of the real protocol: when a lease is outlived (its holder waits longer than
 /// `LEASE_SECS` for its UploadPart answer, during which nothing renews it), another writer
 /// takes the chunk over and is acknowledged, then the first part lands over it: the status
-/// counts a chunk whose acknowledged bytes are no longer stored. (The join then refuses the
-/// part's ETag and the upload fails rather than publishing wrong bytes: I1–I3 still hold.)
+/// counts a chunk whose acknowledged bytes are no longer stored (I4). The join then refuses
+/// the part's ETag, and completion forgets that chunk so that its client sends it again
+/// (I1: the acknowledged chunk is lost, though nothing wrong is published and the upload
+/// can still complete).
 #[test]
 fn gap_outlived_lease_loses_an_acknowledged_chunk() {
-    expect_violation(&outlived_lease(), &["I4"]);
+    expect_violation(&outlived_lease(), &["I4", "I1"]);
 }
 
 /// Two completers of a fully sent upload, each downloading the file once answered

@@ -1705,3 +1705,52 @@ async fn a_retry_of_a_stored_chunk_ignores_a_lease_left_behind() {
     api.complete_ok(id, &file).await;
     api.assert_content(id, &file).await;
 }
+
+/// A part that no longer holds the bytes its receipt names (a writer that outlived its
+/// lease, stalled over 15 s waiting for the store's answer, sent it over the acknowledged
+/// one; here the part is overwritten directly in the store): completion finds it when the
+/// store refuses to join the parts, forgets that chunk and answers 409 with it missing,
+/// instead of failing the upload; once the client sends it again, the upload completes
+/// with the right SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
+    let Some(s3) = s3_or_skip("a_part_overwritten_after_its_receipt_is_sent_again_not_fatal").await
+    else {
+        return;
+    };
+    let (server, _dir) = upload_server(&s3, &[]);
+    let api = Api::new(&server);
+    let file = Bytes::from(random_bytes(2 * CS + 5, 80));
+    let chunks = chunks_of(&file);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    for (i, c) in chunks.iter().enumerate() {
+        api.put_ok(id, i as u64, c.clone()).await;
+    }
+    let (code, record) = get_object(&s3, &format!("uploads/{id}/record.json")).await;
+    assert_eq!(code, StatusCode::OK);
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    let multipart = record["multipart_id"].as_str().unwrap();
+    let late = s3
+        .client()
+        .put(s3.url(&format!(
+            "/{BUCKET}/{}?partNumber=2&uploadId={multipart}",
+            staging_key(id)
+        )))
+        .body(random_bytes(CS, 81))
+        .send()
+        .await
+        .unwrap();
+    assert!(late.status().is_success(), "{}", late.status());
+    let refused = api.complete(id, None).await;
+    let p = problem(refused, 409).await;
+    assert_eq!(p.missing, Some(vec![[1, 1]]), "{p:?}");
+    let st = api.status(id).await;
+    assert_eq!(st.state, UploadState::Uploading);
+    assert_eq!(st.missing, vec![[1, 1]]);
+    api.put_ok(id, 1, chunks[1].clone()).await;
+    api.complete_ok(id, &file).await;
+    api.assert_content(id, &file).await;
+}

@@ -25,8 +25,9 @@
 //! (503). After the part, the first to create the chunk's `claim` object wins; a later
 //! writer with the same bytes is a harmless retry, one with other bytes gets a conflict.
 //! Should a part still differ from its receipt (a lease outlived by a very slow writer),
-//! its ETag no longer matches, the store refuses to join the parts, and the upload fails
-//! instead of publishing anything wrong. Completion is claimed by one
+//! its ETag no longer matches and the store refuses to join the parts; completion then
+//! lists the parts (ListParts), forgets each chunk whose part changed and reports it
+//! missing, so the client sends it again; nothing wrong is ever published. Completion is claimed by one
 //! conditional write of the record; the parts' ETags named by the receipts must match what
 //! the store holds, or CompleteMultipartUpload fails and nothing is published. The file
 //! appears at `files/{id}` only after its SHA-256 matched; a failed verification, a cancel
@@ -228,6 +229,48 @@ impl S3Backend {
         Ok(obj.multipart_id)
     }
 
+    /// The ETag of every part the store holds for the upload, by part number (ListParts;
+    /// `object_store` has no call for it, so through a presigned request).
+    async fn part_etags(&self, id: UploadId) -> Result<HashMap<u64, String>> {
+        let multipart_id = self.multipart_id(id).await?;
+        let mut etags = HashMap::new();
+        let mut marker = 0u64;
+        loop {
+            let mut query = vec![("uploadId".to_string(), multipart_id.clone())];
+            if marker > 0 {
+                query.push(("part-number-marker".to_string(), marker.to_string()));
+            }
+            let url = self
+                .store
+                .signed_url_opts(
+                    http::Method::GET,
+                    &self.staging_key(id),
+                    Duration::from_secs(600),
+                    &SignedUrlOptions::new().with_query(query),
+                )
+                .await
+                .map_err(store_err)?;
+            let resp = self.http.get(url).send().await.map_err(io_err)?;
+            if !resp.status().is_success() {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "ListParts answered {}",
+                    resp.status()
+                ))));
+            }
+            let xml = resp.text().await.map_err(io_err)?;
+            for part in xml.split("<Part>").skip(1) {
+                let number = xml_value(part, "PartNumber").and_then(|n| n.parse().ok());
+                if let (Some(n), Some(e)) = (number, xml_value(part, "ETag")) {
+                    etags.insert(n, normalize_etag(&e));
+                    marker = marker.max(n);
+                }
+            }
+            if xml_value(&xml, "IsTruncated").as_deref() != Some("true") {
+                return Ok(etags);
+            }
+        }
+    }
+
     /// Every object under an upload's `chunks/` (receipts, claims, leases).
     async fn chunk_objects(&self, id: UploadId) -> Result<Vec<ObjectMeta>> {
         self.store
@@ -312,6 +355,27 @@ fn receipt_name(c: &StoredChunk, etag: &str) -> String {
 }
 
 /// Reads a receipt back from its key `.../chunks/{index:05}/{name}`.
+/// The text of the first `<tag>` element in `xml` (ListParts answers are flat enough).
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(
+        xml[start..end]
+            .replace("&quot;", "\"")
+            .replace("&#34;", "\""),
+    )
+}
+
+/// An ETag without its quotes, as receipts and ListParts may spell it differently.
+fn normalize_etag(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+/// A request to the store that failed before it had an answer.
+fn io_err(e: reqwest::Error) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
 fn parse_receipt(location: &Path) -> Option<(StoredChunk, String)> {
     let mut parts: Vec<_> = location.parts().collect();
     let name = parts.pop()?;
@@ -648,17 +712,38 @@ impl Backend for S3Backend {
             .store
             .complete_multipart(&staging, &obj.multipart_id, parts)
             .await;
-        match joined {
-            Ok(_) => Ok(()),
+        let refused = match joined {
+            Ok(_) => return Ok(()),
             Err(e) => match self.store.head(&staging).await {
                 // Another verifier of the same upload joined them first.
-                Ok(_) => Ok(()),
-                Err(object_store::Error::NotFound { .. }) => Err(Error::Corrupt(format!(
-                    "the store refused to join the parts (a part changed after its receipt?): {e}"
-                ))),
-                Err(head) => Err(store_err(head)),
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::NotFound { .. }) => e,
+                Err(head) => return Err(store_err(head)),
             },
+        };
+        // A part that no longer holds the bytes its receipt names (a writer that outlived
+        // its lease sent it over the acknowledged one): that chunk is forgotten, so the
+        // client sends it again, instead of the whole upload failing.
+        let stored = self.part_etags(id).await?;
+        let changed: Vec<u64> = chunks
+            .iter()
+            .filter(|c| {
+                let named = first_by_index.get(&c.index).map(|(_, e)| normalize_etag(e));
+                stored.get(&(c.index + 1)) != named.as_ref()
+            })
+            .map(|c| c.index)
+            .collect();
+        if changed.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "the store refused to join the parts: {refused}"
+            )));
         }
+        for index in &changed {
+            tracing::warn!(%id, index, "a part changed after its receipt: the chunk must be sent again");
+            self.delete_prefix(&self.key(&format!("uploads/{id}/chunks/{index:05}")))
+                .await?;
+        }
+        Err(Error::MissingChunks(common::ranges::to_ranges(changed)))
     }
 
     async fn read_range(&self, record: &UploadRecord, offset: u64, len: u64) -> Result<ByteStream> {
