@@ -34,8 +34,10 @@ type Owner = Option<String>;
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     size: u64,
-    /// When this process counted it; a rebuild keeps what was counted after it began.
-    since: Instant,
+    /// When its record was known to be stored (`None` while its creation is still
+    /// writing it). A rebuild keeps what was stored after the rebuild's scan began, and
+    /// what is still being created: the scan may have missed either.
+    since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -86,14 +88,20 @@ impl Ledger {
                 quota: limits.max_reserved_bytes,
             });
         }
-        mine.insert(
-            id,
-            Entry {
-                size,
-                since: Instant::now(),
-            },
-        );
+        mine.insert(id, Entry { size, since: None });
         Ok(())
+    }
+
+    /// Says that the record of an upload counted by [`Self::reserve`] is stored: from now
+    /// on a storage scan finds it.
+    pub fn stored(&self, id: UploadId) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for uploads in state.open.values_mut() {
+            if let Some(e) = uploads.get_mut(&id) {
+                e.since = Some(now);
+            }
+        }
     }
 
     /// Stops counting an upload (it completed, failed, was cancelled or expired, or its
@@ -120,14 +128,17 @@ impl Ledger {
             if closed.get(&id).is_some_and(|at| *at >= began) {
                 continue;
             }
-            fresh
-                .entry(owner)
-                .or_default()
-                .insert(id, Entry { size, since: began });
+            fresh.entry(owner).or_default().insert(
+                id,
+                Entry {
+                    size,
+                    since: Some(began),
+                },
+            );
         }
         for (owner, uploads) in counted.iter() {
             for (id, entry) in uploads {
-                if entry.since >= began {
+                if entry.since.is_none_or(|at| at >= began) {
                     fresh.entry(owner.clone()).or_default().insert(*id, *entry);
                 }
             }
@@ -192,6 +203,28 @@ mod tests {
         }
         l.reserve(Some("a"), UploadId::new_random(), 40).unwrap();
         assert_eq!(l.usage(Some("a")), (2, 100));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_a_creation_its_scan_could_not_see() {
+        let l = ledger(0, 0);
+        // Counted before the scan began, its record written after the scan listed.
+        let writing = UploadId::new_random();
+        let written_late = UploadId::new_random();
+        l.reserve(Some("a"), writing, 3).unwrap();
+        l.reserve(Some("a"), written_late, 4).unwrap();
+        let began = Instant::now();
+        l.stored(written_late);
+        l.rebuild(Vec::new(), began);
+        assert_eq!(l.usage(Some("a")), (2, 7));
+        // Stored before the scan began, and not found by it: gone (closed elsewhere).
+        let l = ledger(0, 0);
+        let gone = UploadId::new_random();
+        l.reserve(Some("a"), gone, 5).unwrap();
+        l.stored(gone);
+        let began = Instant::now() + std::time::Duration::from_millis(1);
+        l.rebuild(Vec::new(), began);
+        assert_eq!(l.usage(Some("a")), (0, 0));
     }
 
     #[test]

@@ -355,6 +355,8 @@ impl Uploads {
         self.breaker.record(&created);
         if created.is_err() {
             self.ledger.release(record.id);
+        } else {
+            self.ledger.stored(record.id);
         }
         record.version = self.store_failure(created)?;
         let up = Arc::new(Upload::from_loaded(crate::backend::Loaded {
