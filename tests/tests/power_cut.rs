@@ -26,7 +26,8 @@ use tests::{random_bytes, sha256_hex};
 
 const KIB: usize = 1 << 10;
 
-/// `upload-server` under strace; killed when dropped.
+/// `upload-server` under strace, in a process group of their own; both killed when
+/// dropped (killing strace alone would leave the traced server running).
 struct Traced {
     child: Child,
     url: String,
@@ -35,6 +36,8 @@ struct Traced {
 
 impl Drop for Traced {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -58,6 +61,7 @@ fn start_traced(data: &Path, trace: &Path, detail: Detail) -> Option<Traced> {
         return None;
     }
     let mut cmd = Command::new("strace");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(["-f", "-y", "-qq"]);
     match detail {
         Detail::Brief => cmd.args(["-s", "24"]),
