@@ -204,6 +204,11 @@ impl S3Backend {
         self.key(&format!("uploads/{id}/chunks"))
     }
 
+    /// Where one chunk's lease, claim and receipt live.
+    fn chunk_dir(&self, id: UploadId, index: u64) -> Path {
+        self.key(&format!("uploads/{id}/chunks/{index:05}"))
+    }
+
     async fn get_record(&self, id: UploadId) -> Result<Option<RecordObject>> {
         match self.store.get(&self.record_key(id)).await {
             Ok(got) => {
@@ -543,8 +548,8 @@ impl Backend for S3Backend {
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
         let multipart_id = self.multipart_id(record.id).await?;
-        let lease = self.key(&format!("uploads/{}/chunks/{index:05}/lease", record.id));
-        let dir = self.key(&format!("uploads/{}/chunks/{index:05}", record.id));
+        let dir = self.chunk_dir(record.id, index);
+        let lease = dir.clone().join("lease");
         // A retry of a stored chunk needs no lease (whose holder may have died after
         // claiming the chunk, leaving it to expire): the claim answers it at once.
         if let Some(stored) = self.read_claim(&dir, index).await? {
@@ -614,7 +619,7 @@ impl Backend for S3Backend {
             let etag = lock(&self.pending)
                 .remove(&(id, c.index))
                 .ok_or_else(|| Error::Corrupt(format!("no stored part for chunk {}", c.index)))?;
-            let dir = self.key(&format!("uploads/{id}/chunks/{:05}", c.index));
+            let dir = self.chunk_dir(id, c.index);
             let name = receipt_name(c, &etag);
             // The first writer of a chunk claims it; the claim says which bytes it holds.
             let claim = dir.clone().join("claim");
@@ -740,8 +745,7 @@ impl Backend for S3Backend {
         }
         for index in &changed {
             tracing::warn!(%id, index, "a part changed after its receipt: the chunk must be sent again");
-            self.delete_prefix(&self.key(&format!("uploads/{id}/chunks/{index:05}")))
-                .await?;
+            self.delete_prefix(&self.chunk_dir(id, *index)).await?;
         }
         Err(Error::MissingChunks(common::ranges::to_ranges(changed)))
     }
