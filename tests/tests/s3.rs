@@ -1640,7 +1640,12 @@ async fn the_cli_outlasts_the_store_down_for_ten_seconds() {
     // The reader ends at the CLI's end of output.
     seen.extend(events.iter());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the CLI failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "the CLI failed ({}): {stderr}\n{:?}",
+        out.status,
+        seen.iter().rev().take(5).collect::<Vec<_>>()
+    );
     let done = seen
         .iter()
         .find(|v| v["event"] == "completed")

@@ -147,7 +147,32 @@ fn store_err(e: object_store::Error) -> Error {
 impl S3Backend {
     /// The chunk whose claim is in `dir` (a chunk's folder), if it was claimed.
     async fn read_claim(&self, dir: &Path, index: u64) -> Result<Option<StoredChunk>> {
-        Ok(self.read_claim_named(dir, index).await?.map(|(c, _)| c))
+        let Some((chunk, name)) = self.read_claim_named(dir, index).await? else {
+            return Ok(None);
+        };
+        // The request that claimed the chunk may have failed (the store went away) before
+        // it wrote the receipt: write it, so that the chunk a retry is told is stored
+        // also counts as stored.
+        self.put_receipt(dir, &name).await?;
+        Ok(Some(chunk))
+    }
+
+    /// Writes the receipt `name` into a chunk's directory, once.
+    async fn put_receipt(&self, dir: &Path, name: &str) -> Result<()> {
+        match self
+            .store
+            .put_opts(
+                &dir.clone().join(name),
+                PutPayload::new(),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_)
+            | Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(()),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     /// [`Self::read_claim`], with the name of the receipt the claim holds.
@@ -653,20 +678,7 @@ impl Backend for S3Backend {
                 Err(e) => return Err(store_err(e)),
             };
             // The receipt proper, named so that one LIST reads every chunk's state.
-            match self
-                .store
-                .put_opts(
-                    &dir.clone().join(claimed.as_str()),
-                    PutPayload::new(),
-                    PutOptions::from(PutMode::Create),
-                )
-                .await
-            {
-                Ok(_)
-                | Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => {}
-                Err(e) => return Err(store_err(e)),
-            }
+            self.put_receipt(&dir, &claimed).await?;
             self.delete_if_exists(&dir.clone().join("lease")).await?;
         }
         Ok(stored_first)
