@@ -1711,9 +1711,91 @@ async fn a_retry_of_a_stored_chunk_ignores_a_lease_left_behind() {
     api.assert_content(id, &file).await;
 }
 
-/// A part that no longer holds the bytes its receipt names (a writer that outlived its
-/// lease, stalled over 15 s waiting for the store's answer, sent it over the acknowledged
-/// one; here the part is overwritten directly in the store): completion finds it when the
+/// The multipart upload id an upload's record names.
+async fn multipart_id(s3: &S3Server, id: UploadId) -> String {
+    let (code, record) = get_object(s3, &format!("uploads/{id}/record.json")).await;
+    assert_eq!(code, StatusCode::OK);
+    let record: Value = serde_json::from_slice(&record).unwrap();
+    record["multipart_id"].as_str().unwrap().to_string()
+}
+
+/// The part number that chunk `index`'s claim names (the last field of its receipt name).
+async fn claimed_part_number(s3: &S3Server, id: UploadId, index: u64) -> u64 {
+    let (code, claim) = get_object(s3, &format!("{}{index:05}/claim", chunks_prefix(id))).await;
+    assert_eq!(code, StatusCode::OK, "chunk {index} is claimed");
+    let claim = String::from_utf8(claim.to_vec()).unwrap();
+    claim.rsplit('.').next().unwrap().parse().unwrap()
+}
+
+/// An UploadPart straight to the store, as another writer would send it.
+async fn upload_part(
+    s3: &S3Server,
+    id: UploadId,
+    multipart: &str,
+    number: u64,
+    bytes: Vec<u8>,
+) -> Response {
+    s3.client()
+        .put(s3.url(&format!(
+            "/{BUCKET}/{}?partNumber={number}&uploadId={multipart}",
+            staging_key(id)
+        )))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A writer that outlived its lease: its server stalled over 15 s waiting for the store's
+/// answer to its UploadPart, so the lease expired, another server took the chunk over and
+/// was acknowledged, and only then did the stalled part land (here: an expired lease of
+/// generation 0 put in the bucket, the chunk sent through the server, then a part with
+/// other bytes sent straight to the store with the first generation's number). The
+/// takeover wrote a part number of its own, so the late part is dropped by the join: the
+/// upload completes at once with the acknowledged bytes, and nothing is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_landing_after_its_lease_was_taken_over_changes_nothing() {
+    let Some(s3) =
+        s3_or_skip("a_part_landing_after_its_lease_was_taken_over_changes_nothing").await
+    else {
+        return;
+    };
+    let (server, _dir) = upload_server(&s3, &[]);
+    let api = Api::new(&server);
+    let file = Bytes::from(random_bytes(2 * CS + 5, 82));
+    let chunks = chunks_of(&file);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    let lease = format!("/{BUCKET}/{}00001/lease", chunks_prefix(id));
+    let put = s3
+        .client()
+        .put(s3.url(&lease))
+        .body("stalled-process-write 1 0")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    for (i, c) in chunks.iter().enumerate() {
+        api.put_ok(id, i as u64, c.clone()).await;
+    }
+    let multipart = multipart_id(&s3, id).await;
+    let taken_over = claimed_part_number(&s3, id, 1).await;
+    let stalled = taken_over - 1;
+    assert!(
+        stalled > claimed_part_number(&s3, id, 0).await,
+        "chunk 1's part numbers come after chunk 0's"
+    );
+    let late = upload_part(&s3, id, &multipart, stalled, random_bytes(CS, 83)).await;
+    assert!(late.status().is_success(), "{}", late.status());
+    api.complete_ok(id, &file).await;
+    api.assert_content(id, &file).await;
+}
+
+/// A part that no longer holds the bytes its receipt names (rewritten in the store from
+/// outside, as a writer that outlived its lease would where a chunk has one part number
+/// only; here the part is overwritten directly in the store): completion finds it when the
 /// store refuses to join the parts, forgets that chunk and answers 409 with it missing,
 /// instead of failing the upload; once the client sends it again, the upload completes
 /// with the right SHA-256.
@@ -1734,20 +1816,9 @@ async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
     for (i, c) in chunks.iter().enumerate() {
         api.put_ok(id, i as u64, c.clone()).await;
     }
-    let (code, record) = get_object(&s3, &format!("uploads/{id}/record.json")).await;
-    assert_eq!(code, StatusCode::OK);
-    let record: Value = serde_json::from_slice(&record).unwrap();
-    let multipart = record["multipart_id"].as_str().unwrap();
-    let late = s3
-        .client()
-        .put(s3.url(&format!(
-            "/{BUCKET}/{}?partNumber=2&uploadId={multipart}",
-            staging_key(id)
-        )))
-        .body(random_bytes(CS, 81))
-        .send()
-        .await
-        .unwrap();
+    let multipart = multipart_id(&s3, id).await;
+    let part = claimed_part_number(&s3, id, 1).await;
+    let late = upload_part(&s3, id, &multipart, part, random_bytes(CS, 81)).await;
     assert!(late.status().is_success(), "{}", late.status());
     let refused = api.complete(id, None).await;
     let p = problem(refused, 409).await;

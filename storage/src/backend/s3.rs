@@ -5,9 +5,10 @@
 //! ```text
 //! uploads/{id}/record.json                      {"record": UploadRecord, "multipart_id": ..}
 //!                                               created If-None-Match: *, replaced If-Match: <etag>
-//! uploads/{id}/chunks/{index:05}/lease         "{process}-{write} {unix expiry}": which write is sending the part
+//! uploads/{id}/chunks/{index:05}/lease         "{process}-{write} {unix expiry} {generation}":
+//!                                               which write is sending the part
 //! uploads/{id}/chunks/{index:05}/claim         the name of the chunk's receipt, written once
-//! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}
+//! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}.{part number}
 //!                                               empty receipt of one part; the name is the receipt,
 //!                                               so one LIST loads every receipt
 //! uploads/{id}/hash.json                        whole-file SHA-256 midstate, conditional writes
@@ -16,22 +17,33 @@
 //! files/{id}                                    the verified file (copied from staging)
 //! idempotency/{sha256(key)}.json                which upload an Idempotency-Key created (If-None-Match: *)
 //! ```
-//! Chunk `i` is part `i + 1` of one multipart upload per upload, streamed from the request
+//! Each chunk is one part of one multipart upload per upload, streamed from the request
 //! body with the request's length (through a presigned UploadPart URL, so no chunk is held
 //! in memory); it is acknowledged once the store acknowledged the part and its receipt.
 //! Two requests racing on one chunk: before sending a part, a writer takes the chunk's
-//! `lease` (If-None-Match: *, or an If-Match takeover of an expired one), so a part is only
-//! ever written by one request; another server's request meanwhile is told to retry soon
-//! (503). After the part, the first to create the chunk's `claim` object wins; a later
-//! writer with the same bytes is a harmless retry, one with other bytes gets a conflict.
-//! Should a part still differ from its receipt (a lease outlived by a very slow writer),
-//! its ETag no longer matches and the store refuses to join the parts; completion then
-//! lists the parts (ListParts), forgets each chunk whose part changed and reports it
-//! missing, so the client sends it again; nothing wrong is ever published. Completion is claimed by one
-//! conditional write of the record; the parts' ETags named by the receipts must match what
-//! the store holds, or CompleteMultipartUpload fails and nothing is published. The file
-//! appears at `files/{id}` only after its SHA-256 matched; a failed verification, a cancel
-//! or an expiry aborts the multipart upload and removes every object of the upload.
+//! `lease` (If-None-Match: *, or an If-Match takeover of an expired or released one), so a
+//! part is only ever written by one request at a time; another server's request meanwhile
+//! is told to retry soon (503). After the part, the first to create the chunk's `claim`
+//! object wins; a later writer with the same bytes is a harmless retry, one with other
+//! bytes gets a conflict.
+//!
+//! Part numbers are fenced by the lease: each takeover raises the lease's generation, and
+//! chunk `i` written under generation `g` is part `i * slots + g % slots + 1`, where
+//! `slots = 10,000 / chunk count` (S3 joins parts in part-number order, so each chunk has
+//! a range of numbers of its own, in order). A writer that outlived its lease (its
+//! UploadPart answered after another server took the chunk over and was acknowledged)
+//! thus lands on a part number no receipt names, and the join drops it. Only an upload of
+//! more than 5,000 chunks has a single slot per chunk; there, or should a part differ from
+//! its receipt for any other reason, its ETag no longer matches and the store refuses to
+//! join the parts: completion then lists the parts (ListParts), forgets each chunk whose
+//! part changed and reports it missing, so the client sends it again; nothing wrong is
+//! ever published.
+//!
+//! Completion is claimed by one conditional write of the record; the parts' ETags named by
+//! the receipts must match what the store holds, or CompleteMultipartUpload fails and
+//! nothing is published. The file appears at `files/{id}` only after its SHA-256 matched;
+//! a failed verification, a cancel or an expiry aborts the multipart upload and removes
+//! every object of the upload.
 //!
 //! Not yet: in-order appends (tus) on S3, which need short appends held durably until a
 //! part can be written.
@@ -46,7 +58,7 @@ use common::api::ChunkSizeBounds;
 use common::{Sha256Digest, UploadId};
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::multipart::{MultipartStore, PartId};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{
@@ -131,8 +143,41 @@ const LEASE_SECS: i64 = 15;
 /// How often a writer renews its lease.
 const LEASE_RENEW: Duration = Duration::from_secs(5);
 
-/// Part ETags between a writer's end and its commit.
-type Pending = Arc<Mutex<HashMap<(UploadId, u64), String>>>;
+/// Part ETags and numbers between a writer's end and its commit.
+type Pending = Arc<Mutex<HashMap<(UploadId, u64), (String, u64)>>>;
+
+/// The most parts one multipart upload may have (S3's limit).
+const MAX_PARTS: u64 = 10_000;
+
+/// The part number of chunk `index` written under lease generation `generation`: each
+/// chunk has `MAX_PARTS / chunk count` numbers of its own, in chunk order, so that a
+/// writer that outlived its lease never writes the part a later generation wrote.
+fn part_number(record: &UploadRecord, index: u64, generation: u64) -> u64 {
+    let slots = (MAX_PARTS / record.chunk_count().max(1)).max(1);
+    index * slots + generation % slots + 1
+}
+
+/// A chunk lease as stored: `{holder} {unix expiry} {generation}`.
+struct Lease {
+    holder: String,
+    until: i64,
+    generation: u64,
+}
+
+impl Lease {
+    fn parse(text: &str) -> Self {
+        let mut it = text.split_whitespace();
+        Self {
+            holder: it.next().unwrap_or_default().to_string(),
+            until: it.next().and_then(|u| u.parse().ok()).unwrap_or(0),
+            generation: it.next().and_then(|g| g.parse().ok()).unwrap_or(0),
+        }
+    }
+
+    fn body(&self) -> PutPayload {
+        PutPayload::from(format!("{} {} {}", self.holder, self.until, self.generation).into_bytes())
+    }
+}
 
 fn store_err(e: object_store::Error) -> Error {
     match e {
@@ -301,6 +346,75 @@ impl S3Backend {
         }
     }
 
+    /// CompleteMultipartUpload of the parts named, by their own numbers (`object_store`
+    /// numbers parts 1..n, which fenced part numbers are not; so through a presigned
+    /// request). Answers `Ok(Err(why))` when the store refused the join (a part missing or
+    /// with another ETag), and `Err` when it could not be asked; transient failures are
+    /// tried again a few times.
+    async fn complete_parts(
+        &self,
+        id: UploadId,
+        multipart_id: &str,
+        parts: &[SentPart],
+    ) -> Result<std::result::Result<(), String>> {
+        let mut body = String::from(
+            r#"<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+        );
+        for p in parts {
+            body.push_str(&format!(
+                "<Part><ETag>\"{}\"</ETag><PartNumber>{}</PartNumber></Part>",
+                normalize_etag(&p.etag),
+                p.number
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let url = self
+            .store
+            .signed_url_opts(
+                http::Method::POST,
+                &self.staging_key(id),
+                Duration::from_secs(600),
+                &SignedUrlOptions::new()
+                    .with_query([("uploadId".to_string(), multipart_id.to_string())]),
+            )
+            .await
+            .map_err(store_err)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self.http.post(url.clone()).body(body.clone()).send().await;
+            let failure = match sent {
+                Ok(resp) if resp.status().is_server_error() => {
+                    format!("CompleteMultipartUpload answered {}", resp.status())
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.map_err(io_err)?;
+                    // S3 may answer 200 with an error in the body, transient or not.
+                    match xml_value(&text, "Code") {
+                        None if status.is_success() => return Ok(Ok(())),
+                        Some(code)
+                            if matches!(
+                                code.as_str(),
+                                "InternalError" | "ServiceUnavailable" | "SlowDown"
+                            ) =>
+                        {
+                            format!("CompleteMultipartUpload answered {code}")
+                        }
+                        code => {
+                            return Ok(Err(format!("{status}: {}", code.unwrap_or_default())));
+                        }
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if attempt >= 3 {
+                return Err(Error::Io(std::io::Error::other(failure)));
+            }
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+    }
+
     /// Every object under an upload's `chunks/` (receipts, claims, leases).
     async fn chunk_objects(&self, id: UploadId) -> Result<Vec<ObjectMeta>> {
         self.store
@@ -311,22 +425,24 @@ impl S3Backend {
     }
 
     /// Becomes the one writer of a chunk across all servers and requests: a lease object
-    /// naming this write (`holder_id`) and an expiry. A live lease of another write means
-    /// the chunk is being written elsewhere ([`Error::Conflict`]: retry soon); an expired
-    /// one is taken over.
-    async fn take_lease(&self, lease: &Path, holder_id: &str) -> Result<Option<String>> {
+    /// naming this write (`holder_id`), an expiry and a generation. A live lease of another
+    /// write means the chunk is being written elsewhere ([`Error::Conflict`]: retry soon);
+    /// an expired or released one is taken over, one generation up, so that this write
+    /// sends a part number its predecessor never does. Answers the lease's version and
+    /// generation.
+    async fn take_lease(&self, lease: &Path, holder_id: &str) -> Result<(Option<String>, u64)> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let body = format!("{holder_id} {}", now + LEASE_SECS);
+        let mut mine = Lease {
+            holder: holder_id.to_string(),
+            until: now + LEASE_SECS,
+            generation: 0,
+        };
         let create = self
             .store
-            .put_opts(
-                lease,
-                PutPayload::from(body.clone().into_bytes()),
-                PutOptions::from(PutMode::Create),
-            )
+            .put_opts(lease, mine.body(), PutOptions::from(PutMode::Create))
             .await;
         match create {
-            Ok(put) => return Ok(put.e_tag),
+            Ok(put) => return Ok((put.e_tag, 0)),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {}
             Err(e) => return Err(store_err(e)),
@@ -339,18 +455,16 @@ impl S3Backend {
         };
         let e_tag = held.meta.e_tag.clone();
         let text = held.bytes().await.map_err(store_err)?;
-        let text = String::from_utf8_lossy(&text);
-        let mut it = text.split_whitespace();
-        let holder = it.next().unwrap_or_default();
-        let until: i64 = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
-        if holder != holder_id && until > now {
+        let held = Lease::parse(&String::from_utf8_lossy(&text));
+        if held.holder != holder_id && held.until > now {
             return Err(Error::Conflict);
         }
+        mine.generation = held.generation + 1;
         let put = self
             .store
             .put_opts(
                 lease,
-                PutPayload::from(body.into_bytes()),
+                mine.body(),
                 PutOptions::from(PutMode::Update(UpdateVersion {
                     e_tag,
                     version: None,
@@ -358,7 +472,7 @@ impl S3Backend {
             )
             .await
             .map_err(store_err)?;
-        Ok(put.e_tag)
+        Ok((put.e_tag, mine.generation))
     }
 
     async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
@@ -379,12 +493,24 @@ impl S3Backend {
     }
 }
 
-/// `{size}.{sha256}.{etag hex}`: a receipt's name in its chunk's directory.
-fn receipt_name(c: &StoredChunk, etag: &str) -> String {
-    format!("{}.{}.{}", c.size, c.sha256.to_hex(), hex::encode(etag))
+/// `{size}.{sha256}.{etag hex}.{part number}`: a receipt's name in its chunk's directory.
+fn receipt_name(c: &StoredChunk, part: &SentPart) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        c.size,
+        c.sha256.to_hex(),
+        hex::encode(&part.etag),
+        part.number
+    )
 }
 
-/// Reads a receipt back from its key `.../chunks/{index:05}/{name}`.
+/// A part as the store acknowledged it: its number and its ETag.
+#[derive(Clone, Debug)]
+struct SentPart {
+    number: u64,
+    etag: String,
+}
+
 /// The text of the first `<tag>` element in `xml` (ListParts answers are flat enough).
 fn xml_value(xml: &str, tag: &str) -> Option<String> {
     let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
@@ -406,21 +532,27 @@ fn io_err(e: reqwest::Error) -> Error {
     Error::Io(std::io::Error::other(e))
 }
 
-fn parse_receipt(location: &Path) -> Option<(StoredChunk, String)> {
+/// Reads a receipt back from its key `.../chunks/{index:05}/{name}`; a receipt written
+/// before part numbers were fenced names none, and is part `index + 1`.
+fn parse_receipt(location: &Path) -> Option<(StoredChunk, SentPart)> {
     let mut parts: Vec<_> = location.parts().collect();
     let name = parts.pop()?;
-    let index = parts.pop()?.as_ref().parse().ok()?;
+    let index: u64 = parts.pop()?.as_ref().parse().ok()?;
     let mut it = name.as_ref().split('.');
     let size = it.next()?.parse().ok()?;
     let sha256 = it.next()?.parse().ok()?;
     let etag = String::from_utf8(hex::decode(it.next()?).ok()?).ok()?;
+    let number = match it.next() {
+        Some(n) => n.parse().ok()?,
+        None => index + 1,
+    };
     Some((
         StoredChunk {
             index,
             size,
             sha256,
         },
-        etag,
+        SentPart { number, etag },
     ))
 }
 
@@ -434,7 +566,7 @@ impl Backend for S3Backend {
                 max: 5 << 30,
                 default: 8 * MIB,
             },
-            max_chunks: 10_000,
+            max_chunks: MAX_PARTS,
             shared: true,
             reads_before_assembly: false,
         }
@@ -586,7 +718,7 @@ impl Backend for S3Backend {
         // Each write holds the lease under a name of its own: two requests of this same
         // process (which share no state on S3) must not both send the part.
         let holder_id = format!("{}-{}", self.process, uuid::Uuid::new_v4().simple());
-        let lease_tag = self.take_lease(&lease, &holder_id).await?;
+        let (lease_tag, generation) = self.take_lease(&lease, &holder_id).await?;
         // A writer that finished while this request waited for the lease has claimed the
         // chunk: its part must not be overwritten, so this request becomes a retry.
         if let Some(stored) = self.read_claim(&dir, index).await? {
@@ -596,8 +728,9 @@ impl Backend for S3Backend {
                 stored: stored.sha256,
             });
         }
+        let number = part_number(record, index, generation);
         let options = SignedUrlOptions::new().with_query([
-            ("partNumber".to_string(), (index + 1).to_string()),
+            ("partNumber".to_string(), number.to_string()),
             ("uploadId".to_string(), multipart_id),
         ]);
         let url = self
@@ -624,11 +757,16 @@ impl Backend for S3Backend {
             tx: Some(tx),
             response: tokio::spawn(request),
             key: (record.id, index),
+            number,
             pending: self.pending.clone(),
             lease: Some((self.store.clone(), lease)),
             lease_tag,
             renewed: std::time::Instant::now(),
-            process: holder_id,
+            held: Lease {
+                holder: holder_id,
+                until: 0,
+                generation,
+            },
         }))
     }
 
@@ -641,11 +779,11 @@ impl Backend for S3Backend {
                     "in-order appends (tus) are not available on S3 storage yet",
                 ));
             };
-            let etag = lock(&self.pending)
+            let (etag, number) = lock(&self.pending)
                 .remove(&(id, c.index))
                 .ok_or_else(|| Error::Corrupt(format!("no stored part for chunk {}", c.index)))?;
             let dir = self.chunk_dir(id, c.index);
-            let name = receipt_name(c, &etag);
+            let name = receipt_name(c, &SentPart { number, etag });
             // The first writer of a chunk claims it; the claim says which bytes it holds.
             let claim = dir.clone().join("claim");
             let claimed = match self
@@ -705,48 +843,48 @@ impl Backend for S3Backend {
                 .map_err(store_err)?;
             return Ok(());
         }
-        let mut first_by_index: HashMap<u64, (StoredChunk, String)> = HashMap::new();
-        for (c, etag) in self
+        let mut first_by_index: HashMap<u64, (StoredChunk, SentPart)> = HashMap::new();
+        for (c, part) in self
             .chunk_objects(id)
             .await?
             .iter()
             .filter_map(|m| parse_receipt(&m.location))
         {
-            first_by_index.entry(c.index).or_insert((c, etag));
+            first_by_index.entry(c.index).or_insert((c, part));
         }
         let mut parts = Vec::with_capacity(chunks.len());
         for c in chunks {
             match first_by_index.get(&c.index) {
-                Some((r, etag)) if r.sha256 == c.sha256 => parts.push(PartId {
-                    content_id: etag.clone(),
-                }),
+                Some((r, part)) if r.sha256 == c.sha256 => parts.push(part.clone()),
                 _ => {
                     return Err(Error::MissingChunks(common::ranges::to_ranges([c.index])));
                 }
             }
         }
-        let joined = self
-            .store
-            .complete_multipart(&staging, &obj.multipart_id, parts)
-            .await;
-        let refused = match joined {
+        let joined = self.complete_parts(id, &obj.multipart_id, &parts).await;
+        if matches!(joined, Ok(Ok(()))) {
+            return Ok(());
+        }
+        match self.store.head(&staging).await {
+            // Another verifier of the same upload joined them first.
             Ok(_) => return Ok(()),
-            Err(e) => match self.store.head(&staging).await {
-                // Another verifier of the same upload joined them first.
-                Ok(_) => return Ok(()),
-                Err(object_store::Error::NotFound { .. }) => e,
-                Err(head) => return Err(store_err(head)),
-            },
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(head) => return Err(store_err(head)),
+        }
+        let Err(refused) = joined? else {
+            return Ok(());
         };
-        // A part that no longer holds the bytes its receipt names (a writer that outlived
-        // its lease sent it over the acknowledged one): that chunk is forgotten, so the
-        // client sends it again, instead of the whole upload failing.
+        // A part that no longer holds the bytes its receipt names (rewritten from outside,
+        // or by a writer that outlived its lease where a chunk has a single part number):
+        // that chunk is forgotten, so the client sends it again, instead of the whole
+        // upload failing.
         let stored = self.part_etags(id).await?;
         let changed: Vec<u64> = chunks
             .iter()
             .filter(|c| {
-                let named = first_by_index.get(&c.index).map(|(_, e)| normalize_etag(e));
-                stored.get(&(c.index + 1)) != named.as_ref()
+                first_by_index.get(&c.index).is_some_and(|(_, part)| {
+                    stored.get(&part.number) != Some(&normalize_etag(&part.etag))
+                })
             })
             .map(|c| c.index)
             .collect();
@@ -948,13 +1086,16 @@ struct S3ChunkWriter {
     tx: Option<mpsc::Sender<std::result::Result<Bytes, std::io::Error>>>,
     response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
     key: (UploadId, u64),
+    /// The part number this write sends.
+    number: u64,
     pending: Pending,
     /// The chunk's lease, released if the write is abandoned (commit releases it otherwise).
     lease: Option<(Arc<AmazonS3>, Path)>,
     /// Version of the lease as last written, for renewals.
     lease_tag: Option<String>,
     renewed: std::time::Instant,
-    process: String,
+    /// The lease this write holds (its expiry is set at each renewal).
+    held: Lease,
 }
 
 impl S3ChunkWriter {
@@ -963,11 +1104,11 @@ impl S3ChunkWriter {
         let Some((store, lease)) = &self.lease else {
             return Ok(());
         };
-        let until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
+        self.held.until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
         let put = store
             .put_opts(
                 lease,
-                PutPayload::from(format!("{} {until}", self.process).into_bytes()),
+                self.held.body(),
                 PutOptions::from(PutMode::Update(UpdateVersion {
                     e_tag: self.lease_tag.clone(),
                     version: None,
@@ -1021,7 +1162,7 @@ impl ChunkWriter for S3ChunkWriter {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Error::Io(std::io::Error::other("UploadPart answered no ETag")))?
             .to_string();
-        lock(&self.pending).insert(self.key, etag);
+        lock(&self.pending).insert(self.key, (etag, self.number));
         // From here the lease is the commit's to release.
         self.lease = None;
         Ok(())
@@ -1034,9 +1175,23 @@ impl Drop for S3ChunkWriter {
             // Abandoned mid-chunk: stop the request so the part is not half-sent.
             self.response.abort();
         }
+        // Released, not deleted: a part sent in full may still land, so the next writer
+        // takes the lease over one generation up, onto a part number of its own. Should
+        // the release fail, the lease expires instead.
         if let Some((store, lease)) = self.lease.take() {
+            let released = Lease {
+                holder: "released".into(),
+                until: 0,
+                generation: self.held.generation,
+            };
+            let mode = PutMode::Update(UpdateVersion {
+                e_tag: self.lease_tag.clone(),
+                version: None,
+            });
             tokio::spawn(async move {
-                let _ = store.delete(&lease).await;
+                let _ = store
+                    .put_opts(&lease, released.body(), PutOptions::from(mode))
+                    .await;
             });
         }
     }
