@@ -115,6 +115,25 @@ impl Ledger {
         state.closed.insert(id, Instant::now());
     }
 
+    /// Counts again an upload released by a change that was then undone (an expiry that
+    /// found a chunk write begun meanwhile): it is open after all. No limit is checked,
+    /// as it was counted before.
+    pub fn reopen(&self, owner: Option<&str>, id: UploadId, size: u64) {
+        let mut state = self.lock();
+        state.closed.remove(&id);
+        state
+            .open
+            .entry(owner.map(str::to_string))
+            .or_default()
+            .insert(
+                id,
+                Entry {
+                    size,
+                    since: Some(Instant::now()),
+                },
+            );
+    }
+
     /// Replaces the counts with `open` (every open upload found in storage by a scan that
     /// began at `began`), keeping what this process counted or closed since then.
     pub fn rebuild(&self, open: Vec<(Owner, UploadId, u64)>, began: Instant) {
@@ -203,6 +222,24 @@ mod tests {
         }
         l.reserve(Some("a"), UploadId::new_random(), 40).unwrap();
         assert_eq!(l.usage(Some("a")), (2, 100));
+    }
+
+    #[test]
+    fn an_undone_release_counts_again_through_a_rebuild() {
+        let l = ledger(1, 0);
+        let id = UploadId::new_random();
+        l.reserve(Some("a"), id, 6).unwrap();
+        l.stored(id);
+        let began = Instant::now();
+        l.release(id);
+        l.reopen(Some("a"), id, 6);
+        // The scan saw it open, and its release (after the scan began) was undone.
+        l.rebuild(vec![(Some("a".into()), id, 6)], began);
+        assert_eq!(l.usage(Some("a")), (1, 6));
+        assert!(matches!(
+            l.reserve(Some("a"), UploadId::new_random(), 1),
+            Err(Error::TooManyOpenUploads { max: 1 })
+        ));
     }
 
     #[test]

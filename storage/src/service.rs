@@ -1211,11 +1211,16 @@ impl Uploads {
         change: impl FnOnce(&mut UploadRecord),
     ) -> Result<UploadRecord> {
         let mut record = up.record();
+        let was_open = record.state.is_open();
         change(&mut record);
         record.updated_at = OffsetDateTime::now_utc();
         record.version = self.backend.save_record(&record).await?;
         if !record.state.is_open() {
             self.ledger.release(record.id);
+        } else if !was_open {
+            // An expiry undone: the upload is open again.
+            self.ledger
+                .reopen(record.owner.as_deref(), record.id, record.size);
         }
         up.set_record(record.clone());
         self.events.changed(up.id);
