@@ -189,6 +189,16 @@ fn store_err(e: object_store::Error) -> Error {
     }
 }
 
+/// A conditional write of a lease that failed: a lease deleted meanwhile (released by a
+/// writer that took it over and finished) is lost like one taken over, and the request is
+/// told to retry soon, not that the upload is gone.
+fn lease_err(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::Conflict,
+        other => store_err(other),
+    }
+}
+
 impl S3Backend {
     /// The chunk whose claim is in `dir` (a chunk's folder), if it was claimed.
     async fn read_claim(&self, dir: &Path, index: u64) -> Result<Option<StoredChunk>> {
@@ -471,7 +481,7 @@ impl S3Backend {
                 })),
             )
             .await
-            .map_err(store_err)?;
+            .map_err(lease_err)?;
         Ok((put.e_tag, mine.generation))
     }
 
@@ -1115,7 +1125,7 @@ impl S3ChunkWriter {
                 })),
             )
             .await
-            .map_err(store_err)?;
+            .map_err(lease_err)?;
         self.lease_tag = put.e_tag;
         self.renewed = std::time::Instant::now();
         Ok(())
