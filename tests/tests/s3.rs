@@ -1388,7 +1388,9 @@ async fn complete_answers_at_once_with_chunks_ahead_of_the_prefix() {
 /// (seeded): UploadPart requests reset mid-body, stalled, answered 503, or completed with
 /// the answer dropped (the part is stored but the server never hears it); then the same
 /// on every request at a lower rate, CompleteMultipartUpload and the conditional writes
-/// included. A client that retries what it is told to retry finishes every upload with
+/// included; then CompleteMultipartUpload alone, its answer dropped after the store joined
+/// the parts, every time (the server's retries are answered no better; the client's retry
+/// of the completion finds the joined object there). A client that retries what it is told to retry finishes every upload with
 /// the right SHA-256 and one published object; nothing acknowledged goes missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_faults_are_survived() {
@@ -1413,6 +1415,14 @@ async fn store_faults_are_survived() {
             "/",
             vec![Fault::Reset, Fault::Unavailable, Fault::DropResponse],
             0.08,
+        ),
+        // Only CompleteMultipartUpload has this in its URL (UploadPart's query begins
+        // with its part number; ListParts and aborts are not sent on this path).
+        (
+            "CompleteMultipartUpload, stored but its answer dropped",
+            "staging?uploadId=",
+            vec![Fault::DropResponse],
+            1.0,
         ),
     ];
     for (n, (what, matching, kinds, rate)) in scenarios.into_iter().enumerate() {
