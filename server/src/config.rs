@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_S3_ALLOW_HTTP")]
     pub s3_allow_http: bool,
 
+    /// The largest file published with one CopyObject; a larger one is copied in parts of
+    /// this size (UploadPartCopy). S3's limit, 5 GiB, is the most allowed.
+    #[arg(long, env = "UPLOAD_SERVER_S3_MAX_COPY_SIZE", default_value = "5GiB", value_parser = parse_size)]
+    pub s3_max_copy_size: u64,
+
     /// Directory where uploads are stored (local storage).
     #[arg(long, env = "UPLOAD_SERVER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

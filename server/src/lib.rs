@@ -182,6 +182,7 @@ fn s3_config(config: &Config) -> S3Config {
         endpoint: config.s3_endpoint.clone(),
         region: config.s3_region.clone(),
         allow_http: config.s3_allow_http,
+        max_copy_size: config.s3_max_copy_size,
     }
 }
 

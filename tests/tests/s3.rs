@@ -1840,3 +1840,41 @@ async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
     api.complete_ok(id, &file).await;
     api.assert_content(id, &file).await;
 }
+
+/// A file larger than one CopyObject may copy (5 GiB on S3; lowered here to two chunks
+/// with `--s3-max-copy-size`) is published by a multipart copy, in parts of that size:
+/// the published object is whole (a multipart ETag of 2 parts, where the staging object
+/// joined 3 chunks), reads back byte for byte, and no multipart upload is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_over_the_copy_limit_is_published_in_parts() {
+    let Some(s3) = s3_or_skip("a_file_over_the_copy_limit_is_published_in_parts").await else {
+        return;
+    };
+    let limit = (2 * CS).to_string();
+    let (server, _dir) = upload_server(&s3, &["--s3-max-copy-size", &limit]);
+    let api = Api::new(&server);
+    let file = Bytes::from(random_bytes(2 * CS + 333, 84));
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    for (i, c) in chunks_of(&file).iter().enumerate() {
+        api.put_ok(id, i as u64, c.clone()).await;
+    }
+    api.complete_ok(id, &file).await;
+    let head = s3
+        .client()
+        .head(s3.url(&format!("/{BUCKET}/{}", file_key(id))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    let etag = header(head.headers(), "etag");
+    assert!(etag.trim_matches('"').ends_with("-2"), "ETag {etag}");
+    let (code, published) = get_object(&s3, &file_key(id)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(published == file, "the published object differs");
+    api.assert_content(id, &file).await;
+    assert_eq!(multipart_uploads(&s3, "").await, Vec::<String>::new());
+    assert!(!list_keys(&s3, "uploads/").await.contains(&staging_key(id)));
+}

@@ -43,7 +43,8 @@
 //! the receipts must match what the store holds, or CompleteMultipartUpload fails and
 //! nothing is published. The file appears at `files/{id}` only after its SHA-256 matched;
 //! a failed verification, a cancel or an expiry aborts the multipart upload and removes
-//! every object of the upload.
+//! every object of the upload. A file larger than one CopyObject may copy (5 GiB) is
+//! published by a multipart upload of UploadPartCopy requests.
 //!
 //! Not yet: in-order appends (tus) on S3, which need short appends held durably until a
 //! part can be written.
@@ -57,7 +58,8 @@ use bytes::Bytes;
 use common::api::ChunkSizeBounds;
 use common::{Sha256Digest, UploadId};
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::HttpRequestBody;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -92,6 +94,9 @@ pub struct S3Config {
     pub region: Option<String>,
     /// Allow plain http endpoints.
     pub allow_http: bool,
+    /// The largest object published with one CopyObject (0: S3's limit, 5 GiB); a larger
+    /// file is copied in parts of this size (UploadPartCopy).
+    pub max_copy_size: u64,
 }
 
 impl S3Config {
@@ -99,6 +104,19 @@ impl S3Config {
     /// variables. Store requests are retried briefly (a few seconds), so that a store
     /// that is down is reported instead of waited on.
     pub fn connect(&self) -> Result<AmazonS3> {
+        self.builder()
+            .build()
+            .map_err(|e| Error::Io(std::io::Error::other(e)))
+    }
+
+    /// The region requests are signed for, as the client reads it (flag or `AWS_*`).
+    fn signing_region(&self) -> String {
+        self.builder()
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+
+    fn builder(&self) -> AmazonS3Builder {
         let mut b = AmazonS3Builder::from_env()
             .with_bucket_name(&self.bucket)
             .with_allow_http(self.allow_http)
@@ -113,7 +131,7 @@ impl S3Config {
         if let Some(r) = &self.region {
             b = b.with_region(r);
         }
-        b.build().map_err(|e| Error::Io(std::io::Error::other(e)))
+        b
     }
 }
 
@@ -135,7 +153,24 @@ pub struct S3Backend {
     process: String,
     /// Multipart upload ids already read, by upload.
     multipart_ids: Mutex<HashMap<UploadId, String>>,
+    /// The bucket (named in UploadPartCopy's source).
+    bucket: String,
+    /// The region requests are signed for.
+    region: String,
+    /// The largest object one CopyObject publishes; the part size of larger copies.
+    max_copy_size: u64,
 }
+
+/// What a key escapes in UploadPartCopy's source (all but unreserved characters and `/`).
+const KEY_ENCODE_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The largest object S3 copies in one request, and the largest part.
+const S3_MAX_COPY: u64 = 5 << 30;
 
 /// How long a chunk lease holds off other writers; a live writer renews it
 /// every [`LEASE_RENEW`], so a crashed server's chunk is free again within this time.
@@ -257,6 +292,12 @@ impl S3Backend {
             pending: Arc::new(Mutex::new(HashMap::new())),
             process: UploadId::new_random().to_string(),
             multipart_ids: Mutex::new(HashMap::new()),
+            bucket: config.bucket.clone(),
+            region: config.signing_region(),
+            max_copy_size: match config.max_copy_size {
+                0 => S3_MAX_COPY,
+                n => n.min(S3_MAX_COPY),
+            },
         })
     }
 
@@ -363,7 +404,7 @@ impl S3Backend {
     /// tried again a few times.
     async fn complete_parts(
         &self,
-        id: UploadId,
+        key: &Path,
         multipart_id: &str,
         parts: &[SentPart],
     ) -> Result<std::result::Result<(), String>> {
@@ -382,7 +423,7 @@ impl S3Backend {
             .store
             .signed_url_opts(
                 http::Method::POST,
-                &self.staging_key(id),
+                key,
                 Duration::from_secs(600),
                 &SignedUrlOptions::new()
                     .with_query([("uploadId".to_string(), multipart_id.to_string())]),
@@ -422,6 +463,103 @@ impl S3Backend {
                 return Err(Error::Io(std::io::Error::other(failure)));
             }
             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+    }
+
+    /// Copies `from` to `to` in parts of [`S3Backend::max_copy_size`] (a multipart upload
+    /// of UploadPartCopy requests), for objects larger than one CopyObject may copy. The
+    /// copy appears at `to` whole, when its parts are joined, or not at all.
+    async fn copy_in_parts(&self, from: &Path, to: &Path, size: u64) -> Result<()> {
+        let multipart_id = self.store.create_multipart(to).await.map_err(store_err)?;
+        let mut parts = Vec::new();
+        let mut copied = Ok(());
+        for (n, start) in (0..size).step_by(self.max_copy_size as usize).enumerate() {
+            let end = (start + self.max_copy_size).min(size);
+            match self
+                .upload_part_copy(to, &multipart_id, n as u64 + 1, from, start..end)
+                .await
+            {
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    copied = Err(e);
+                    break;
+                }
+            }
+        }
+        if copied.is_ok() {
+            copied = match self.complete_parts(to, &multipart_id, &parts).await? {
+                Ok(()) => return Ok(()),
+                Err(why) => Err(Error::Io(std::io::Error::other(format!(
+                    "the store refused to join the copied parts: {why}"
+                )))),
+            };
+        }
+        if let Err(e) = self.store.abort_multipart(to, &multipart_id).await {
+            tracing::debug!(error = %e, "abort of a failed multipart copy");
+        }
+        copied
+    }
+
+    /// UploadPartCopy: bytes `range` of `from` become part `number` of `to`'s multipart
+    /// upload. Signed with its copy headers (`object_store` has no call for it).
+    async fn upload_part_copy(
+        &self,
+        to: &Path,
+        multipart_id: &str,
+        number: u64,
+        from: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Result<SentPart> {
+        // The object's URL as the client builds it, with this request's query.
+        let mut url = self
+            .store
+            .signed_url(http::Method::PUT, to, Duration::from_secs(60))
+            .await
+            .map_err(store_err)?;
+        url.set_query(None);
+        url.query_pairs_mut()
+            .append_pair("partNumber", &number.to_string())
+            .append_pair("uploadId", multipart_id);
+        let source = format!(
+            "/{}/{}",
+            self.bucket,
+            percent_encoding::utf8_percent_encode(from.as_ref(), KEY_ENCODE_SET)
+        );
+        let mut request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url.as_str())
+            .header("x-amz-copy-source", source)
+            .header(
+                "x-amz-copy-source-range",
+                format!("bytes={}-{}", range.start, range.end - 1),
+            )
+            .body(HttpRequestBody::from(Vec::new()))
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let credential = self
+            .store
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(store_err)?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+            .map_err(store_err)?;
+        let mut sent = self.http.put(url);
+        for (name, value) in request.headers() {
+            sent = sent.header(name, value);
+        }
+        let resp = sent.send().await.map_err(io_err)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(io_err)?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(Error::NotFound);
+        }
+        match (status.is_success(), xml_value(&text, "ETag")) {
+            (true, Some(etag)) if !text.contains("<Error>") => Ok(SentPart { number, etag }),
+            _ => Err(Error::Io(std::io::Error::other(format!(
+                "UploadPartCopy answered {status}: {}",
+                xml_value(&text, "Code").unwrap_or_default()
+            )))),
         }
     }
 
@@ -871,7 +1009,9 @@ impl Backend for S3Backend {
                 }
             }
         }
-        let joined = self.complete_parts(id, &obj.multipart_id, &parts).await;
+        let joined = self
+            .complete_parts(&staging, &obj.multipart_id, &parts)
+            .await;
         if matches!(joined, Ok(Ok(()))) {
             return Ok(());
         }
@@ -978,11 +1118,18 @@ impl Backend for S3Backend {
 
     async fn publish(&self, record: &UploadRecord) -> Result<()> {
         let staging = self.staging_key(record.id);
-        match self.store.copy(&staging, &self.file_key(record.id)).await {
+        let file = self.file_key(record.id);
+        let copied = if record.size > self.max_copy_size {
+            self.copy_in_parts(&staging, &file, record.size).await
+        } else {
+            self.store.copy(&staging, &file).await.map_err(store_err)
+        };
+        match copied {
             Ok(()) => {}
-            // Published already (a retry after a crash between copy and delete).
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(store_err(e)),
+            // Published already (a retry after a crash between copy and delete, or
+            // another publisher that finished first).
+            Err(Error::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
         }
         self.delete_if_exists(&staging).await
     }
