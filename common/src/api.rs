@@ -119,6 +119,10 @@ pub struct UploadStatus {
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at: Option<OffsetDateTime>,
+    /// The length is not known yet (tus creation-defer-length, an IETF upload created
+    /// without one): `size` is the most it may grow to until the client declares it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub length_deferred: bool,
 }
 
 /// Answer to a stored chunk.

@@ -92,6 +92,11 @@ impl ApiError {
                     "invalid-request",
                     "Invalid request",
                 ),
+                E::LengthMismatch { .. } => (
+                    StatusCode::BAD_REQUEST,
+                    "inconsistent-upload-length",
+                    "Inconsistent upload length",
+                ),
                 E::TooLarge { .. } => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "upload-too-large",

@@ -27,6 +27,14 @@ pub enum Error {
         /// Configured maximum.
         max: u64,
     },
+    /// A length declared for an upload whose length is known already, and other.
+    #[error("the upload's length is {known} bytes and cannot change to {declared}")]
+    LengthMismatch {
+        /// The upload's length.
+        known: u64,
+        /// The length declared.
+        declared: u64,
+    },
     /// The chunk's bytes do not match the digest the client sent with them.
     #[error("the chunk's SHA-256 is {actual}, but Content-Digest says {declared}")]
     ChunkDigestMismatch {

@@ -115,10 +115,11 @@ impl Ledger {
         state.closed.insert(id, Instant::now());
     }
 
-    /// Counts again an upload released by a change that was then undone (an expiry that
-    /// found a chunk write begun meanwhile): it is open after all. No limit is checked,
-    /// as it was counted before.
-    pub fn reopen(&self, owner: Option<&str>, id: UploadId, size: u64) {
+    /// Counts an upload again, as `size` bytes, without checking limits: an upload
+    /// released by a change that was then undone (an expiry that found a chunk write begun
+    /// meanwhile), or one whose deferred length was just declared (its bytes are stored
+    /// already, so refusing them now would help nobody).
+    pub fn recount(&self, owner: Option<&str>, id: UploadId, size: u64) {
         let mut state = self.lock();
         state.closed.remove(&id);
         state
@@ -232,7 +233,7 @@ mod tests {
         l.stored(id);
         let began = Instant::now();
         l.release(id);
-        l.reopen(Some("a"), id, 6);
+        l.recount(Some("a"), id, 6);
         // The scan saw it open, and its release (after the scan began) was undone.
         l.rebuild(vec![(Some("a".into()), id, 6)], began);
         assert_eq!(l.usage(Some("a")), (1, 6));

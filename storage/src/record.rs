@@ -132,6 +132,10 @@ pub struct UploadRecord {
     /// Its part in a concatenation (tus's concatenation extension), if any.
     #[serde(default)]
     pub concat: Option<Concat>,
+    /// The length is not known yet (tus creation-defer-length, an IETF upload created
+    /// without one): `size` is then the most it may grow to, until the client declares it.
+    #[serde(default)]
+    pub length_deferred: bool,
     /// Who created it (an authenticated owner); only they see it.
     #[serde(default)]
     pub owner: Option<String>,
@@ -147,6 +151,16 @@ pub struct UploadRecord {
 }
 
 impl UploadRecord {
+    /// Bytes counted against the owner's quota: the size, or nothing while the length is
+    /// deferred (the size is then only a ceiling).
+    pub fn reserved_bytes(&self) -> u64 {
+        if self.length_deferred {
+            0
+        } else {
+            self.size
+        }
+    }
+
     /// Number of chunks: `ceil(size / chunk_size)`; 0 for an empty upload.
     pub fn chunk_count(&self) -> u64 {
         chunk_count(self.size, self.chunk_size)
@@ -339,6 +353,7 @@ mod tests {
             state: StoredState::Uploading,
             failure: None,
             concat: None,
+            length_deferred: false,
             owner: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,

@@ -28,6 +28,8 @@ use crate::quota::{Ledger, QuotaLimits};
 use crate::record::{Concat, Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
+/// Most chunks of an upload whose length is deferred, at the largest size allowed.
+pub const DEFERRED_CHUNKS: u64 = 4096;
 /// How long a verification may stay silent before another request takes it over.
 const STALE_VERIFICATION: Duration = Duration::from_secs(60);
 
@@ -184,7 +186,7 @@ impl Uploads {
                         tracing::warn!(%id, error = %e, "could not reconcile the upload's events");
                     }
                     if r.state.is_open() {
-                        open.push((r.owner.clone(), id, r.size));
+                        open.push((r.owner.clone(), id, r.reserved_bytes()));
                     }
                     if r.state == StoredState::Completing {
                         tracing::info!(%id, "resuming an interrupted verification");
@@ -258,7 +260,115 @@ impl Uploads {
         idempotency_key: Option<&str>,
         mode: UploadMode,
     ) -> Result<Created> {
-        self.create_full(req, idempotency_key, mode, None).await
+        self.create_full(req, idempotency_key, mode, None, false)
+            .await
+    }
+
+    /// Creates an in-order upload whose length is not known yet (tus
+    /// creation-defer-length, an IETF upload created without a length): it may grow to
+    /// the largest upload allowed, and completes once [`Self::declare_length`] said how
+    /// long it is and its bytes are there. `req.size` is ignored. Its chunks are large
+    /// (a ceiling of 1 TiB has at most [`DEFERRED_CHUNKS`]), so that its chunk table stays
+    /// small while its length is unknown.
+    pub async fn create_deferred(&self, mut req: CreateUpload) -> Result<Created> {
+        const MIB: u64 = 1 << 20;
+        req.size = self.limits.max_upload_size;
+        req.chunk_size = Some(
+            req.size
+                .div_ceil(DEFERRED_CHUNKS)
+                .div_ceil(MIB)
+                .saturating_mul(MIB)
+                .clamp(self.limits.chunk_size.default, self.limits.chunk_size.max),
+        );
+        self.create_full(req, None, UploadMode::Stream, None, true)
+            .await
+    }
+
+    /// Declares the length of an upload created without one (tus `Upload-Length` on a
+    /// PATCH; IETF `Upload-Length`, or `Upload-Complete: ?1` on an append). A known length
+    /// never changes: another one is refused, the same one accepted. An upload whose bytes
+    /// are all there is then completed (verified and published), and its status returned.
+    pub async fn declare_length(
+        self: &Arc<Self>,
+        id: UploadId,
+        length: u64,
+    ) -> Result<Option<UploadStatus>> {
+        let up = self.get(id).await?;
+        let offset = {
+            let _op = up.op.try_write().map_err(|_| Error::Locked)?;
+            let record = up.record();
+            record.check_writable(UploadMode::Stream)?;
+            if !record.length_deferred {
+                if record.size != length {
+                    return Err(Error::LengthMismatch {
+                        known: record.size,
+                        declared: length,
+                    });
+                }
+                return Ok(None);
+            }
+            let offset = up.chunks().contiguous_bytes(&record);
+            if length < offset {
+                return Err(Error::Invalid(format!(
+                    "a length of {length} bytes is less than the {offset} bytes already stored"
+                )));
+            }
+            if length > record.size {
+                return Err(Error::TooLarge {
+                    size: length,
+                    max: record.size,
+                });
+            }
+            let record = self
+                .transition(&up, |r| {
+                    r.size = length;
+                    r.length_deferred = false;
+                })
+                .await?;
+            up.chunks().truncate(record.chunk_count());
+            self.ledger
+                .recount(record.owner.as_deref(), id, record.size);
+            tracing::info!(%id, size = length, "upload length declared");
+            if offset == length && offset % record.chunk_size != 0 {
+                self.close_last_chunk(&up, &record, offset).await?;
+            }
+            offset
+        };
+        if offset < length {
+            return Ok(None);
+        }
+        match self.complete(id, None).await? {
+            Completion::Done(s) | Completion::Verifying(s) => Ok(Some(s)),
+        }
+    }
+
+    /// The partly appended chunk at `end`, now known to be the last one, becomes a whole
+    /// chunk with its digest (from the append cursor, or read back after a restart).
+    async fn close_last_chunk(&self, up: &Upload, record: &UploadRecord, end: u64) -> Result<()> {
+        let index = end / record.chunk_size;
+        let from = record.chunk_offset(index);
+        let mut cursor = up.stream.lock().await;
+        let hasher = match cursor.take() {
+            Some(h) => h,
+            None => {
+                let mut h = Sha256::new();
+                let mut s = self.backend.read_range(record, from, end - from).await?;
+                while let Some(b) = s.next().await {
+                    h.update(&b?);
+                }
+                h
+            }
+        };
+        let chunk = StoredChunk {
+            index,
+            size: end - from,
+            sha256: Sha256Digest(hasher.finalize().into()),
+        };
+        self.backend
+            .commit(record, &[Receipt::Chunk(chunk)])
+            .await?;
+        up.chunks().set(index, chunk.size, chunk.sha256);
+        Ok(())
     }
 
     async fn create_full(
@@ -267,6 +377,7 @@ impl Uploads {
         idempotency_key: Option<&str>,
         mode: UploadMode,
         concat: Option<Concat>,
+        length_deferred: bool,
     ) -> Result<Created> {
         let chunk_size = self.limits.validate(&req)?;
         let _serial = match idempotency_key {
@@ -286,6 +397,7 @@ impl Uploads {
             state: StoredState::Uploading,
             failure: None,
             concat,
+            length_deferred,
             owner: principal::current().and_then(|p| p.owner().map(str::to_string)),
             created_at: now,
             updated_at: now,
@@ -350,7 +462,7 @@ impl Uploads {
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
         self.breaker.check()?;
         self.ledger
-            .reserve(record.owner.as_deref(), record.id, record.size)?;
+            .reserve(record.owner.as_deref(), record.id, record.reserved_bytes())?;
         let created = self.backend.create(&record).await;
         self.breaker.record(&created);
         if created.is_err() {
@@ -413,6 +525,7 @@ impl Uploads {
             metadata: r.metadata,
             created_at: r.created_at,
             expires_at,
+            length_deferred: r.length_deferred,
         })
     }
 
@@ -574,6 +687,7 @@ impl Uploads {
         let record = up.record();
         if record.mode == UploadMode::Stream
             && record.state == StoredState::Uploading
+            && !record.length_deferred
             && up.chunks().contiguous_bytes(&record) == record.size
         {
             tracing::info!(%id, "completing an upload whose bytes are all stored");
@@ -666,6 +780,12 @@ impl Uploads {
                     break;
                 }
             };
+            if pos + piece.len() as u64 > record.size && record.length_deferred {
+                return Err(Error::TooLarge {
+                    size: pos + piece.len() as u64,
+                    max: record.size,
+                });
+            }
             if pos + piece.len() as u64 > record.size {
                 return Err(Error::Invalid(format!(
                     "the body goes past the upload's length of {} bytes",
@@ -741,7 +861,7 @@ impl Uploads {
         drop(appender);
         drop(op);
         drop(busy);
-        let completed = if pos == record.size {
+        let completed = if pos == record.size && !record.length_deferred {
             match self.complete(id, None).await? {
                 Completion::Done(s) | Completion::Verifying(s) => Some(s),
             }
@@ -757,7 +877,7 @@ impl Uploads {
     /// Creates a part of a later concatenation (tus `Upload-Concat: partial`): an in-order
     /// upload of its own.
     pub async fn create_partial(&self, req: CreateUpload) -> Result<Created> {
-        self.create_full(req, None, UploadMode::Stream, Some(Concat::Partial))
+        self.create_full(req, None, UploadMode::Stream, Some(Concat::Partial), false)
             .await
     }
 
@@ -802,6 +922,7 @@ impl Uploads {
                 Some(Concat::Final {
                     parts: parts.clone(),
                 }),
+                false,
             )
             .await?;
         let id = created.status.id;
@@ -1138,7 +1259,7 @@ impl Uploads {
             };
             let ended = record.state == StoredState::Failed || record.state.is_tombstone();
             if record.state.is_open() {
-                open.push((record.owner.clone(), id, record.size));
+                open.push((record.owner.clone(), id, record.reserved_bytes()));
             }
             if record.state == StoredState::Uploading {
                 // Before the idle check reads them: what chunk writes have left so far.
@@ -1220,7 +1341,7 @@ impl Uploads {
         } else if !was_open {
             // An expiry undone: the upload is open again.
             self.ledger
-                .reopen(record.owner.as_deref(), record.id, record.size);
+                .recount(record.owner.as_deref(), record.id, record.reserved_bytes());
         }
         up.set_record(record.clone());
         self.events.changed(up.id);

@@ -117,6 +117,12 @@ impl ChunkTable {
         )
     }
 
+    /// Keeps only the first `count` chunks: an upload whose length, declared late, has
+    /// fewer chunks than its ceiling had (none of the dropped ones can be stored yet).
+    pub fn truncate(&mut self, count: u64) {
+        self.digests.truncate(count as usize);
+    }
+
     /// Forgets every chunk (the bytes were discarded).
     pub fn clear(&mut self) {
         self.digests.clear();

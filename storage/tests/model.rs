@@ -506,6 +506,7 @@ impl Store {
             state: StoredState::Uploading,
             failure: None,
             concat: None,
+            length_deferred: false,
             owner: None,
             created_at: long_ago(),
             updated_at: long_ago(),

@@ -356,3 +356,113 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = storage::Result<Bytes>> + Send + Unpin {
     Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
+
+/// An in-order upload created without a length (tus creation-defer-length, an IETF
+/// upload with no length yet): it grows to at most the ceiling, never completes on its
+/// own, learns its length once (never below what is stored, never changed after), and
+/// then completes with the whole file's SHA-256 when its bytes reach that length.
+#[tokio::test]
+async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = UploadsConfig {
+        max_upload_size: 40 * MIB as u64,
+        ..UploadsConfig::default()
+    };
+    let uploads = open(dir.path(), config).await;
+    let file = data(17 * MIB + 3, 7);
+    let created = uploads
+        .create_deferred(CreateUpload::default())
+        .await
+        .unwrap();
+    let id = created.status.id;
+    assert!(created.status.length_deferred);
+    assert_eq!(created.status.size, 40 * MIB as u64);
+    let first = 9 * MIB + 11;
+    let appended = uploads
+        .append(id, 0, None, body(&file[..first]))
+        .await
+        .unwrap();
+    assert_eq!(appended.offset, first as u64);
+    assert!(appended.completed.is_none());
+    // Past the ceiling: refused, nothing appended.
+    let too_much = data(32 * MIB, 8);
+    assert!(matches!(
+        uploads
+            .append(id, first as u64, None, body(&too_much))
+            .await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(
+        uploads.status(id).await.unwrap().received_bytes,
+        first as u64
+    );
+    // A length below what is stored, or above the ceiling, is refused.
+    assert!(matches!(
+        uploads.declare_length(id, first as u64 - 1).await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        uploads.declare_length(id, 41 * MIB as u64).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(
+        uploads.declare_length(id, file.len() as u64).await.unwrap(),
+        None
+    );
+    let status = uploads.status(id).await.unwrap();
+    assert!(!status.length_deferred);
+    assert_eq!(status.size, file.len() as u64);
+    assert_eq!(status.chunk_count, 3);
+    // Once said, the length stays.
+    assert!(matches!(
+        uploads.declare_length(id, file.len() as u64 + 1).await,
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert_eq!(
+        uploads.declare_length(id, file.len() as u64).await.unwrap(),
+        None
+    );
+    let done = uploads
+        .append(id, first as u64, None, body(&file[first..]))
+        .await
+        .unwrap()
+        .completed
+        .expect("completed by its last byte");
+    assert_eq!(done.state, UploadState::Completed);
+    assert_eq!(done.sha256, Some(sha(&file)));
+}
+
+/// The length declared where the bytes end, after a restart lost the hash of the
+/// partly appended last chunk: that chunk is read back, closed with its digest, and the
+/// upload completes with the right SHA-256.
+#[tokio::test]
+async fn a_length_declared_at_the_end_after_a_restart_completes() {
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = UploadsConfig {
+        max_upload_size: 40 * MIB as u64,
+        ..UploadsConfig::default()
+    };
+    let file = data(9 * MIB + 7, 9);
+    let id = {
+        let uploads = open(dir.path(), config.clone()).await;
+        let id = uploads
+            .create_deferred(CreateUpload::default())
+            .await
+            .unwrap()
+            .status
+            .id;
+        uploads.append(id, 0, None, body(&file)).await.unwrap();
+        id
+    };
+    let uploads = open(dir.path(), config).await;
+    let done = uploads
+        .declare_length(id, file.len() as u64)
+        .await
+        .unwrap()
+        .expect("every byte is there");
+    assert_eq!(done.state, UploadState::Completed);
+    assert_eq!(done.sha256, Some(sha(&file)));
+    assert_eq!(done.size, file.len() as u64);
+}

@@ -393,14 +393,76 @@ async fn inconsistent_lengths_are_refused_and_append_nothing() {
     let resp = c.patch(&loc, 400, true, bytes[400..].to_vec()).await;
     assert_eq!(resp.status(), StatusCode::OK);
     c.assert_completed(&loc, &bytes).await;
+}
 
-    // No length at all: this server needs one at creation.
+/// An upload created with no length: HEAD says no `Upload-Length` and the native status
+/// `length_deferred`; appends go on; the append with `Upload-Complete: ?1` says where it
+/// ends, which is the length, and completes it with the right SHA-256. A second upload
+/// learns its length from an `Upload-Length` on an append, after which another length is
+/// the draft's inconsistent-upload-length and appends nothing.
+#[tokio::test]
+async fn a_length_unknown_at_creation_is_learnt_from_the_appends() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(700_003, 31);
+    let resp = c.create(false, None, bytes[..200_000].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().get("upload-length").is_none());
+    let loc = header(&resp, "location");
+    assert_eq!(c.head(&loc).await, (200_000, "?0".into()));
+    let head = c.req(Method::HEAD, &loc).send().await.unwrap();
+    assert!(head.headers().get("upload-length").is_none());
+    let (_, status) = c.native(&loc).await;
+    assert_eq!(status["length_deferred"], true, "{status}");
+    let resp = c
+        .patch(&loc, 200_000, false, bytes[200_000..500_000].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = c
+        .patch(&loc, 500_000, true, bytes[500_000..].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(num(&resp, "upload-length"), bytes.len() as u64);
+    let status = c.assert_completed(&loc, &bytes).await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+
     let resp = c.create(false, None, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let loc = header(&resp, "location");
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "0")
+        .header("upload-complete", "?0")
+        .header("upload-length", bytes.len().to_string())
+        .body(bytes[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let head = c.req(Method::HEAD, &loc).send().await.unwrap();
+    assert_eq!(num(&head, "upload-length"), bytes.len() as u64);
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "100000")
+        .header("upload-complete", "?0")
+        .header("upload-length", (bytes.len() + 1).to_string())
+        .body(bytes[100_000..200_000].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert!(problem(resp).await["detail"]
-        .as_str()
-        .unwrap()
-        .contains("Upload-Length"));
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}inconsistent-upload-length")
+    );
+    assert_eq!(c.head(&loc).await, (100_000, "?0".into()));
+    let resp = c
+        .patch(&loc, 100_000, true, bytes[100_000..].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
 }
 
 #[tokio::test]

@@ -526,18 +526,12 @@ async fn create_inner(
                 ))
                 .into())
             }
-            (Some(a), _) => a,
-            (None, Some(b)) => b,
-            (None, None) => {
-                return Err(ApiError::BadRequest(
-                    "this server needs the upload's length at creation: send Upload-Length, \
-                     or Upload-Complete: ?1 with Content-Length"
-                        .into(),
-                )
-                .into())
-            }
+            (Some(a), _) => Some(a),
+            (None, Some(b)) => Some(b),
+            // Not known yet: declared by the append that completes the upload.
+            (None, None) => None,
         };
-        if let Some(len) = content_len.filter(|l| *l > size) {
+        if let Some((len, size)) = content_len.zip(size).filter(|(l, s)| l > s) {
             return Err(Kind::InconsistentLength(format!(
                 "the body has {len} bytes, more than the upload's length of {size}"
             ))
@@ -566,7 +560,7 @@ async fn create_inner(
             metadata.entry("filetype".into()).or_insert(t);
         }
         let req = CreateUpload {
-            size,
+            size: size.unwrap_or(0),
             chunk_size: None,
             sha256: repr,
             filename,
@@ -582,11 +576,16 @@ async fn create_inner(
             return Err(f);
         }
     };
-    let created = match state
-        .uploads
-        .create_with_mode(req, None, UploadMode::Stream)
-        .await
-    {
+    let created = match size {
+        Some(_) => {
+            state
+                .uploads
+                .create_with_mode(req, None, UploadMode::Stream)
+                .await
+        }
+        None => state.uploads.create_deferred(req).await,
+    };
+    let created = match created {
         Ok(c) => c,
         Err(e) => {
             let too_large = matches!(e, storage::Error::TooLarge { .. });
@@ -604,7 +603,7 @@ async fn create_inner(
     let with_location = |f: Failure| f.with("location", location(id));
     let mut offset = 0;
     let mut status = created.status;
-    if size == 0 {
+    if size == Some(0) {
         let (storage::Completion::Done(s) | storage::Completion::Verifying(s)) = state
             .uploads
             .complete(id, None)
@@ -632,6 +631,17 @@ async fn create_inner(
             status = s;
         }
     }
+    if size.is_none() && complete {
+        // The body was the whole upload: its end is the length.
+        if let Some(s) = state
+            .uploads
+            .declare_length(id, offset)
+            .await
+            .map_err(|e| with_location(append_failure(e, v, false)))?
+        {
+            status = s;
+        }
+    }
     if is_done(status.state) {
         let mut resp = completed_answer(state, &status, v);
         if !complete {
@@ -644,7 +654,8 @@ async fn create_inner(
         return Err(with_location(
             Failure::from(Kind::InconsistentLength(format!(
                 "the request said it completes the upload, but its body ended at {offset} of \
-                 {size} bytes; append the rest at that offset"
+                 {} bytes; append the rest at that offset",
+                size.unwrap_or(offset)
             )))
             .with("upload-offset", HeaderValue::from(offset))
             .with("upload-complete", complete_value(false)),
@@ -655,7 +666,9 @@ async fn create_inner(
     hs.insert(header::LOCATION, location(id));
     hs.insert(h("upload-offset"), HeaderValue::from(offset));
     hs.insert(h("upload-complete"), complete_value(false));
-    hs.insert(h("upload-length"), HeaderValue::from(size));
+    if let Some(size) = size {
+        hs.insert(h("upload-length"), HeaderValue::from(size));
+    }
     hs.insert(h("upload-limit"), limits(state, Some(&status), v));
     Ok(resp)
 }
@@ -685,7 +698,9 @@ pub async fn offset(
             HeaderValue::from(if done { record.size } else { stored }),
         );
         hs.insert(h("upload-complete"), complete_value(done));
-        hs.insert(h("upload-length"), HeaderValue::from(record.size));
+        if !record.length_deferred {
+            hs.insert(h("upload-length"), HeaderValue::from(record.size));
+        }
         hs.insert(h("upload-limit"), limits(&state, Some(&status), v));
         hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(sha) = status
@@ -753,7 +768,7 @@ async fn append_inner(
     let checksum = content_checksum(headers)?;
 
     let storage::Position {
-        record,
+        mut record,
         offset: current,
         status,
     } = state.uploads.offset(id).await?;
@@ -791,6 +806,28 @@ async fn append_inner(
             provided,
         })
         .with("upload-offset", HeaderValue::from(current)));
+    }
+    // An upload created without a length learns it from Upload-Length, or from the
+    // completing append's Content-Length.
+    let declared = integer_header(headers, "upload-length")
+        .or_else(|| content_len.filter(|_| complete).map(|l| current + l));
+    if let Some(len) = declared.filter(|_| record.length_deferred) {
+        if content_len.is_some_and(|l| current + l > len) {
+            return Err(Kind::InconsistentLength(format!(
+                "the body goes past the Upload-Length of {len} bytes"
+            ))
+            .into());
+        }
+        let completed = state
+            .uploads
+            .declare_length(id, len)
+            .await
+            .map_err(|e| append_failure(e, v, nonempty))?;
+        if let Some(status) = completed.filter(|_| !nonempty) {
+            return Ok(completed_answer(state, &status, v));
+        }
+        record.size = len;
+        record.length_deferred = false;
     }
     if let Some(len) = integer_header(headers, "upload-length").filter(|l| *l != record.size) {
         return Err(Kind::InconsistentLength(format!(
@@ -831,7 +868,17 @@ async fn append_inner(
             return Err(append_failure(e, v, nonempty));
         }
     };
-    if let Some(status) = appended.completed {
+    let completed = match appended.completed {
+        Some(s) => Some(s),
+        // Chunked, with no length known: where the body ended is the length.
+        None if complete && record.length_deferred => state
+            .uploads
+            .declare_length(id, appended.offset)
+            .await
+            .map_err(|e| append_failure(e, v, false))?,
+        None => None,
+    };
+    if let Some(status) = completed {
         // A Repr-Digest that only the completing request carried: checked now.
         if let (Some(r), None, Some(actual)) = (repr, record.declared_sha256, status.sha256) {
             if r != actual && status.state == UploadState::Completed {

@@ -2,10 +2,11 @@
 //! native API: an upload created here is the same upload in `GET /v1/uploads/{id}` and
 //! its content URL, verified the same way.
 //!
-//! Extensions: creation, creation-with-upload, expiration, checksum (sha1, sha256, md5),
-//! termination and concatenation (parts uploaded in parallel, then joined: how
-//! tus-js-client's `parallelUploads` works). Appends of any length map onto the upload's chunks; one append at a
-//! time per upload (a concurrent one is answered 423).
+//! Extensions: creation, creation-with-upload, creation-defer-length (the length said by a
+//! later PATCH's `Upload-Length`), expiration, checksum (sha1, sha256, md5), termination
+//! and concatenation (parts uploaded in parallel, then joined: how tus-js-client's
+//! `parallelUploads` works). Appends of any length map onto the upload's chunks; one
+//! append at a time per upload (a concurrent one is answered 423).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -26,8 +27,8 @@ use crate::state::AppState;
 /// The protocol version spoken.
 pub const VERSION: &str = "1.0.0";
 /// Extensions advertised in `Tus-Extension`.
-pub const EXTENSIONS: &str =
-    "creation,creation-with-upload,expiration,checksum,termination,concatenation";
+pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,\
+checksum,termination,concatenation";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
 fn h(name: &'static str) -> HeaderName {
@@ -222,9 +223,18 @@ async fn create_inner(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_version(&headers)?;
-    if headers.get("upload-defer-length").is_some() {
+    let deferred = match headers.get("upload-defer-length") {
+        None => false,
+        Some(v) if v == "1" => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Upload-Defer-Length must be 1 when present".into(),
+            ))
+        }
+    };
+    if deferred && headers.contains_key("upload-length") {
         return Err(ApiError::BadRequest(
-            "creation-defer-length is not supported: send Upload-Length".into(),
+            "send Upload-Length or Upload-Defer-Length: 1, not both".into(),
         ));
     }
     let concat = headers
@@ -255,8 +265,20 @@ async fn create_inner(
             .insert(header::LOCATION, location(&state.tus_path, status.id));
         return Ok(resp);
     }
-    let size = header_u64(&headers, "upload-length")?
-        .ok_or_else(|| ApiError::BadRequest("Upload-Length is required".into()))?;
+    if deferred && concat.is_some() {
+        return Err(ApiError::BadRequest(
+            "a partial upload needs its Upload-Length at creation".into(),
+        ));
+    }
+    let size = match header_u64(&headers, "upload-length")? {
+        Some(size) => size,
+        None if deferred => 0,
+        None => {
+            return Err(ApiError::BadRequest(
+                "Upload-Length (or Upload-Defer-Length: 1) is required".into(),
+            ))
+        }
+    };
     let has_body = header_u64(&headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0) > 0
         || headers.contains_key(header::TRANSFER_ENCODING);
     if has_body && content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
@@ -274,6 +296,7 @@ async fn create_inner(
     };
     let created = match concat {
         Some(_) => state.uploads.create_partial(req).await?,
+        None if deferred => state.uploads.create_deferred(req).await?,
         None => {
             state
                 .uploads
@@ -284,7 +307,7 @@ async fn create_inner(
     let id = created.status.id;
     let mut status = created.status;
     let mut offset = 0;
-    if size == 0 {
+    if size == 0 && !deferred {
         let (storage::Completion::Done(s) | storage::Completion::Verifying(s)) =
             state.uploads.complete(id, None).await?;
         status = s;
@@ -342,7 +365,11 @@ pub async fn head(
         let mut resp = StatusCode::OK.into_response();
         let hs = resp.headers_mut();
         hs.insert(h("upload-offset"), HeaderValue::from(offset));
-        hs.insert(h("upload-length"), HeaderValue::from(record.size));
+        if record.length_deferred {
+            hs.insert(h("upload-defer-length"), HeaderValue::from_static("1"));
+        } else {
+            hs.insert(h("upload-length"), HeaderValue::from(record.size));
+        }
         hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if !record.metadata.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&format_metadata(&record.metadata)) {
@@ -397,6 +424,14 @@ pub async fn patch(
         let offset = header_u64(&headers, "upload-offset")?
             .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
         let checksum = upload_checksum(&headers)?;
+        if let Some(length) = header_u64(&headers, "upload-length")? {
+            if let Some(done) = declare_length(&state, id, offset, length, &headers).await? {
+                let mut resp = StatusCode::NO_CONTENT.into_response();
+                resp.headers_mut()
+                    .insert(h("upload-offset"), HeaderValue::from(done.size));
+                return Ok(resp);
+            }
+        }
         let mut stream = body_stream(body, state.body_timeout);
         let result = state
             .uploads
@@ -426,6 +461,31 @@ pub async fn patch(
         Ok(r) => tus(r),
         Err(e) => tus_error(e),
     }
+}
+
+/// A PATCH's `Upload-Length` (creation-defer-length): declares the length of an upload
+/// created without one, before its body is appended; the same length as the one known is
+/// accepted, another refused. Nothing is declared for a PATCH at the wrong offset (the
+/// append answers 409). Answers the status when that completed the upload (a PATCH with
+/// no body at the end of the bytes).
+async fn declare_length(
+    state: &AppState,
+    id: UploadId,
+    offset: u64,
+    length: u64,
+    headers: &HeaderMap,
+) -> Result<Option<UploadStatus>, ApiError> {
+    if state.uploads.offset(id).await?.offset != offset {
+        return Ok(None);
+    }
+    let body = header_u64(headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0);
+    if offset + body > length {
+        return Err(ApiError::BadRequest(format!(
+            "Upload-Length is {length}, but this PATCH ends at byte {}",
+            offset + body
+        )));
+    }
+    Ok(state.uploads.declare_length(id, length).await?)
 }
 
 /// `DELETE`: termination.

@@ -176,7 +176,12 @@ impl Backend for LocalBackend {
         let dir = self.dir(record.id);
         let parent = self.root.join("uploads");
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let size = record.size;
+        // An upload whose length is deferred grows as its bytes arrive.
+        let size = if record.length_deferred {
+            0
+        } else {
+            record.size
+        };
         blocking(move || {
             fs::create_dir(&dir)?;
             let data = File::create(dir.join("data"))?;

@@ -108,6 +108,10 @@ pub struct EventUpload {
     pub metadata: BTreeMap<String, String>,
     /// Who created it (an authenticated owner), if anyone.
     pub owner: Option<String>,
+    /// The length was not known when this happened (an upload created without one):
+    /// `size` is then the most it may grow to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub length_deferred: bool,
 }
 
 /// One event. Its `id` is unique and stable: receivers deduplicate on it.
@@ -145,6 +149,7 @@ impl Event {
                 filename: record.filename.clone(),
                 metadata: record.metadata.clone(),
                 owner: record.owner.clone(),
+                length_deferred: record.length_deferred,
             },
             reason: match kind {
                 EventKind::Failed => Some(
@@ -387,6 +392,7 @@ mod tests {
             state,
             failure: Some("SHA-256 x does not match y".into()),
             concat: None,
+            length_deferred: false,
             owner: Some("alice".into()),
             created_at: at,
             updated_at: at,
