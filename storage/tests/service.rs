@@ -431,6 +431,15 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
         .expect("completed by its last byte");
     assert_eq!(done.state, UploadState::Completed);
     assert_eq!(done.sha256, Some(sha(&file)));
+    // The content is the file exactly: not what the refused append left past its end.
+    let (_, content) = uploads.content(id).await.unwrap();
+    let storage::Content::File(path) = content else {
+        panic!("local content is a file")
+    };
+    assert!(
+        std::fs::read(path).unwrap() == file,
+        "published bytes differ"
+    );
 }
 
 /// The length declared where the bytes end, after a restart lost the hash of the

@@ -320,7 +320,20 @@ impl Backend for LocalBackend {
 
     async fn publish(&self, record: &UploadRecord) -> Result<()> {
         let dir = self.dir(record.id);
+        let size = record.size;
         blocking(move || {
+            // An upload whose length was deferred may hold bytes past its length (an
+            // append refused for going past the ceiling wrote some before it stopped):
+            // the content is exactly its verified bytes.
+            match fs::OpenOptions::new().write(true).open(dir.join("data")) {
+                Ok(data) if data.metadata()?.len() != size => {
+                    data.set_len(size)?;
+                    data.sync_all()?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
             match fs::rename(dir.join("data"), dir.join("content")) {
                 Err(e) if e.kind() == ErrorKind::NotFound && dir.join("content").exists() => {}
                 other => other?,
