@@ -4,7 +4,10 @@
 //   node tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N]
 //                  [--protocol tus-v1|ietf-draft-03|ietf-draft-05] [--interrupt-at FRACTION]
 //                  [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...]
-//                  [--timeout SECONDS] [--no-sha256] [--list-protocols]
+//                  [--defer-length] [--timeout SECONDS] [--no-sha256] [--list-protocols]
+//
+// --defer-length creates the upload with its length deferred (uploadLengthDeferred), which
+// tus-js-client then sends with its last PATCH (the file is read into a Buffer first).
 //
 // Modes:
 //   default            one upload (parallelUploads when --parallel N > 1: partial uploads + a final
@@ -22,11 +25,11 @@ import os from 'node:os'
 import path from 'node:path'
 import { NODE_MODULES, emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
 
-const usage = 'usage: tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--protocol P] [--interrupt-at F] [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...] [--timeout S] [--no-sha256] [--list-protocols]'
+const usage = 'usage: tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--protocol P] [--interrupt-at F] [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...] [--defer-length] [--timeout S] [--no-sha256] [--list-protocols]'
 const args = parseArgs(process.argv.slice(2), {
   endpoint: 'string', file: 'string', 'chunk-size': 'number', parallel: 'number', protocol: 'string',
   'interrupt-at': 'number', 'url-store': 'string', 'checksum-mismatch': 'bool', metadata: 'string',
-  timeout: 'number', 'no-sha256': 'bool', 'list-protocols': 'bool',
+  timeout: 'number', 'no-sha256': 'bool', 'list-protocols': 'bool', 'defer-length': 'bool',
 }, usage)
 
 const CLIENT = `tus-js-client@${version('tus-js-client')}`
@@ -84,10 +87,15 @@ function errInfo(err) {
 // hooks: onProgress(sent,total,upload), onBeforeRequest(req), onAfterResponse(req,res)
 function runUpload(opts, hooks = {}) {
   return new Promise((resolve, reject) => {
-    const up = new tus.Upload(fs.createReadStream(file), {
+    // With a deferred length, a Buffer: tus-js-client 4.3's stream source announces a full
+    // Content-Length for a short last slice of a stream, and that request never ends.
+    const source = args['defer-length'] ? fs.readFileSync(file) : fs.createReadStream(file)
+    const up = new tus.Upload(source, {
       endpoint: args.endpoint,
       chunkSize,
       parallelUploads: parallel,
+      // The length is sent only with the last PATCH (creation-defer-length).
+      uploadLengthDeferred: Boolean(args['defer-length']),
       protocol,
       metadata,
       retryDelays: [],

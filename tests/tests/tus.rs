@@ -171,6 +171,7 @@ async fn options_advertises_the_protocol() {
     for e in [
         "creation",
         "creation-with-upload",
+        "creation-defer-length",
         "expiration",
         "checksum",
         "termination",
@@ -216,13 +217,17 @@ async fn version_media_type_and_header_errors() {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{h}: {v}");
     }
-    let resp = tus
-        .req(Method::POST, "/files/")
-        .header("upload-defer-length", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // A deferred length with a length, or with a value other than 1.
+    for (defer, length) in [("1", Some("10")), ("0", None), ("yes", None)] {
+        let mut req = tus
+            .req(Method::POST, "/files/")
+            .header("upload-defer-length", defer);
+        if let Some(l) = length {
+            req = req.header("upload-length", l);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{defer} {length:?}");
+    }
     // Too large.
     let resp = tus
         .req(Method::POST, "/files/")
@@ -407,6 +412,106 @@ async fn offsets_checksums_and_lengths() {
     let status = tus.native(&path).await;
     assert_eq!(status.state, UploadState::Completed);
     assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&file));
+}
+
+/// creation-defer-length: created with `Upload-Defer-Length: 1` (and a first part),
+/// HEAD says so and no `Upload-Length`, the native status says `length_deferred`; a PATCH
+/// past the ceiling is 413; the length cannot be below the bytes stored, is said by the
+/// last PATCH, and never changes; the upload completes with the file's SHA-256.
+#[tokio::test]
+async fn a_deferred_length_is_said_by_the_last_patch() {
+    let (server, _dir) = Server::start(&["--max-upload-size", "3MiB"]);
+    let tus = Tus::new(&server);
+    let bytes = random_bytes(2 * MIB + 4_321, 41);
+    let resp = tus
+        .req(Method::POST, "/files/")
+        .header("upload-defer-length", "1")
+        .header("content-type", OCTETS)
+        .body(bytes[..700_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(header(&resp, "upload-offset"), "700000");
+    let loc = header(&resp, "location");
+    let head = tus.req(Method::HEAD, &loc).send().await.unwrap();
+    assert_eq!(header(&head, "upload-defer-length"), "1");
+    assert!(head.headers().get("upload-length").is_none());
+    let status = tus.native(&loc).await;
+    assert!(status.length_deferred);
+    assert_eq!(status.size, 3 * MIB as u64);
+    // Past the ceiling: nothing appended.
+    let resp = tus.patch(&loc, 700_000, random_bytes(3 * MIB, 42)).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(tus.offset(&loc).await, 700_000);
+    let resp = tus
+        .patch(&loc, 700_000, bytes[700_000..2 * MIB].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // A length below what this PATCH ends at.
+    let resp = tus
+        .req(Method::PATCH, &loc)
+        .header("content-type", OCTETS)
+        .header("upload-offset", (2 * MIB).to_string())
+        .header("upload-length", (2 * MIB + 10).to_string())
+        .body(bytes[2 * MIB..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.offset(&loc).await, 2 * MIB as u64);
+    let resp = tus
+        .req(Method::PATCH, &loc)
+        .header("content-type", OCTETS)
+        .header("upload-offset", (2 * MIB).to_string())
+        .header("upload-length", bytes.len().to_string())
+        .body(bytes[2 * MIB..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), bytes.len().to_string());
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert!(!status.length_deferred);
+    assert_eq!(status.size, bytes.len() as u64);
+    assert_eq!(tus.content_sha(&loc).await, sha256_hex(&bytes));
+    let head = tus.req(Method::HEAD, &loc).send().await.unwrap();
+    assert_eq!(header(&head, "upload-length"), bytes.len().to_string());
+    assert!(head.headers().get("upload-defer-length").is_none());
+
+    // Once said, the length stays: another one is refused, nothing appended.
+    let loc = {
+        let resp = tus
+            .req(Method::POST, "/files/")
+            .header("upload-defer-length", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        header(&resp, "location")
+    };
+    let resp = tus
+        .req(Method::PATCH, &loc)
+        .header("content-type", OCTETS)
+        .header("upload-offset", "0")
+        .header("upload-length", bytes.len().to_string())
+        .body(bytes[..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = tus
+        .req(Method::PATCH, &loc)
+        .header("content-type", OCTETS)
+        .header("upload-offset", "1000")
+        .header("upload-length", (bytes.len() + 1).to_string())
+        .body(bytes[1000..2000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.offset(&loc).await, 1000);
 }
 
 #[tokio::test]

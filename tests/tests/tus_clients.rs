@@ -170,6 +170,41 @@ async fn tusjs_single_upload_in_8mib_chunks() {
     );
 }
 
+/// tus-js-client with `uploadLengthDeferred`: the upload is created with
+/// `Upload-Defer-Length: 1`, streamed in 5 MiB PATCHes, and the last one says the length;
+/// the native status shows it completed with the file's SHA-256.
+#[tokio::test]
+async fn tusjs_upload_with_its_length_deferred() {
+    if !webclients::available_or_skip("tusjs_upload_with_its_length_deferred") {
+        return;
+    }
+    let (server, _data) = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 3 * 5 * MIB + 4_321;
+    let (bytes, file) = test_file(dir.path(), "deferred.bin", len, 7);
+    let ep = endpoint(&server);
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--chunk-size",
+            "5242880",
+            "--defer-length",
+            "--metadata",
+            "filename=deferred.bin",
+        ])
+    })
+    .await;
+    r.assert_ok();
+    assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
+    assert_eq!(requests(&r, "POST"), 1, "{r}");
+    assert!(requests(&r, "PATCH") >= 4, "{r}");
+    let status = assert_completed_natively(&server, r.str("url"), &bytes, "deferred.bin").await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+}
+
 #[tokio::test]
 async fn tusjs_parallel_uploads_are_concatenated_into_one_verified_file() {
     if !webclients::available_or_skip(
