@@ -768,7 +768,7 @@ async fn append_inner(
     let checksum = content_checksum(headers)?;
 
     let storage::Position {
-        mut record,
+        record,
         offset: current,
         status,
     } = state.uploads.offset(id).await?;
@@ -808,40 +808,39 @@ async fn append_inner(
         .with("upload-offset", HeaderValue::from(current)));
     }
     // An upload created without a length learns it from Upload-Length, or from the
-    // completing append's Content-Length.
-    let declared = integer_header(headers, "upload-length")
-        .or_else(|| content_len.filter(|_| complete).map(|l| current + l));
-    if let Some(len) = declared.filter(|_| record.length_deferred) {
-        if content_len.is_some_and(|l| current + l > len) {
-            return Err(Kind::InconsistentLength(format!(
-                "the body goes past the Upload-Length of {len} bytes"
-            ))
-            .into());
-        }
-        let completed = state
-            .uploads
-            .declare_length(id, len)
-            .await
-            .map_err(|e| append_failure(e, v, nonempty))?;
-        if let Some(status) = completed.filter(|_| !nonempty) {
-            return Ok(completed_answer(state, &status, v));
-        }
-        record.size = len;
-        record.length_deferred = false;
-    }
-    if let Some(len) = integer_header(headers, "upload-length").filter(|l| *l != record.size) {
+    // completing append's Content-Length: checked as a known length is, and said only
+    // once the append is stored, so a refused request leaves it unknown.
+    let said = integer_header(headers, "upload-length");
+    if let Some(len) = said.filter(|l| !record.length_deferred && *l != record.size) {
         return Err(Kind::InconsistentLength(format!(
             "Upload-Length is {len}, but the upload's length is {}",
             record.size
         ))
         .into());
     }
-    let remaining = record.size - current;
+    let declared = said
+        .or_else(|| content_len.filter(|_| complete).map(|l| current + l))
+        .filter(|_| record.length_deferred);
+    if let Some(len) = declared.filter(|l| *l < current) {
+        return Err(Kind::InconsistentLength(format!(
+            "Upload-Length is {len}, less than the {current} bytes stored"
+        ))
+        .into());
+    }
+    let size = declared.unwrap_or(record.size);
+    let remaining = size - current;
     if let Some(len) = content_len {
+        if record.length_deferred && declared.is_none() && len > remaining {
+            // No length yet: the ceiling is the largest upload, not this one's length.
+            return Err(Failure::from(storage::Error::TooLarge {
+                size: current + len,
+                max: record.size,
+            })
+            .with("upload-limit", limits(state, Some(&status), v)));
+        }
         if len > remaining || (complete && len != remaining) {
             return Err(Kind::InconsistentLength(format!(
-                "the body has {len} bytes, but {remaining} remain of the upload's {}",
-                record.size
+                "the body has {len} bytes, but {remaining} remain of the upload's {size}"
             ))
             .into());
         }
@@ -868,15 +867,16 @@ async fn append_inner(
             return Err(append_failure(e, v, nonempty));
         }
     };
-    let completed = match appended.completed {
-        Some(s) => Some(s),
-        // Chunked, with no length known: where the body ended is the length.
-        None if complete && record.length_deferred => state
+    // The length learnt (or, for a chunked `?1` body, where it ended) is said now.
+    let learnt = declared.or_else(|| complete.then_some(appended.offset));
+    let completed = match (appended.completed, learnt) {
+        (Some(s), _) => Some(s),
+        (None, Some(len)) if record.length_deferred => state
             .uploads
-            .declare_length(id, appended.offset)
+            .declare_length(id, len)
             .await
             .map_err(|e| append_failure(e, v, false))?,
-        None => None,
+        (None, _) => None,
     };
     if let Some(status) = completed {
         // A Repr-Digest that only the completing request carried: checked now.
@@ -894,8 +894,8 @@ async fn append_inner(
     }
     if complete {
         return Err(Failure::from(Kind::InconsistentLength(format!(
-            "the request said it completes the upload, but it ended at {} of {} bytes",
-            appended.offset, record.size
+            "the request said it completes the upload, but it ended at {} of {size} bytes",
+            appended.offset
         )))
         .with("upload-offset", HeaderValue::from(appended.offset))
         .with("upload-complete", complete_value(false)));

@@ -424,13 +424,9 @@ pub async fn patch(
         let offset = header_u64(&headers, "upload-offset")?
             .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
         let checksum = upload_checksum(&headers)?;
-        if let Some(length) = header_u64(&headers, "upload-length")? {
-            if let Some(done) = declare_length(&state, id, offset, length, &headers).await? {
-                let mut resp = StatusCode::NO_CONTENT.into_response();
-                resp.headers_mut()
-                    .insert(h("upload-offset"), HeaderValue::from(done.size));
-                return Ok(resp);
-            }
+        let length = header_u64(&headers, "upload-length")?;
+        if let Some(length) = length {
+            check_length(&state, id, offset, length, &headers).await?;
         }
         let mut stream = body_stream(body, state.body_timeout);
         let result = state
@@ -445,7 +441,13 @@ pub async fn patch(
             drain_after(e, &mut stream).await;
         }
         let appended = result?;
-        let status = match appended.completed {
+        // Said once the bytes are stored, so a refused PATCH leaves the length unknown.
+        let completed = match (appended.completed, length) {
+            (Some(s), _) => Some(s),
+            (None, Some(length)) => state.uploads.declare_length(id, length).await?,
+            (None, None) => None,
+        };
+        let status = match completed {
             Some(s) => s,
             None => state.uploads.status(id).await?,
         };
@@ -463,20 +465,29 @@ pub async fn patch(
     }
 }
 
-/// A PATCH's `Upload-Length` (creation-defer-length): declares the length of an upload
-/// created without one, before its body is appended; the same length as the one known is
-/// accepted, another refused. Nothing is declared for a PATCH at the wrong offset (the
-/// append answers 409). Answers the status when that completed the upload (a PATCH with
-/// no body at the end of the bytes).
-async fn declare_length(
+/// Checks a PATCH's `Upload-Length` (creation-defer-length) before its body is appended:
+/// a known length must be the same, a deferred one must hold what the PATCH ends at.
+/// Nothing is checked for a PATCH at the wrong offset (the append answers 409).
+async fn check_length(
     state: &AppState,
     id: UploadId,
     offset: u64,
     length: u64,
     headers: &HeaderMap,
-) -> Result<Option<UploadStatus>, ApiError> {
-    if state.uploads.offset(id).await?.offset != offset {
-        return Ok(None);
+) -> Result<(), ApiError> {
+    let position = state.uploads.offset(id).await?;
+    if position.offset != offset {
+        return Ok(());
+    }
+    if !position.record.length_deferred {
+        if position.record.size != length {
+            return Err(storage::Error::LengthMismatch {
+                known: position.record.size,
+                declared: length,
+            }
+            .into());
+        }
+        return Ok(());
     }
     let body = header_u64(headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0);
     if offset + body > length {
@@ -485,7 +496,7 @@ async fn declare_length(
             offset + body
         )));
     }
-    Ok(state.uploads.declare_length(id, length).await?)
+    Ok(())
 }
 
 /// `DELETE`: termination.
