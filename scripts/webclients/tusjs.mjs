@@ -4,10 +4,13 @@
 //   node tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N]
 //                  [--protocol tus-v1|ietf-draft-03|ietf-draft-05] [--interrupt-at FRACTION]
 //                  [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...]
-//                  [--defer-length] [--timeout SECONDS] [--no-sha256] [--list-protocols]
+//                  [--defer-length] [--stream] [--timeout SECONDS] [--no-sha256] [--list-protocols]
 //
 // --defer-length creates the upload with its length deferred (uploadLengthDeferred), which
 // tus-js-client then sends with its last PATCH (the file is read into a Buffer first).
+// --stream hands tus-js-client a plain Readable of the file (not an fs.ReadStream, so it uses
+// its StreamSource, which knows no size): the source of an upload whose length is unknown.
+// Without --defer-length the size is given as uploadSize. Needs --chunk-size.
 //
 // Modes:
 //   default            one upload (parallelUploads when --parallel N > 1: partial uploads + a final
@@ -23,13 +26,14 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { PassThrough } from 'node:stream'
 import { NODE_MODULES, emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
 
-const usage = 'usage: tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--protocol P] [--interrupt-at F] [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...] [--defer-length] [--timeout S] [--no-sha256] [--list-protocols]'
+const usage = 'usage: tusjs.mjs --endpoint URL --file PATH [--chunk-size N] [--parallel N] [--protocol P] [--interrupt-at F] [--url-store PATH] [--checksum-mismatch] [--metadata k=v,...] [--defer-length] [--stream] [--timeout S] [--no-sha256] [--list-protocols]'
 const args = parseArgs(process.argv.slice(2), {
   endpoint: 'string', file: 'string', 'chunk-size': 'number', parallel: 'number', protocol: 'string',
   'interrupt-at': 'number', 'url-store': 'string', 'checksum-mismatch': 'bool', metadata: 'string',
-  timeout: 'number', 'no-sha256': 'bool', 'list-protocols': 'bool', 'defer-length': 'bool',
+  timeout: 'number', 'no-sha256': 'bool', 'list-protocols': 'bool', 'defer-length': 'bool', stream: 'bool',
 }, usage)
 
 const CLIENT = `tus-js-client@${version('tus-js-client')}`
@@ -68,6 +72,10 @@ const mode = args['checksum-mismatch'] ? 'checksum-mismatch' : args['interrupt-a
 const base = { client: CLIENT, mode, protocol, endpoint: args.endpoint, file, bytes: size, chunk_size: Number.isFinite(chunkSize) ? chunkSize : null, parallel }
 const requests = {}
 watchdog(timeoutS * 1000, `${mode} upload`, () => ({ ...base, requests }))
+// An upload whose promises never settle and that holds no timer or socket lets the event loop
+// drain, and Node would exit 0 with nothing printed (tus-js-client 4.3.1's StreamSource does
+// that when a stream ends exactly at a chunk boundary): a failure line instead.
+process.on('beforeExit', () => emit({ ...base, requests, ok: false, error: `the event loop drained before the ${mode} upload finished (a tus-js-client promise never settled)` }))
 
 const tus = await load('tus-js-client')
 
@@ -87,15 +95,19 @@ function errInfo(err) {
 // hooks: onProgress(sent,total,upload), onBeforeRequest(req), onAfterResponse(req,res)
 function runUpload(opts, hooks = {}) {
   return new Promise((resolve, reject) => {
-    // With a deferred length, a Buffer: tus-js-client 4.3's stream source announces a full
-    // Content-Length for a short last slice of a stream, and that request never ends.
-    const source = args['defer-length'] ? fs.readFileSync(file) : fs.createReadStream(file)
+    // With a deferred length, a Buffer: for an fs.ReadStream tus-js-client 4.3 uses its
+    // FileSource, which announces a full Content-Length (min(chunkSize, file size)) for a
+    // short last slice, and that request never ends.
+    // --stream: a Readable that is no fs.ReadStream (a PassThrough), so StreamSource.
+    const source = args.stream ? fs.createReadStream(file).pipe(new PassThrough())
+      : args['defer-length'] ? fs.readFileSync(file) : fs.createReadStream(file)
     const up = new tus.Upload(source, {
       endpoint: args.endpoint,
       chunkSize,
       parallelUploads: parallel,
       // The length is sent only with the last PATCH (creation-defer-length).
       uploadLengthDeferred: Boolean(args['defer-length']),
+      ...(args.stream && !args['defer-length'] ? { uploadSize: size } : {}),
       protocol,
       metadata,
       retryDelays: [],

@@ -115,6 +115,54 @@ impl Ietf {
         )
     }
 
+    /// `HEAD`: (Upload-Offset, Upload-Complete, Upload-Length if sent).
+    async fn head_length(&self, path: &str) -> (u64, String, Option<u64>) {
+        let resp = self.req(Method::HEAD, path).send().await.expect("HEAD");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{resp:?}");
+        let length = resp
+            .headers()
+            .get("upload-length")
+            .map(|v| v.to_str().expect("ASCII").parse().expect("integer"));
+        (
+            num(&resp, "upload-offset"),
+            header(&resp, "upload-complete"),
+            length,
+        )
+    }
+
+    /// An append (`Upload-Complete: ?1` when `complete`) that also says `Upload-Length`.
+    async fn patch_declaring(
+        &self,
+        path: &str,
+        offset: usize,
+        complete: bool,
+        length: usize,
+        body: Vec<u8>,
+    ) -> Response {
+        self.req(Method::PATCH, path)
+            .header("content-type", PARTIAL)
+            .header("upload-offset", offset.to_string())
+            .header("upload-complete", if complete { "?1" } else { "?0" })
+            .header("upload-length", length.to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    /// Creates an incomplete upload with no length and `first` as its first part; returns
+    /// its path.
+    async fn start_unknown(&self, first: &[u8]) -> String {
+        let resp = self.create(false, None, first.to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "upload-complete"), "?0");
+        assert_eq!(num(&resp, "upload-offset"), first.len() as u64);
+        assert!(resp.headers().get("upload-length").is_none(), "{resp:?}");
+        let loc = header(&resp, "location");
+        assert!(loc.starts_with("/uploads/"), "{loc}");
+        loc
+    }
+
     async fn head_status(&self, path: &str) -> StatusCode {
         self.req(Method::HEAD, path)
             .send()
@@ -465,6 +513,199 @@ async fn a_length_unknown_at_creation_is_learnt_from_the_appends() {
     c.assert_completed(&loc, &bytes).await;
 }
 
+/// Created with `Upload-Complete: ?0`, no length and no body: the answer and HEAD say
+/// `?0`, the offset and no `Upload-Length`, the native status `length_deferred` and
+/// uploading; appends in several requests (across 8 MiB chunks, with a ceiling that gives
+/// them) keep it so; the `?1` append says the length, where it ends, and completes it with
+/// the right SHA-256; HEAD then says `?1` and `Upload-Length`. An append of nothing with
+/// `?1` completes another upload at its offset, and an empty file at 0.
+#[tokio::test]
+async fn an_upload_without_a_length_is_completed_by_its_last_append() {
+    let (server, _d) = Server::start(&["--max-upload-size", "32GiB"]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(17 * MIB + 5, 32);
+    let len = bytes.len();
+    let loc = c.start_unknown(&[]).await;
+    assert_eq!(c.head_length(&loc).await, (0, "?0".into(), None));
+    let (_, status) = c.native(&loc).await;
+    assert_eq!(status["length_deferred"], true, "{status}");
+    assert_eq!(status["state"], "uploading", "{status}");
+    assert_eq!(status["size"], 32u64 << 30, "{status}");
+    assert_eq!(status["chunk_size"], 8 * MIB as u64, "{status}");
+    let mut at = 0;
+    for end in [MIB, 8 * MIB + 3, 16 * MIB] {
+        let resp = c.patch(&loc, at, false, bytes[at..end].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "append {at}..{end}");
+        assert_eq!(num(&resp, "upload-offset"), end as u64);
+        assert_eq!(header(&resp, "upload-complete"), "?0");
+        assert!(resp.headers().get("upload-length").is_none(), "{resp:?}");
+        at = end;
+        assert_eq!(c.head_length(&loc).await, (at as u64, "?0".into(), None));
+        let (_, status) = c.native(&loc).await;
+        assert_eq!(status["length_deferred"], true, "{status}");
+        assert_eq!(status["received_bytes"], at as u64, "{status}");
+    }
+    let resp = c.patch(&loc, at, true, bytes[at..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    assert_eq!(num(&resp, "upload-offset"), len as u64);
+    assert_eq!(num(&resp, "upload-length"), len as u64);
+    assert_eq!(header(&resp, "repr-digest"), repr_digest(&bytes));
+    let status = c.assert_completed(&loc, &bytes).await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+    assert_eq!(status["chunk_count"], 3, "{status}");
+    assert_eq!(
+        c.head_length(&loc).await,
+        (len as u64, "?1".into(), Some(len as u64))
+    );
+
+    // An empty completing append: the length is the offset.
+    let loc = c.start_unknown(&bytes[..300_000]).await;
+    let resp = c.patch(&loc, 300_000, true, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(num(&resp, "upload-length"), 300_000);
+    c.assert_completed(&loc, &bytes[..300_000]).await;
+    // An empty file.
+    let loc = c.start_unknown(&[]).await;
+    let resp = c.patch(&loc, 0, true, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &[]).await;
+    assert_eq!(c.head_length(&loc).await, (0, "?1".into(), Some(0)));
+}
+
+/// `Upload-Length` on an append of an upload created without one: below where the append
+/// would end it is inconsistent-upload-length and the length stays unknown; otherwise it is
+/// the length from then on (HEAD and the native status say so, the upload goes on); the
+/// same value again is accepted, another is inconsistent-upload-length, a `?1` append that
+/// ends elsewhere too, and neither appends anything; the `?1` append that ends there
+/// completes it with the right SHA-256.
+#[tokio::test]
+async fn upload_length_on_an_append_is_said_once() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(5_000, 33);
+    let loc = c.start_unknown(&bytes[..1_000]).await;
+    let inconsistent = format!("{TYPES}inconsistent-upload-length");
+
+    let resp = c
+        .patch_declaring(&loc, 1_000, false, 1_500, bytes[1_000..2_000].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(problem(resp).await["type"], inconsistent.as_str());
+    assert_eq!(c.head_length(&loc).await, (1_000, "?0".into(), None));
+
+    let resp = c
+        .patch_declaring(&loc, 1_000, false, 5_000, bytes[1_000..2_000].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(num(&resp, "upload-offset"), 2_000);
+    assert_eq!(header(&resp, "upload-complete"), "?0");
+    assert_eq!(c.head_length(&loc).await, (2_000, "?0".into(), Some(5_000)));
+    let (_, status) = c.native(&loc).await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+    assert_eq!(status["size"], 5_000, "{status}");
+    assert_eq!(status["state"], "uploading", "{status}");
+
+    let resp = c
+        .patch_declaring(&loc, 2_000, false, 5_000, bytes[2_000..3_000].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    for other in [4_999, 5_001] {
+        let resp = c
+            .patch_declaring(&loc, 3_000, false, other, bytes[3_000..4_000].to_vec())
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "Upload-Length {other}"
+        );
+        assert_eq!(problem(resp).await["type"], inconsistent.as_str());
+    }
+    let resp = c
+        .patch(&loc, 3_000, true, bytes[3_000..4_000].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(problem(resp).await["type"], inconsistent.as_str());
+    assert_eq!(c.head_length(&loc).await, (3_000, "?0".into(), Some(5_000)));
+
+    let resp = c
+        .patch_declaring(&loc, 3_000, true, 5_000, bytes[3_000..].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "upload-complete"), "?1");
+    c.assert_completed(&loc, &bytes).await;
+}
+
+/// A refused append says no length: neither a `?1` append whose `Upload-Length` is not
+/// where it ends (inconsistent-upload-length) nor an append whose `Content-Digest` does not
+/// match its body leaves an `Upload-Length` behind on an upload created without one; the
+/// upload then completes with a consistent `?1` append.
+#[tokio::test]
+async fn a_refused_append_says_no_length() {
+    let (server, _d) = Server::start(&[]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(3_000, 34);
+    let loc = c.start_unknown(&bytes[..1_000]).await;
+    let resp = c
+        .patch_declaring(&loc, 1_000, true, 10_000, bytes[1_000..].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem(resp).await["type"],
+        format!("{TYPES}inconsistent-upload-length")
+    );
+    assert_eq!(c.head_length(&loc).await, (1_000, "?0".into(), None));
+    let resp = c
+        .req(Method::PATCH, &loc)
+        .header("content-type", PARTIAL)
+        .header("upload-offset", "1000")
+        .header("upload-complete", "?0")
+        .header("upload-length", "10000")
+        .header("content-digest", repr_digest(b"other"))
+        .body(bytes[1_000..2_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(c.head_length(&loc).await, (1_000, "?0".into(), None));
+    let (_, status) = c.native(&loc).await;
+    assert_eq!(status["length_deferred"], true, "{status}");
+
+    let resp = c.patch(&loc, 1_000, true, bytes[1_000..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+}
+
+/// An upload created without a length may grow to `--max-upload-size` and no further: an
+/// append past it is 413 with the `Upload-Limit`, as a creation past it is, and appends
+/// nothing; one that ends at the limit with `?1` completes it.
+#[tokio::test]
+async fn an_append_past_the_limit_of_an_unknown_length_is_413() {
+    let (server, _d) = Server::start(&["--max-upload-size", "1MiB"]);
+    let c = Ietf::new(&server);
+    let bytes = random_bytes(MIB, 35);
+    let loc = c.start_unknown(&bytes[..1_000]).await;
+    let resp = c.patch(&loc, 1_000, false, vec![0u8; MIB]).await;
+    let code = resp.status();
+    let limit = resp
+        .headers()
+        .get("upload-limit")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.text().await.unwrap();
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        limit
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("max-size={MIB}")),
+        "{limit:?}"
+    );
+    assert_eq!(c.head_length(&loc).await, (1_000, "?0".into(), None));
+    let resp = c.patch(&loc, 1_000, true, bytes[1_000..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    c.assert_completed(&loc, &bytes).await;
+}
+
 #[tokio::test]
 async fn requests_the_endpoint_does_not_take() {
     let (server, _d) = Server::start(&[]);
@@ -789,4 +1030,47 @@ async fn tusjs_ietf_draft_05_interrupted_upload_resumes() {
     let c = Ietf::new(&server);
     let loc = path_of(&server, r.str("url"));
     c.assert_completed(&loc, &bytes).await;
+}
+
+/// tus-js-client's `ietf-draft-05` with `uploadLengthDeferred` and a stream source (a plain
+/// Readable, whose size it does not know): it creates the upload with `Upload-Complete: ?0`
+/// and no length, appends 4 MiB parts, and its last append (`?1`, with `Upload-Length`)
+/// completes it; the native status has the file's SHA-256. (The length is no multiple of
+/// the part size: tus-js-client 4.3.1's stream source never finishes one that is.)
+#[tokio::test]
+async fn tusjs_ietf_draft_05_stream_with_its_length_deferred() {
+    if !webclients::available_or_skip("tusjs_ietf_draft_05_stream_with_its_length_deferred") {
+        return;
+    }
+    let (server, _d) = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = random_bytes(9 * MIB + 4_567, 14);
+    let file = write_file(dir.path(), "unknown.bin", &bytes)
+        .display()
+        .to_string();
+    let ep = format!("{}/uploads/", server.url());
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--protocol",
+            "ietf-draft-05",
+            "--chunk-size",
+            "4194304",
+            "--defer-length",
+            "--stream",
+        ])
+    })
+    .await;
+    r.assert_ok();
+    assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
+    assert_eq!(requests(&r, "POST"), 1, "{r}");
+    assert_eq!(requests(&r, "PATCH"), 3, "{r}");
+    let c = Ietf::new(&server);
+    let loc = path_of(&server, r.str("url"));
+    let status = c.assert_completed(&loc, &bytes).await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+    assert_eq!(status["filename"], "unknown.bin", "{status}");
 }

@@ -71,6 +71,55 @@ impl Tus {
             .expect("PATCH")
     }
 
+    /// Creates an upload with `Upload-Defer-Length: 1` and no body; returns its path.
+    async fn create_deferred(&self) -> String {
+        let resp = self
+            .req(Method::POST, "/files/")
+            .header("upload-defer-length", "1")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert!(resp.headers().get("upload-length").is_none(), "{resp:?}");
+        let loc = header(&resp, "location");
+        assert!(loc.starts_with("/files/"), "{loc}");
+        loc
+    }
+
+    /// A PATCH that also says `Upload-Length: length`.
+    async fn patch_declaring(
+        &self,
+        path: &str,
+        offset: usize,
+        length: usize,
+        body: Vec<u8>,
+    ) -> Response {
+        self.req(Method::PATCH, path)
+            .header("content-type", OCTETS)
+            .header("upload-offset", offset.to_string())
+            .header("upload-length", length.to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    /// `HEAD`: (Upload-Offset, Upload-Length, Upload-Defer-Length), the last two if sent.
+    async fn lengths(&self, path: &str) -> (u64, Option<u64>, Option<String>) {
+        let resp = self.req(Method::HEAD, path).send().await.expect("HEAD");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let get = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().expect("ascii header").to_string())
+        };
+        (
+            header(&resp, "upload-offset").parse().expect("offset"),
+            get("upload-length").map(|v| v.parse().expect("length")),
+            get("upload-defer-length"),
+        )
+    }
+
     async fn offset(&self, path: &str) -> u64 {
         let resp = self.req(Method::HEAD, path).send().await.expect("HEAD");
         assert_eq!(resp.status(), StatusCode::OK);
@@ -203,7 +252,7 @@ async fn version_media_type_and_header_errors() {
         assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
         assert_eq!(header(&resp, "tus-version"), "1.0.0");
     }
-    // Missing or bad Upload-Length; deferred length is not offered.
+    // Missing (and not deferred) or bad Upload-Length.
     for (h, v) in [
         ("x-none", "1"),
         ("upload-length", "-1"),
@@ -512,6 +561,203 @@ async fn a_deferred_length_is_said_by_the_last_patch() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(tus.offset(&loc).await, 1000);
+}
+
+/// creation-defer-length up to the ceiling: a deferred upload takes appends in several
+/// PATCHes (HEAD: its offset, `Upload-Defer-Length: 1`, no `Upload-Length`; native status:
+/// uploading, `length_deferred`, `size` the ceiling) up to exactly `--max-upload-size`, where
+/// it is still not complete; a byte more is 413, a length below the offset is 400, a length
+/// above the ceiling is 413, each leaving it as it was; an empty PATCH saying the length is
+/// the offset completes it with the file's SHA-256.
+#[tokio::test]
+async fn a_deferred_upload_grows_to_the_ceiling_and_completes_only_once_said() {
+    let (server, _dir) = Server::start(&["--max-upload-size", "1MiB"]);
+    let tus = Tus::new(&server);
+    let bytes = random_bytes(MIB, 43);
+    let loc = tus.create_deferred().await;
+    assert_eq!(tus.lengths(&loc).await, (0, None, Some("1".into())));
+    let mut at = 0;
+    for end in [300_000, 700_001, MIB] {
+        let resp = tus.patch(&loc, at, bytes[at..end].to_vec()).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "PATCH {at}..{end}");
+        assert_eq!(header(&resp, "upload-offset"), end.to_string());
+        at = end;
+        assert_eq!(tus.lengths(&loc).await, (at as u64, None, Some("1".into())));
+        let status = tus.native(&loc).await;
+        assert_eq!(status.state, UploadState::Uploading, "at {at}");
+        assert!(status.length_deferred, "at {at}");
+        assert_eq!(status.size, MIB as u64);
+        assert_eq!(status.received_bytes, at as u64);
+        assert!(status.sha256.is_none());
+    }
+    // Full to the ceiling, and still deferred: nothing more fits.
+    let resp = tus.patch(&loc, MIB, b"x".to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A length below the offset, and one above the ceiling.
+    let resp = tus.patch_declaring(&loc, MIB, MIB - 1, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = tus.patch_declaring(&loc, MIB, MIB + 1, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        tus.lengths(&loc).await,
+        (MIB as u64, None, Some("1".into()))
+    );
+    assert_eq!(tus.native(&loc).await.state, UploadState::Uploading);
+
+    let resp = tus.patch_declaring(&loc, MIB, MIB, Vec::new()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), MIB.to_string());
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&bytes));
+    assert_eq!(status.size, MIB as u64);
+    assert!(!status.length_deferred);
+    assert_eq!(tus.content_sha(&loc).await, sha256_hex(&bytes));
+    assert_eq!(
+        tus.lengths(&loc).await,
+        (MIB as u64, Some(MIB as u64), None)
+    );
+}
+
+/// A length said by a PATCH in the middle of a deferred upload is kept: from then on HEAD
+/// has `Upload-Length` and no `Upload-Defer-Length`, the native status has `size` the length
+/// and no `length_deferred` while the upload goes on; the same `Upload-Length` again is
+/// accepted, another one is 400 and appends nothing, and so is a body past the length; the
+/// upload completes, without saying the length again, with the file's SHA-256. An upload
+/// whose length was known at creation takes its own length on a PATCH and refuses another.
+#[tokio::test]
+async fn a_deferred_length_said_mid_upload_is_kept() {
+    let (server, _dir) = Server::start(&[]);
+    let tus = Tus::new(&server);
+    let bytes = random_bytes(6 * MIB + 777, 44);
+    let len = bytes.len();
+    let loc = tus.create_deferred().await;
+    let resp = tus.patch(&loc, 0, bytes[..3 * MIB].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = tus
+        .patch_declaring(&loc, 3 * MIB, len, bytes[3 * MIB..4 * MIB].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), (4 * MIB).to_string());
+    assert_eq!(
+        tus.lengths(&loc).await,
+        ((4 * MIB) as u64, Some(len as u64), None)
+    );
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Uploading);
+    assert!(!status.length_deferred);
+    assert_eq!(status.size, len as u64);
+    assert_eq!(status.received_bytes, (4 * MIB) as u64);
+
+    // The same length again: fine.
+    let resp = tus
+        .patch_declaring(&loc, 4 * MIB, len, bytes[4 * MIB..5 * MIB].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Another length, either way: 400, nothing appended.
+    for other in [len - 1, len + 1] {
+        let resp = tus
+            .patch_declaring(&loc, 5 * MIB, other, bytes[5 * MIB..6 * MIB].to_vec())
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "Upload-Length {other}"
+        );
+    }
+    // A body past the length said.
+    let mut long = bytes[5 * MIB..].to_vec();
+    long.push(0);
+    let resp = tus.patch(&loc, 5 * MIB, long).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        tus.lengths(&loc).await,
+        ((5 * MIB) as u64, Some(len as u64), None)
+    );
+    let resp = tus.patch(&loc, 5 * MIB, bytes[5 * MIB..].to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), len.to_string());
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&bytes));
+    assert_eq!(tus.content_sha(&loc).await, sha256_hex(&bytes));
+
+    // Known at creation: its own length on a PATCH is accepted, another one is not.
+    let known = tus.create(10, "").await;
+    let resp = tus.patch_declaring(&known, 0, 10, b"01234".to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = tus.patch_declaring(&known, 5, 11, b"56789".to_vec()).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(tus.lengths(&known).await, (5, Some(10), None));
+}
+
+/// A deferred upload (created with a first part) survives a kill -9 with its length still
+/// deferred and every acknowledged byte, across 8 MiB chunk boundaries (with a ceiling of
+/// 32 GiB, deferred uploads have 8 MiB chunks); the length said after the restart cuts the
+/// last chunk, the upload completes with the file's SHA-256, and stays so after another
+/// restart.
+#[tokio::test]
+async fn a_deferred_upload_resumes_after_kill9_and_is_said_after() {
+    let (mut server, _dir) = Server::start(&["--max-upload-size", "32GiB"]);
+    let bytes = random_bytes(17 * MIB + 4_321, 45);
+    let len = bytes.len();
+    let loc = {
+        let tus = Tus::new(&server);
+        let resp = tus
+            .req(Method::POST, "/files/")
+            .header("upload-defer-length", "1")
+            .header("content-type", OCTETS)
+            .body(bytes[..MIB].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(header(&resp, "upload-offset"), MIB.to_string());
+        let loc = header(&resp, "location");
+        assert_eq!(tus.native(&loc).await.chunk_size, 8 * MIB as u64);
+        let resp = tus
+            .patch(&loc, MIB, bytes[MIB..9 * MIB + 100].to_vec())
+            .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        loc
+    };
+    server.restart();
+    let tus = Tus::new(&server);
+    assert_eq!(
+        tus.lengths(&loc).await,
+        ((9 * MIB + 100) as u64, None, Some("1".into()))
+    );
+    let status = tus.native(&loc).await;
+    assert!(status.length_deferred);
+    assert_eq!(status.state, UploadState::Uploading);
+    assert_eq!(status.received_bytes, (9 * MIB + 100) as u64);
+    let resp = tus
+        .patch(&loc, 9 * MIB + 100, bytes[9 * MIB + 100..16 * MIB].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = tus
+        .patch_declaring(&loc, 16 * MIB, len, bytes[16 * MIB..].to_vec())
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "upload-offset"), len.to_string());
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert_eq!(status.size, len as u64);
+    assert_eq!(status.chunk_count, 3);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&bytes));
+    assert_eq!(tus.content_sha(&loc).await, sha256_hex(&bytes));
+
+    server.restart();
+    let tus = Tus::new(&server);
+    let status = tus.native(&loc).await;
+    assert_eq!(status.state, UploadState::Completed);
+    assert!(!status.length_deferred);
+    assert_eq!(status.sha256.unwrap().to_hex(), sha256_hex(&bytes));
+    assert_eq!(tus.content_sha(&loc).await, sha256_hex(&bytes));
+    assert_eq!(
+        tus.lengths(&loc).await,
+        (len as u64, Some(len as u64), None)
+    );
 }
 
 #[tokio::test]

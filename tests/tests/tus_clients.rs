@@ -10,8 +10,7 @@
 //! Skipped (with `SKIPPED …` on stderr) when the clients are not installed, unless
 //! `WEBCLIENTS_REQUIRED=1` (`make test`), which makes that a failure.
 //!
-//! Not covered here yet: tus-js-client's IETF draft protocols (not implemented by the
-//! server yet).
+//! tus-js-client's IETF draft protocols are tested in `ietf.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -203,6 +202,47 @@ async fn tusjs_upload_with_its_length_deferred() {
     assert!(requests(&r, "PATCH") >= 4, "{r}");
     let status = assert_completed_natively(&server, r.str("url"), &bytes, "deferred.bin").await;
     assert!(status.get("length_deferred").is_none(), "{status}");
+}
+
+/// tus-js-client with `uploadLengthDeferred` and a stream source (a plain Readable, whose
+/// size it does not know: the case the option is for): `Upload-Defer-Length: 1` at creation,
+/// 5 MiB PATCHes, and the last one, short, says the length; the native status shows it
+/// completed with the file's SHA-256 and no `length_deferred`. (The length is no multiple of
+/// the chunk size: tus-js-client 4.3.1's stream source waits forever for more data after a
+/// stream that ends at a chunk boundary, and never sends the last PATCH.)
+#[tokio::test]
+async fn tusjs_stream_with_its_length_deferred() {
+    if !webclients::available_or_skip("tusjs_stream_with_its_length_deferred") {
+        return;
+    }
+    let (server, _data) = start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 2 * 5 * MIB + 54_321;
+    let (bytes, file) = test_file(dir.path(), "streamed.bin", len, 8);
+    let ep = endpoint(&server);
+    let r = blocking(move || {
+        webclients::tusjs(&[
+            "--endpoint",
+            &ep,
+            "--file",
+            &file,
+            "--chunk-size",
+            "5242880",
+            "--defer-length",
+            "--stream",
+        ])
+    })
+    .await;
+    r.assert_ok();
+    assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
+    assert_eq!(requests(&r, "POST"), 1, "{r}");
+    assert_eq!(requests(&r, "PATCH"), 3, "{r}");
+    let status = assert_completed_natively(&server, r.str("url"), &bytes, "streamed.bin").await;
+    assert!(status.get("length_deferred").is_none(), "{status}");
+    assert_eq!(
+        tus_head(r.str("url")).await,
+        (StatusCode::OK, Some(len as u64), Some(len as u64))
+    );
 }
 
 #[tokio::test]
