@@ -161,6 +161,19 @@ impl UploadRecord {
         }
     }
 
+    /// A length said again for an upload whose length is known: the same one, or
+    /// [`Error::LengthMismatch`] (a known length never changes).
+    pub fn same_length(&self, length: u64) -> Result<()> {
+        if self.size == length {
+            Ok(())
+        } else {
+            Err(Error::LengthMismatch {
+                known: self.size,
+                declared: length,
+            })
+        }
+    }
+
     /// Number of chunks: `ceil(size / chunk_size)`; 0 for an empty upload.
     pub fn chunk_count(&self) -> u64 {
         chunk_count(self.size, self.chunk_size)

@@ -294,18 +294,17 @@ impl Uploads {
         length: u64,
     ) -> Result<Option<UploadStatus>> {
         let up = self.get(id).await?;
+        // A known length: nothing to change, so no lock to take (an append may be running).
+        if !up.record().length_deferred {
+            return up.record().same_length(length).map(|()| None);
+        }
         let offset = {
             let _op = up.op.try_write().map_err(|_| Error::Locked)?;
             let record = up.record();
             record.check_writable(UploadMode::Stream)?;
             if !record.length_deferred {
-                if record.size != length {
-                    return Err(Error::LengthMismatch {
-                        known: record.size,
-                        declared: length,
-                    });
-                }
-                return Ok(None);
+                // Said by another request meanwhile.
+                return record.same_length(length).map(|()| None);
             }
             let offset = up.chunks().contiguous_bytes(&record);
             if length < offset {
@@ -342,6 +341,17 @@ impl Uploads {
         }
     }
 
+    /// The hash, so far, of the stored bytes `from..to` of a partly appended chunk: the
+    /// append cursor, rebuilt after a restart.
+    async fn hash_stored(&self, record: &UploadRecord, from: u64, to: u64) -> Result<Sha256> {
+        let mut h = Sha256::new();
+        let mut s = self.backend.read_range(record, from, to - from).await?;
+        while let Some(b) = s.next().await {
+            h.update(&b?);
+        }
+        Ok(h)
+    }
+
     /// The partly appended chunk at `end`, now known to be the last one, becomes a whole
     /// chunk with its digest (from the append cursor, or read back after a restart).
     async fn close_last_chunk(&self, up: &Upload, record: &UploadRecord, end: u64) -> Result<()> {
@@ -350,14 +360,7 @@ impl Uploads {
         let mut cursor = up.stream.lock().await;
         let hasher = match cursor.take() {
             Some(h) => h,
-            None => {
-                let mut h = Sha256::new();
-                let mut s = self.backend.read_range(record, from, end - from).await?;
-                while let Some(b) = s.next().await {
-                    h.update(&b?);
-                }
-                h
-            }
+            None => self.hash_stored(record, from, end).await?,
         };
         let chunk = StoredChunk {
             index,
@@ -744,13 +747,7 @@ impl Uploads {
         }
         let chunk_start = |pos: u64| pos - pos % record.chunk_size;
         if cursor.is_none() {
-            let from = chunk_start(start);
-            let mut h = Sha256::new();
-            let mut s = self.backend.read_range(&record, from, start - from).await?;
-            while let Some(b) = s.next().await {
-                h.update(&b?);
-            }
-            *cursor = Some(h);
+            *cursor = Some(self.hash_stored(&record, chunk_start(start), start).await?);
         }
         let (mut prefix, mut chunk) = {
             let p = up.prefix();

@@ -480,14 +480,7 @@ async fn check_length(
         return Ok(());
     }
     if !position.record.length_deferred {
-        if position.record.size != length {
-            return Err(storage::Error::LengthMismatch {
-                known: position.record.size,
-                declared: length,
-            }
-            .into());
-        }
-        return Ok(());
+        return Ok(position.record.same_length(length)?);
     }
     let body = header_u64(headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0);
     if offset + body > length {

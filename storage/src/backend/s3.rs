@@ -471,31 +471,28 @@ impl S3Backend {
     /// copy appears at `to` whole, when its parts are joined, or not at all.
     async fn copy_in_parts(&self, from: &Path, to: &Path, size: u64) -> Result<()> {
         let multipart_id = self.store.create_multipart(to).await.map_err(store_err)?;
-        let mut parts = Vec::new();
-        let mut copied = Ok(());
-        for (n, start) in (0..size).step_by(self.max_copy_size as usize).enumerate() {
-            let end = (start + self.max_copy_size).min(size);
-            match self
-                .upload_part_copy(to, &multipart_id, n as u64 + 1, from, start..end)
-                .await
-            {
-                Ok(part) => parts.push(part),
-                Err(e) => {
-                    copied = Err(e);
-                    break;
-                }
+        let copied = async {
+            let mut parts = Vec::new();
+            for (n, start) in (0..size).step_by(self.max_copy_size as usize).enumerate() {
+                let end = (start + self.max_copy_size).min(size);
+                let part = self
+                    .upload_part_copy(to, &multipart_id, n as u64 + 1, from, start..end)
+                    .await?;
+                parts.push(part);
             }
+            self.complete_parts(to, &multipart_id, &parts)
+                .await?
+                .map_err(|why| {
+                    Error::Io(std::io::Error::other(format!(
+                        "the store refused to join the copied parts: {why}"
+                    )))
+                })
         }
-        if copied.is_ok() {
-            copied = match self.complete_parts(to, &multipart_id, &parts).await? {
-                Ok(()) => return Ok(()),
-                Err(why) => Err(Error::Io(std::io::Error::other(format!(
-                    "the store refused to join the copied parts: {why}"
-                )))),
-            };
-        }
-        if let Err(e) = self.store.abort_multipart(to, &multipart_id).await {
-            tracing::debug!(error = %e, "abort of a failed multipart copy");
+        .await;
+        if copied.is_err() {
+            if let Err(e) = self.store.abort_multipart(to, &multipart_id).await {
+                tracing::debug!(error = %e, "abort of a failed multipart copy");
+            }
         }
         copied
     }
