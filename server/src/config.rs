@@ -48,6 +48,11 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_S3_MAX_COPY_SIZE", default_value = "5GiB", value_parser = parse_size)]
     pub s3_max_copy_size: u64,
 
+    /// How old a multipart upload in the bucket that no upload names (left by a crash
+    /// during a create or a publishing copy) must be before a sweep aborts it.
+    #[arg(long, env = "UPLOAD_SERVER_S3_LEFTOVER_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub s3_leftover_grace: Duration,
+
     /// Directory where uploads are stored (local storage).
     #[arg(long, env = "UPLOAD_SERVER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -90,6 +95,11 @@ pub struct Config {
     /// bytes remain to be hashed.
     #[arg(long, env = "UPLOAD_SERVER_INLINE_VERIFY_LIMIT", default_value = "1GiB", value_parser = parse_size)]
     pub inline_verify_limit: u64,
+
+    /// Memory for chunks that reach an S3-stored upload ahead of its whole-file hash, kept
+    /// to be hashed in their turn instead of read back from the bucket at completion.
+    #[arg(long, env = "UPLOAD_SERVER_HASH_AHEAD_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    pub hash_ahead_memory: u64,
 
     /// Base path of the tus 1.0 endpoint.
     #[arg(long, env = "UPLOAD_SERVER_TUS_PATH", default_value = "/files/")]

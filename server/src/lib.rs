@@ -78,6 +78,7 @@ pub async fn run(
             upload_ttl: config.upload_ttl,
             tombstone_ttl: config.tombstone_ttl,
             inline_verify_limit: config.inline_verify_limit,
+            hash_ahead_memory: config.hash_ahead_memory,
             stall_takeover: config.stall_takeover,
             quota: storage::quota::QuotaLimits {
                 max_open_uploads: config.max_open_uploads,
@@ -183,6 +184,7 @@ fn s3_config(config: &Config) -> S3Config {
         region: config.s3_region.clone(),
         allow_http: config.s3_allow_http,
         max_copy_size: config.s3_max_copy_size,
+        leftover_grace: Some(config.s3_leftover_grace),
     }
 }
 
@@ -197,8 +199,13 @@ async fn sweep_forever(uploads: Arc<Uploads>, every: Duration) {
     loop {
         tick.tick().await;
         match uploads.sweep().await {
-            Ok(r) if r.expired + r.purged > 0 => {
-                tracing::info!(expired = r.expired, purged = r.purged, "sweep")
+            Ok(r) if r.expired + r.purged > 0 || r.leftovers > 0 => {
+                tracing::info!(
+                    expired = r.expired,
+                    purged = r.purged,
+                    leftovers = r.leftovers,
+                    "sweep"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),

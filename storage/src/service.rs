@@ -50,6 +50,10 @@ pub struct UploadsConfig {
     pub stall_takeover: Duration,
     /// Per-owner limits on open uploads.
     pub quota: QuotaLimits,
+    /// Memory for chunks that arrive ahead of the whole-file hash on storage that cannot
+    /// read them back before completion (S3), kept to be hashed in their turn instead of
+    /// read back at completion (see [`crate::ordered_hash`]).
+    pub hash_ahead_memory: u64,
 }
 
 impl Default for UploadsConfig {
@@ -61,6 +65,7 @@ impl Default for UploadsConfig {
             inline_verify_limit: 1 << 30,
             stall_takeover: Duration::from_secs(5),
             quota: QuotaLimits::default(),
+            hash_ahead_memory: 64 << 20,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct SweepReport {
     pub expired: usize,
     /// Tombstones purged.
     pub purged: usize,
+    /// Leftovers no upload names, removed (see [`Backend::sweep_leftovers`]).
+    pub leftovers: u64,
 }
 
 /// The upload service.
@@ -163,6 +170,7 @@ impl Uploads {
             max_chunks: info.max_chunks,
         };
         let backend_for_hashing = backend.clone();
+        let ahead_mib = usize::try_from(config.hash_ahead_memory >> 20).unwrap_or(usize::MAX);
         let ledger = Ledger::new(config.quota);
         let this = Arc::new(Self {
             backend,
@@ -172,7 +180,7 @@ impl Uploads {
             create_lock: tokio::sync::Mutex::new(()),
             read_back: Default::default(),
             breaker: Breaker::new(Duration::from_secs(2)),
-            ordered: Arc::new(OrderedHashing::new(backend_for_hashing, 64)),
+            ordered: Arc::new(OrderedHashing::new(backend_for_hashing, ahead_mib)),
             ledger,
             events,
         });
@@ -1292,6 +1300,10 @@ impl Uploads {
                 self.lock_open().remove(&id);
                 report.purged += 1;
             }
+        }
+        match self.backend.sweep_leftovers().await {
+            Ok(n) => report.leftovers = n,
+            Err(e) => tracing::warn!(error = %e, "sweep of leftovers failed; it will be retried"),
         }
         // Expiries above released their uploads after the scan began, so the rebuild
         // does not count them again.

@@ -982,6 +982,18 @@ async fn put_in_order(api: &Api, id: UploadId, chunks: &[Bytes], order: &[usize]
     }
 }
 
+/// The ETag of the published object of `id`: a multipart copy's ends in `-{parts}`.
+async fn published_etag(s3: &S3Server, id: UploadId) -> String {
+    let head = s3
+        .client()
+        .head(s3.url(&format!("/{BUCKET}/{}", file_key(id))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK, "files/{id} is there");
+    header(head.headers(), "etag").trim_matches('"').to_string()
+}
+
 /// Completes `id` on `server`, checks the content, and returns `read_back_at_completion`
 /// from its "upload completed" log line.
 async fn complete_and_read_back(server: &Server, id: UploadId, file: &[u8]) -> u64 {
@@ -1845,36 +1857,97 @@ async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
 /// with `--s3-max-copy-size`) is published by a multipart copy, in parts of that size:
 /// the published object is whole (a multipart ETag of 2 parts, where the staging object
 /// joined 3 chunks), reads back byte for byte, and no multipart upload is left behind.
+/// The chunks go last first, with no memory to keep them until their turn
+/// (`--hash-ahead-memory 0`), so the hash reads them back from the staging object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_over_the_copy_limit_is_published_in_parts() {
     let Some(s3) = s3_or_skip("a_file_over_the_copy_limit_is_published_in_parts").await else {
         return;
     };
     let limit = (2 * CS).to_string();
-    let (server, _dir) = upload_server(&s3, &["--s3-max-copy-size", &limit]);
+    let (server, _dir) = upload_server(
+        &s3,
+        &["--s3-max-copy-size", &limit, "--hash-ahead-memory", "0"],
+    );
     let api = Api::new(&server);
     let file = Bytes::from(random_bytes(2 * CS + 333, 84));
     let id = api
         .create(json!({"size": file.len(), "chunk_size": CS}))
         .await
         .id;
-    for (i, c) in chunks_of(&file).iter().enumerate() {
-        api.put_ok(id, i as u64, c.clone()).await;
-    }
-    api.complete_ok(id, &file).await;
-    let head = s3
-        .client()
-        .head(s3.url(&format!("/{BUCKET}/{}", file_key(id))))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
-    let etag = header(head.headers(), "etag");
-    assert!(etag.trim_matches('"').ends_with("-2"), "ETag {etag}");
+    put_in_order(&api, id, &chunks_of(&file), &[2, 1, 0]).await;
+    assert_eq!(
+        complete_and_read_back(&server, id, &file).await,
+        (CS + 333) as u64,
+        "chunks 1 and 2 are read back"
+    );
+    let etag = published_etag(&s3, id).await;
+    assert!(etag.ends_with("-2"), "ETag {etag}");
     let (code, published) = get_object(&s3, &file_key(id)).await;
     assert_eq!(code, StatusCode::OK);
     assert!(published == file, "the published object differs");
     api.assert_content(id, &file).await;
     assert_eq!(multipart_uploads(&s3, "").await, Vec::<String>::new());
     assert!(!list_keys(&s3, "uploads/").await.contains(&staging_key(id)));
+}
+
+/// Begins a multipart upload at `key` straight in the store, as a server that died right
+/// after would leave it.
+async fn begin_multipart(s3: &S3Server, key: &str) {
+    let resp = s3
+        .client()
+        .post(s3.url(&format!("/{BUCKET}/{key}?uploads")))
+        .send()
+        .await
+        .expect("CreateMultipartUpload");
+    assert!(resp.status().is_success(), "CreateMultipartUpload {key}");
+}
+
+/// Multipart uploads that no upload names are aborted by the sweep once older than
+/// `--s3-leftover-grace` (here 0 s): one begun for an upload whose record was never
+/// written (a create that died between its two requests) and one left by a publishing
+/// copy in parts that stopped. A live upload's multipart upload stays, and the upload
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweep_aborts_multipart_uploads_nothing_names() {
+    let Some(s3) = s3_or_skip("the_sweep_aborts_multipart_uploads_nothing_names").await else {
+        return;
+    };
+    let (never_recorded, stopped_copy) = (UploadId::new_random(), UploadId::new_random());
+    begin_multipart(&s3, &staging_key(never_recorded)).await;
+    begin_multipart(&s3, &file_key(stopped_copy)).await;
+    let mut begun = multipart_uploads(&s3, "").await;
+    begun.sort();
+    assert_eq!(begun.len(), 2, "{begun:?}");
+
+    let (server, _dir) = upload_server(&s3, &["--s3-leftover-grace", "0s"]);
+    let api = Api::new(&server);
+    let file = Bytes::from(random_bytes(CS + 7, 91));
+    let chunks = chunks_of(&file);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    api.put_ok(id, 0, chunks[0].clone()).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the two leftovers to be aborted",
+        || async { multipart_uploads(&s3, "").await == vec![staging_key(id)] },
+    )
+    .await;
+    api.put_ok(id, 1, chunks[1].clone()).await;
+    api.complete_ok(id, &file).await;
+    api.assert_content(id, &file).await;
+    let logs = synced_logs(&server).await;
+    let aborted: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("aborted a multipart upload nothing names"))
+        .collect();
+    assert_eq!(aborted.len(), 2, "{aborted:#?}");
+    for key in [staging_key(never_recorded), file_key(stopped_copy)] {
+        assert!(
+            aborted.iter().any(|l| l.contains(&key)),
+            "{key} not among {aborted:#?}"
+        );
+    }
 }

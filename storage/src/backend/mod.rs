@@ -201,6 +201,14 @@ pub trait Backend: Send + Sync + 'static {
         claim: &IdempotencyClaim,
     ) -> Result<Option<IdempotencyClaim>>;
 
+    /// Removes what a crash can leave in storage that no upload names, so that it is not
+    /// kept (and paid for) forever: on S3, multipart uploads begun by a create whose
+    /// record was never written, or by a publishing copy that stopped, once older than
+    /// their grace. Returns how many it removed.
+    async fn sweep_leftovers(&self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Checks that storage can be read and written.
     async fn health(&self) -> Result<()>;
 }

@@ -97,7 +97,14 @@ pub struct S3Config {
     /// The largest object published with one CopyObject (0: S3's limit, 5 GiB); a larger
     /// file is copied in parts of this size (UploadPartCopy).
     pub max_copy_size: u64,
+    /// How old a multipart upload that no upload names must be before a sweep aborts it
+    /// (`None`: [`LEFTOVER_GRACE`]).
+    pub leftover_grace: Option<Duration>,
 }
+
+/// How old, by default, a multipart upload that no upload names must be before a sweep
+/// aborts it: long enough for any publishing copy still running.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 impl S3Config {
     /// A client of the bucket; credentials come from the standard `AWS_*` environment
@@ -159,6 +166,10 @@ pub struct S3Backend {
     region: String,
     /// The largest object one CopyObject publishes; the part size of larger copies.
     max_copy_size: u64,
+    /// See [`S3Config::leftover_grace`].
+    leftover_grace: Duration,
+    /// When multipart uploads were last looked through for leftovers.
+    leftovers_swept: Mutex<Option<std::time::Instant>>,
 }
 
 /// What a key escapes in UploadPartCopy's source (all but unreserved characters and `/`).
@@ -298,6 +309,8 @@ impl S3Backend {
                 0 => S3_MAX_COPY,
                 n => n.min(S3_MAX_COPY),
             },
+            leftover_grace: config.leftover_grace.unwrap_or(LEFTOVER_GRACE),
+            leftovers_swept: Mutex::new(None),
         })
     }
 
@@ -628,6 +641,104 @@ impl S3Backend {
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    /// Every multipart upload in progress under `under` (ListMultipartUploads, through a
+    /// presigned request: `object_store` has no call for it): key, upload id, and when it
+    /// began.
+    async fn multipart_uploads(
+        &self,
+        under: &Path,
+    ) -> Result<Vec<(String, String, OffsetDateTime)>> {
+        let mut found = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![
+                ("uploads".to_string(), String::new()),
+                ("prefix".to_string(), format!("{under}/")),
+            ];
+            if let Some((key, upload)) = &markers {
+                query.push(("key-marker".to_string(), key.clone()));
+                query.push(("upload-id-marker".to_string(), upload.clone()));
+            }
+            let url = self
+                .store
+                .signed_url_opts(
+                    http::Method::GET,
+                    &Path::from(""),
+                    Duration::from_secs(600),
+                    &SignedUrlOptions::new().with_query(query),
+                )
+                .await
+                .map_err(store_err)?;
+            let resp = self.http.get(url).send().await.map_err(io_err)?;
+            if !resp.status().is_success() {
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "ListMultipartUploads answered {}",
+                    resp.status()
+                ))));
+            }
+            let xml = resp.text().await.map_err(io_err)?;
+            for upload in xml.split("<Upload>").skip(1) {
+                let began = xml_value(upload, "Initiated").and_then(|t| {
+                    OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+                });
+                if let (Some(key), Some(id), Some(began)) = (
+                    xml_value(upload, "Key"),
+                    xml_value(upload, "UploadId"),
+                    began,
+                ) {
+                    found.push((key, id, began));
+                }
+            }
+            if xml_value(&xml, "IsTruncated").as_deref() != Some("true") {
+                return Ok(found);
+            }
+            match (
+                xml_value(&xml, "NextKeyMarker"),
+                xml_value(&xml, "NextUploadIdMarker"),
+            ) {
+                (Some(key), Some(upload)) => markers = Some((key, upload)),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// Whether the multipart upload `multipart_id` at `key` is a leftover that nothing
+    /// will finish.
+    async fn is_leftover(&self, key: &str, multipart_id: &str) -> Result<bool> {
+        let rest = match self.prefix.is_empty() {
+            true => key,
+            false => key
+                .strip_prefix(&self.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(key),
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            // Begun by a create whose record was never written, or by one that lost a
+            // race for the record: no record names it.
+            ["uploads", id, "staging"] => {
+                let Ok(id) = id.parse::<UploadId>() else {
+                    return Ok(false);
+                };
+                Ok(self
+                    .get_record(id)
+                    .await?
+                    .is_none_or(|obj| obj.multipart_id != multipart_id))
+            }
+            // A publishing copy in parts that stopped (its server died mid-copy).
+            ["files", _] => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_err(e)),
+        }
     }
 
     async fn delete_if_exists(&self, key: &Path) -> Result<()> {
@@ -970,10 +1081,8 @@ impl Backend for S3Backend {
     async fn assemble(&self, record: &UploadRecord, chunks: &[StoredChunk]) -> Result<()> {
         let id = record.id;
         let staging = self.staging_key(id);
-        match self.store.head(&staging).await {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(e)),
+        if self.exists(&staging).await? {
+            return Ok(());
         }
         let obj = self.get_record(id).await?.ok_or(Error::NotFound)?;
         if record.size == 0 {
@@ -1012,11 +1121,9 @@ impl Backend for S3Backend {
         if matches!(joined, Ok(Ok(()))) {
             return Ok(());
         }
-        match self.store.head(&staging).await {
-            // Another verifier of the same upload joined them first.
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(head) => return Err(store_err(head)),
+        // Another verifier of the same upload joined them first.
+        if self.exists(&staging).await? {
+            return Ok(());
         }
         let Err(refused) = joined? else {
             return Ok(());
@@ -1132,23 +1239,21 @@ impl Backend for S3Backend {
     }
 
     async fn content(&self, record: &UploadRecord) -> Result<Content> {
-        match self.store.head(&self.file_key(record.id)).await {
-            Ok(_) => return Ok(Content::Object),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_err(e)),
+        let file = self.file_key(record.id);
+        if self.exists(&file).await? {
+            return Ok(Content::Object);
         }
         // The record says completed, but the file is not there yet: the process that
         // verified it is still copying, or stopped (a crash, a store failure) between
         // storing "completed" and publishing. Publishing is idempotent: finish it here.
         self.publish(record).await?;
-        match self.store.head(&self.file_key(record.id)).await {
-            Ok(_) => Ok(Content::Object),
-            Err(object_store::Error::NotFound { .. }) => Err(Error::Corrupt(format!(
-                "upload {} is completed but neither its file nor its staging object exists",
-                record.id
-            ))),
-            Err(e) => Err(store_err(e)),
+        if self.exists(&file).await? {
+            return Ok(Content::Object);
         }
+        Err(Error::Corrupt(format!(
+            "upload {} is completed but neither its file nor its staging object exists",
+            record.id
+        )))
     }
 
     async fn discard(&self, id: UploadId) -> Result<()> {
@@ -1171,6 +1276,42 @@ impl Backend for S3Backend {
             self.delete_if_exists(&key).await?;
         }
         Ok(())
+    }
+
+    async fn sweep_leftovers(&self) -> Result<u64> {
+        {
+            let mut last = lock(&self.leftovers_swept);
+            let every = (self.leftover_grace / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(600));
+            if last.is_some_and(|t| t.elapsed() < every) {
+                return Ok(0);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let before = OffsetDateTime::now_utc() - self.leftover_grace;
+        let mut aborted = 0;
+        for under in [self.key("uploads"), self.key("files")] {
+            for (key, multipart_id, began) in self.multipart_uploads(&under).await? {
+                if began > before || !self.is_leftover(&key, &multipart_id).await? {
+                    continue;
+                }
+                match self
+                    .store
+                    .abort_multipart(&Path::from(key.as_str()), &multipart_id)
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_err(e)),
+                }
+                tracing::info!(
+                    key,
+                    multipart_id,
+                    "aborted a multipart upload nothing names"
+                );
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
     }
 
     async fn purge(&self, id: UploadId) -> Result<()> {
