@@ -353,6 +353,9 @@ impl Uploads {
     /// append cursor, rebuilt after a restart.
     async fn hash_stored(&self, record: &UploadRecord, from: u64, to: u64) -> Result<Sha256> {
         let mut h = Sha256::new();
+        if from == to {
+            return Ok(h);
+        }
         let mut s = self.backend.read_range(record, from, to - from).await?;
         while let Some(b) = s.next().await {
             h.update(&b?);
@@ -487,6 +490,7 @@ impl Uploads {
             record,
             receipts: Vec::new(),
             prefix_hash: None,
+            append_cursor: None,
         }));
         if !self.backend.info().shared {
             self.lock_open().insert(up.id, up.clone());
@@ -724,6 +728,7 @@ impl Uploads {
         self: &Arc<Self>,
         id: UploadId,
         offset: u64,
+        len: Option<u64>,
         checksum: Option<BodyChecksum>,
         mut body: S,
     ) -> Result<Appended>
@@ -769,66 +774,90 @@ impl Uploads {
         let mut body_hash = checksum.as_ref().map(BodyChecksum::hasher);
         let mut receipts = Vec::new();
         let mut pos = start;
-        let mut writer = self.backend.writer_at(&record, start).await?;
+        let mut writer = self.backend.appender_at(&record, start, len).await?;
         let mut cut: Option<Error> = None;
-        loop {
-            let piece = tokio::select! {
-                b = body.next() => b,
-                _ = slot.abort.notified() => Some(Err(Error::Superseded)),
-            };
-            let Some(piece) = piece else { break };
-            slot.progressed();
-            let mut piece = match piece {
-                Ok(p) => p,
-                Err(e) => {
-                    cut = Some(e);
-                    break;
+        // Where the hashes stood at the start and at each chunk's end, should storage keep
+        // fewer bytes than were written (see `ChunkWriter::kept`).
+        let mut marks = vec![(start, prefix.clone(), chunk.clone(), 0)];
+        let streamed: Result<()> = async {
+            loop {
+                let piece = tokio::select! {
+                    b = body.next() => b,
+                    _ = slot.abort.notified() => Some(Err(Error::Superseded)),
+                };
+                let Some(piece) = piece else { break };
+                slot.progressed();
+                let mut piece = match piece {
+                    Ok(p) => p,
+                    Err(e) => {
+                        cut = Some(e);
+                        break;
+                    }
+                };
+                if pos + piece.len() as u64 > record.size && record.length_deferred {
+                    return Err(Error::TooLarge {
+                        size: pos + piece.len() as u64,
+                        max: record.size,
+                    });
                 }
-            };
-            if pos + piece.len() as u64 > record.size && record.length_deferred {
-                return Err(Error::TooLarge {
-                    size: pos + piece.len() as u64,
-                    max: record.size,
-                });
-            }
-            if pos + piece.len() as u64 > record.size {
-                return Err(Error::Invalid(format!(
-                    "the body goes past the upload's length of {} bytes",
-                    record.size
-                )));
-            }
-            if let Some(h) = &mut body_hash {
-                h.update(&piece);
-            }
-            writer.write(piece.clone()).await?;
-            while !piece.is_empty() {
-                let index = pos / record.chunk_size;
-                let room = (record.chunk_end(index) - pos) as usize;
-                let seg = piece.split_to(room.min(piece.len()));
-                chunk.update(&seg);
-                prefix.update(&seg);
-                pos += seg.len() as u64;
-                if pos == record.chunk_end(index) {
-                    let done = std::mem::take(&mut chunk);
-                    receipts.push(Receipt::Chunk(StoredChunk {
-                        index,
-                        size: pos - record.chunk_offset(index),
-                        sha256: Sha256Digest(done.finalize().into()),
-                    }));
+                if pos + piece.len() as u64 > record.size {
+                    return Err(Error::Invalid(format!(
+                        "the body goes past the upload's length of {} bytes",
+                        record.size
+                    )));
+                }
+                if let Some(h) = &mut body_hash {
+                    h.update(&piece);
+                }
+                writer.write(piece.clone()).await?;
+                while !piece.is_empty() {
+                    let index = pos / record.chunk_size;
+                    let room = (record.chunk_end(index) - pos) as usize;
+                    let seg = piece.split_to(room.min(piece.len()));
+                    chunk.update(&seg);
+                    prefix.update(&seg);
+                    pos += seg.len() as u64;
+                    if pos == record.chunk_end(index) {
+                        let done = std::mem::take(&mut chunk);
+                        receipts.push(Receipt::Chunk(StoredChunk {
+                            index,
+                            size: pos - record.chunk_offset(index),
+                            sha256: Sha256Digest(done.finalize().into()),
+                        }));
+                        marks.push((pos, prefix.clone(), Sha256::new(), receipts.len()));
+                    }
                 }
             }
+            if let (Some(c), Some(h)) = (&checksum, body_hash) {
+                // All or nothing: a body cut short cannot be checked.
+                if let Some(e) = cut.take() {
+                    return Err(e);
+                }
+                if !c.matches(h) {
+                    return Err(Error::BodyChecksumMismatch {
+                        algorithm: c.algorithm(),
+                    });
+                }
+            }
+            Ok(())
         }
+        .await;
+        if let Err(e) = streamed {
+            // Nothing of this append is kept: the writer lets go of what it holds now.
+            writer.abandon().await;
+            return Err(e);
+        }
+        let kept = writer.kept();
         writer.finish().await?;
-        if let (Some(c), Some(h)) = (&checksum, body_hash) {
-            // All or nothing: a body cut short cannot be checked.
-            if let Some(e) = cut {
-                return Err(e);
-            }
-            if !c.matches(h) {
-                return Err(Error::BodyChecksumMismatch {
-                    algorithm: c.algorithm(),
-                });
-            }
+        if let Some(end) = kept.filter(|end| *end < pos) {
+            let (at, p, c, n) = marks
+                .into_iter()
+                .rev()
+                .find(|m| m.0 == end)
+                .ok_or_else(|| Error::Corrupt(format!("storage kept bytes up to {end}")))?;
+            tracing::info!(%id, kept = at, cut = pos, "a body cut short: its last chunk's bytes must come again");
+            (pos, prefix, chunk) = (at, p, c);
+            receipts.truncate(n);
         }
         if pos > start {
             if pos % record.chunk_size != 0 && pos < record.size {
@@ -854,7 +883,7 @@ impl Uploads {
                 p.hasher = prefix;
             }
             *cursor = Some(chunk);
-            let saved = up.prefix().save();
+            let saved = up.prefix().save_as(up.prefix_version());
             if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
                 tracing::warn!(%id, error = %e, "could not save the hash midstate");
             }
@@ -942,7 +971,9 @@ impl Uploads {
                 continue;
             }
             let mut bytes = self.backend.read_range(part, 0, part.size).await?;
-            let appended = self.append(id, offset, None, &mut bytes).await?;
+            let appended = self
+                .append(id, offset, Some(part.size), None, &mut bytes)
+                .await?;
             offset = appended.offset;
             if let Some(s) = appended.completed {
                 status = s;

@@ -171,6 +171,12 @@ impl Upload {
             .and_then(PrefixHash::restore)
             .filter(|p| p.hashed_bytes <= durable)
             .unwrap_or_default();
+        let cursor = loaded
+            .append_cursor
+            .as_ref()
+            .filter(|c| c.hashed_bytes == chunks.contiguous_bytes(&loaded.record))
+            .and_then(PrefixHash::restore)
+            .map(|c| c.hasher);
         Self {
             id: loaded.record.id,
             op: Arc::new(RwLock::new(())),
@@ -178,7 +184,7 @@ impl Upload {
             chunks: Mutex::new(chunks),
             prefix: Mutex::new(prefix),
             writers: Writers::default(),
-            stream: tokio::sync::Mutex::new(None),
+            stream: tokio::sync::Mutex::new(cursor),
             hash_runner: tokio::sync::Mutex::new(()),
             hash_wanted: AtomicBool::new(false),
             hash_running: AtomicBool::new(false),

@@ -964,6 +964,7 @@ impl Node {
                 receipts,
                 prefix_hash,
                 last_activity,
+                append_cursor: None,
             },
             audit,
         )))

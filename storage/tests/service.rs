@@ -380,7 +380,7 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
     assert_eq!(created.status.size, 40 * MIB as u64);
     let first = 9 * MIB + 11;
     let appended = uploads
-        .append(id, 0, None, body(&file[..first]))
+        .append(id, 0, None, None, body(&file[..first]))
         .await
         .unwrap();
     assert_eq!(appended.offset, first as u64);
@@ -389,7 +389,7 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
     let too_much = data(32 * MIB, 8);
     assert!(matches!(
         uploads
-            .append(id, first as u64, None, body(&too_much))
+            .append(id, first as u64, None, None, body(&too_much))
             .await,
         Err(Error::TooLarge { .. })
     ));
@@ -424,7 +424,7 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
         None
     );
     let done = uploads
-        .append(id, first as u64, None, body(&file[first..]))
+        .append(id, first as u64, None, None, body(&file[first..]))
         .await
         .unwrap()
         .completed
@@ -462,7 +462,10 @@ async fn a_length_declared_at_the_end_after_a_restart_completes() {
             .unwrap()
             .status
             .id;
-        uploads.append(id, 0, None, body(&file)).await.unwrap();
+        uploads
+            .append(id, 0, None, None, body(&file))
+            .await
+            .unwrap();
         id
     };
     let uploads = open(dir.path(), config).await;

@@ -527,6 +527,7 @@ async fn power_cut(replay: &Replay, line: usize, seed: u64, sent: &Sent) -> Resu
             up.append(
                 tid,
                 pos.offset,
+                Some(rest.len() as u64),
                 None,
                 futures_util::stream::iter([Ok(rest)]),
             )

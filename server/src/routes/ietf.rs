@@ -612,7 +612,10 @@ async fn create_inner(
         status = s;
     } else if has_body(headers)? {
         let mut stream = body_stream(body, state.body_timeout);
-        let result = state.uploads.append(id, 0, checksum, &mut stream).await;
+        let result = state
+            .uploads
+            .append(id, 0, content_length(headers)?, checksum, &mut stream)
+            .await;
         let appended = match result {
             Ok(a) => a,
             Err(e) => {
@@ -856,7 +859,7 @@ async fn append_inner(
     let mut stream = body_stream(body.take().unwrap_or_default(), state.body_timeout);
     let appended = match state
         .uploads
-        .append(id, provided, checksum, &mut stream)
+        .append(id, provided, content_len, checksum, &mut stream)
         .await
     {
         Ok(a) => a,

@@ -314,7 +314,13 @@ async fn create_inner(
     } else if has_body {
         let appended = state
             .uploads
-            .append(id, 0, checksum, body_stream(body, state.body_timeout))
+            .append(
+                id,
+                0,
+                crate::extract::content_length(&headers)?,
+                checksum,
+                body_stream(body, state.body_timeout),
+            )
             .await?;
         offset = appended.offset;
         if let Some(s) = appended.completed {
@@ -431,7 +437,13 @@ pub async fn patch(
         let mut stream = body_stream(body, state.body_timeout);
         let result = state
             .uploads
-            .append(id, offset, checksum, &mut stream)
+            .append(
+                id,
+                offset,
+                crate::extract::content_length(&headers)?,
+                checksum,
+                &mut stream,
+            )
             .await;
         let small = header_u64(&headers, header::CONTENT_LENGTH.as_str())
             .ok()

@@ -225,6 +225,7 @@ impl Backend for LocalBackend {
                 receipts,
                 prefix_hash,
                 last_activity,
+                append_cursor: None,
             }))
         })
         .await

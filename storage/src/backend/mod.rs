@@ -81,6 +81,9 @@ pub struct Loaded {
     pub prefix_hash: Option<SavedPrefixHash>,
     /// Last time bytes or state changed, for idle expiry.
     pub last_activity: OffsetDateTime,
+    /// The hash of the partly appended chunk, from its start to `hashed_bytes` (an offset
+    /// in the upload), where storage keeps it (S3); otherwise it is read back.
+    pub append_cursor: Option<SavedPrefixHash>,
 }
 
 /// Where a completed upload's bytes can be read from.
@@ -108,6 +111,15 @@ pub trait ChunkWriter: Send {
     async fn write(&mut self, bytes: Bytes) -> Result<()>;
     /// Every byte has been handed to storage; [`Backend::commit`] makes it durable.
     async fn finish(self: Box<Self>) -> Result<()>;
+    /// Where the bytes written end that storage keeps, when a body that ended early left
+    /// some of them unstorable (on S3, a part cut short): those must be sent again.
+    /// `None`: every byte written is kept. Asked before [`ChunkWriter::finish`].
+    fn kept(&self) -> Option<u64> {
+        None
+    }
+    /// Nothing written will be committed (the request failed): lets go at once of what
+    /// the writer holds (on S3, the lease that keeps other writers out).
+    async fn abandon(self: Box<Self>) {}
 }
 
 /// Storage of upload records, chunk receipts and bytes.
@@ -152,6 +164,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens a writer of the upload's bytes from `offset` on. The caller guarantees one
     /// writer per byte range at a time and never rewrites acknowledged bytes.
     async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>>;
+
+    /// Opens a writer of an in-order append (tus, IETF) at `offset`, of `len` bytes when
+    /// the request said. The caller guarantees one appender per upload in this process.
+    async fn appender_at(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        _len: Option<u64>,
+    ) -> Result<Box<dyn ChunkWriter>> {
+        self.writer_at(record, offset).await
+    }
 
     /// Makes written bytes durable and records their receipts. After `Ok` they may be
     /// acknowledged: they survive a crash. A chunk receipt is write-once: when another

@@ -11,6 +11,12 @@
 //! uploads/{id}/chunks/{index:05}/{size}.{sha256}.{etag hex}.{part number}
 //!                                               empty receipt of one part; the name is the receipt,
 //!                                               so one LIST loads every receipt
+//! uploads/{id}/chunks/{index:05}/pieces/{start:012}.{len}.{midstate hex}
+//!                                               a short in-order append's bytes, held until
+//!                                               the chunk is whole (see [`append`])
+//! uploads/{id}/chunks/append-lease              "{process}-{write} {unix expiry} {generation}":
+//!                                               which request appends (tus, IETF); beside the
+//!                                               chunk objects, so its renewals count as activity
 //! uploads/{id}/hash.json                        whole-file SHA-256 midstate, conditional writes
 //! uploads/{id}/staging                          the multipart upload's target: parts joined, not
 //!                                               yet verified
@@ -46,8 +52,8 @@
 //! every object of the upload. A file larger than one CopyObject may copy (5 GiB) is
 //! published by a multipart upload of UploadPartCopy requests.
 //!
-//! Not yet: in-order appends (tus) on S3, which need short appends held durably until a
-//! part can be written.
+//! In-order appends (tus, the IETF draft) of any size are mapped onto the same parts:
+//! see [`append`] for how short appends are held durably until a part can be written.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,6 +81,8 @@ use super::{
     Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded, Receipt,
     StoredChunk,
 };
+
+mod append;
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
 use crate::record::UploadRecord;
@@ -170,6 +178,8 @@ pub struct S3Backend {
     leftover_grace: Duration,
     /// When multipart uploads were last looked through for leftovers.
     leftovers_swept: Mutex<Option<std::time::Instant>>,
+    /// What appends hand to their commits, by upload.
+    handoffs: append::Handoffs,
 }
 
 /// What a key escapes in UploadPartCopy's source (all but unreserved characters and `/`).
@@ -311,6 +321,7 @@ impl S3Backend {
             },
             leftover_grace: config.leftover_grace.unwrap_or(LEFTOVER_GRACE),
             leftovers_swept: Mutex::new(None),
+            handoffs: Default::default(),
         })
     }
 
@@ -733,6 +744,49 @@ impl S3Backend {
         }
     }
 
+    /// Claims chunk `c` for the part `number` with `etag` (create-once; another claim with
+    /// the same bytes makes this a harmless retry, one with other bytes a conflict) and
+    /// writes its receipt. Answers 1 when another request had claimed it first.
+    async fn claim(&self, id: UploadId, c: &StoredChunk, etag: String, number: u64) -> Result<u64> {
+        let dir = self.chunk_dir(id, c.index);
+        let name = receipt_name(c, &SentPart { number, etag });
+        let mut stored_first = 0;
+        // The first writer of a chunk claims it; the claim says which bytes it holds.
+        let claim = dir.clone().join("claim");
+        let claimed = match self
+            .store
+            .put_opts(
+                &claim,
+                PutPayload::from(name.clone().into_bytes()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => name,
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                let Some((first, held)) = self.read_claim_named(&dir, c.index).await? else {
+                    return Err(Error::Corrupt(format!(
+                        "the claim of chunk {} vanished",
+                        c.index
+                    )));
+                };
+                if first.sha256 != c.sha256 {
+                    return Err(Error::ChunkConflict {
+                        index: c.index,
+                        stored: first.sha256,
+                    });
+                }
+                stored_first = 1;
+                held
+            }
+            Err(e) => return Err(store_err(e)),
+        };
+        // The receipt proper, named so that one LIST reads every chunk's state.
+        self.put_receipt(&dir, &claimed).await?;
+        Ok(stored_first)
+    }
+
     async fn exists(&self, key: &Path) -> Result<bool> {
         match self.store.head(key).await {
             Ok(_) => Ok(true),
@@ -829,11 +883,6 @@ impl Backend for S3Backend {
     }
 
     async fn create(&self, record: &UploadRecord) -> Result<Option<String>> {
-        if record.mode != crate::record::UploadMode::Chunks {
-            return Err(Error::WrongMode(
-                "in-order appends (tus) are not available on S3 storage yet",
-            ));
-        }
         let multipart_id = self
             .store
             .create_multipart(&self.staging_key(record.id))
@@ -873,6 +922,7 @@ impl Backend for S3Backend {
         let record = obj.record;
         let mut last_activity = record.updated_at;
         let mut receipts = Vec::new();
+        let mut append_cursor = None;
         if !record.state.is_tombstone() {
             // One listing gives both the receipts and the latest activity (leases are
             // renewed while a chunk is being sent).
@@ -888,6 +938,18 @@ impl Backend for S3Backend {
                     .filter_map(|m| parse_receipt(&m.location))
                     .map(|(c, _)| Receipt::Chunk(c)),
             );
+            if record.mode == crate::record::UploadMode::Stream {
+                let whole: Vec<u64> = receipts
+                    .iter()
+                    .filter_map(|r| match r {
+                        Receipt::Chunk(c) => Some(c.index),
+                        Receipt::Partial { .. } => None,
+                    })
+                    .collect();
+                let (partial, cursor) = append::partials(&record, &metas, &whole);
+                receipts.extend(partial);
+                append_cursor = cursor;
+            }
         }
         let prefix_hash = self.load_prefix_hash(id).await.unwrap_or(None);
         Ok(Some(Loaded {
@@ -895,6 +957,7 @@ impl Backend for S3Backend {
             receipts,
             prefix_hash,
             last_activity,
+            append_cursor,
         }))
     }
 
@@ -913,6 +976,7 @@ impl Backend for S3Backend {
             record,
             receipts: Vec::new(),
             prefix_hash,
+            append_cursor: None,
         }))
     }
 
@@ -1026,54 +1090,31 @@ impl Backend for S3Backend {
         }))
     }
 
+    async fn appender_at(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Box<dyn ChunkWriter>> {
+        self.append_writer(record, offset, len).await
+    }
+
     async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64> {
+        if record.mode == crate::record::UploadMode::Stream {
+            return self.commit_appends(record, receipts).await;
+        }
         let id = record.id;
         let mut stored_first = 0;
         for r in receipts {
             let Receipt::Chunk(c) = r else {
-                return Err(Error::WrongMode(
-                    "in-order appends (tus) are not available on S3 storage yet",
-                ));
+                return Err(Error::WrongMode("chunk uploads store whole chunks only"));
             };
             let (etag, number) = lock(&self.pending)
                 .remove(&(id, c.index))
                 .ok_or_else(|| Error::Corrupt(format!("no stored part for chunk {}", c.index)))?;
-            let dir = self.chunk_dir(id, c.index);
-            let name = receipt_name(c, &SentPart { number, etag });
-            // The first writer of a chunk claims it; the claim says which bytes it holds.
-            let claim = dir.clone().join("claim");
-            let claimed = match self
-                .store
-                .put_opts(
-                    &claim,
-                    PutPayload::from(name.clone().into_bytes()),
-                    PutOptions::from(PutMode::Create),
-                )
-                .await
-            {
-                Ok(_) => name,
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => {
-                    let Some((first, held)) = self.read_claim_named(&dir, c.index).await? else {
-                        return Err(Error::Corrupt(format!(
-                            "the claim of chunk {} vanished",
-                            c.index
-                        )));
-                    };
-                    if first.sha256 != c.sha256 {
-                        return Err(Error::ChunkConflict {
-                            index: c.index,
-                            stored: first.sha256,
-                        });
-                    }
-                    stored_first += 1;
-                    held
-                }
-                Err(e) => return Err(store_err(e)),
-            };
-            // The receipt proper, named so that one LIST reads every chunk's state.
-            self.put_receipt(&dir, &claimed).await?;
-            self.delete_if_exists(&dir.clone().join("lease")).await?;
+            stored_first += self.claim(id, c, etag, number).await?;
+            self.delete_if_exists(&self.chunk_dir(id, c.index).join("lease"))
+                .await?;
         }
         Ok(stored_first)
     }
