@@ -30,6 +30,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod interim;
 pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
+use crate::interim::InterimIo;
+
 /// Connection limits.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
@@ -64,11 +66,14 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true);
-        // The client's address, for limits keyed by address (axum's `ConnectInfo`).
+        let (stream, interim) = InterimIo::new(stream);
+        // The client's address, for limits keyed by address (axum's `ConnectInfo`), and
+        // the connection's interim responses.
         let service =
             app.clone()
                 .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(interim.clone());
                     req
                 });
         let conn =

@@ -22,14 +22,10 @@
 //! no `Content-Type`). Other versions are refused with 400.
 //!
 //! # Differences from the draft
-//! - No `104 (Upload Resumption Supported)`: hyper 1.x cannot send a 1xx response from a
-//!   server (its HTTP/1 encoder turns one into a 500), so `Location` and `Upload-Limit`
-//!   come with the final response only. A client that loses the creation request before
-//!   its answer cannot resume it; creating with an empty `Upload-Complete: ?0` request
-//!   first (what tus-js-client does) always can.
-//! - The length must be known at creation (`Upload-Length`, or `Upload-Complete: ?1` with
-//!   `Content-Length`); otherwise 400. The domain core fixes an upload's size when it is
-//!   created.
+//! - `104 (Upload Resumption Supported)`, with `Location` and `Upload-Limit`, is sent once
+//!   the upload exists and before its body is read. hyper 1.x servers cannot send 1xx
+//!   responses (its HTTP/1 encoder turns one into a 500), so it is written on the
+//!   connection beside hyper (see [`crate::interim`]).
 //! - The upload is completed (hashed, verified, published) as soon as its offset reaches
 //!   its length, even by a request that said `Upload-Complete: ?0`; a later empty
 //!   `Upload-Complete: ?1` append at that offset is then answered like the completing one.
@@ -41,7 +37,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{head, post};
@@ -53,6 +49,7 @@ use storage::{BodyChecksum, UploadMode};
 
 use crate::error::ApiError;
 use crate::extract::{body_stream, content_length, drain_after, IdPath, DRAIN_LIMIT};
+use crate::interim::Interim;
 use crate::state::AppState;
 
 /// Base path of the endpoint.
@@ -488,8 +485,14 @@ pub async fn options(State(state): State<AppState>) -> Response {
 }
 
 /// `POST /uploads/`: creates an upload (`Upload-Complete` required) and appends the body.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match create_inner(&state, &headers, body).await {
+pub async fn create(
+    State(state): State<AppState>,
+    interim: Option<Extension<Interim>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let interim = interim.map(|Extension(i)| i);
+    match create_inner(&state, &headers, body, interim).await {
         Ok(r) => r,
         Err(f) => f.into_response(),
     }
@@ -499,6 +502,7 @@ async fn create_inner(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
+    interim: Option<Interim>,
 ) -> Result<Response, Failure> {
     let checked = async {
         let v = version(headers)?;
@@ -599,7 +603,20 @@ async fn create_inner(
         }
     };
     let id = created.status.id;
-    // From here on every answer names the upload, so the client can resume it.
+    // From here on every answer names the upload, so the client can resume it: the 104
+    // names it before the body is read, so that a client whose request breaks off can
+    // resume even the upload this request created.
+    if let Some(interim) = interim {
+        let mut h = HeaderMap::new();
+        h.insert(header::LOCATION, location(id));
+        h.insert("upload-limit", limits(state, Some(&created.status), v));
+        h.insert("upload-draft-interop-version", HeaderValue::from(v.0));
+        interim.send(
+            StatusCode::from_u16(104).unwrap_or(StatusCode::CONTINUE),
+            "Upload Resumption Supported",
+            &h,
+        );
+    }
     let with_location = |f: Failure| f.with("location", location(id));
     let mut offset = 0;
     let mut status = created.status;
