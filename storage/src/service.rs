@@ -754,22 +754,31 @@ impl Uploads {
                 got: offset,
             });
         }
-        // After a restart the hashes must first be rebuilt from what is stored.
-        if up.prefix().hashed_bytes != start {
+        // After a restart the hashes must first be rebuilt from what is stored. Where the
+        // stored bytes cannot be read before assembly (S3) and the saved midstate is behind
+        // them (its save failed), the whole-file hash is left to the completion, which
+        // reads back what was not hashed in flight; the appends go on meanwhile.
+        let readable = self.backend.info().reads_before_assembly;
+        if up.prefix().hashed_bytes != start && readable {
             self.catch_up(&up).await?;
         }
         let chunk_start = |pos: u64| pos - pos % record.chunk_size;
         if cursor.is_none() {
             *cursor = Some(self.hash_stored(&record, chunk_start(start), start).await?);
         }
-        let (mut prefix, mut chunk) = {
+        let (mut prefix, mut chunk, in_flight) = {
             let p = up.prefix();
-            if p.hashed_bytes != start {
+            let in_flight = p.hashed_bytes == start;
+            if !in_flight && readable {
                 return Err(Error::Corrupt(
                     "whole-file hash is behind the stored bytes".into(),
                 ));
             }
-            (p.hasher.clone(), cursor.clone().unwrap_or_default())
+            (
+                p.hasher.clone(),
+                cursor.clone().unwrap_or_default(),
+                in_flight,
+            )
         };
         let mut body_hash = checksum.as_ref().map(BodyChecksum::hasher);
         let mut receipts = Vec::new();
@@ -815,7 +824,9 @@ impl Uploads {
                     let room = (record.chunk_end(index) - pos) as usize;
                     let seg = piece.split_to(room.min(piece.len()));
                     chunk.update(&seg);
-                    prefix.update(&seg);
+                    if in_flight {
+                        prefix.update(&seg);
+                    }
                     pos += seg.len() as u64;
                     if pos == record.chunk_end(index) {
                         let done = std::mem::take(&mut chunk);
@@ -868,7 +879,9 @@ impl Uploads {
             }
             self.backend.commit(&record, &receipts).await?;
             metrics::received(pos - start);
-            metrics::hashed_in_flight(pos - start);
+            if in_flight {
+                metrics::hashed_in_flight(pos - start);
+            }
             self.events.changed(id);
             {
                 let mut t = up.chunks();
@@ -878,14 +891,18 @@ impl Uploads {
                         Receipt::Partial { index, len } => t.set_partial(index, len),
                     }
                 }
-                let mut p = up.prefix();
-                p.hashed_bytes = pos;
-                p.hasher = prefix;
+                if in_flight {
+                    let mut p = up.prefix();
+                    p.hashed_bytes = pos;
+                    p.hasher = prefix;
+                }
             }
             *cursor = Some(chunk);
-            let saved = up.prefix().save_as(up.prefix_version());
-            if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
-                tracing::warn!(%id, error = %e, "could not save the hash midstate");
+            if in_flight {
+                let saved = up.prefix().save_as(up.prefix_version());
+                if let Err(e) = self.backend.save_prefix_hash(id, &saved).await {
+                    tracing::warn!(%id, error = %e, "could not save the hash midstate");
+                }
             }
         }
         if let Some(e) = cut {
@@ -1492,8 +1509,11 @@ async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Resu
         }
     }
     if advanced {
+        // Only a head start for another verifier: this one goes on with the hash it has.
         let saved = up.prefix().save();
-        backend.save_prefix_hash(up.id, &saved).await?;
+        if let Err(e) = backend.save_prefix_hash(up.id, &saved).await {
+            tracing::warn!(id = %up.id, error = %e, "could not save the hash midstate");
+        }
     }
     Ok(read)
 }

@@ -2343,3 +2343,72 @@ async fn ietf_appends_on_s3() {
     api.assert_content(id, &file).await;
     assert_eq!(piece_keys(&s3, id).await, Vec::<String>::new());
 }
+
+/// tus appends on S3 while the store refuses every request for the whole-file hash
+/// midstate (`hash.json`, 503 from a fault proxy): the appends go on without the in-flight
+/// hash once its midstate is lost, and the completion reads the file back to hash it:
+/// the right SHA-256 all the same. (Before, every append after the first was refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tus_on_s3_survives_a_lost_hash_midstate() {
+    use tests::proxy::{Fault, Faults, Proxy};
+    let Some(s3) = s3_or_skip("tus_on_s3_survives_a_lost_hash_midstate").await else {
+        return;
+    };
+    let proxy = Proxy::start(
+        s3.endpoint.trim_start_matches("http://"),
+        Faults {
+            rate: 1.0,
+            matching: "/hash.json".into(),
+            kinds: vec![Fault::Unavailable],
+            seed: 940,
+            stall_hold: Duration::from_secs(2),
+            tamper_complete: false,
+        },
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = proxy.url();
+    let args = [
+        "--storage",
+        "s3",
+        "--s3-bucket",
+        BUCKET,
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-allow-http",
+        "--s3-region",
+        "us-east-1",
+    ];
+    let server = Server::start_with_env(dir.path(), &args, &s3.aws_env());
+    let file = Bytes::from(random_bytes(10_000_003, 941));
+    let path = tus_create(&server, file.len()).await;
+    let id = tus_id(&path);
+    let mut offset = 0u64;
+    for len in [2_000_000u64, 7_000_000, 1_000_003] {
+        let body = file.slice(offset as usize..(offset + len) as usize);
+        offset = tus_patched(
+            tus_patch(&server, &path, offset)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(offset, file.len() as u64);
+    let api = Api::new(&server);
+    let st = api.status(id).await;
+    assert_eq!(st.state, UploadState::Completed);
+    assert_eq!(st.sha256, Some(digest(&file)));
+    api.assert_content(id, &file).await;
+    let lines = completed_lines(&synced_logs(&server).await, id);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    // No midstate could be read either: the completion hashed the whole file back.
+    assert_eq!(
+        log_field(&lines[0], "read_back_at_completion"),
+        file.len() as u64
+    );
+    assert!(
+        proxy.stats().faults() >= 3,
+        "hash.json requests were refused"
+    );
+}
