@@ -32,19 +32,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-OURS=(); AWS=(); RSS=(); RB=()
-for run in $(seq 1 "$RUNS"); do
-  # A fresh store per run: moto keeps objects in memory.
-  bash scripts/s3-server/run.sh stop > /dev/null 2>&1 || true
-  EP=$(bash scripts/s3-server/run.sh start | sed -n 's/^S3_ENDPOINT=//p')
-  for b in aws-bench ours-bench; do
-    curl -s -o /dev/null -X PUT -H 'authorization: AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0' "$EP/$b"
-  done
+# Each client gets the store empty (moto holds every object in memory, and a full store
+# is slower), in alternating order.
+fresh() {
+  bash scripts/s3-server/run.sh reset > /dev/null
+  curl -s -o /dev/null -X PUT -H 'authorization: AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0' "$EP/$1"
+}
+run_aws() {
+  fresh aws-bench
   t0=$(now)
   "$AWS_VENV/bin/aws" --endpoint-url "$EP" s3 cp --only-show-errors "$FILE" s3://aws-bench/file
   t1=$(now)
   AWS+=("$(python3 -c "print($t1-$t0)")")
-
+}
+run_ours() {
+  fresh ours-bench
   "$BIN/upload-server" --listen 127.0.0.1:0 --storage s3 --s3-bucket ours-bench --s3-endpoint "$EP" \
     --s3-allow-http --inline-verify-limit 8GiB > "$WORK/s3-server.log" 2>&1 &
   SPID=$!
@@ -58,6 +60,13 @@ for run in $(seq 1 "$RUNS"); do
   RSS+=("$(awk '/VmHWM/{printf "%d", $2/1024}' /proc/$SPID/status)")
   RB+=("$(grep -o 'read_back_at_completion=[0-9]*' "$WORK/s3-server.log" | tail -1 | cut -d= -f2)")
   kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=""
+}
+OURS=(); AWS=(); RSS=(); RB=()
+for run in $(seq 1 "$RUNS"); do
+  # A fresh store per run: moto keeps objects in memory.
+  bash scripts/s3-server/run.sh stop > /dev/null 2>&1 || true
+  EP=$(bash scripts/s3-server/run.sh start | sed -n 's/^S3_ENDPOINT=//p')
+  if [ $((run % 2)) -eq 1 ]; then run_aws; run_ours; else run_ours; run_aws; fi
   echo "s3 run $run: upload-server $(python3 -c "print(f'{$BYTES/1e6/${OURS[-1]}:.0f}')") MB/s (RSS ${RSS[-1]} MiB, read back ${RB[-1]} B), aws s3 cp $(python3 -c "print(f'{$BYTES/1e6/${AWS[-1]}:.0f}')") MB/s"
 done
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
