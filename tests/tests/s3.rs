@@ -46,15 +46,19 @@ async fn s3_or_skip(test: &str) -> Option<S3Server> {
 
 /// An `upload-server` on the test bucket, with `extra` flags.
 fn upload_server(s3: &S3Server, extra: &[&str]) -> (Server, tempfile::TempDir) {
+    upload_server_via(s3, &s3.endpoint, extra)
+}
+
+/// An `upload-server` on the test bucket reached at `endpoint` (e.g. a fault proxy).
+fn upload_server_via(s3: &S3Server, endpoint: &str, extra: &[&str]) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let endpoint = s3.endpoint.clone();
     let mut args = vec![
         "--storage",
         "s3",
         "--s3-bucket",
         BUCKET,
         "--s3-endpoint",
-        &endpoint,
+        endpoint,
         "--s3-allow-http",
         "--s3-region",
         "us-east-1",
@@ -1451,20 +1455,7 @@ async fn store_faults_are_survived() {
                 tamper_complete: false,
             },
         );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let endpoint = proxy.url();
-        let args = [
-            "--storage",
-            "s3",
-            "--s3-bucket",
-            BUCKET,
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-allow-http",
-            "--s3-region",
-            "us-east-1",
-        ];
-        let server = Server::start_with_env(dir.path(), &args, &s3.aws_env());
+        let (server, _dir) = upload_server_via(&s3, &proxy.url(), &[]);
         let api = Api::new(&server);
         for round in 0..3u64 {
             let file = Bytes::from(random_bytes(3 * CS + 4321, 70 + 10 * n as u64 + round));
@@ -2365,20 +2356,7 @@ async fn tus_on_s3_survives_a_lost_hash_midstate() {
             tamper_complete: false,
         },
     );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let endpoint = proxy.url();
-    let args = [
-        "--storage",
-        "s3",
-        "--s3-bucket",
-        BUCKET,
-        "--s3-endpoint",
-        &endpoint,
-        "--s3-allow-http",
-        "--s3-region",
-        "us-east-1",
-    ];
-    let server = Server::start_with_env(dir.path(), &args, &s3.aws_env());
+    let (server, _dir) = upload_server_via(&s3, &proxy.url(), &[]);
     let file = Bytes::from(random_bytes(10_000_003, 941));
     let path = tus_create(&server, file.len()).await;
     let id = tus_id(&path);

@@ -390,24 +390,9 @@ impl S3Backend {
             if marker > 0 {
                 query.push(("part-number-marker".to_string(), marker.to_string()));
             }
-            let url = self
-                .store
-                .signed_url_opts(
-                    http::Method::GET,
-                    &self.staging_key(id),
-                    Duration::from_secs(600),
-                    &SignedUrlOptions::new().with_query(query),
-                )
-                .await
-                .map_err(store_err)?;
-            let resp = self.http.get(url).send().await.map_err(io_err)?;
-            if !resp.status().is_success() {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "ListParts answered {}",
-                    resp.status()
-                ))));
-            }
-            let xml = resp.text().await.map_err(io_err)?;
+            let xml = self
+                .signed_get(&self.staging_key(id), query, "ListParts")
+                .await?;
             for part in xml.split("<Part>").skip(1) {
                 let number = xml_value(part, "PartNumber").and_then(|n| n.parse().ok());
                 if let (Some(n), Some(e)) = (number, xml_value(part, "ETag")) {
@@ -419,6 +404,34 @@ impl S3Backend {
                 return Ok(etags);
             }
         }
+    }
+
+    /// The text of a GET of `key` with `query` that `object_store` has no call for
+    /// (`what`, through a presigned request).
+    async fn signed_get(
+        &self,
+        key: &Path,
+        query: Vec<(String, String)>,
+        what: &str,
+    ) -> Result<String> {
+        let url = self
+            .store
+            .signed_url_opts(
+                http::Method::GET,
+                key,
+                Duration::from_secs(600),
+                &SignedUrlOptions::new().with_query(query),
+            )
+            .await
+            .map_err(store_err)?;
+        let resp = self.http.get(url).send().await.map_err(io_err)?;
+        if !resp.status().is_success() {
+            return Err(Error::Io(std::io::Error::other(format!(
+                "{what} answered {}",
+                resp.status()
+            ))));
+        }
+        resp.text().await.map_err(io_err)
     }
 
     /// CompleteMultipartUpload of the parts named, by their own numbers (`object_store`
@@ -672,24 +685,9 @@ impl S3Backend {
                 query.push(("key-marker".to_string(), key.clone()));
                 query.push(("upload-id-marker".to_string(), upload.clone()));
             }
-            let url = self
-                .store
-                .signed_url_opts(
-                    http::Method::GET,
-                    &Path::from(""),
-                    Duration::from_secs(600),
-                    &SignedUrlOptions::new().with_query(query),
-                )
-                .await
-                .map_err(store_err)?;
-            let resp = self.http.get(url).send().await.map_err(io_err)?;
-            if !resp.status().is_success() {
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "ListMultipartUploads answered {}",
-                    resp.status()
-                ))));
-            }
-            let xml = resp.text().await.map_err(io_err)?;
+            let xml = self
+                .signed_get(&Path::from(""), query, "ListMultipartUploads")
+                .await?;
             for upload in xml.split("<Upload>").skip(1) {
                 let began = xml_value(upload, "Initiated").and_then(|t| {
                     OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()

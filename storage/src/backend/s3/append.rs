@@ -231,6 +231,13 @@ fn body_of(
     futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) })
 }
 
+/// The ETag of a part being sent (see [`S3Backend::send_part`]).
+async fn answered(response: tokio::task::JoinHandle<Result<String>>) -> Result<String> {
+    response
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+}
+
 /// The upload's append lease, released when dropped (see the module documentation).
 pub(super) struct AppendLease {
     store: Arc<AmazonS3>,
@@ -542,20 +549,22 @@ impl S3Backend {
         }
         let number = part_number(record, c.index, lease.held.generation);
         let body = piece_stream(self.store.clone(), pieces, Vec::new(), Some(c.sha256));
-        let etag = Self::send_part(
+        let (staging, multipart_id) = (
+            self.staging_key(record.id),
+            self.multipart_id(record.id).await?,
+        );
+        let sending = Self::send_part(
             &self.http,
             &self.store,
-            &self.staging_key(record.id),
-            &self.multipart_id(record.id).await?,
+            &staging,
+            &multipart_id,
             number,
             len,
             body,
-        )
-        .await
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)));
+        );
+        let etag = answered(sending.await).await;
         lease.release().await;
-        Ok((etag??, number))
+        Ok((etag?, number))
     }
 }
 
@@ -654,17 +663,14 @@ impl S3AppendWriter {
                 number,
             }) => {
                 drop(tx);
-                let etag = response
-                    .await
-                    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                (etag, number)
+                (answered(response).await?, number)
             }
             _ => {
                 let number = part_number(&self.record, self.index, self.generation());
                 let pieces = std::mem::take(&mut self.pieces);
                 let tail = std::mem::take(&mut self.tail);
                 let body = piece_stream(self.store.clone(), pieces, tail, None);
-                let etag = S3Backend::send_part(
+                let sending = S3Backend::send_part(
                     &self.http,
                     &self.store,
                     &self.staging,
@@ -672,11 +678,8 @@ impl S3AppendWriter {
                     number,
                     len,
                     body,
-                )
-                .await
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-                (etag, number)
+                );
+                (answered(sending.await).await?, number)
             }
         };
         lock(&self.pending).insert((self.record.id, self.index), (etag, number));
