@@ -478,3 +478,73 @@ async fn a_length_declared_at_the_end_after_a_restart_completes() {
     assert_eq!(done.sha256, Some(sha(&file)));
     assert_eq!(done.size, file.len() as u64);
 }
+
+/// Uneven in-order appends (across chunk ends, a body cut short) leave receipts whose
+/// digests are each chunk's SHA-256, and the whole-file hash is the file's: the two
+/// hashes an append computes beside its receiving are the bytes', chunk by chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_receipt_each_chunk_with_its_digest() {
+    use storage::backend::{Backend, Receipt};
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(LocalBackend::open(dir.path()).unwrap());
+    let uploads = Uploads::open(backend.clone(), UploadsConfig::default())
+        .await
+        .unwrap();
+    let file = data(3 * 8 * MIB + 12_345, 11);
+    let id = uploads
+        .create_with_mode(
+            CreateUpload {
+                size: file.len() as u64,
+                chunk_size: Some(8 * MIB as u64),
+                ..Default::default()
+            },
+            None,
+            storage::UploadMode::Stream,
+        )
+        .await
+        .unwrap()
+        .status
+        .id;
+    let mut at = 0;
+    for len in [1, 5 * MIB, 7 * MIB + 3, 1_000, 9 * MIB] {
+        let appended = uploads
+            .append(id, at as u64, None, None, body(&file[at..at + len]))
+            .await
+            .unwrap();
+        at += len;
+        assert_eq!(appended.offset, at as u64);
+    }
+    // A body cut short: what arrived is kept.
+    let cut = stream::iter(vec![
+        Ok(Bytes::copy_from_slice(&file[at..at + 100_000])),
+        Err(Error::Io(std::io::Error::other("cut"))),
+    ]);
+    assert!(uploads
+        .append(id, at as u64, None, None, cut)
+        .await
+        .is_err());
+    at += 100_000;
+    assert_eq!(uploads.status(id).await.unwrap().received_bytes, at as u64);
+    let loaded = backend.load(id).await.unwrap().unwrap();
+    let mut whole = 0;
+    for r in &loaded.receipts {
+        if let Receipt::Chunk(c) = r {
+            let from = c.index as usize * 8 * MIB;
+            let want = Sha256::digest(&file[from..from + c.size as usize]);
+            assert_eq!(c.sha256.0, <[u8; 32]>::from(want), "chunk {}", c.index);
+            whole += 1;
+        }
+    }
+    assert_eq!(whole, at / (8 * MIB), "a receipt for each whole chunk");
+    let done = uploads
+        .append(id, at as u64, None, None, body(&file[at..]))
+        .await
+        .unwrap();
+    let st = done.completed.expect("completed by its last append");
+    assert_eq!(st.state, UploadState::Completed);
+    assert_eq!(
+        st.sha256,
+        Some(Sha256Digest(<[u8; 32]>::from(Sha256::digest(&file))))
+    );
+}
