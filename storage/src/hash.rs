@@ -127,56 +127,6 @@ impl ChunkHasher {
     }
 }
 
-/// A SHA-256 computed on a thread of its own, beside the task that feeds it (an append
-/// hashes each chunk and the whole file: two hashes of the same bytes, which then run on
-/// two cores instead of one after the other).
-pub struct BackgroundHash {
-    tx: std::sync::mpsc::Sender<Fed>,
-    done: tokio::task::JoinHandle<(Sha256, Vec<Sha256>)>,
-}
-
-enum Fed {
-    Bytes(bytes::Bytes),
-    Mark,
-}
-
-impl BackgroundHash {
-    /// Continues `hasher` in the background.
-    pub fn start(hasher: Sha256) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Fed>();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut h = hasher;
-            let mut marks = Vec::new();
-            for fed in rx {
-                match fed {
-                    Fed::Bytes(b) => h.update(&b),
-                    Fed::Mark => marks.push(h.clone()),
-                }
-            }
-            (h, marks)
-        });
-        Self { tx, done }
-    }
-
-    /// Hashes `bytes` next.
-    pub fn update(&self, bytes: bytes::Bytes) {
-        let _ = self.tx.send(Fed::Bytes(bytes));
-    }
-
-    /// Keeps the state reached after the bytes fed so far (see [`Self::finish`]).
-    pub fn mark(&self) {
-        let _ = self.tx.send(Fed::Mark);
-    }
-
-    /// The hash after every byte fed, and the states kept by [`Self::mark`], in order.
-    pub async fn finish(self) -> Result<(Sha256, Vec<Sha256>)> {
-        drop(self.tx);
-        self.done
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

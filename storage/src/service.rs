@@ -20,7 +20,7 @@ use crate::breaker::Breaker;
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::events::{EventKind, Events};
-use crate::hash::{BackgroundHash, ChunkHasher};
+use crate::hash::ChunkHasher;
 use crate::metrics;
 use crate::ordered_hash::OrderedHashing;
 use crate::principal;
@@ -787,12 +787,7 @@ impl Uploads {
         let mut cut: Option<Error> = None;
         // Where the hashes stood at the start and at each chunk's end, should storage keep
         // fewer bytes than were written (see `ChunkWriter::kept`).
-        // The whole-file hash runs beside the chunk's; marks keep its state where a chunk ends.
-        let background = in_flight.then(|| BackgroundHash::start(prefix.clone()));
-        if let Some(b) = &background {
-            b.mark();
-        }
-        let mut marks = vec![(start, chunk.clone(), 0)];
+        let mut marks = vec![(start, prefix.clone(), chunk.clone(), 0)];
         let streamed: Result<()> = async {
             loop {
                 let piece = tokio::select! {
@@ -829,8 +824,8 @@ impl Uploads {
                     let room = (record.chunk_end(index) - pos) as usize;
                     let seg = piece.split_to(room.min(piece.len()));
                     chunk.update(&seg);
-                    if let Some(b) = &background {
-                        b.update(seg.clone());
+                    if in_flight {
+                        prefix.update(&seg);
                     }
                     pos += seg.len() as u64;
                     if pos == record.chunk_end(index) {
@@ -840,10 +835,7 @@ impl Uploads {
                             size: pos - record.chunk_offset(index),
                             sha256: Sha256Digest(done.finalize().into()),
                         }));
-                        if let Some(b) = &background {
-                            b.mark();
-                        }
-                        marks.push((pos, Sha256::new(), receipts.len()));
+                        marks.push((pos, prefix.clone(), Sha256::new(), receipts.len()));
                     }
                 }
             }
@@ -861,11 +853,6 @@ impl Uploads {
             Ok(())
         }
         .await;
-        let (hashed, mut states) = match background {
-            Some(b) => b.finish().await?,
-            None => (prefix, Vec::new()),
-        };
-        prefix = hashed;
         if let Err(e) = streamed {
             // Nothing of this append is kept: the writer lets go of what it holds now.
             writer.abandon().await;
@@ -874,17 +861,13 @@ impl Uploads {
         let kept = writer.kept();
         writer.finish().await?;
         if let Some(end) = kept.filter(|end| *end < pos) {
-            let (mark, (at, c, n)) = marks
+            let (at, p, c, n) = marks
                 .into_iter()
-                .enumerate()
                 .rev()
-                .find(|(_, m)| m.0 == end)
+                .find(|m| m.0 == end)
                 .ok_or_else(|| Error::Corrupt(format!("storage kept bytes up to {end}")))?;
             tracing::info!(%id, kept = at, cut = pos, "a body cut short: its last chunk's bytes must come again");
-            if in_flight {
-                prefix = states.swap_remove(mark);
-            }
-            (pos, chunk) = (at, c);
+            (pos, prefix, chunk) = (at, p, c);
             receipts.truncate(n);
         }
         if pos > start {
