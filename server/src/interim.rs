@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What a connection's handlers queued, and who to wake to write it.
@@ -24,9 +24,14 @@ struct Shared {
 pub struct Interim(Arc<Shared>);
 
 impl Interim {
-    /// Queues `status` (`reason` its phrase) with `headers`, ahead of the final response.
-    pub fn send(&self, status: StatusCode, reason: &str, headers: &HeaderMap) {
-        let mut head = format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).into_bytes();
+    /// Queues the 1xx `status` (`reason` its phrase) with `headers`, ahead of the final
+    /// response.
+    pub fn send(&self, status: u16, reason: &str, headers: &HeaderMap) {
+        debug_assert!(
+            (100..200).contains(&status),
+            "not an interim status: {status}"
+        );
+        let mut head = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
         for (name, value) in headers {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");

@@ -1994,6 +1994,29 @@ async fn tus_offset(server: &Server, path: &str) -> u64 {
     header(resp.headers(), "upload-offset").parse().unwrap()
 }
 
+/// A tus PATCH of `file[offset..offset + len]` to `server`, answered 204: the new offset.
+async fn tus_send(server: &Server, path: &str, file: &Bytes, offset: u64, len: u64) -> u64 {
+    let body = file.slice(offset as usize..(offset + len) as usize);
+    tus_patched(
+        tus_patch(server, path, offset)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Upload `id` is completed on `server` with `file`'s SHA-256, and serves `file`.
+async fn assert_completed(server: &Server, id: UploadId, file: &Bytes) -> UploadStatus {
+    let api = Api::new(server);
+    let st = api.status(id).await;
+    assert_eq!(st.state, UploadState::Completed);
+    assert_eq!(st.sha256, Some(digest(file)));
+    api.assert_content(id, file).await;
+    st
+}
+
 fn tus_id(path: &str) -> UploadId {
     path.rsplit('/').next().unwrap().parse().unwrap()
 }
@@ -2029,15 +2052,7 @@ async fn tus_uneven_appends_across_two_servers_and_a_kill() {
     let sizes = [100_000u64, 3_000_000, 7_000_000, 1];
     for (n, len) in sizes.into_iter().enumerate() {
         let (to, other) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        let body = file.slice(offset as usize..(offset + len) as usize);
-        let now = tus_patched(
-            tus_patch(to, &path, offset)
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let now = tus_send(to, &path, &file, offset, len).await;
         assert_eq!(now, offset + len, "PATCH {n}");
         offset = now;
         assert_eq!(
@@ -2063,22 +2078,10 @@ async fn tus_uneven_appends_across_two_servers_and_a_kill() {
     let st = Api::new(&b).status(id).await;
     assert_eq!(st.received_bytes, offset);
     for len in [8_000_000u64, file.len() as u64 - offset - 8_000_000] {
-        let body = file.slice(offset as usize..(offset + len) as usize);
-        offset = tus_patched(
-            tus_patch(&b, &path, offset)
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        offset = tus_send(&b, &path, &file, offset, len).await;
     }
     assert_eq!(offset, file.len() as u64);
-    let api = Api::new(&b);
-    let st = api.status(id).await;
-    assert_eq!(st.state, UploadState::Completed);
-    assert_eq!(st.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
+    assert_completed(&b, id, &file).await;
     assert_eq!(piece_keys(&s3, id).await, Vec::<String>::new());
     assert_eq!(multipart_uploads(&s3, "").await, Vec::<String>::new());
 }
@@ -2126,18 +2129,9 @@ async fn tus_patch_cut_short_keeps_its_whole_chunks() {
             && !logs.contains("no bytes held"),
         "the cut append was not settled as expected:\n{logs}"
     );
-    let done = tus_patched(
-        tus_patch(&server, &path, offset)
-            .body(file.slice(offset as usize..))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let done = tus_send(&server, &path, &file, offset, file.len() as u64 - offset).await;
     assert_eq!(done, file.len() as u64);
-    let api = Api::new(&server);
-    assert_eq!(api.status(id).await.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
+    assert_completed(&server, id, &file).await;
 }
 
 /// One appender per upload across servers: while a PATCH is streaming through one
@@ -2210,18 +2204,9 @@ async fn tus_appends_take_turns_across_servers() {
         .await
         .unwrap();
     assert_eq!(tus_patched(right).await, 2_000_000);
-    let done = tus_patched(
-        tus_patch(&a, &path, 2_000_000)
-            .body(file.slice(2_000_000..))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let done = tus_send(&a, &path, &file, 2_000_000, file.len() as u64 - 2_000_000).await;
     assert_eq!(done, file.len() as u64);
-    let api = Api::new(&a);
-    assert_eq!(api.status(id).await.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
+    assert_completed(&a, id, &file).await;
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -2251,14 +2236,7 @@ async fn tus_deferred_length_on_s3() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let path = header(resp.headers(), "location");
     let id = tus_id(&path);
-    let first = tus_patched(
-        tus_patch(&a, &path, 0)
-            .body(file.slice(..4_000_000))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let first = tus_send(&a, &path, &file, 0, 4_000_000).await;
     assert_eq!(first, 4_000_000);
     assert_eq!(piece_keys(&s3, id).await.len(), 1);
     let last = tus_patch(&b, &path, first)
@@ -2268,12 +2246,8 @@ async fn tus_deferred_length_on_s3() {
         .await
         .unwrap();
     assert_eq!(tus_patched(last).await, file.len() as u64);
-    let api = Api::new(&a);
-    let st = api.status(id).await;
-    assert_eq!(st.state, UploadState::Completed);
+    let st = assert_completed(&a, id, &file).await;
     assert_eq!(st.size, file.len() as u64);
-    assert_eq!(st.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
     assert_eq!(piece_keys(&s3, id).await, Vec::<String>::new());
 }
 
@@ -2327,11 +2301,7 @@ async fn ietf_appends_on_s3() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(resp.headers(), "upload-complete"), "?1");
     let id: UploadId = path.rsplit('/').next().unwrap().parse().unwrap();
-    let api = Api::new(&a);
-    let st = api.status(id).await;
-    assert_eq!(st.state, UploadState::Completed);
-    assert_eq!(st.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
+    assert_completed(&a, id, &file).await;
     assert_eq!(piece_keys(&s3, id).await, Vec::<String>::new());
 }
 
@@ -2362,22 +2332,10 @@ async fn tus_on_s3_survives_a_lost_hash_midstate() {
     let id = tus_id(&path);
     let mut offset = 0u64;
     for len in [2_000_000u64, 7_000_000, 1_000_003] {
-        let body = file.slice(offset as usize..(offset + len) as usize);
-        offset = tus_patched(
-            tus_patch(&server, &path, offset)
-                .body(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        offset = tus_send(&server, &path, &file, offset, len).await;
     }
     assert_eq!(offset, file.len() as u64);
-    let api = Api::new(&server);
-    let st = api.status(id).await;
-    assert_eq!(st.state, UploadState::Completed);
-    assert_eq!(st.sha256, Some(digest(&file)));
-    api.assert_content(id, &file).await;
+    assert_completed(&server, id, &file).await;
     let lines = completed_lines(&synced_logs(&server).await, id);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     // No midstate could be read either: the completion hashed the whole file back.

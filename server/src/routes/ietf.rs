@@ -611,11 +611,7 @@ async fn create_inner(
         h.insert(header::LOCATION, location(id));
         h.insert("upload-limit", limits(state, Some(&created.status), v));
         h.insert("upload-draft-interop-version", HeaderValue::from(v.0));
-        interim.send(
-            StatusCode::from_u16(104).unwrap_or(StatusCode::CONTINUE),
-            "Upload Resumption Supported",
-            &h,
-        );
+        interim.send(104, "Upload Resumption Supported", &h);
     }
     let with_location = |f: Failure| f.with("location", location(id));
     let mut offset = 0;

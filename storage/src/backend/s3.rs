@@ -83,6 +83,8 @@ use super::{
 };
 
 mod append;
+mod lease;
+mod part;
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
 use crate::record::UploadRecord;
@@ -1047,44 +1049,30 @@ impl Backend for S3Backend {
             });
         }
         let number = part_number(record, index, generation);
-        let options = SignedUrlOptions::new().with_query([
-            ("partNumber".to_string(), number.to_string()),
-            ("uploadId".to_string(), multipart_id),
-        ]);
-        let url = self
-            .store
-            .signed_url_opts(
-                http::Method::PUT,
-                &self.staging_key(record.id),
-                Duration::from_secs(3600),
-                &options,
-            )
-            .await
-            .map_err(store_err)?;
-        let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
-        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
-            rx.recv().await.map(|b| (b, rx))
-        }));
-        let request = self
-            .http
-            .put(url)
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(body)
-            .send();
+        let (tx, rx) = mpsc::channel(4);
+        let response = part::send_part(
+            &self.http,
+            &self.store,
+            &self.staging_key(record.id),
+            &multipart_id,
+            number,
+            len,
+            part::body_of(rx),
+        )
+        .await;
         Ok(Box::new(S3ChunkWriter {
             tx: Some(tx),
-            response: tokio::spawn(request),
+            response: Some(response),
             key: (record.id, index),
             number,
             pending: self.pending.clone(),
-            lease: Some((self.store.clone(), lease)),
-            lease_tag,
-            renewed: std::time::Instant::now(),
-            held: Lease {
-                holder: holder_id,
-                until: 0,
+            lease: Some(lease::HeldLease::new(
+                self.store.clone(),
+                lease,
+                holder_id,
+                lease_tag,
                 generation,
-            },
+            )),
         }))
     }
 
@@ -1418,49 +1406,21 @@ impl Backend for S3Backend {
 /// Streams one chunk into an UploadPart request through a presigned URL.
 struct S3ChunkWriter {
     tx: Option<mpsc::Sender<std::result::Result<Bytes, std::io::Error>>>,
-    response: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    /// The UploadPart being sent; answers the part's ETag.
+    response: Option<tokio::task::JoinHandle<Result<String>>>,
     key: (UploadId, u64),
     /// The part number this write sends.
     number: u64,
     pending: Pending,
-    /// The chunk's lease, released if the write is abandoned (commit releases it otherwise).
-    lease: Option<(Arc<AmazonS3>, Path)>,
-    /// Version of the lease as last written, for renewals.
-    lease_tag: Option<String>,
-    renewed: std::time::Instant,
-    /// The lease this write holds (its expiry is set at each renewal).
-    held: Lease,
-}
-
-impl S3ChunkWriter {
-    /// Extends the lease while the part is being sent; fails if another server took it.
-    async fn renew_lease(&mut self) -> Result<()> {
-        let Some((store, lease)) = &self.lease else {
-            return Ok(());
-        };
-        self.held.until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
-        let put = store
-            .put_opts(
-                lease,
-                self.held.body(),
-                PutOptions::from(PutMode::Update(UpdateVersion {
-                    e_tag: self.lease_tag.clone(),
-                    version: None,
-                })),
-            )
-            .await
-            .map_err(lease_err)?;
-        self.lease_tag = put.e_tag;
-        self.renewed = std::time::Instant::now();
-        Ok(())
-    }
+    /// The chunk's lease, released if the write is abandoned (commit removes it otherwise).
+    lease: Option<lease::HeldLease>,
 }
 
 #[async_trait]
 impl ChunkWriter for S3ChunkWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<()> {
-        if self.renewed.elapsed() >= LEASE_RENEW {
-            self.renew_lease().await?;
+        if let Some(lease) = &mut self.lease {
+            lease.renew_if_due().await?;
         }
         let tx = self
             .tx
@@ -1478,56 +1438,27 @@ impl ChunkWriter for S3ChunkWriter {
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
         drop(self.tx.take());
-        let resp = (&mut self.response)
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(Error::Io(std::io::Error::other(format!(
-                "UploadPart answered {status}: {}",
-                body.chars().take(300).collect::<String>()
-            ))));
-        }
-        let etag = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Error::Io(std::io::Error::other("UploadPart answered no ETag")))?
-            .to_string();
+        let response = self
+            .response
+            .take()
+            .ok_or(Error::Corrupt("writer finished".into()))?;
+        let etag = part::answered(response).await?;
         lock(&self.pending).insert(self.key, (etag, self.number));
-        // From here the lease is the commit's to release.
-        self.lease = None;
+        // From here the lease is the commit's to remove.
+        if let Some(lease) = self.lease.take() {
+            lease.disarm();
+        }
         Ok(())
     }
 }
 
 impl Drop for S3ChunkWriter {
     fn drop(&mut self) {
-        if self.tx.is_some() {
+        if let (Some(_), Some(response)) = (&self.tx, &self.response) {
             // Abandoned mid-chunk: stop the request so the part is not half-sent.
-            self.response.abort();
+            response.abort();
         }
-        // Released, not deleted: a part sent in full may still land, so the next writer
-        // takes the lease over one generation up, onto a part number of its own. Should
-        // the release fail, the lease expires instead.
-        if let Some((store, lease)) = self.lease.take() {
-            let released = Lease {
-                holder: "released".into(),
-                until: 0,
-                generation: self.held.generation,
-            };
-            let mode = PutMode::Update(UpdateVersion {
-                e_tag: self.lease_tag.clone(),
-                version: None,
-            });
-            tokio::spawn(async move {
-                let _ = store
-                    .put_opts(&lease, released.body(), PutOptions::from(mode))
-                    .await;
-            });
-        }
+        // The lease, if still held, is released as it drops.
     }
 }
 

@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,18 +29,13 @@ use common::UploadId;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
-use object_store::signer::{SignedUrlOptions, Signer};
-use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
-};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use super::{
-    lease_err, lock, part_number, store_err, Lease, Pending, S3Backend, LEASE_RENEW, LEASE_SECS,
-};
+use super::lease::HeldLease;
+use super::{lock, part, part_number, store_err, Pending, S3Backend};
 use crate::backend::{ChunkWriter, Receipt, StoredChunk};
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -49,7 +43,6 @@ use crate::record::UploadRecord;
 
 /// A chunk's bytes on their way into its part, as a request body.
 type BodyTx = mpsc::Sender<std::result::Result<Bytes, std::io::Error>>;
-type BodyRx = mpsc::Receiver<std::result::Result<Bytes, std::io::Error>>;
 
 /// What an append hands to its commit, by upload: the bytes of a partial chunk to store as
 /// a piece, and the lease to release.
@@ -64,7 +57,7 @@ pub(super) struct Handoff {
     state: Option<String>,
     tail: Vec<Bytes>,
     tail_len: u64,
-    lease: AppendLease,
+    lease: HeldLease,
 }
 
 /// One piece of a partly appended chunk (see the module documentation).
@@ -167,14 +160,13 @@ pub(super) fn partials(
     (receipts, cursor)
 }
 
-/// Feeds `pieces` (checked against their midstate chain, and against `digest` at the end
-/// when given) and then `then` into a part's body.
+/// The bytes of `pieces`, read back and checked against their midstate chain (and
+/// against `digest` at the end, when given), for the start of a part's body.
 fn piece_stream(
     store: Arc<AmazonS3>,
     pieces: Vec<Piece>,
-    then: Vec<Bytes>,
     digest: Option<common::Sha256Digest>,
-) -> BodyRx {
+) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let fail = |why: String| Err(std::io::Error::other(why));
@@ -213,101 +205,10 @@ fn piece_stream(
                 let _ = tx
                     .send(fail("the pieces do not hash to the chunk".into()))
                     .await;
-                return;
-            }
-        }
-        for b in then {
-            if tx.send(Ok(b)).await.is_err() {
-                return;
             }
         }
     });
-    rx
-}
-
-fn body_of(
-    rx: BodyRx,
-) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> {
-    futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) })
-}
-
-/// The ETag of a part being sent (see [`S3Backend::send_part`]).
-async fn answered(response: tokio::task::JoinHandle<Result<String>>) -> Result<String> {
-    response
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))?
-}
-
-/// The upload's append lease, released when dropped (see the module documentation).
-pub(super) struct AppendLease {
-    store: Arc<AmazonS3>,
-    key: Path,
-    tag: Option<String>,
-    held: Lease,
-    renewed: Instant,
-    /// Still to be released.
-    armed: bool,
-}
-
-impl AppendLease {
-    async fn renew(&mut self) -> Result<()> {
-        self.held.until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
-        let put = self
-            .store
-            .put_opts(
-                &self.key,
-                self.held.body(),
-                PutOptions::from(PutMode::Update(UpdateVersion {
-                    e_tag: self.tag.clone(),
-                    version: None,
-                })),
-            )
-            .await
-            .map_err(lease_err)?;
-        self.tag = put.e_tag;
-        self.renewed = Instant::now();
-        Ok(())
-    }
-}
-
-impl AppendLease {
-    /// The released lease (the next appender takes it over one generation up) and the
-    /// version it must replace.
-    fn released(&self) -> (PutPayload, PutOptions) {
-        let released = Lease {
-            holder: "released".into(),
-            until: 0,
-            generation: self.held.generation,
-        };
-        let mode = PutMode::Update(UpdateVersion {
-            e_tag: self.tag.clone(),
-            version: None,
-        });
-        (released.body(), PutOptions::from(mode))
-    }
-
-    /// Releases the lease now, so that the client's next append is not told the upload
-    /// is locked. Should the release fail, the lease expires instead.
-    async fn release(mut self) {
-        self.armed = false;
-        let (body, options) = self.released();
-        if let Err(e) = self.store.put_opts(&self.key, body, options).await {
-            tracing::debug!(error = %e, "append lease not released; it will expire");
-        }
-    }
-}
-
-impl Drop for AppendLease {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (body, options) = self.released();
-        let (store, key) = (self.store.clone(), self.key.clone());
-        tokio::spawn(async move {
-            let _ = store.put_opts(&key, body, options).await;
-        });
-    }
+    part::body_of(rx)
 }
 
 impl S3Backend {
@@ -331,90 +232,28 @@ impl S3Backend {
         ))
     }
 
-    async fn take_append_lease(&self, id: UploadId) -> Result<AppendLease> {
+    async fn take_append_lease(&self, id: UploadId) -> Result<HeldLease> {
         let key = self.key(&format!("uploads/{id}/chunks/append-lease"));
         let holder = format!("{}-{}", self.process, uuid::Uuid::new_v4().simple());
         let (tag, generation) = match self.take_lease(&key, &holder).await {
             Err(Error::Conflict) => return Err(Error::Locked),
             other => other?,
         };
-        Ok(AppendLease {
-            store: self.store.clone(),
+        Ok(HeldLease::new(
+            self.store.clone(),
             key,
+            holder,
             tag,
-            held: Lease {
-                holder,
-                until: 0,
-                generation,
-            },
-            renewed: Instant::now(),
-            armed: true,
-        })
+            generation,
+        ))
     }
 
-    /// Sends `body` (of `len` bytes) as part `number` of the upload; answers its ETag.
-    async fn send_part(
-        http: &reqwest::Client,
-        store: &AmazonS3,
-        staging: &Path,
-        multipart_id: &str,
-        number: u64,
-        len: u64,
-        body: BodyRx,
-    ) -> tokio::task::JoinHandle<Result<String>> {
-        let url = store
-            .signed_url_opts(
-                http::Method::PUT,
-                staging,
-                Duration::from_secs(3600),
-                &SignedUrlOptions::new().with_query([
-                    ("partNumber".to_string(), number.to_string()),
-                    ("uploadId".to_string(), multipart_id.to_string()),
-                ]),
-            )
-            .await;
-        let http = http.clone();
-        tokio::spawn(async move {
-            let url = url.map_err(store_err)?;
-            let resp = http
-                .put(url)
-                .header(reqwest::header::CONTENT_LENGTH, len)
-                .body(reqwest::Body::wrap_stream(body_of(body)))
-                .send()
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            if !resp.status().is_success() {
-                let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
-                return Err(Error::Io(std::io::Error::other(format!(
-                    "UploadPart answered {status}: {}",
-                    text.chars().take(300).collect::<String>()
-                ))));
-            }
-            resp.headers()
-                .get(reqwest::header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .ok_or_else(|| Error::Io(std::io::Error::other("UploadPart answered no ETag")))
-        })
-    }
-
-    /// A writer of an in-order append at `offset`, of `len` bytes when known.
-    pub(super) async fn append_writer(
-        &self,
-        record: &UploadRecord,
-        offset: u64,
-        len: Option<u64>,
-    ) -> Result<Box<dyn ChunkWriter>> {
+    /// The pieces of the chunk at `offset` and the upload's multipart upload, once it is
+    /// checked that no other server appended before this one took the lease.
+    async fn appendable(&self, record: &UploadRecord, offset: u64) -> Result<(Vec<Piece>, String)> {
         let id = record.id;
-        let lease = self.take_append_lease(id).await?;
-        // Holding the lease, what an earlier append of this process left here is stale
-        // (its commit never came): it goes (its lease's release, of an older version,
-        // changes nothing).
-        drop(lock(&self.handoffs).remove(&id));
         let index = offset / record.chunk_size;
         let within = offset - record.chunk_offset(index);
-        // Another server may have appended before the lease was taken.
         let pieces = self.pieces(id, index).await?;
         let end = pieces.last().map_or(0, |p| p.start + p.len);
         let claimed = self
@@ -432,12 +271,38 @@ impl S3Backend {
                 got: offset,
             });
         }
+        Ok((pieces, self.multipart_id(id).await?))
+    }
+
+    /// A writer of an in-order append at `offset`, of `len` bytes when known.
+    pub(super) async fn append_writer(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<Box<dyn ChunkWriter>> {
+        let id = record.id;
+        let lease = self.take_append_lease(id).await?;
+        // Holding the lease, what an earlier append of this process left here is stale
+        // (its commit never came): it goes (its lease's release, of an older version,
+        // changes nothing).
+        drop(lock(&self.handoffs).remove(&id));
+        let index = offset / record.chunk_size;
+        let within = offset - record.chunk_offset(index);
+        let (pieces, multipart_id) = match self.appendable(record, offset).await {
+            Ok(found) => found,
+            Err(e) => {
+                // Refused: the client's next request is not to find the upload locked.
+                lease.release().await;
+                return Err(e);
+            }
+        };
         Ok(Box::new(S3AppendWriter {
             store: self.store.clone(),
             http: self.http.clone(),
             record: record.clone(),
             staging: self.staging_key(id),
-            multipart_id: self.multipart_id(id).await?,
+            multipart_id,
             index,
             within,
             pieces,
@@ -539,32 +404,32 @@ impl S3Backend {
         c: &StoredChunk,
     ) -> Result<(String, u64)> {
         let lease = self.take_append_lease(record.id).await?;
-        let pieces = self.pieces(record.id, c.index).await?;
-        let len = pieces.last().map_or(0, |p| p.start + p.len);
-        if len != c.size {
-            return Err(Error::Corrupt(format!(
-                "chunk {} has {len} bytes in pieces, not {}",
-                c.index, c.size
-            )));
+        let number = part_number(record, c.index, lease.generation());
+        let sent = async {
+            let pieces = self.pieces(record.id, c.index).await?;
+            let len = pieces.last().map_or(0, |p| p.start + p.len);
+            if len != c.size {
+                return Err(Error::Corrupt(format!(
+                    "chunk {} has {len} bytes in pieces, not {}",
+                    c.index, c.size
+                )));
+            }
+            let body = piece_stream(self.store.clone(), pieces, Some(c.sha256));
+            let sending = part::send_part(
+                &self.http,
+                &self.store,
+                &self.staging_key(record.id),
+                &self.multipart_id(record.id).await?,
+                number,
+                len,
+                body,
+            )
+            .await;
+            part::answered(sending).await
         }
-        let number = part_number(record, c.index, lease.held.generation);
-        let body = piece_stream(self.store.clone(), pieces, Vec::new(), Some(c.sha256));
-        let (staging, multipart_id) = (
-            self.staging_key(record.id),
-            self.multipart_id(record.id).await?,
-        );
-        let sending = Self::send_part(
-            &self.http,
-            &self.store,
-            &staging,
-            &multipart_id,
-            number,
-            len,
-            body,
-        );
-        let etag = answered(sending.await).await;
+        .await;
         lease.release().await;
-        Ok((etag?, number))
+        Ok((sent?, number))
     }
 }
 
@@ -603,46 +468,39 @@ struct S3AppendWriter {
     kept: u64,
     pending: Pending,
     handoffs: Handoffs,
-    lease: Option<AppendLease>,
+    lease: Option<HeldLease>,
 }
 
 impl S3AppendWriter {
-    fn generation(&self) -> u64 {
-        self.lease.as_ref().map_or(0, |l| l.held.generation)
+    /// Starts sending the chunk at hand's part: `body`, of `len` bytes.
+    async fn send<B>(&self, len: u64, body: B) -> (tokio::task::JoinHandle<Result<String>>, u64)
+    where
+        B: futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let generation = self.lease.as_ref().map_or(0, HeldLease::generation);
+        let number = part_number(&self.record, self.index, generation);
+        let sending = part::send_part(
+            &self.http,
+            &self.store,
+            &self.staging,
+            &self.multipart_id,
+            number,
+            len,
+            body,
+        )
+        .await;
+        (sending, number)
     }
 
     async fn begin_chunk(&mut self) -> Result<()> {
         let len = self.record.chunk_len(self.index)?;
         let room = len - self.within;
         if self.remaining.is_some_and(|r| r >= room) {
-            let number = part_number(&self.record, self.index, self.generation());
-            let pieces = std::mem::take(&mut self.pieces);
-            let mut from_pieces = piece_stream(self.store.clone(), pieces, Vec::new(), None);
-            let (tx, mut rx) = mpsc::channel(4);
-            let (body_tx, body_rx) = mpsc::channel(4);
             // The pieces first, then the request's bytes.
-            tokio::spawn(async move {
-                while let Some(b) = from_pieces.recv().await {
-                    if body_tx.send(b).await.is_err() {
-                        return;
-                    }
-                }
-                while let Some(b) = rx.recv().await {
-                    if body_tx.send(b).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let response = S3Backend::send_part(
-                &self.http,
-                &self.store,
-                &self.staging,
-                &self.multipart_id,
-                number,
-                len,
-                body_rx,
-            )
-            .await;
+            let pieces = std::mem::take(&mut self.pieces);
+            let (tx, rx) = mpsc::channel(4);
+            let body = piece_stream(self.store.clone(), pieces, None).chain(part::body_of(rx));
+            let (response, number) = self.send(len, body).await;
             self.current = Some(Current::Streaming {
                 tx,
                 response,
@@ -656,32 +514,24 @@ impl S3AppendWriter {
 
     async fn end_chunk(&mut self) -> Result<()> {
         let len = self.record.chunk_len(self.index)?;
-        let (etag, number) = match self.current.take() {
+        let (response, number) = match self.current.take() {
             Some(Current::Streaming {
                 tx,
                 response,
                 number,
             }) => {
                 drop(tx);
-                (answered(response).await?, number)
+                (response, number)
             }
             _ => {
-                let number = part_number(&self.record, self.index, self.generation());
                 let pieces = std::mem::take(&mut self.pieces);
-                let tail = std::mem::take(&mut self.tail);
-                let body = piece_stream(self.store.clone(), pieces, tail, None);
-                let sending = S3Backend::send_part(
-                    &self.http,
-                    &self.store,
-                    &self.staging,
-                    &self.multipart_id,
-                    number,
-                    len,
-                    body,
-                );
-                (answered(sending.await).await?, number)
+                let tail = std::mem::take(&mut self.tail).into_iter().map(Ok);
+                let body = piece_stream(self.store.clone(), pieces, None)
+                    .chain(futures_util::stream::iter(tail));
+                self.send(len, body).await
             }
         };
+        let etag = part::answered(response).await?;
         lock(&self.pending).insert((self.record.id, self.index), (etag, number));
         self.kept = self.record.chunk_end(self.index);
         self.index += 1;
@@ -696,9 +546,7 @@ impl S3AppendWriter {
 impl ChunkWriter for S3AppendWriter {
     async fn write(&mut self, mut bytes: Bytes) -> Result<()> {
         if let Some(lease) = &mut self.lease {
-            if lease.renewed.elapsed() >= LEASE_RENEW {
-                lease.renew().await?;
-            }
+            lease.renew_if_due().await?;
         }
         while !bytes.is_empty() {
             if self.current.is_none() {
