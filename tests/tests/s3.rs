@@ -1897,7 +1897,9 @@ async fn begin_multipart(s3: &S3Server, key: &str) {
 }
 
 /// Multipart uploads that no upload names are aborted by the sweep once older than
-/// `--s3-leftover-grace` (here 0 s): one begun for an upload whose record was never
+/// `--s3-leftover-grace` (here 1 s, counted from when the server first saw them: moto
+/// reports one `Initiated` date, in 2010, for every upload; `--upload-ttl 10s` makes the
+/// sweep run every 2.5 s): one begun for an upload whose record was never
 /// written (a create that died between its two requests) and one left by a publishing
 /// copy in parts that stopped. A live upload's multipart upload stays, and the upload
 /// completes.
@@ -1913,7 +1915,7 @@ async fn the_sweep_aborts_multipart_uploads_nothing_names() {
     begun.sort();
     assert_eq!(begun.len(), 2, "{begun:?}");
 
-    let (server, _dir) = upload_server(&s3, &["--s3-leftover-grace", "0s"]);
+    let (server, _dir) = upload_server(&s3, &["--s3-leftover-grace", "1s", "--upload-ttl", "10s"]);
     let api = Api::new(&server);
     let file = Bytes::from(random_bytes(CS + 7, 91));
     let chunks = chunks_of(&file);

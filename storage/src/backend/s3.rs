@@ -180,6 +180,8 @@ pub struct S3Backend {
     leftover_grace: Duration,
     /// When multipart uploads were last looked through for leftovers.
     leftovers_swept: Mutex<Option<std::time::Instant>>,
+    /// When this process first saw each multipart upload in progress, by upload id.
+    leftovers_seen: Mutex<HashMap<String, std::time::Instant>>,
     /// What appends hand to their commits, by upload.
     handoffs: append::Handoffs,
 }
@@ -323,6 +325,7 @@ impl S3Backend {
             },
             leftover_grace: config.leftover_grace.unwrap_or(LEFTOVER_GRACE),
             leftovers_swept: Mutex::new(None),
+            leftovers_seen: Mutex::new(HashMap::new()),
             handoffs: Default::default(),
         })
     }
@@ -1315,28 +1318,49 @@ impl Backend for S3Backend {
             }
             *last = Some(std::time::Instant::now());
         }
-        let before = OffsetDateTime::now_utc() - self.leftover_grace;
-        let mut aborted = 0;
+        let now = OffsetDateTime::now_utc();
+        let mut listed = Vec::new();
         for under in [self.key("uploads"), self.key("files")] {
-            for (key, multipart_id, began) in self.multipart_uploads(&under).await? {
-                if began > before || !self.is_leftover(&key, &multipart_id).await? {
-                    continue;
-                }
-                match self
-                    .store
-                    .abort_multipart(&Path::from(key.as_str()), &multipart_id)
-                    .await
-                {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(store_err(e)),
-                }
-                tracing::info!(
-                    key,
-                    multipart_id,
-                    "aborted a multipart upload nothing names"
-                );
-                aborted += 1;
+            listed.extend(self.multipart_uploads(&under).await?);
+        }
+        // A multipart upload's age is the lesser of what the store says and how long this
+        // process has seen it: a store may misreport `Initiated` (moto answers the same
+        // date in 2010 for every upload), and a create whose record is being written right
+        // now must never look like a leftover.
+        let aged: Vec<(String, String)> = {
+            let mut seen = lock(&self.leftovers_seen);
+            seen.retain(|id, _| listed.iter().any(|(_, m, _)| m == id));
+            listed
+                .into_iter()
+                .filter(|(_, multipart_id, began)| {
+                    let first = *seen
+                        .entry(multipart_id.clone())
+                        .or_insert_with(std::time::Instant::now);
+                    let by_store = (now - *began).try_into().unwrap_or(Duration::ZERO);
+                    by_store.min(first.elapsed()) >= self.leftover_grace
+                })
+                .map(|(key, multipart_id, _)| (key, multipart_id))
+                .collect()
+        };
+        let mut aborted = 0;
+        for (key, multipart_id) in aged {
+            if !self.is_leftover(&key, &multipart_id).await? {
+                continue;
             }
+            match self
+                .store
+                .abort_multipart(&Path::from(key.as_str()), &multipart_id)
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(e)),
+            }
+            tracing::info!(
+                key,
+                multipart_id,
+                "aborted a multipart upload nothing names"
+            );
+            aborted += 1;
         }
         Ok(aborted)
     }
