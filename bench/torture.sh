@@ -14,15 +14,15 @@ bash scripts/s3-server/run.sh install
 reports="crash-loop crash-loop-s3 power-cut power-cut-replay soak"
 for r in $reports; do rm -f "target/torture/$r.md"; done
 rm -rf target/torture/tally
-S3_REQUIRED=1 cargo test -q -p tests --test crash_loop -- --nocapture --test-threads 1
-STRACE_REQUIRED=1 cargo test -q -p tests --test power_cut -- --nocapture
-SOAK_SECS=${SOAK_SECS:-600} cargo test -q -p tests --test soak -- --nocapture
+S3_REQUIRED=1 cargo test -q -p tests --test e2e -- crash_loop:: --nocapture --test-threads 1
+STRACE_REQUIRED=1 cargo test -q -p tests --test e2e -- power_cut:: --nocapture
+SOAK_SECS=${SOAK_SECS:-600} cargo test -q -p tests --test e2e -- soak:: --nocapture
 # Faults and races: the tests that inject them, each adding its count to target/torture/tally.
 races="racing_puts_to_one_index concurrent_completes_complete_once a_retried_complete cancel_racing_complete idle_uploads_expire"
-S3_REQUIRED=1 cargo test -q -p tests --test server --test server_s3 -- $races a_failed_fsync
-S3_REQUIRED=1 cargo test -q -p tests --test s3 -- store_faults_are_survived the_cli_outlasts
-cargo test -q -p tests --test cli -- upload_survives_
-cargo test -q -p tests --test limits -- a_full_disk
+S3_REQUIRED=1 cargo test -q -p tests --test e2e -- $races a_failed_fsync
+S3_REQUIRED=1 cargo test -q -p tests --test e2e -- store_faults_are_survived the_cli_outlasts
+cargo test -q -p tests --test e2e -- cli::faults::upload_survives_
+cargo test -q -p tests --test e2e -- limits::a_full_disk
 table=""
 for r in $reports; do
   [ -f "target/torture/$r.md" ] || { echo "torture: no report target/torture/$r.md" >&2; exit 1; }

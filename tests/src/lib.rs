@@ -209,7 +209,7 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-// Helpers for the server tests (tests/tests/server.rs).
+// Helpers for the server tests (tests/tests/e2e/server/).
 impl Server {
     /// Sends a signal (e.g. "TERM") without waiting; see [`Server::wait_exit`].
     pub fn send_signal(&self, sig: &str) {
@@ -246,7 +246,7 @@ pub mod proxy;
 pub mod s3;
 pub mod webclients;
 
-// Servers with extra environment variables (tests/tests/s3.rs: `AWS_*` for S3 storage).
+// Servers with extra environment variables (tests/tests/e2e/s3.rs: `AWS_*` for S3 storage).
 impl Server {
     /// [`Server::start_in`] with extra environment variables for the process, e.g. the
     /// `AWS_*` credentials of an S3-compatible store ([`s3::S3Server::aws_env`]);

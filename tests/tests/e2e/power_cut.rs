@@ -1,4 +1,4 @@
-//! Power cut (issue 9): a kill -9 keeps the page cache, a power cut does not. What a
+//! Power cut: a kill -9 keeps the page cache, a power cut does not. What a
 //! power cut can take is every write not yet made durable, so the promise "a chunk is
 //! acknowledged only once it would survive a crash" is a rule about order: before each
 //! 2xx answer leaves, every write to the upload's files was followed by an fsync of that
@@ -553,7 +553,7 @@ async fn power_cut(replay: &Replay, line: usize, seed: u64, sent: &Sent) -> Resu
     Ok(lost)
 }
 
-/// Power cuts replayed (issue 9): the server runs under strace with the bytes of every
+/// Power cuts replayed: the server runs under strace with the bytes of every
 /// write; the test rebuilds, for each seed, what a disk could hold after a power cut at a
 /// random point of the run (unsynced writes lost or torn, unsynced names rolled back, see
 /// `tests::fs_replay`), opens it with the real recovery code, checks that nothing

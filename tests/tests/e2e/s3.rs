@@ -1,4 +1,4 @@
-//! End-to-end tests of `upload-server --storage s3` (issue 5) against a real
+//! End-to-end tests of `upload-server --storage s3` against a real
 //! S3-compatible server (moto behind `scripts/s3-server/launcher.py`, see `tests::s3`).
 //!
 //! Each test starts its own S3 server (own port, own in-memory state) with one bucket and
@@ -1569,7 +1569,7 @@ where
     }
 }
 
-/// The store down for 10 s in the middle of a CLI upload (issue 9): meanwhile the server
+/// The store down for 10 s in the middle of a CLI upload: meanwhile the server
 /// refuses requests with a 5xx instead of hanging, the CLI keeps retrying (honouring
 /// `Retry-After`), and once the store is back the same upload completes with the right
 /// SHA-256 and exactly one published object.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tests::Server;
 
-use crate::support::{random_file, Cli};
+use super::support::{random_file, Cli};
 
 struct Tmux {
     socket: String,

@@ -14,9 +14,7 @@
 //! The S3 test is skipped (with a message) when the S3 test server is not installed,
 //! unless `S3_REQUIRED=1`. Build the binaries first (`cargo build --workspace --bins`).
 
-#[path = "events/receiver.rs"]
 mod receiver;
-#[path = "events/support.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

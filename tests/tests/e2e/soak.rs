@@ -1,4 +1,4 @@
-//! Soak (issue 9): mixed load on one server for `SOAK_SECS` (20 s in `make test`, 600 in
+//! Soak: mixed load on one server for `SOAK_SECS` (20 s in `make test`, 600 in
 //! `make torture`): six clients in a loop create uploads, send their chunks in parallel,
 //! poll the status, complete and download them (checking the SHA-256), cancel some
 //! midway and abandon others to expiry. Checked: no request fails unexpectedly (5xx, or

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use tests::proxy::{Faults, Proxy};
 use tests::Server;
 
-use crate::support::{assert_progress_monotonic, file_sha, random_file, Cli};
+use super::support::{assert_progress_monotonic, file_sha, random_file, Cli};
 
 const MIB: usize = 1 << 20;
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use tests::{random_bytes, sha256_hex};
 use tokio::io::AsyncReadExt;
 
-use crate::support::*;
+use super::support::*;
 
 /// Acknowledged chunks survive `kill -9`; the status after a restart names exactly them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tests::Server;
 
-use crate::support::*;
+use super::support::*;
 
 /// A second server on a data directory in use refuses to start (two writers would corrupt
 /// the journals), and says why.

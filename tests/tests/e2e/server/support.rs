@@ -36,12 +36,12 @@ pub enum Storage {
 /// S3's smallest part, hence the smallest chunk but the last.
 const S3_MIN_CHUNK: usize = 5 * MIB;
 
-/// Starts an `upload-server` with `args` on this binary's storage ([`crate::STORAGE`]):
+/// Starts an `upload-server` with `args` on this binary's storage ([`super::STORAGE`]):
 /// `let (server, store) = start!(&[...]);`. On S3 the test returns early (skipped, with a
 /// message) when the S3 test server is not installed, unless `S3_REQUIRED=1`.
 macro_rules! start {
     ($args:expr) => {
-        match crate::support::start_server(module_path!(), $args).await {
+        match super::support::start_server(module_path!(), $args).await {
             Some(started) => started,
             None => return,
         }
@@ -52,7 +52,7 @@ pub(crate) use start;
 /// See [`start!`]: the server and its [`Store`], or `None` when S3 is not available.
 pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> {
     let dir = tempfile::tempdir().expect("temp dir");
-    match crate::STORAGE {
+    match super::STORAGE {
         Storage::Local => {
             let server = Server::start_in(dir.path(), args);
             Some((

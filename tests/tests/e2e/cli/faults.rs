@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use tests::proxy::{Faults, Proxy};
 use tests::Server;
 
-use crate::support::{assert_progress_monotonic, random_file, Cli};
+use super::support::{assert_progress_monotonic, random_file, Cli};
 
 /// A 64 MiB upload with 20% of its requests faulty completes with the right SHA-256, the
 /// retries are reported as events, and the server's copy is byte-identical.

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tests::{random_bytes, sha256_hex};
 
-use crate::support::*;
+use super::support::*;
 
 /// `--upload-ttl 2s`: an idle upload becomes 410 and its bytes disappear, while one that
 /// keeps receiving chunks lives on, and a completed one keeps its content.

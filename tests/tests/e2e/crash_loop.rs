@@ -1,4 +1,4 @@
-//! The crash loop (issue 9): the `uploader` CLI uploads a file with 8 chunks in flight
+//! The crash loop: the `uploader` CLI uploads a file with 8 chunks in flight
 //! while the harness `kill -9`s the server at random points of the upload (seeded, the
 //! seed printed), restarts it on the same data directory and port, and lets the CLI carry
 //! on (or runs it again, when its retries ran out: it resumes from its journal). Checked

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tests::{random_bytes, sha256_hex};
 
-use crate::support::*;
+use super::support::*;
 
 fn stream_body(parts: Vec<Vec<u8>>) -> reqwest::Body {
     let stream = futures_util::stream::iter(

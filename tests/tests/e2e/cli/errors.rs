@@ -3,7 +3,7 @@
 use tests::proxy::{Faults, Proxy};
 use tests::Server;
 
-use crate::support::{random_file, Cli, Run};
+use super::support::{random_file, Cli, Run};
 
 #[track_caller]
 fn one_line_error(run: &Run, code: i32, needle: &str) {

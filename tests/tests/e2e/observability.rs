@@ -1,4 +1,4 @@
-//! What operators and integrators see of a running server (issue 8): the Prometheus
+//! What operators and integrators see of a running server: the Prometheus
 //! metrics checked by `promtool` and against what the test did, the request log (one JSON
 //! line per request, no credentials in it), and the OpenAPI document fuzzed by
 //! Schemathesis against the real server.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tests::proxy::{Faults, Proxy};
 use tests::Server;
 
-use crate::support::{random_file, Cli};
+use super::support::{random_file, Cli};
 
 const MIB: u64 = 1 << 20;
 

@@ -1,0 +1,17 @@
+//! The native API suite on S3.
+
+/// The storage these tests run on (see `support::start_server`).
+const STORAGE: support::Storage = support::Storage::S3;
+
+#[path = "api.rs"]
+mod api;
+#[path = "bad_input.rs"]
+mod bad_input;
+#[path = "chunks.rs"]
+mod chunks;
+#[path = "crash.rs"]
+mod crash;
+#[path = "lifecycle.rs"]
+mod lifecycle;
+#[path = "support.rs"]
+mod support;
