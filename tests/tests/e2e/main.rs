@@ -7,6 +7,7 @@
 //! that needs a tool the project installs (`make test-deps`) says so and returns when it
 //! is missing, unless the tool's `*_REQUIRED=1` variable is set (as `make test` does).
 
+mod attacks;
 mod auth;
 mod cli;
 mod crash_loop;
