@@ -204,6 +204,12 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Memory for the state of idle open uploads kept between requests (their records and
+    /// chunk tables); past it the least recently active are read from storage again when
+    /// next used.
+    #[arg(long, env = "UPLOAD_SERVER_IDLE_UPLOAD_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    pub idle_upload_memory: u64,
+
     /// Storage faults to inject, for tests only (see `storage::faults`), e.g.
     /// `data-fsync@2`.
     #[arg(long, env = "UPLOAD_SERVER_FAULTS", hide = true)]

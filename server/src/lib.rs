@@ -80,6 +80,7 @@ pub async fn run(
             tombstone_ttl: config.tombstone_ttl,
             inline_verify_limit: config.inline_verify_limit,
             hash_ahead_memory: config.hash_ahead_memory,
+            idle_upload_memory: config.idle_upload_memory,
             stall_takeover: config.stall_takeover,
             quota: storage::quota::QuotaLimits {
                 max_open_uploads: config.max_open_uploads,

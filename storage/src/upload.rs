@@ -5,25 +5,45 @@
 //! chunk writes and exclusive for state changes (complete, cancel, expire), so a state
 //! change never interleaves with a chunk being stored.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use common::ranges::{to_ranges, IndexRanges};
+use common::ranges::IndexRanges;
 use common::{Sha256Digest, UploadId};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 use crate::backend::{Loaded, Receipt, StoredChunk};
 use crate::hash::PrefixHash;
-use crate::record::UploadRecord;
+use crate::record::{Concat, UploadRecord};
 use crate::writers::Writers;
 
 /// Which chunks are stored, with their digests, and how much of a partly appended chunk.
+///
+/// Memory follows what is stored, never what was declared: digests are kept in runs of
+/// consecutive chunk indexes (32 bytes a stored chunk, and a few words a run), so an
+/// upload that declares 100,000 chunks and stores none costs nothing here.
 pub struct ChunkTable {
-    digests: Vec<Option<Sha256Digest>>,
+    /// Chunks the upload has.
+    count: u64,
+    /// Stored chunks: sorted by start, disjoint, and never adjacent (adjacent runs merge).
+    runs: Vec<Run>,
     /// `(index, len)`: the first `len` bytes of chunk `index` are stored (in-order appends).
     partial: Option<(u64, u64)>,
     received_bytes: u64,
+}
+
+/// Consecutive stored chunks from `start`, with their digests in order.
+struct Run {
+    start: u64,
+    digests: VecDeque<Sha256Digest>,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.start + self.digests.len() as u64
+    }
 }
 
 impl ChunkTable {
@@ -34,7 +54,8 @@ impl ChunkTable {
             record.chunk_count()
         };
         let mut t = Self {
-            digests: vec![None; count as usize],
+            count,
+            runs: Vec::new(),
             partial: None,
             received_bytes: 0,
         };
@@ -47,9 +68,18 @@ impl ChunkTable {
         t
     }
 
+    /// The position of the run holding `index`, or where a run starting at it would go.
+    fn find(&self, index: u64) -> Result<usize, usize> {
+        let after = self.runs.partition_point(|r| r.start <= index);
+        match after.checked_sub(1) {
+            Some(at) if self.runs[at].end() > index => Ok(at),
+            _ => Err(after),
+        }
+    }
+
     /// Records the stored prefix of a chunk being appended to.
     pub fn set_partial(&mut self, index: u64, len: u64) {
-        if (index as usize) >= self.digests.len() || self.get(index).is_some() {
+        if index >= self.count || self.get(index).is_some() {
             return;
         }
         if let Some((_, old)) = self.partial.take() {
@@ -66,11 +96,10 @@ impl ChunkTable {
 
     /// Bytes stored contiguously from the start: where the next in-order append goes.
     pub fn contiguous_bytes(&self, record: &UploadRecord) -> u64 {
-        let first_missing = self
-            .digests
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or(self.digests.len()) as u64;
+        let first_missing = match self.runs.first() {
+            Some(r) if r.start == 0 => r.end(),
+            _ => 0,
+        };
         if first_missing >= record.chunk_count() {
             return record.size;
         }
@@ -83,20 +112,63 @@ impl ChunkTable {
 
     /// Digest of chunk `index` if it is stored.
     pub fn get(&self, index: u64) -> Option<Sha256Digest> {
-        self.digests.get(index as usize).copied().flatten()
+        let at = self.find(index).ok()?;
+        let run = &self.runs[at];
+        run.digests.get((index - run.start) as usize).copied()
     }
 
     /// Records a stored chunk.
     pub fn set(&mut self, index: u64, size: u64, digest: Sha256Digest) {
-        if let Some(slot) = self.digests.get_mut(index as usize) {
-            if slot.replace(digest).is_none() {
-                self.received_bytes += size;
-                if let Some((i, len)) = self.partial {
-                    if i == index {
-                        self.received_bytes -= len;
-                        self.partial = None;
+        if index >= self.count {
+            return;
+        }
+        let at = match self.find(index) {
+            Ok(at) => {
+                let run = &mut self.runs[at];
+                run.digests[(index - run.start) as usize] = digest;
+                return;
+            }
+            Err(at) => at,
+        };
+        let joins_left = at > 0 && self.runs[at - 1].end() == index;
+        let joins_right = self.runs.get(at).is_some_and(|r| r.start == index + 1);
+        match (joins_left, joins_right) {
+            (true, true) => {
+                self.runs[at - 1].digests.push_back(digest);
+                let right = self.runs.remove(at);
+                let left = &mut self.runs[at - 1];
+                // The shorter run moves into the longer one: merging stays cheap whatever
+                // the order chunks arrive in.
+                if left.digests.len() >= right.digests.len() {
+                    left.digests.extend(right.digests);
+                } else {
+                    let mut right = right;
+                    for d in left.digests.drain(..).rev() {
+                        right.digests.push_front(d);
                     }
+                    right.start = left.start;
+                    *left = right;
                 }
+            }
+            (true, false) => self.runs[at - 1].digests.push_back(digest),
+            (false, true) => {
+                let run = &mut self.runs[at];
+                run.digests.push_front(digest);
+                run.start = index;
+            }
+            (false, false) => self.runs.insert(
+                at,
+                Run {
+                    start: index,
+                    digests: VecDeque::from([digest]),
+                },
+            ),
+        }
+        self.received_bytes += size;
+        if let Some((i, len)) = self.partial {
+            if i == index {
+                self.received_bytes -= len;
+                self.partial = None;
             }
         }
     }
@@ -108,26 +180,46 @@ impl ChunkTable {
 
     /// Indexes not yet stored, as ranges.
     pub fn missing(&self) -> IndexRanges {
-        to_ranges(
-            self.digests
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.is_none())
-                .map(|(i, _)| i as u64),
-        )
+        let mut out = IndexRanges::new();
+        let mut next = 0;
+        for r in &self.runs {
+            if r.start > next {
+                out.push([next, r.start - 1]);
+            }
+            next = r.end();
+        }
+        if next < self.count {
+            out.push([next, self.count - 1]);
+        }
+        out
     }
 
     /// Keeps only the first `count` chunks: an upload whose length, declared late, has
     /// fewer chunks than its ceiling had (none of the dropped ones can be stored yet).
     pub fn truncate(&mut self, count: u64) {
-        self.digests.truncate(count as usize);
+        self.count = self.count.min(count);
+        self.runs.retain(|r| r.start < count);
+        if let Some(last) = self.runs.last_mut() {
+            last.digests.truncate((count - last.start) as usize);
+        }
     }
 
     /// Forgets every chunk (the bytes were discarded).
     pub fn clear(&mut self) {
-        self.digests.clear();
+        self.count = 0;
+        self.runs = Vec::new();
         self.partial = None;
         self.received_bytes = 0;
+    }
+
+    /// Heap memory held, roughly.
+    pub fn heap_bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<Run>()
+            + self
+                .runs
+                .iter()
+                .map(|r| r.digests.capacity() * std::mem::size_of::<Sha256Digest>())
+                .sum::<usize>()
     }
 }
 
@@ -248,6 +340,29 @@ impl Upload {
         *lock(&self.last_activity)
     }
 
+    /// Memory this handle holds, roughly: what keeping it in memory while idle costs.
+    pub fn approx_bytes(&self) -> usize {
+        let record = {
+            let r = lock(&self.record);
+            let text = |s: &String| s.len() + std::mem::size_of::<String>();
+            r.filename.as_ref().map_or(0, text)
+                + r.metadata
+                    .iter()
+                    .map(|(k, v)| text(k) + text(v) + 16)
+                    .sum::<usize>()
+                + match &r.concat {
+                    Some(Concat::Final { parts, urls }) => {
+                        parts.len() * std::mem::size_of::<UploadId>()
+                            + urls.iter().map(text).sum::<usize>()
+                    }
+                    _ => 0,
+                }
+        };
+        // The handle itself with its locks, hashers and writer table.
+        const HANDLE: usize = 1024;
+        HANDLE + record + self.chunks().heap_bytes()
+    }
+
     /// Counts a request in flight until the guard drops; busy uploads never expire.
     pub fn busy_guard(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::SeqCst);
@@ -275,4 +390,108 @@ impl Drop for BusyGuard {
 /// critical section here is a few assignments that cannot panic halfway).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::record::{StoredState, UploadMode};
+
+    fn record(size: u64, chunk_size: u64) -> UploadRecord {
+        UploadRecord {
+            id: UploadId::new_random(),
+            size,
+            chunk_size,
+            mode: UploadMode::Chunks,
+            declared_sha256: None,
+            sha256: None,
+            filename: None,
+            metadata: Default::default(),
+            state: StoredState::Uploading,
+            failure: None,
+            concat: None,
+            length_deferred: false,
+            owner: None,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+            version: None,
+        }
+    }
+
+    fn digest(i: u64) -> Sha256Digest {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&i.to_le_bytes());
+        Sha256Digest(d)
+    }
+
+    /// An upload that declares 100,000 chunks and stores none holds no chunk memory; one
+    /// that stores them in order holds one run.
+    #[test]
+    fn memory_follows_stored_chunks_not_declared_ones() {
+        let r = record(100_000 * 65536, 65536);
+        let mut t = ChunkTable::new(&r, &[]);
+        assert_eq!(t.heap_bytes(), 0);
+        assert_eq!(t.missing(), vec![[0, 99_999]]);
+        for i in 0..1000 {
+            t.set(i, 65536, digest(i));
+        }
+        assert_eq!(t.runs.len(), 1);
+        assert!(t.heap_bytes() <= 2 * 1000 * 32 + 64, "{}", t.heap_bytes());
+    }
+
+    proptest! {
+        /// Whatever order chunks (and partial appends) arrive in, the table answers as a
+        /// plain map of index to digest would.
+        #[test]
+        fn the_table_answers_as_a_map_would(
+            count in 1u64..64,
+            ops in prop::collection::vec((0u64..70, any::<bool>(), 1u64..10), 0..200),
+            cut in prop::option::of(0u64..64),
+        ) {
+            let cs = 10;
+            let r = record(count * cs, cs);
+            let mut t = ChunkTable::new(&r, &[]);
+            let mut model: BTreeMap<u64, Sha256Digest> = BTreeMap::new();
+            let mut partial: Option<(u64, u64)> = None;
+            for (index, whole, len) in ops {
+                if whole {
+                    t.set(index, cs, digest(index));
+                    if index < count {
+                        model.insert(index, digest(index));
+                        if partial.is_some_and(|(i, _)| i == index) {
+                            partial = None;
+                        }
+                    }
+                } else {
+                    t.set_partial(index, len);
+                    if index < count && !model.contains_key(&index) {
+                        partial = Some((index, len));
+                    }
+                }
+            }
+            let mut count = count;
+            if let Some(c) = cut {
+                t.truncate(c);
+                count = count.min(c);
+                model.retain(|i, _| *i < c);
+            }
+            for i in 0..70 {
+                prop_assert_eq!(t.get(i), model.get(&i).copied(), "chunk {}", i);
+            }
+            let missing: Vec<u64> = (0..count).filter(|i| !model.contains_key(i)).collect();
+            prop_assert_eq!(t.missing(), common::ranges::to_ranges(missing));
+            prop_assert_eq!(t.partial(), partial);
+            if cut.is_none() {
+                let stored = model.len() as u64 * cs + partial.map_or(0, |p| p.1);
+                prop_assert_eq!(t.received_bytes(), stored);
+            }
+            for w in t.runs.windows(2) {
+                prop_assert!(w[0].end() < w[1].start, "runs are disjoint and apart");
+            }
+        }
+    }
 }

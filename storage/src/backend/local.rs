@@ -231,6 +231,12 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn last_write(&self, record: &UploadRecord) -> Result<OffsetDateTime> {
+        let journal = self.dir(record.id).join("chunks.journal");
+        let updated = record.updated_at;
+        blocking(move || Ok(mtime(&journal).map_or(updated, |m| m.max(updated)))).await
+    }
+
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>> {
         let path = self.dir(id).join("record.json");
         blocking(move || read_json(&path)).await

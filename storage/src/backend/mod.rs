@@ -152,6 +152,15 @@ pub trait Backend: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// When bytes or state of the upload stored as `record` last changed, for idle expiry,
+    /// without reading its chunk receipts where storage can tell otherwise.
+    async fn last_write(&self, record: &UploadRecord) -> Result<OffsetDateTime> {
+        Ok(self
+            .load(record.id)
+            .await?
+            .map_or(record.updated_at, |l| l.last_activity))
+    }
+
     /// Reads only the record, without chunk receipts: cheap, for sweeps and start-up.
     async fn load_record(&self, id: UploadId) -> Result<Option<UploadRecord>>;
 

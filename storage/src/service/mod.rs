@@ -61,6 +61,9 @@ pub struct UploadsConfig {
     /// read them back before completion (S3), kept to be hashed in their turn instead of
     /// read back at completion (see [`crate::ordered_hash`]).
     pub hash_ahead_memory: u64,
+    /// Memory for the state of idle open uploads kept between requests (records and chunk
+    /// tables); past it the least recently active are read from storage again when used.
+    pub idle_upload_memory: u64,
 }
 
 impl Default for UploadsConfig {
@@ -73,6 +76,7 @@ impl Default for UploadsConfig {
             stall_takeover: Duration::from_secs(5),
             quota: QuotaLimits::default(),
             hash_ahead_memory: 64 << 20,
+            idle_upload_memory: 64 << 20,
         }
     }
 }
@@ -178,7 +182,7 @@ impl Uploads {
         };
         let this = Arc::new(Self {
             hash: WholeHash::new(backend.clone(), config.hash_ahead_memory),
-            registry: Registry::new(backend.clone()),
+            registry: Registry::new(backend.clone(), config.idle_upload_memory),
             ledger: Ledger::new(config.quota),
             backend,
             config,
@@ -206,8 +210,12 @@ impl Uploads {
                         && r.mode == UploadMode::Stream
                         && !r.length_deferred
                     {
-                        let up = this.registry.get(id, Purpose::Whole).await?;
-                        this.finish_if_stored(&up);
+                        // Looked at, not kept: open uploads are read when next used.
+                        if let Some(up) = this.registry.detached(id).await? {
+                            if up.chunks().contiguous_bytes(&r) == r.size {
+                                this.finish_if_stored(&this.registry.adopt(up));
+                            }
+                        }
                     }
                 }
                 Ok(None) => {}

@@ -2,12 +2,15 @@
 //! process owns its storage or shares it with other server processes.
 //!
 //! On storage this process owns (local disk), handles stay in memory while in use and its
-//! own locks order every request. On shared storage (one S3 bucket, many servers) another
+//! own locks order every request; idle ones are kept within a memory budget, the least
+//! recently active dropped first (everything in a handle is in storage too, so a dropped
+//! one is read again when next used). On shared storage (one S3 bucket, many servers) another
 //! process may change an upload between two requests, so every request loads afresh,
 //! relies on the backend's conditional writes, and a failing store is "retry soon" (503)
 //! rather than a server fault.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use crate::backend::{Backend, Loaded};
 use crate::breaker::Breaker;
 use crate::error::{Error, Result};
 use crate::principal;
-use crate::record::{StoredState, UploadRecord};
+use crate::record::{StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 
 /// What a handle is loaded for.
@@ -36,17 +39,32 @@ pub struct Registry {
     shared: bool,
     breaker: Breaker,
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
+    /// Memory idle handles may hold together.
+    budget: u64,
+    /// Handles adopted since the budget was last checked.
+    adopted: AtomicU64,
 }
 
+/// How many handles may be adopted between two checks of the budget.
+const CHECK_EVERY: u64 = 64;
+
 impl Registry {
-    /// The registry over `backend`.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
+    /// The registry over `backend`, keeping idle handles within `budget` bytes.
+    pub fn new(backend: Arc<dyn Backend>, budget: u64) -> Self {
         Self {
             shared: backend.info().shared,
             backend,
             breaker: Breaker::new(Duration::from_secs(2)),
             open: Mutex::new(HashMap::new()),
+            budget,
+            adopted: AtomicU64::new(0),
         }
+    }
+
+    /// Whether handles are kept between requests (storage this process owns): an upload
+    /// whose handle is not kept is then idle.
+    pub fn keeps_handles(&self) -> bool {
+        !self.shared
     }
 
     /// The circuit breaker in front of the storage.
@@ -84,12 +102,28 @@ impl Registry {
         Ok(self.adopt(up))
     }
 
+    /// A handle read from storage and not kept (the caller may [`Self::adopt`] it): for
+    /// a look at an upload that must not stay in memory, e.g. at start-up.
+    pub async fn detached(&self, id: UploadId) -> Result<Option<Arc<Upload>>> {
+        if let Some(up) = self.cached(id) {
+            return Ok(Some(up));
+        }
+        let loaded = self.backend.load(id).await;
+        Ok(self
+            .store_failure(loaded)?
+            .map(|l| Arc::new(Upload::from_loaded(l))))
+    }
+
     /// Keeps a new upload's handle (where handles are kept) and returns it.
     pub fn adopt(&self, up: Arc<Upload>) -> Arc<Upload> {
         if self.shared {
             return up;
         }
-        self.lock().entry(up.id).or_insert(up).clone()
+        let kept = self.lock().entry(up.id).or_insert(up).clone();
+        if self.adopted.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == CHECK_EVERY - 1 {
+            self.keep_within_budget();
+        }
+        kept
     }
 
     /// The handle of a brand-new upload, stored as `record`.
@@ -113,7 +147,8 @@ impl Registry {
         self.lock().remove(&id);
     }
 
-    /// Drops handles nobody uses whose upload no longer changes.
+    /// Drops handles nobody uses whose upload no longer changes, and idle ones past the
+    /// memory budget.
     pub fn trim(&self) {
         self.lock().retain(|_, up| {
             Arc::strong_count(up) > 1
@@ -122,6 +157,53 @@ impl Registry {
                     StoredState::Uploading | StoredState::Completing
                 )
         });
+        self.keep_within_budget();
+    }
+
+    /// Drops idle handles, least recently active first, until those kept fit the budget
+    /// (with room for the next ones). A handle in use (a request, a verification, a hash
+    /// catch-up holds it) is never dropped, nor an in-order upload whose bytes are all
+    /// stored (it is about to be completed).
+    fn keep_within_budget(&self) {
+        let mut open = self.lock();
+        let sizes: Vec<(UploadId, usize)> = open
+            .iter()
+            .map(|(id, up)| (*id, up.approx_bytes()))
+            .collect();
+        let total: u64 = sizes.iter().map(|(_, b)| *b as u64).sum();
+        if total <= self.budget {
+            return;
+        }
+        let mut idle: Vec<_> = sizes
+            .into_iter()
+            .filter_map(|(id, bytes)| {
+                let up = open.get(&id)?;
+                let record = up.record();
+                let finishing = record.mode == UploadMode::Stream
+                    && !record.length_deferred
+                    && up.chunks().contiguous_bytes(&record) == record.size;
+                (Arc::strong_count(up) == 1 && record.state == StoredState::Uploading && !finishing)
+                    .then(|| (up.last_activity(), id, bytes as u64))
+            })
+            .collect();
+        idle.sort_unstable_by_key(|(at, _, _)| *at);
+        let target = self.budget / 4 * 3;
+        let mut kept = total;
+        let mut dropped = 0;
+        for (_, id, bytes) in idle {
+            if kept <= target {
+                break;
+            }
+            open.remove(&id);
+            kept -= bytes;
+            dropped += 1;
+        }
+        tracing::debug!(
+            dropped,
+            kept,
+            budget = self.budget,
+            "idle upload handles dropped"
+        );
     }
 
     /// After a chunk's receipt was stored: whether the upload is still open. On shared
@@ -154,5 +236,75 @@ impl Registry {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<UploadId, Arc<Upload>>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use common::api::CreateUpload;
+
+    use super::*;
+    use crate::record::Limits;
+    use crate::LocalBackend;
+
+    fn record(n: usize) -> UploadRecord {
+        let limits = Limits {
+            max_upload_size: 1 << 40,
+            chunk_size: common::api::ChunkSizeBounds {
+                min: 65536,
+                max: 1 << 30,
+                default: 65536,
+            },
+            max_chunks: 100_000,
+        };
+        let req = CreateUpload {
+            size: 100_000 * 65536,
+            chunk_size: Some(65536),
+            ..Default::default()
+        };
+        let chunk_size = limits.validate(&req).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        UploadRecord {
+            id: UploadId::new_random(),
+            size: req.size,
+            chunk_size,
+            mode: UploadMode::Chunks,
+            declared_sha256: None,
+            sha256: None,
+            filename: Some(format!("file-{n}")),
+            metadata: [("k".to_string(), "v".repeat(4000))].into(),
+            state: StoredState::Uploading,
+            failure: None,
+            concat: None,
+            length_deferred: false,
+            owner: None,
+            created_at: now,
+            updated_at: now,
+            version: None,
+        }
+    }
+
+    /// Idle handles are kept within the budget, the least recently active dropped first;
+    /// a handle in use is never dropped.
+    #[tokio::test]
+    async fn idle_handles_are_kept_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(LocalBackend::open(dir.path()).unwrap());
+        let registry = Registry::new(backend, 100 << 10);
+        let held = registry.created(record(0));
+        let mut last = None;
+        for n in 1..200 {
+            last = Some(registry.created(record(n)).id);
+        }
+        registry.trim();
+        let kept: Vec<_> = registry.lock().values().cloned().collect();
+        let bytes: usize = kept.iter().map(|u| u.approx_bytes()).sum();
+        assert!(bytes as u64 <= 100 << 10, "{bytes} bytes kept");
+        assert!(kept.len() > 5, "only {} kept", kept.len());
+        assert!(registry.cached(held.id).is_some(), "a handle in use stays");
+        assert!(
+            registry.cached(last.unwrap()).is_some(),
+            "the most recently active stays"
+        );
     }
 }

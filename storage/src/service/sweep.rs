@@ -94,6 +94,14 @@ impl Uploads {
             }
         };
         if record.state == StoredState::Uploading {
+            // An upload whose handle is not kept is idle: whether long enough is read from
+            // storage, without loading its chunks.
+            if cached.is_none() && self.registry.keeps_handles() {
+                let last = self.backend.last_write(&record).await?;
+                if now - last <= self.config.upload_ttl {
+                    return Ok(());
+                }
+            }
             // Before the idle check reads them: what chunk writes have left so far.
             let marks = self.backend.write_marks(id).await?;
             let up = handle(cached).await?;
