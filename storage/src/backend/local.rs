@@ -9,12 +9,18 @@
 //! {root}/uploads/{id}/hash.json      whole-file SHA-256 midstate (advisory, not fsync'd)
 //! {root}/uploads/{id}/content        the verified file, renamed from `data` once completed
 //! {root}/idempotency/{sha256(key)}   which upload an Idempotency-Key created
+//! {root}/.reserve                    room kept for the records that free a full disk
 //! ```
 //! A chunk is written with positional writes into `data`, then `data` is fdatasync'd and
 //! a receipt appended to the journal and fdatasync'd; only then is it acknowledged. So the
 //! journal never names bytes that are not on disk, and bytes without a receipt are simply
 //! missing (rewritten by the next PUT). `object_store`'s local store is not used: it neither
 //! fsyncs nor writes at offsets.
+//!
+//! A full disk must still be clearable: a cancel or an expiry rewrites the record before
+//! its bytes are freed, and a record is replaced through a new file. So a little room is
+//! kept in `.reserve`, given up when the record of an ended upload (cancelled, expired,
+//! failed) finds the disk full, and taken again once bytes are freed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -36,9 +42,11 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
-use crate::record::UploadRecord;
+use crate::record::{StoredState, UploadRecord};
 
 const MIB: u64 = 1 << 20;
+/// Room kept for the records of ended uploads on a full disk: some sixty records.
+const RESERVE: usize = 256 << 10;
 /// Size of the buffered writes and reads against `data`.
 const IO_BUF: usize = 1 << 20;
 
@@ -85,6 +93,7 @@ impl LocalBackend {
                 }
             }
         }
+        keep_reserve(&root);
         Ok(Self { root, _lock: lock })
     }
 
@@ -122,6 +131,32 @@ fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes sure the reserve exists (best effort: on a full disk it is taken again later).
+fn keep_reserve(root: &Path) {
+    let path = root.join(".reserve");
+    if path.exists() {
+        return;
+    }
+    if let Err(e) = write_atomic(&path, &vec![0u8; RESERVE], true) {
+        tracing::debug!(error = %e, "the disk's reserve is not back yet");
+    }
+}
+
+/// Writes a record; the record of an ended upload may use the reserve when the disk is
+/// full, since it is what frees the upload's bytes.
+fn write_record(root: &Path, path: &Path, record: &UploadRecord, json: &[u8]) -> Result<()> {
+    match write_atomic(path, json, true) {
+        Err(Error::StorageFull)
+            if record.state == StoredState::Failed || record.state.is_tombstone() =>
+        {
+            tracing::warn!(id = %record.id, "disk full: using the reserve to record an ended upload");
+            remove_if_exists(&root.join(".reserve"))?;
+            write_atomic(path, json, true)
+        }
+        other => other,
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
@@ -247,7 +282,8 @@ impl Backend for LocalBackend {
         // locks: no version check is needed.
         let path = self.dir(record.id).join("record.json");
         let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
-        blocking(move || write_atomic(&path, &json, true)).await?;
+        let (root, record) = (self.root.clone(), record.clone());
+        blocking(move || write_record(&root, &path, &record, &json)).await?;
         Ok(None)
     }
 
@@ -363,24 +399,30 @@ impl Backend for LocalBackend {
 
     async fn discard(&self, id: UploadId) -> Result<()> {
         let dir = self.dir(id);
+        let root = self.root.clone();
         blocking(move || {
             for name in ["data", "content", "chunks.journal", "hash.json"] {
                 remove_if_exists(&dir.join(name))?;
             }
-            fsync_dir(&dir)
+            fsync_dir(&dir)?;
+            keep_reserve(&root);
+            Ok(())
         })
         .await
     }
 
     async fn purge(&self, id: UploadId) -> Result<()> {
         let dir = self.dir(id);
+        let root = self.root.clone();
         let parent = self.root.join("uploads");
         blocking(move || {
             match fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
-            fsync_dir(&parent)
+            fsync_dir(&parent)?;
+            keep_reserve(&root);
+            Ok(())
         })
         .await
     }

@@ -350,7 +350,17 @@ impl Uploads {
                 was_open: before.state.is_open(),
             });
         }
-        t.record.version = self.backend.save_record(&t.record).await?;
+        t.record.version = match self.backend.save_record(&t.record).await {
+            // A full disk: a step that frees the upload's bytes frees them first, so that
+            // clearing a full disk never needs room.
+            Err(Error::StorageFull) if t.effects.contains(&Effect::Discard) => {
+                tracing::warn!(id = %up.id, "storage full: freeing the bytes before the record");
+                self.backend.discard(up.id).await?;
+                up.chunks().clear();
+                self.backend.save_record(&t.record).await?
+            }
+            saved => saved?,
+        };
         let record = &t.record;
         if !record.state.is_open() {
             self.ledger.release(record.id);

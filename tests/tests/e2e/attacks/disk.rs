@@ -68,3 +68,111 @@ async fn chunks_acknowledged_after_a_full_disk_survive_a_restart() {
         .unwrap();
     assert_eq!(done.status(), StatusCode::OK);
 }
+
+/// Fills a volume: chunks of a new upload until the disk refuses one (507), then a file
+/// for whatever room is left. Returns the upload's id.
+async fn fill_with_an_upload(api: &Api, volume: &Tmpfs) -> (String, Filler) {
+    let cs = 64 * KIB;
+    let big = api.create(1 << 30, cs).await;
+    let id = big.id.to_string();
+    let chunk = tests::random_bytes(cs, 7);
+    for i in 0.. {
+        let r = api.put_chunk(&id, i, &chunk).await;
+        if r.status() == StatusCode::INSUFFICIENT_STORAGE {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::CREATED, "chunk {i}");
+    }
+    (id, Filler::fill(&volume.path().join("filler")))
+}
+
+/// A full disk is cleared through the API: DELETE frees an upload's bytes (and cancels
+/// one that has none) instead of answering 507 because its record needs room first.
+#[tokio::test]
+async fn delete_works_on_a_full_disk() {
+    let volume = Tmpfs::mount("16m");
+    let server = Server::start_in(&volume.path().join("data"), &[]);
+    let api = Api::new(&server);
+    let cs = 64 * KIB;
+    let with_bytes = api.create(64 * cs, cs).await.id.to_string();
+    for i in 0..32 {
+        let r = api
+            .put_chunk(&with_bytes, i, &random_bytes(cs, i as u64))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let without_bytes = api.create(64 * cs, cs).await.id.to_string();
+    let (big, _filler) = fill_with_an_upload(&api, &volume).await;
+    assert!(volume.free() < cs as u64, "the volume is full");
+
+    let r = api.delete(&without_bytes).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let before = volume.free();
+    let r = api.delete(&with_bytes).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert!(
+        volume.free() >= before + 32 * cs as u64 - 256 * KIB as u64,
+        "the upload's 2 MiB are free again: {} -> {}",
+        before,
+        volume.free()
+    );
+    for id in [&without_bytes, &with_bytes] {
+        let gone = api
+            .req(Method::GET, &format!("/v1/uploads/{id}"))
+            .send()
+            .await
+            .unwrap();
+        problem(gone, StatusCode::GONE, "upload-gone").await;
+    }
+    // The upload that filled the disk goes too, and the freed room is usable.
+    assert_eq!(api.delete(&big).await.status(), StatusCode::NO_CONTENT);
+    let again = api.create(cs, cs).await.id.to_string();
+    let r = api.put_chunk(&again, 0, &random_bytes(cs, 1)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// Idle uploads expire on a full disk, each freeing its bytes, whatever the others do.
+#[tokio::test]
+async fn idle_uploads_expire_on_a_full_disk() {
+    let volume = Tmpfs::mount("16m");
+    let server = Server::start_in(&volume.path().join("data"), &["--upload-ttl", "2s"]);
+    let api = Api::new(&server);
+    let cs = 64 * KIB;
+    let small = api.create(64 * cs, cs).await.id.to_string();
+    for i in 0..16 {
+        let r = api.put_chunk(&small, i, &random_bytes(cs, i as u64)).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let (big, _filler) = fill_with_an_upload(&api, &volume).await;
+    assert!(volume.free() < cs as u64, "the volume is full");
+    for id in [&small, &big] {
+        eventually(
+            std::time::Duration::from_secs(30),
+            "the idle upload expires on the full disk",
+            || async {
+                let r = api
+                    .req(Method::GET, &format!("/v1/uploads/{id}"))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status() == StatusCode::GONE
+            },
+        )
+        .await;
+    }
+    assert!(
+        volume.free() > 8 * MIB as u64,
+        "the expired uploads' bytes are free: {} bytes",
+        volume.free()
+    );
+}
