@@ -455,6 +455,24 @@ impl Backend for LocalBackend {
         .await
     }
 
+    async fn release_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<()> {
+        let dir = self.root.join("idempotency");
+        let path = dir.join(key.to_hex());
+        let claim = claim.clone();
+        blocking(move || {
+            if read_json::<IdempotencyClaim>(&path).unwrap_or(None) == Some(claim) {
+                remove_if_exists(&path)?;
+                fsync_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn health(&self) -> Result<()> {
         let probe = self.root.join(".health");
         blocking(move || {

@@ -233,6 +233,18 @@ pub trait Backend: Send + Sync + 'static {
         claim: &IdempotencyClaim,
     ) -> Result<Option<IdempotencyClaim>>;
 
+    /// Gives up a key this process claimed for `claim` whose create was then refused (a
+    /// limit, a full disk), unless the key names another upload by now. Without it a
+    /// refused create's key stays claimed and the next request under it is taken for the
+    /// retry of a crashed create.
+    async fn release_idempotency_key(
+        &self,
+        _key: &Sha256Digest,
+        _claim: &IdempotencyClaim,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Removes what a crash can leave in storage that no upload names, so that it is not
     /// kept (and paid for) forever: on S3, multipart uploads begun by a create whose
     /// record was never written, or by a publishing copy that stopped, once older than

@@ -1,6 +1,12 @@
 //! New uploads: their record, their owner, their place in the quota, and idempotency keys
 //! (the same request under the same key returns the same upload).
+//!
+//! Requests under one key wait for each other, and for nobody else: a client retrying
+//! refused creates never delays another's. A create that is refused (a limit, a full
+//! disk) gives its key up again, so the key is free for the client's next try.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::api::CreateUpload;
@@ -81,10 +87,6 @@ impl Uploads {
             );
         }
         let chunk_size = self.limits.validate(&req)?;
-        let _serial = match idempotency_key {
-            Some(_) => Some(self.create_lock.lock().await),
-            None => None,
-        };
         let now = OffsetDateTime::now_utc();
         let record = UploadRecord {
             id: UploadId::new_random(),
@@ -104,73 +106,84 @@ impl Uploads {
             updated_at: now,
             version: None,
         };
-        if let Some(key) = idempotency_key {
-            if let Some(created) = self.claim_key(key, &req, &record).await? {
-                return Ok(created);
-            }
+        let Some(key) = idempotency_key else {
+            return self.insert_new(record).await;
+        };
+        let key = KeyClaim::new(&record, key, &req)?;
+        let _same_key = self.key_locks.lock(key.digest).await;
+        if let Some(created) = self.claim_key(&key, &record).await? {
+            return Ok(created);
         }
-        self.insert_new(record).await
+        let created = self.insert_new(record).await;
+        if created.is_err() {
+            self.give_up_key(&key).await;
+        }
+        created
     }
 
     /// Claims `key` for `record`; when an earlier request holds it, answers with the
-    /// upload that request created.
-    async fn claim_key(
-        &self,
-        key: &str,
-        req: &CreateUpload,
-        record: &UploadRecord,
-    ) -> Result<Option<Created>> {
-        // Keys are per owner: two owners may pick the same key.
-        let mut h = Sha256::new();
-        h.update(record.owner.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(key.as_bytes());
-        let key_digest = Sha256Digest(h.finalize().into());
-        // The same request written differently (an empty metadata object or none) is the
-        // same request.
-        let mut canonical = req.clone();
-        canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
-        let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let claim = IdempotencyClaim {
-            id: record.id,
-            fingerprint: Sha256Digest(Sha256::digest(&body).into()),
-        };
+    /// upload that request created. Caller holds the key's lock.
+    async fn claim_key(&self, key: &KeyClaim, record: &UploadRecord) -> Result<Option<Created>> {
         let Some(existing) = self
             .backend
-            .claim_idempotency_key(&key_digest, &claim)
+            .claim_idempotency_key(&key.digest, &key.claim)
             .await?
         else {
             return Ok(None);
         };
-        if existing.fingerprint != claim.fingerprint {
+        if existing.fingerprint != key.claim.fingerprint {
             return Err(Error::IdempotencyConflict);
         }
         match self.status(existing.id).await {
             Ok(status) => Ok(Some(Created { status, new: false })),
-            // The claim was written but the upload was not (a crash between the two):
-            // create it now under the claimed id.
+            // The claim was written but the upload was not (a crash between the two, or a
+            // refusal whose claim could not be given up): create it now under the claimed
+            // id.
             Err(Error::NotFound) => {
-                // Usually the request that made the claim is creating the upload right
-                // now: give it a moment before concluding it crashed.
-                for _ in 0..20 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(status) = self.status(existing.id).await {
-                        return Ok(Some(Created { status, new: false }));
+                // On shared storage the request that made the claim may be creating the
+                // upload on another server right now: give it a moment. Here, the key's
+                // lock says no request of this process is.
+                if !self.registry.keeps_handles() {
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if let Ok(status) = self.status(existing.id).await {
+                            return Ok(Some(Created { status, new: false }));
+                        }
                     }
                 }
                 let record = UploadRecord {
                     id: existing.id,
                     ..record.clone()
                 };
+                let key = KeyClaim {
+                    claim: existing.clone(),
+                    ..key.clone()
+                };
                 match self.insert_new(record).await {
                     Err(Error::Conflict) => Ok(Some(Created {
                         status: self.status(existing.id).await?,
                         new: false,
                     })),
-                    other => other.map(Some),
+                    Err(e) => {
+                        self.give_up_key(&key).await;
+                        Err(e)
+                    }
+                    Ok(created) => Ok(Some(created)),
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a key up after its create was refused (best effort: a claim left behind is
+    /// taken as a crashed create by the next request under the key).
+    async fn give_up_key(&self, key: &KeyClaim) {
+        if let Err(e) = self
+            .backend
+            .release_idempotency_key(&key.digest, &key.claim)
+            .await
+        {
+            tracing::warn!(error = %e, "could not give up the idempotency key of a refused create");
         }
     }
 
@@ -195,5 +208,74 @@ impl Uploads {
             status: self.status_of(&up)?,
             new: true,
         })
+    }
+}
+
+/// An idempotency key as stored: its digest (per owner) and the claim of one request.
+#[derive(Clone)]
+struct KeyClaim {
+    digest: Sha256Digest,
+    claim: IdempotencyClaim,
+}
+
+impl KeyClaim {
+    fn new(record: &UploadRecord, key: &str, req: &CreateUpload) -> Result<Self> {
+        // Keys are per owner: two owners may pick the same key.
+        let mut h = Sha256::new();
+        h.update(record.owner.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        // The same request written differently (an empty metadata object or none) is the
+        // same request.
+        let mut canonical = req.clone();
+        canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
+        let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
+        Ok(Self {
+            digest: Sha256Digest(h.finalize().into()),
+            claim: IdempotencyClaim {
+                id: record.id,
+                fingerprint: Sha256Digest(Sha256::digest(&body).into()),
+            },
+        })
+    }
+}
+
+/// One lock per idempotency key in use, so that requests under the same key run one at a
+/// time and requests under other keys do not wait.
+#[derive(Default)]
+pub(super) struct KeyLocks(Mutex<HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Held while a request works under a key.
+pub(super) struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    key: Sha256Digest,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, key: Sha256Digest) -> KeyGuard<'_> {
+        let lock = self.map().entry(key).or_default().clone();
+        KeyGuard {
+            locks: self,
+            key,
+            _held: lock.lock_owned().await,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.map();
+        // The map's and this guard's: nobody else waits for the key.
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            map.remove(&self.key);
+        }
     }
 }

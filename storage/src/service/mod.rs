@@ -152,7 +152,7 @@ pub struct Uploads {
     config: UploadsConfig,
     limits: Limits,
     registry: Registry,
-    create_lock: tokio::sync::Mutex<()>,
+    key_locks: create::KeyLocks,
     hash: WholeHash,
     ledger: Ledger,
     events: Events,
@@ -187,7 +187,7 @@ impl Uploads {
             backend,
             config,
             limits,
-            create_lock: tokio::sync::Mutex::new(()),
+            key_locks: create::KeyLocks::default(),
             events,
         });
         let now = OffsetDateTime::now_utc();
