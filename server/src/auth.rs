@@ -3,15 +3,25 @@
 //! Two ways, usable together: a tokens file (`token owner` per line, reloaded on SIGHUP),
 //! for simple deployments; and signed tokens (`--token-secret`): HMAC-SHA256 JWTs whose
 //! `sub` is the owner and `exp` their expiry, so a web app's backend mints short-lived
-//! upload tokens without calling the server. With neither, requests are anonymous.
+//! upload tokens without calling the server. With neither, requests are anonymous, and
+//! [`crate::site`] decides which web pages may drive the server.
 //! The JWT check (HS256 only) is written here on `hmac` and `sha2`: a full JWT library
 //! would bring a second crypto stack for one algorithm.
+//!
+//! A signed download URL never outlives what minted it: one minted with a tokens-file
+//! token names the token (by a keyed digest) and works only while the file still has it,
+//! acting as its owner; one minted with a JWT expires with the JWT at the latest.
+//!
+//! Failed authentications are limited per client address (see
+//! [`crate::rate_limit::AuthFailures`]).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +31,8 @@ use sha2::Sha256;
 use storage::principal::{self, Principal};
 
 use crate::error::ApiError;
+use crate::rate_limit::AuthFailures;
+use crate::site::{Refusal, Site};
 
 /// How requests are authenticated.
 #[derive(Clone, Default)]
@@ -30,13 +42,49 @@ pub struct Auth {
     /// Key of signed download URLs: the token secret, or a random key (URLs then last
     /// until a restart at most).
     url_key: Arc<Vec<u8>>,
+    /// Longest lifetime a JWT may have (`exp` from `iat`, or from now without one).
+    max_jwt_lifetime: Option<Duration>,
+    failures: AuthFailures,
+    /// Which pages may drive the server when it is anonymous.
+    site: Site,
+    /// `/metrics` needs one of these owners' tokens.
+    metrics_admins: Option<Arc<Vec<String>>>,
 }
 
 /// A tokens file and its current content.
 #[derive(Clone)]
 struct TokensFile {
     path: PathBuf,
-    map: Arc<RwLock<HashMap<String, String>>>,
+    map: Arc<RwLock<Tokens>>,
+}
+
+/// Tokens by their text, and owners by the key id download URLs name them by.
+#[derive(Default)]
+struct Tokens {
+    owners: HashMap<String, String>,
+    by_kid: HashMap<String, String>,
+}
+
+/// What authenticated the request being handled: what a download URL it mints is tied to.
+#[derive(Clone, Debug)]
+enum Credential {
+    /// A tokens-file token, by its key id.
+    Listed(String),
+    /// A JWT, valid until `exp`.
+    Jwt { exp: i64 },
+}
+
+tokio::task_local! {
+    static CREDENTIAL: Credential;
+}
+
+/// The claims of a valid JWT that matter here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// The owner.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
 }
 
 /// Why a request is not authenticated.
@@ -53,48 +101,121 @@ pub enum AuthError {
 impl Auth {
     /// Authentication from a tokens file and/or a JWT secret; anonymous with neither.
     pub fn new(tokens_file: Option<&Path>, secret: Option<&str>) -> std::io::Result<Self> {
-        let tokens = match tokens_file {
-            Some(p) => Some(TokensFile {
-                path: p.to_path_buf(),
-                map: Arc::new(RwLock::new(read_tokens(p)?)),
-            }),
-            None => None,
-        };
-        let url_key = match secret {
+        let url_key = Arc::new(match secret {
             Some(s) => format!("content-url:{s}").into_bytes(),
             None => [
                 uuid::Uuid::new_v4().into_bytes(),
                 uuid::Uuid::new_v4().into_bytes(),
             ]
             .concat(),
+        });
+        let tokens = match tokens_file {
+            Some(p) => Some(TokensFile {
+                path: p.to_path_buf(),
+                map: Arc::new(RwLock::new(read_tokens(p, &url_key)?)),
+            }),
+            None => None,
         };
         Ok(Self {
             tokens,
             secret: secret.map(|s| Arc::new(s.as_bytes().to_vec())),
-            url_key: Arc::new(url_key),
+            url_key,
+            ..Self::default()
         })
     }
 
-    fn url_mac(&self, id: &str, exp: i64) -> hmac::Hmac<Sha256> {
+    /// Refuses JWTs that live longer than `max` (`None`: any lifetime).
+    pub fn max_jwt_lifetime(mut self, max: Option<Duration>) -> Self {
+        self.max_jwt_lifetime = max;
+        self
+    }
+
+    /// Limits failed authentications to `per_minute` a minute per client address.
+    pub fn limit_failures(mut self, per_minute: u32) -> Self {
+        self.failures = AuthFailures::new(per_minute);
+        self
+    }
+
+    /// When anonymous, accepts `hosts` besides addresses and `localhost`, and state changes
+    /// from pages of `origins` besides the server's own.
+    pub fn site(mut self, hosts: &[String], origins: &[String]) -> Self {
+        self.site = Site::new(hosts, origins);
+        self
+    }
+
+    /// `/metrics` needs the token of one of `admins`.
+    pub fn restrict_metrics(mut self, admins: Vec<String>) -> Self {
+        self.metrics_admins = Some(Arc::new(admins));
+        self
+    }
+
+    /// The failed-authentication limiter (to forget idle addresses).
+    pub fn failures(&self) -> &AuthFailures {
+        &self.failures
+    }
+
+    fn url_mac(&self, id: &str, exp: i64, kid: Option<&str>) -> hmac::Hmac<Sha256> {
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.url_key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("{id}.{exp}").as_bytes());
+        match kid {
+            Some(kid) => mac.update(format!("{id}.{exp}.{kid}").as_bytes()),
+            None => mac.update(format!("{id}.{exp}").as_bytes()),
+        }
         mac
     }
 
     /// The query (`exp=..&sig=..`) of a signed download URL of upload `id`, valid until
-    /// `exp` (Unix seconds).
+    /// `exp` (Unix seconds) at the latest; see [`Self::sign_content_until`].
     pub fn sign_content(&self, id: &str, exp: i64) -> String {
-        let sig = hex::encode(self.url_mac(id, exp).finalize().into_bytes());
-        format!("exp={exp}&sig={sig}")
+        self.sign_content_until(id, exp).0
     }
 
-    /// Whether a signed download URL is genuine and not expired.
-    pub fn verify_content(&self, id: &str, exp: i64, sig: &str, now: i64) -> bool {
-        let Ok(sig) = hex::decode(sig) else {
-            return false;
+    /// The query of a signed download URL of upload `id`, tied to what authenticated the
+    /// request minting it, and the expiry it has: `exp`, or the minting JWT's if earlier.
+    /// A URL minted with a tokens-file token names it (`sig=<key id>.<mac>`) and works
+    /// while the file has that token.
+    pub fn sign_content_until(&self, id: &str, exp: i64) -> (String, i64) {
+        let credential = CREDENTIAL.try_with(Clone::clone).ok();
+        let (exp, kid) = match credential {
+            Some(Credential::Jwt { exp: until }) => (exp.min(until), None),
+            Some(Credential::Listed(kid)) => (exp, Some(kid)),
+            None => (exp, None),
         };
-        exp > now && self.url_mac(id, exp).verify_slice(&sig).is_ok()
+        let mac = hex::encode(
+            self.url_mac(id, exp, kid.as_deref())
+                .finalize()
+                .into_bytes(),
+        );
+        let sig = match kid {
+            Some(kid) => format!("{kid}.{mac}"),
+            None => mac,
+        };
+        (format!("exp={exp}&sig={sig}"), exp)
+    }
+
+    /// Whether a signed download URL is genuine, not expired, and (when a tokens-file
+    /// token minted it) that token is still in the file.
+    pub fn verify_content(&self, id: &str, exp: i64, sig: &str, now: i64) -> bool {
+        self.verify_content_as(id, exp, sig, now).is_some()
+    }
+
+    /// [`Self::verify_content`], with whom the download acts for: `Some(None)` the server
+    /// itself, `Some(Some(owner))` the owner of the token that minted it.
+    fn verify_content_as(&self, id: &str, exp: i64, sig: &str, now: i64) -> Option<Option<String>> {
+        let (kid, mac) = match sig.split_once('.') {
+            Some((kid, mac)) => (Some(kid), mac),
+            None => (None, sig),
+        };
+        let mac = hex::decode(mac).ok()?;
+        if exp <= now || self.url_mac(id, exp, kid).verify_slice(&mac).is_err() {
+            return None;
+        }
+        let Some(kid) = kid else {
+            return Some(None);
+        };
+        let tokens = self.tokens.as_ref()?;
+        let owner = tokens.read().by_kid.get(kid).cloned()?;
+        Some(Some(owner))
     }
 
     /// Whether any authentication is configured.
@@ -105,10 +226,10 @@ impl Auth {
     /// Re-reads the tokens file; keeps the old tokens when the file cannot be read.
     pub fn reload(&self) {
         let Some(t) = &self.tokens else { return };
-        match read_tokens(&t.path) {
-            Ok(map) => {
-                let n = map.len();
-                *t.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+        match read_tokens(&t.path, &self.url_key) {
+            Ok(tokens) => {
+                let n = tokens.owners.len();
+                *t.map.write().unwrap_or_else(|e| e.into_inner()) = tokens;
                 tracing::info!(tokens = n, "tokens file reloaded");
             }
             Err(e) => {
@@ -119,8 +240,16 @@ impl Auth {
 
     /// The principal a bearer token stands for.
     pub fn principal(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        self.credential(authorization).map(|(p, _)| p)
+    }
+
+    /// The principal a bearer token stands for, and what it is.
+    fn credential(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(Principal, Option<Credential>), AuthError> {
         if !self.enabled() {
-            return Ok(Principal::Anonymous);
+            return Ok((Principal::Anonymous, None));
         }
         let token = authorization
             .and_then(|v| {
@@ -131,22 +260,47 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
         if let Some(t) = &self.tokens {
-            if let Some(owner) = t.map.read().unwrap_or_else(|e| e.into_inner()).get(token) {
-                return Ok(Principal::Owner(owner.clone()));
+            if let Some(owner) = t.read().owners.get(token) {
+                let kid = key_id(&self.url_key, token);
+                return Ok((
+                    Principal::Owner(owner.clone()),
+                    Some(Credential::Listed(kid)),
+                ));
             }
         }
         match &self.secret {
-            Some(secret) => verify_jwt(token, secret, now()).map(Principal::Owner),
+            Some(secret) => {
+                let c = check_jwt(token, secret, now(), self.max_jwt_lifetime)?;
+                Ok((
+                    Principal::Owner(c.sub),
+                    Some(Credential::Jwt { exp: c.exp }),
+                ))
+            }
             None => Err(AuthError::Invalid("unknown token")),
         }
     }
+}
+
+impl TokensFile {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The id a download URL names a tokens-file token by: keyed, so that it tells nothing
+/// about the token to whoever holds the URL.
+fn key_id(url_key: &[u8], token: &str) -> String {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(url_key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"token-id:");
+    mac.update(token.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..12])
 }
 
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
-
 /// `exp` and `sig` of a signed content URL, if the request is one: `GET`/`HEAD` of
 /// `/v1/uploads/{id}/content?exp=..&sig=..`. Returns the id text too. `Some(Err(()))`
 /// when the query names `exp` or `sig` but is no well-formed signed URL (one of them
@@ -182,7 +336,7 @@ pub(crate) fn signed_content(req: &Request) -> Option<Result<(String, i64, Strin
 }
 
 /// `token owner` per line; blank lines and `#` comments are skipped.
-fn read_tokens(path: &Path) -> std::io::Result<HashMap<String, String>> {
+fn read_tokens(path: &Path, url_key: &[u8]) -> std::io::Result<Tokens> {
     let text = std::fs::read_to_string(path)?;
     let mut map = HashMap::new();
     for (n, line) in text.lines().enumerate() {
@@ -204,11 +358,29 @@ fn read_tokens(path: &Path) -> std::io::Result<HashMap<String, String>> {
             }
         }
     }
-    Ok(map)
+    let by_kid = map
+        .iter()
+        .map(|(token, owner)| (key_id(url_key, token), owner.clone()))
+        .collect();
+    Ok(Tokens {
+        owners: map,
+        by_kid,
+    })
 }
 
 /// Checks an HS256 JWT and returns its `sub`.
 pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<String, AuthError> {
+    check_jwt(token, secret, now, None).map(|c| c.sub)
+}
+
+/// Checks an HS256 JWT: signature, `exp` (required), `nbf` and `iat` (integers when
+/// present), and a lifetime of at most `max_lifetime` (from `iat`, or from now).
+pub fn check_jwt(
+    token: &str,
+    secret: &[u8],
+    now: i64,
+    max_lifetime: Option<Duration>,
+) -> Result<Claims, AuthError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -240,31 +412,77 @@ pub fn verify_jwt(token: &str, secret: &[u8], now: i64) -> Result<String, AuthEr
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(AuthError::Invalid("malformed claims"))?;
-    let exp = claims
-        .get("exp")
-        .and_then(|e| e.as_i64())
-        .ok_or(AuthError::Invalid("no exp claim"))?;
+    // A time claim is an integer (RFC 7519's NumericDate, whole seconds here): one that
+    // is not is refused rather than ignored.
+    let time = |name: &str, bad: &'static str| match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_i64().map(Some).ok_or(AuthError::Invalid(bad)),
+    };
+    let exp = time("exp", "exp is not an integer")?.ok_or(AuthError::Invalid("no exp claim"))?;
+    let nbf = time("nbf", "nbf is not an integer")?;
+    let iat = time("iat", "iat is not an integer")?;
     if exp <= now {
         return Err(AuthError::Invalid("expired"));
     }
-    if claims
-        .get("nbf")
-        .and_then(|n| n.as_i64())
-        .is_some_and(|nbf| nbf > now)
-    {
+    if nbf.is_some_and(|nbf| nbf > now) {
         return Err(AuthError::Invalid("not valid yet"));
     }
-    claims
+    if let Some(max) = max_lifetime {
+        let from = iat.unwrap_or(now).min(now);
+        let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+        if exp.saturating_sub(from) > max {
+            return Err(AuthError::Invalid(
+                "it lives longer than this server allows (--jwt-max-lifetime)",
+            ));
+        }
+    }
+    let sub = claims
         .get("sub")
         .and_then(|s| s.as_str())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .ok_or(AuthError::Invalid("no sub claim"))
+        .ok_or(AuthError::Invalid("no sub claim"))?;
+    Ok(Claims { sub, exp })
+}
+
+/// The client's address, when the connection gave one.
+fn client(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+}
+
+/// Refused for too many failed authentications from its address.
+fn too_many_failures(wait: Duration) -> Response {
+    ApiError::RateLimited(wait).into_response()
 }
 
 /// Runs each request as its principal. Public routes (health, the page, capabilities,
-/// preflights) need no token.
+/// preflights) need no token. When anonymous, the request must come from a page allowed
+/// to drive the server (see [`crate::site`]), and what it creates counts against its
+/// client's address.
 pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let addr = client(&req);
+    if !auth.enabled() {
+        let path = req.uri().path();
+        match auth.site.check(req.method(), path, req.headers()) {
+            Ok(()) => {}
+            Err(Refusal::Host(host)) => {
+                return ApiError::MisdirectedHost(format!(
+                    "this server does not answer for the host {host:?}: name it by its address \
+                     or localhost, or start it with --allowed-host"
+                ))
+                .into_response()
+            }
+            Err(Refusal::CrossOrigin(origin)) => {
+                return ApiError::CrossOrigin(format!(
+                    "a page of {origin} may not change uploads on this server (allow it with \
+                     --cors-origin)"
+                ))
+                .into_response()
+            }
+        }
+    }
     let path = req.uri().path();
     let public = req.method() == Method::OPTIONS
         || matches!(
@@ -274,14 +492,24 @@ pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) ->
     if public {
         return next.run(req).await;
     }
+    if let Some(Err(wait)) = addr.map(|a| auth.failures.check(a)) {
+        return too_many_failures(wait);
+    }
+    let failed = |resp: Response| match addr.and_then(|a| auth.failures.failed(a)) {
+        Some(wait) => too_many_failures(wait),
+        None => resp,
+    };
     match signed_content(&req) {
-        // A signed URL stands for the server itself, for this one upload's content.
-        Some(Ok((id, exp, sig))) if auth.verify_content(&id, exp, &sig, now()) => {
-            return next.run(req).await;
-        }
-        Some(Ok(_)) => {
-            return ApiError::Unauthorized("the signed URL is invalid or expired".into())
-                .into_response()
+        // A signed URL acts for whoever minted it, for this one upload's content.
+        Some(Ok((id, exp, sig))) => {
+            return match auth.verify_content_as(&id, exp, &sig, now()) {
+                Some(None) => next.run(req).await,
+                Some(Some(owner)) => principal::scope(Principal::Owner(owner), next.run(req)).await,
+                None => failed(
+                    ApiError::Unauthorized("the signed URL is invalid or expired".into())
+                        .into_response(),
+                ),
+            };
         }
         Some(Err(())) => {
             return ApiError::Unauthorized(
@@ -295,13 +523,65 @@ pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    match auth.credential(authorization) {
+        Ok((Principal::Anonymous, _)) => {
+            let run = principal::scope(Principal::Anonymous, next.run(req));
+            match addr {
+                Some(a) => storage::quota::scope_client(a, run).await,
+                None => run.await,
+            }
+        }
+        Ok((p, Some(c))) => {
+            CREDENTIAL
+                .scope(c, principal::scope(p, next.run(req)))
+                .await
+        }
+        Ok((p, None)) => principal::scope(p, next.run(req)).await,
+        Err(e) => {
+            let missing = e == AuthError::Missing;
+            let mut resp = ApiError::Unauthorized(e.to_string()).into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // Sending no token is no guess.
+            if missing {
+                resp
+            } else {
+                failed(resp)
+            }
+        }
+    }
+}
+
+/// `/metrics` for the admin owners only, when restricted (`--metrics-admin-only`).
+pub async fn guard_metrics(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+    let Some(admins) = auth.metrics_admins.clone() else {
+        return next.run(req).await;
+    };
+    let addr = client(&req);
+    if let Some(Err(wait)) = addr.map(|a| auth.failures.check(a)) {
+        return too_many_failures(wait);
+    }
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     match auth.principal(authorization) {
-        Ok(p) => principal::scope(p, next.run(req)).await,
+        Ok(Principal::Owner(o)) if admins.contains(&o) => next.run(req).await,
+        Ok(_) => ApiError::Forbidden(
+            "only the server's admin owners (--admin-owner) may read the metrics".into(),
+        )
+        .into_response(),
         Err(e) => {
             let mut resp = ApiError::Unauthorized(e.to_string()).into_response();
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
+            match addr
+                .filter(|_| e != AuthError::Missing)
+                .and_then(|a| auth.failures.failed(a))
+            {
+                Some(wait) => too_many_failures(wait),
+                None => resp,
+            }
         }
     }
 }
@@ -348,6 +628,75 @@ mod tests {
         assert!(!a.verify_content("id1", 100, "zz", 99));
         let other = Auth::new(None, Some("t")).unwrap();
         assert!(!other.verify_content("id1", 100, sig, 99), "another key");
+    }
+
+    /// Time claims are integers: a fractional or textual `nbf` (or `exp`, `iat`) is
+    /// refused, not ignored; and a token may not live longer than the server allows.
+    #[test]
+    fn jwt_time_claims_and_lifetime() {
+        let s = b"secret";
+        let day = Duration::from_secs(24 * 3600);
+        let check = |claims: &str, max| check_jwt(&jwt(s, claims, "HS256"), s, 1000, max);
+        for bad in [
+            r#"{"sub":"a","exp":2000,"nbf":999.5}"#,
+            r#"{"sub":"a","exp":2000,"nbf":"900"}"#,
+            r#"{"sub":"a","exp":2000,"iat":1e3}"#,
+            r#"{"sub":"a","exp":2000.0}"#,
+        ] {
+            assert!(check(bad, None).is_err(), "{bad}");
+        }
+        assert!(check(r#"{"sub":"a","exp":2000,"nbf":1001}"#, None).is_err());
+        assert_eq!(
+            check(r#"{"sub":"a","exp":2000,"nbf":1000,"iat":900}"#, Some(day)),
+            Ok(Claims {
+                sub: "a".into(),
+                exp: 2000
+            })
+        );
+        let week = 1000 + 7 * 24 * 3600;
+        let long = format!(r#"{{"sub":"a","exp":{week}}}"#);
+        assert!(check(&long, None).is_ok());
+        assert!(check(&long, Some(day)).is_err(), "a week from now");
+        let long = format!(r#"{{"sub":"a","exp":{week},"iat":999}}"#);
+        assert!(check(&long, Some(day)).is_err(), "a week from iat");
+    }
+
+    /// A download URL minted with a tokens-file token works while the file has the token,
+    /// and acts for its owner; one minted with a JWT ends with the JWT.
+    #[tokio::test]
+    async fn signed_urls_end_with_what_minted_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "t1 alice\n").unwrap();
+        let auth = Auth::new(Some(&f), Some("s")).unwrap();
+        let (_, Some(c)) = auth.credential(Some("Bearer t1")).unwrap() else {
+            panic!("a listed token")
+        };
+        let (q, exp) = CREDENTIAL
+            .scope(c, async { auth.sign_content_until("id1", 500) })
+            .await;
+        assert_eq!(exp, 500);
+        let sig = q.split("sig=").nth(1).unwrap();
+        assert_eq!(
+            auth.verify_content_as("id1", 500, sig, 100),
+            Some(Some("alice".into()))
+        );
+        std::fs::write(&f, "t2 bob\n").unwrap();
+        auth.reload();
+        assert_eq!(
+            auth.verify_content_as("id1", 500, sig, 100),
+            None,
+            "revoked"
+        );
+        // A JWT's URL expires with it.
+        let token = jwt(b"s", r#"{"sub":"carol","exp":300}"#, "HS256");
+        let c = Credential::Jwt {
+            exp: check_jwt(&token, b"s", 100, None).unwrap().exp,
+        };
+        let (_, exp) = CREDENTIAL
+            .scope(c, async { auth.sign_content_until("id1", 500) })
+            .await;
+        assert_eq!(exp, 300);
     }
 
     #[test]

@@ -204,16 +204,46 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Storage faults to inject, for tests only (see `storage::faults`), e.g.
+    /// `data-fsync@2`.
+    #[arg(long, env = "UPLOAD_SERVER_FAULTS", hide = true)]
+    pub faults: Option<String>,
+
     /// Memory for the state of idle open uploads kept between requests (their records and
     /// chunk tables); past it the least recently active are read from storage again when
     /// next used.
     #[arg(long, env = "UPLOAD_SERVER_IDLE_UPLOAD_MEMORY", default_value = "64MiB", value_parser = parse_size)]
     pub idle_upload_memory: u64,
 
-    /// Storage faults to inject, for tests only (see `storage::faults`), e.g.
-    /// `data-fsync@2`.
-    #[arg(long, env = "UPLOAD_SERVER_FAULTS", hide = true)]
-    pub faults: Option<String>,
+    /// Host name an anonymous server answers for besides IP addresses and `localhost`
+    /// (repeatable, or comma-separated in the environment): the names it is reached by
+    /// through a proxy or DNS. Other names are refused (421), so that a site whose name is
+    /// made to point at the server (DNS rebinding) cannot use it.
+    #[arg(
+        long = "allowed-host",
+        env = "UPLOAD_SERVER_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Longest lifetime of a JWT (`exp` from `iat`, or from now without one); longer-lived
+    /// tokens are refused. `0s`: no limit.
+    #[arg(long, env = "UPLOAD_SERVER_JWT_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
+
+    /// Failed authentications a minute each client address may make; past them, the
+    /// address may not authenticate at all (429) until its allowance refills. 0: no limit.
+    #[arg(
+        long,
+        env = "UPLOAD_SERVER_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub auth_failures_per_minute: u32,
+
+    /// `GET /metrics` needs the bearer token of an admin owner (`--admin-owner`) instead
+    /// of being public.
+    #[arg(long, env = "UPLOAD_SERVER_METRICS_ADMIN_ONLY")]
+    pub metrics_admin_only: bool,
 }
 
 /// Where uploads are stored.

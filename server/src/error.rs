@@ -57,6 +57,13 @@ pub enum ApiError {
     /// Authenticated, but not allowed (e.g. an admin route by a non-admin owner).
     #[error("{0}")]
     Forbidden(String),
+    /// The request names a `Host` this server does not answer for (anonymous mode: a name
+    /// that may have been pointed at it, as DNS rebinding does).
+    #[error("{0}")]
+    MisdirectedHost(String),
+    /// A browser sent a state-changing request from another site's page (anonymous mode).
+    #[error("{0}")]
+    CrossOrigin(String),
     /// The client sent more requests than its rate allows; it may retry after the wait.
     #[error("too many requests; retry in {}s", retry_secs(.0))]
     RateLimited(std::time::Duration),
@@ -113,6 +120,16 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Ours("unavailable"),
                 "Service unavailable",
+            ),
+            ApiError::MisdirectedHost(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                Ours("misdirected-request"),
+                "Host not served here",
+            ),
+            ApiError::CrossOrigin(_) => (
+                StatusCode::FORBIDDEN,
+                Ours("cross-origin-request"),
+                "Cross-origin request refused",
             ),
             ApiError::RateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,

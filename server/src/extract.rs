@@ -70,12 +70,35 @@ pub(crate) fn digits(s: &str) -> Option<u64> {
         .flatten()
 }
 
-/// A JSON object body (e.g. `POST /v1/uploads`).
+/// A JSON object body (e.g. `POST /v1/uploads`), sent as JSON: `Content-Type:
+/// application/json` (or `application/*+json`). A body sent as another type is refused
+/// (415), so that a web page cannot post one cross-site as a form or as text, which
+/// browsers send without asking the server first.
 pub struct JsonBody<T>(pub T);
 
 /// A JSON object body that may be empty, reading as the type's default (e.g.
-/// `POST .../complete`).
+/// `POST .../complete`); a body that is not empty must be sent as JSON, as for
+/// [`JsonBody`].
 pub struct OptionalJsonBody<T>(pub T);
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+    else {
+        return false;
+    };
+    ct.type_() == mime::APPLICATION
+        && (ct.subtype() == mime::JSON || ct.suffix() == Some(mime::JSON))
+}
+
+fn not_json() -> ApiError {
+    ApiError::UnsupportedMediaType(
+        "the body must be sent as JSON (Content-Type: application/json)".into(),
+    )
+}
 
 /// Largest JSON body accepted.
 const JSON_LIMIT: usize = 64 * 1024;
@@ -113,6 +136,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(not_json());
+        }
         let bytes = small_body(req, state.body_timeout).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::BadRequest(
@@ -127,9 +153,13 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let json = is_json(req.headers());
         let bytes = small_body(req, state.body_timeout).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
+        }
+        if !json {
+            return Err(not_json());
         }
         parse_object(&bytes).map(OptionalJsonBody)
     }

@@ -37,6 +37,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod serve;
 pub mod shutdown;
+pub mod site;
 pub mod state;
 pub mod webhooks;
 
@@ -103,10 +104,7 @@ pub async fn run(
         shutting_down: Arc::new(AtomicBool::new(false)),
         body_timeout: config.body_timeout,
         tus_path: normalize_base(&config.tus_path),
-        auth: auth::Auth::new(
-            config.tokens_file.as_deref(),
-            config.token_secret.as_deref(),
-        )?,
+        auth: auth_of(&config)?,
         admin_owners: Arc::new(config.admin_owners.clone()),
         metrics: if config.metrics {
             metrics::Exporter::install()
@@ -129,11 +127,13 @@ pub async fn run(
     }
     let sweeper = tokio::spawn(sweep_forever(uploads, sweep_interval(config.upload_ttl)));
     let rate_limit = state.rate_limit.clone();
+    let auth_failures = state.auth.failures().clone();
     let forgetter = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             rate_limit.forget_idle();
+            auth_failures.forget_idle();
         }
     });
 
@@ -170,6 +170,28 @@ pub async fn run(
     forgetter.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How requests are authenticated, from the flags.
+fn auth_of(config: &Config) -> Result<auth::Auth, storage::Error> {
+    let mut auth = auth::Auth::new(
+        config.tokens_file.as_deref(),
+        config.token_secret.as_deref(),
+    )?
+    .max_jwt_lifetime(Some(config.jwt_max_lifetime).filter(|d| !d.is_zero()))
+    .limit_failures(config.auth_failures_per_minute)
+    .site(&config.allowed_hosts, &config.cors_origins);
+    if config.metrics_admin_only {
+        if !auth.enabled() || config.admin_owners.is_empty() {
+            return Err(storage::Error::Invalid(
+                "--metrics-admin-only needs authentication (--tokens-file or --token-secret) \
+                 and at least one --admin-owner"
+                    .into(),
+            ));
+        }
+        auth = auth.restrict_metrics(config.admin_owners.clone());
+    }
+    Ok(auth)
 }
 
 /// `files` → `/files/`.

@@ -122,6 +122,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let request_id = HeaderName::from_static(common::headers::REQUEST_ID);
     let base = state.tus_path.clone();
     let auth = state.auth.clone();
+    let metrics_auth = state.auth.clone();
     let exporter = state.metrics.clone();
     let rate_limit = state.rate_limit.clone();
     let tus_base: std::sync::Arc<str> = base.as_str().into();
@@ -170,8 +171,13 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
             auth,
             crate::auth::authenticate,
         ))
-        // Public like `/healthz`, added after the authentication layer.
-        .merge(metrics::routes(exporter))
+        // Public like `/healthz` (unless restricted), added after the authentication layer.
+        .merge(
+            metrics::routes(exporter).layer(axum::middleware::from_fn_with_state(
+                metrics_auth,
+                crate::auth::guard_metrics,
+            )),
+        )
         .merge(openapi::routes())
         .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::overriding(

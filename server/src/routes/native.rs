@@ -234,11 +234,10 @@ pub async fn content_url(
     // The owner check and "completed" come from the domain, as for a download.
     state.uploads.content(id).await?;
     let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 7 * 24 * 3600);
-    let exp = crate::auth::now() + ttl as i64;
-    let url = format!(
-        "/v1/uploads/{id}/content?{}",
-        state.auth.sign_content(&id.to_string(), exp)
-    );
+    let (query, exp) = state
+        .auth
+        .sign_content_until(&id.to_string(), crate::auth::now() + ttl as i64);
+    let url = format!("/v1/uploads/{id}/content?{query}");
     let expires_at = time::OffsetDateTime::from_unix_timestamp(exp)
         .map_err(|_| ApiError::BadRequest("ttl_s is out of range".into()))?;
     Ok(Json(ContentUrl { url, expires_at }).into_response())

@@ -212,18 +212,24 @@ impl Uploads {
             }
             self.step(&up, Step::StoreBytes(UploadMode::Stream)).await?;
             let offset = up.chunks().contiguous_bytes(&record);
-            self.step(
-                &up,
-                Step::DeclareLength {
-                    length,
-                    stored: offset,
-                },
-            )
-            .await?;
+            // The length counts against the owner's quota from now on: checked first.
+            let counted = self.ledger.counted(id);
+            self.ledger.resize(id, length.min(record.size))?;
+            let declared = self
+                .step(
+                    &up,
+                    Step::DeclareLength {
+                        length,
+                        stored: offset,
+                    },
+                )
+                .await;
+            if let Err(e) = declared {
+                let _ = self.ledger.resize(id, counted);
+                return Err(e);
+            }
             let record = up.record();
             up.chunks().truncate(record.chunk_count());
-            self.ledger
-                .recount(record.owner.as_deref(), id, record.size);
             tracing::info!(%id, size = length, "upload length declared");
             if offset == length && offset % record.chunk_size != 0 {
                 self.close_last_chunk(&up, &record, offset).await?;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::metrics;
 use crate::principal;
+use crate::quota::Holder;
 use crate::record::{Concat, StoredState, UploadMode, UploadRecord};
 
 /// How a new upload's bytes and length come.
@@ -190,8 +191,9 @@ impl Uploads {
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
         let breaker = self.registry.breaker();
         breaker.check()?;
+        let holder = Holder::current(record.owner.as_deref());
         self.ledger
-            .reserve(record.owner.as_deref(), record.id, record.reserved_bytes())?;
+            .reserve(holder, record.id, record.reserved_bytes())?;
         let created = self.backend.create(&record).await;
         breaker.record(&created);
         if created.is_err() {

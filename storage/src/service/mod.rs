@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::{EventKind, Events};
 use crate::lifecycle::{self, Effect, Step};
 use crate::metrics;
-use crate::quota::{Ledger, QuotaLimits};
+use crate::quota::{Ledger, QuotaLimits, Scanned};
 use crate::record::{Limits, StoredState, UploadMode, UploadRecord};
 use crate::upload::Upload;
 use crate::whole_hash::WholeHash;
@@ -200,7 +200,19 @@ impl Uploads {
                         tracing::warn!(%id, error = %e, "could not reconcile the upload's events");
                     }
                     if r.state.is_open() {
-                        open.push((r.owner.clone(), id, r.reserved_bytes()));
+                        let mut bytes = r.reserved_bytes();
+                        if r.length_deferred {
+                            // What it has stored counts until its length is said.
+                            if let Some(up) = this.registry.detached(id).await? {
+                                bytes = up.chunks().received_bytes();
+                            }
+                        }
+                        open.push(Scanned {
+                            owner: r.owner.clone(),
+                            id,
+                            bytes,
+                            growing: r.length_deferred,
+                        });
                     }
                     if r.state == StoredState::Completing {
                         tracing::info!(%id, "resuming an interrupted verification");

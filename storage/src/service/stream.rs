@@ -260,15 +260,34 @@ impl Uploads {
                 )));
             }
         }
+        // An upload without a length counts what it stores against its owner's quota: all
+        // of it before it is written when the request says how much, else as it comes.
+        let counted = self.ledger.counted(id);
+        if record.length_deferred {
+            if let Some(end) = declared.or(req.body_len.map(|l| current.saturating_add(l))) {
+                self.ledger.resize(id, end.max(counted))?;
+            }
+        }
         let bounds = Bounds {
             start: current,
             len: req.body_len,
             checksum: req.checksum,
             declared,
         };
-        let end = self
-            .append_bytes(&up, &mut app, &record, bounds, body)
-            .await?;
+        let appended = if record.length_deferred {
+            let body = self.ledger.meter(id, current, body);
+            self.append_bytes(&up, &mut app, &record, bounds, body)
+                .await
+        } else {
+            self.append_bytes(&up, &mut app, &record, bounds, body)
+                .await
+        };
+        if record.length_deferred && (declared.is_none() || appended.is_err()) {
+            // What it stored, no more; a length said is counted when it is declared.
+            let stored = up.chunks().contiguous_bytes(&record);
+            let _ = self.ledger.resize(id, stored);
+        }
+        let end = appended?;
         drop(app);
         // The length learnt (or, for a last body of unknown length, where it ended).
         let learnt = declared.or_else(|| (req.last && dialect == Dialect::Ietf).then_some(end));

@@ -12,6 +12,7 @@ use super::registry::Purpose;
 use super::{SweepReport, Uploads};
 use crate::error::{Error, Result};
 use crate::lifecycle::Step;
+use crate::quota::Scanned;
 use crate::record::{StoredState, UploadMode};
 use crate::upload::Upload;
 
@@ -71,7 +72,7 @@ impl Uploads {
     async fn sweep_one(
         self: &Arc<Self>,
         id: UploadId,
-        open: &mut Vec<(Option<String>, UploadId, u64)>,
+        open: &mut Vec<Scanned>,
         report: &mut SweepReport,
     ) -> Result<()> {
         let now = OffsetDateTime::now_utc();
@@ -85,7 +86,12 @@ impl Uploads {
         };
         let ended = record.state == StoredState::Failed || record.state.is_tombstone();
         if record.state.is_open() {
-            open.push((record.owner.clone(), id, record.reserved_bytes()));
+            open.push(Scanned {
+                owner: record.owner.clone(),
+                id,
+                bytes: record.reserved_bytes(),
+                growing: record.length_deferred,
+            });
         }
         let handle = |cached: Option<Arc<Upload>>| async move {
             match cached {

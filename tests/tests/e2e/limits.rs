@@ -516,11 +516,11 @@ async fn a_slowloris_crowd_does_not_stop_a_normal_upload() {
             let mut s = TcpStream::connect(&addr).await.unwrap();
             let head = if i % 2 == 0 {
                 // Headers that never end.
-                format!("GET /v1/uploads/{id} HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                format!("GET /v1/uploads/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             } else {
                 // Complete headers, then a body one byte at a time.
                 format!(
-                    "PUT /v1/uploads/{id}/chunks/{} HTTP/1.1\r\nHost: x\r\n\
+                    "PUT /v1/uploads/{id}/chunks/{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
                      Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
                     i / 2,
                     64 * KIB

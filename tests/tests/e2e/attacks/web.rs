@@ -1,1 +1,167 @@
-//! placeholder
+//! A server without authentication (the default on loopback) driven by a web page the
+//! local user visits: a cross-site request, or a site whose name is made to resolve to
+//! 127.0.0.1 (DNS rebinding).
+
+use reqwest::StatusCode;
+use tests::Server;
+
+use super::*;
+
+const TIB: u64 = 1 << 40;
+
+async fn post_create(api: &Api, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut r = api.req(Method::POST, "/v1/uploads");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(body.to_string()).send().await.unwrap()
+}
+
+/// What a page can send cross-site without asking the server first: a form, or text. A
+/// JSON body is taken only as JSON.
+#[tokio::test]
+async fn json_bodies_must_be_sent_as_json() {
+    let (server, _data) = Server::start(&[]);
+    let api = Api::new(&server);
+    let body = format!(r#"{{"size": {TIB}}}"#);
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let r = post_create(&api, &headers, &body).await;
+        problem(
+            r,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        )
+        .await;
+    }
+    for ct in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        let r = post_create(&api, &[("content-type", ct)], r#"{"size": 10}"#).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{ct}");
+    }
+    // A body on complete is JSON too; none at all is fine.
+    let id = api.create(0, 65536).await.id;
+    let r = api
+        .req(Method::POST, &format!("/v1/uploads/{id}/complete"))
+        .header("content-type", "text/plain")
+        .body(r#"{"sha256": null}"#)
+        .send()
+        .await
+        .unwrap();
+    problem(
+        r,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+    )
+    .await;
+    let r = api
+        .req(Method::POST, &format!("/v1/uploads/{id}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// DNS rebinding: a page of `rebind.example`, whose name now resolves to 127.0.0.1, is
+/// same-origin with the server; the `Host` it sends names its site, which the server does
+/// not answer for. The server's own names (addresses, localhost, `--allowed-host`) work.
+#[tokio::test]
+async fn a_rebound_site_name_is_refused() {
+    let (server, _data) = Server::start(&["--allowed-host", "files.example"]);
+    let api = Api::new(&server);
+    let port = server.addr.rsplit(':').next().unwrap();
+    let json = ("content-type", "application/json");
+    let body = r#"{"size": 10}"#;
+    for host in [format!("rebind.example:{port}"), "127.0.0.1.nip.io".into()] {
+        let r = post_create(&api, &[json, ("host", &host)], body).await;
+        problem(r, StatusCode::MISDIRECTED_REQUEST, "misdirected-request").await;
+        let r = api
+            .req(Method::GET, "/v1/admin/events/dead")
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::MISDIRECTED_REQUEST,
+            "reads too: {host}"
+        );
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "files.example".into(),
+    ] {
+        let r = post_create(&api, &[json, ("host", &host)], body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{host}");
+    }
+    // Probes answer whatever the name.
+    let r = api
+        .req(Method::GET, "/healthz")
+        .header("host", "rebind.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A page of another site: its state-changing requests carry its `Origin` (or
+/// `Sec-Fetch-Site: cross-site`), which a page cannot forge. The server's own page and
+/// the origins allowed by `--cors-origin` may.
+#[tokio::test]
+async fn a_cross_site_page_cannot_change_uploads() {
+    let (server, _data) = Server::start(&["--cors-origin", "https://app.example"]);
+    let api = Api::new(&server);
+    let own = format!("http://{}", server.addr);
+    let json = ("content-type", "application/json");
+    let body = r#"{"size": 10}"#;
+    let victim = api.create(10, 65536).await.id.to_string();
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:1"] {
+        let r = post_create(&api, &[json, ("origin", origin)], body).await;
+        problem(r, StatusCode::FORBIDDEN, "cross-origin-request").await;
+        let r = api
+            .req(Method::DELETE, &format!("/v1/uploads/{victim}"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        problem(r, StatusCode::FORBIDDEN, "cross-origin-request").await;
+    }
+    let r = post_create(&api, &[json, ("sec-fetch-site", "cross-site")], body).await;
+    problem(r, StatusCode::FORBIDDEN, "cross-origin-request").await;
+    for origin in [own.as_str(), "https://app.example"] {
+        let r = post_create(&api, &[json, ("origin", origin)], body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{origin}");
+    }
+    assert_eq!(
+        api.status(&victim).await.id.to_string(),
+        victim,
+        "still there"
+    );
+}
+
+/// With authentication none of this applies: a browser does not add a bearer token by
+/// itself, and a server behind a proxy is reached by any name.
+#[tokio::test]
+async fn with_tokens_the_site_is_not_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "tok owner\n").unwrap();
+    let (server, _data) = Server::start(&["--tokens-file", tokens.to_str().unwrap()]);
+    let api = Api::with_token(&server, Some("tok"));
+    let headers = [
+        ("content-type", "application/json"),
+        ("host", "files.behind.a.proxy"),
+        ("origin", "https://another.example"),
+    ];
+    let r = post_create(&api, &headers, r#"{"size": 10}"#).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}

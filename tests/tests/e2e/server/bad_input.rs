@@ -82,6 +82,7 @@ async fn bad_create_requests_store_nothing() {
         .http
         .post(api.url("/v1/uploads"))
         .header("idempotency-key", "k".repeat(300))
+        .header("content-type", "application/json")
         .body("{\"size\": 10}")
         .send()
         .await
@@ -92,6 +93,7 @@ async fn bad_create_requests_store_nothing() {
         .http
         .post(api.url("/v1/uploads"))
         .header("idempotency-key", "good-key")
+        .header("content-type", "application/json")
         .body("{\"size\": 10485761}")
         .send()
         .await

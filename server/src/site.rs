@@ -1,0 +1,201 @@
+//! Which web pages may drive a server that has no authentication (anonymous mode, the
+//! default on loopback).
+//!
+//! Without tokens, any request that reaches the server acts for everyone, and a browser
+//! can be made to send requests: a page on another site can post a form or text to
+//! `http://127.0.0.1:8080` (a "simple" request, sent without asking the server first), and
+//! a site whose name is made to resolve to 127.0.0.1 (DNS rebinding) is even same-origin
+//! with it. So, when anonymous:
+//! - the `Host` a request names must be an IP address, `localhost` (or a name under
+//!   `.localhost`), or one of the names the operator lists (`--allowed-host`): a
+//!   rebinding site's name is none of them;
+//! - a state-changing request (anything but `GET`, `HEAD`, `OPTIONS`) that a browser sent
+//!   from a page must come from the server's own origin or one allowed by
+//!   `--cors-origin`: browsers say which page sent it in `Origin` (and `Sec-Fetch-Site`),
+//!   which a page cannot forge.
+//!
+//! (JSON bodies must also be sent as JSON, see [`crate::extract::JsonBody`].) With
+//! authentication configured none of this applies: a bearer token is not something a
+//! browser adds on its own.
+
+use axum::http::{header, HeaderMap, Method};
+
+/// The rules above, as configured.
+#[derive(Clone, Debug, Default)]
+pub struct Site {
+    /// Host names accepted besides IP addresses and `localhost`, lowercase, without port.
+    allowed_hosts: Vec<String>,
+    /// Origins allowed to call the API from a browser (`--cors-origin`); `*` allows any.
+    origins: Vec<String>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The `Host` is not one this server answers for.
+    Host(String),
+    /// A browser sent it from another site's page.
+    CrossOrigin(String),
+}
+
+impl Site {
+    /// Accepts `allowed_hosts` (names, maybe with a port) and pages of `origins`.
+    pub fn new(allowed_hosts: &[String], origins: &[String]) -> Self {
+        Self {
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| strip_port(h.trim()).to_ascii_lowercase())
+                .collect(),
+            origins: origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').into())
+                .collect(),
+        }
+    }
+
+    /// Checks a request of `method` with `headers`; probes (`/healthz`, `/readyz`) are
+    /// not checked.
+    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Refusal> {
+        if matches!(path, "/healthz" | "/readyz") {
+            return Ok(());
+        }
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if let Some(host) = host {
+            if !self.host_allowed(host) {
+                return Err(Refusal::Host(host.to_string()));
+            }
+        }
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return Ok(());
+        }
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("?"));
+        match origin {
+            Some(origin) if !self.origin_allowed(origin, host) => {
+                Err(Refusal::CrossOrigin(origin.to_string()))
+            }
+            Some(_) => Ok(()),
+            // No `Origin`: not a browser's cross-site request, unless the browser says so.
+            None => match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+                Some(b"cross-site") if !self.origins.iter().any(|o| o == "*") => Err(
+                    Refusal::CrossOrigin("a page of another site (Sec-Fetch-Site)".into()),
+                ),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.allowed_hosts.contains(&name)
+    }
+
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self
+            .origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        // The server's own pages: the origin names the host the request was sent to.
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    }
+}
+
+/// `name:port` → `name`; `[v6]:port` → `[v6]`.
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.find(']') {
+        return &host[..=end];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hosts_are_addresses_localhost_or_listed() {
+        let site = Site::new(&["Files.Example.org:443".into()], &[]);
+        let get = |host: &str| site.check(&Method::GET, "/v1", &headers(&[("host", host)]));
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "localhost:8080",
+            "app.localhost",
+            "files.example.org",
+            "FILES.example.org:8443",
+            "10.0.0.5:80",
+        ] {
+            assert_eq!(get(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "127.0.0.1.nip.io",
+            "localhost.evil.com",
+            "x",
+        ] {
+            assert_eq!(get(bad), Err(Refusal::Host(bad.into())), "{bad}");
+        }
+        // Probes answer whatever the host.
+        let probe = site.check(&Method::GET, "/healthz", &headers(&[("host", "x")]));
+        assert_eq!(probe, Ok(()));
+    }
+
+    #[test]
+    fn state_changes_come_from_the_servers_pages_or_allowed_origins() {
+        let site = Site::new(&[], &["https://app.example".into()]);
+        let post = |pairs: &[(&'static str, &str)]| {
+            site.check(&Method::POST, "/v1/uploads", &headers(pairs))
+        };
+        let host = ("host", "127.0.0.1:8080");
+        assert_eq!(post(&[host]), Ok(()), "no Origin: not a browser page");
+        assert_eq!(post(&[host, ("origin", "http://127.0.0.1:8080")]), Ok(()));
+        assert_eq!(post(&[host, ("origin", "https://app.example")]), Ok(()));
+        for bad in ["http://evil.example", "null", "http://127.0.0.1:9999"] {
+            assert!(post(&[host, ("origin", bad)]).is_err(), "{bad}");
+        }
+        assert!(post(&[host, ("sec-fetch-site", "cross-site")]).is_err());
+        assert_eq!(post(&[host, ("sec-fetch-site", "same-origin")]), Ok(()));
+        // Reads are left to CORS.
+        let get = site.check(
+            &Method::GET,
+            "/v1",
+            &headers(&[host, ("origin", "http://evil.example")]),
+        );
+        assert_eq!(get, Ok(()));
+        let any = Site::new(&[], &["*".into()]);
+        assert_eq!(
+            any.check(
+                &Method::DELETE,
+                "/v1/uploads/x",
+                &headers(&[host, ("origin", "http://elsewhere")])
+            ),
+            Ok(())
+        );
+    }
+}
