@@ -329,7 +329,10 @@ impl Ledger {
     pub fn usage(&self, holder: &Holder) -> (u64, u64) {
         let state = self.lock();
         state.open.get(holder).map_or((0, 0), |m| {
-            (m.len() as u64, m.values().map(|e| e.size).sum::<u64>())
+            (
+                m.len() as u64,
+                m.values().map(|e| e.size).fold(0, u64::saturating_add),
+            )
         })
     }
 

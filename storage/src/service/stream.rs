@@ -399,7 +399,12 @@ impl Uploads {
             }
             records.push(r);
         }
-        let size = records.iter().map(|r| r.size).sum();
+        let size = records
+            .iter()
+            .try_fold(0u64, |sum, r| sum.checked_add(r.size))
+            .ok_or_else(|| {
+                Error::Invalid("the parts are larger together than any upload".into())
+            })?;
         let req = CreateUpload {
             size,
             filename,
