@@ -39,12 +39,20 @@ use crate::routes::native;
 )]
 struct ApiDoc;
 
-/// Answers any route may give, whatever the route: authentication, rate limits, an
-/// unavailable or failing storage.
-const COMMON_ERRORS: [(&str, &str); 4] = [
+/// Answers any route may give, whatever the route: authentication, the checks of an
+/// anonymous server (see `crate::site`), rate limits, an unavailable or failing storage.
+const COMMON_ERRORS: [(&str, &str); 6] = [
     (
         "401",
         "No valid bearer token (when the server requires authentication).",
+    ),
+    (
+        "403",
+        "Without authentication: a state change sent by a page of another site.",
+    ),
+    (
+        "421",
+        "Without authentication: a Host the server does not answer for (--allowed-host).",
     ),
     ("429", "Too many requests or open uploads; see Retry-After."),
     ("500", "The server failed; the cause is in its log."),
@@ -82,6 +90,20 @@ fn build() -> Document {
                     .responses
                     .entry(status.to_string())
                     .or_insert_with(|| RefOr::T(problem_response(description)));
+            }
+            let takes_json = op
+                .request_body
+                .as_ref()
+                .is_some_and(|b| b.content.contains_key(mime::APPLICATION_JSON.essence_str()));
+            if takes_json {
+                op.responses
+                    .responses
+                    .entry("415".to_string())
+                    .or_insert_with(|| {
+                        RefOr::T(problem_response(
+                            "A body not sent as JSON (Content-Type: application/json).",
+                        ))
+                    });
             }
             // Raw bytes, not a JSON array of numbers.
             if let Some(body) = &mut op.request_body {
@@ -145,6 +167,8 @@ mod tests {
         for status in ["201", "400", "401", "404", "409", "500", "503"] {
             assert!(chunk["responses"][status].is_object(), "{status}");
         }
+        let create = &doc["paths"]["/v1/uploads"]["post"];
+        assert!(create["responses"]["415"].is_object(), "a JSON body's type");
         assert!(chunk["responses"]["400"]["content"]["application/problem+json"].is_object());
         assert!(doc["components"]["schemas"]["UploadStatus"].is_object());
     }
