@@ -2,6 +2,8 @@
 //! local user visits: a cross-site request, or a site whose name is made to resolve to
 //! 127.0.0.1 (DNS rebinding).
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use tests::Server;
 
@@ -164,4 +166,41 @@ async fn with_tokens_the_site_is_not_checked() {
     ];
     let r = post_create(&api, &headers, r#"{"size": 10}"#).await;
     assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+/// The same attacks from real pages in a real browser (headless Chromium): a page of
+/// another origin posting the JSON as text (fetch and form) or as JSON, and a page whose
+/// site name resolves to 127.0.0.1 (DNS rebinding). Nothing is created.
+#[tokio::test]
+async fn hostile_pages_in_a_browser_create_nothing() {
+    if !tests::webclients::available_or_skip("hostile_pages_in_a_browser_create_nothing") {
+        return;
+    }
+    let (server, data) = Server::start(&[]);
+    let script = tests::webclients::scripts_dir().join("cross-site.mjs");
+    let url = server.url();
+    let result = tokio::task::spawn_blocking(move || {
+        tests::webclients::run(
+            "node",
+            &[
+                script.display().to_string(),
+                "--url".into(),
+                url,
+                "--timeout".into(),
+                "60".into(),
+            ],
+            Duration::from_secs(90),
+        )
+    })
+    .await
+    .unwrap();
+    result.assert_ok();
+    let attempts = result.get("attempts").as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 4, "{attempts:?}");
+    let rebound = attempts.iter().find(|a| a["page"] == "rebinding").unwrap();
+    assert_eq!(rebound["status"], 421, "{rebound}");
+    let created = std::fs::read_dir(data.path().join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(created, 0, "the pages created uploads: {attempts:?}");
 }
