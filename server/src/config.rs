@@ -128,13 +128,14 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_SERVER_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
-    /// Uploads an owner may have open at once (anonymous clients count as one owner);
-    /// more are refused with 429. 0: no limit.
+    /// Uploads an owner may have open at once (without authentication: each client
+    /// address, an IPv6 client by its /64); more are refused with 429. 0: no limit.
     #[arg(long, env = "UPLOAD_SERVER_MAX_OPEN_UPLOADS", default_value_t = 1000)]
     pub max_open_uploads: u64,
 
-    /// Bytes an owner's open uploads may reserve together (their declared sizes); an
-    /// upload that would exceed it is refused with 507. 0: no limit.
+    /// Bytes an owner's (or anonymous client address's) open uploads may reserve together:
+    /// their declared sizes, and for an upload of unknown length the bytes it stored, then
+    /// its length once said; more is refused with 507. 0: no limit.
     #[arg(long, env = "UPLOAD_SERVER_QUOTA", default_value = "10TiB", value_parser = parse_size)]
     pub quota: u64,
 
