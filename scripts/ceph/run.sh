@@ -377,6 +377,9 @@ do_start() {
     local started=$SECONDS
     # Whatever half of a cluster runs (a failed or killed start) goes first.
     stop_all >/dev/null
+    # The gateways' logs start afresh with the daemons (request counts read them whole).
+    rm -rf "$LOGDIR"/ops-rgw*.log "$LOGDIR"/gw-*.out "$LOGDIR"/ceph-client.rgw-*.log \
+        "$STATE"/rgw-* "$STATE"/gw-*.pid
     mkdir -p "$LOGDIR" "$STATE/run"
     if ! started_once; then
         rm -rf "$STATE/mon" "$STATE/osd" "$STATE/osd-block" "$STATE"/rgw* "$STATE/run"/*
