@@ -107,7 +107,8 @@ do_install() {
     if ! command -v debootstrap >/dev/null; then
         echo "ceph: installing debootstrap (apt-get)" >&2
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } \
-            >/dev/null || die "could not install debootstrap with apt-get"
+            >"$CEPH_ROOT.apt.log" 2>&1 ||
+            die "could not install debootstrap with apt-get (see $CEPH_ROOT.apt.log)"
     fi
     local mirror log partial started
     mirror="${CEPH_MIRROR:-$(host_mirror)}"
@@ -392,8 +393,9 @@ do_start() {
         write_conf "$(free_port)" "$(free_port)" "$fsid"
         # The monitor's address is in its store's monmap: rewrite it for the new port.
         in_root monmaptool --create --clobber --fsid "$fsid" \
-            --addv a "[v1:127.0.0.1:$(mon_port)]" /cluster/monmap >/dev/null
-        ceph_tool ceph-mon -i a --inject-monmap /cluster/monmap >>"$LOGDIR/start.log" 2>&1
+            --addv a "[v1:127.0.0.1:$(mon_port)]" /cluster/monmap >/dev/null &&
+            ceph_tool ceph-mon -i a --inject-monmap /cluster/monmap >>"$LOGDIR/start.log" 2>&1 ||
+            die "could not move the monitor to its new port (see $LOGDIR/start.log; run.sh wipe starts afresh)"
     fi
     if ! {
         { [[ -f "$STATE/mon/.created" ]] || create_cluster "$(sed -n 's/^fsid = //p' "$CONF")" "$(mon_port)"; } &&
