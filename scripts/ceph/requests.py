@@ -61,7 +61,7 @@ def operation(entry):
     target = rest.rsplit(" ", 1)[0]
     path, _, query = target.partition("?")
     params = {p.split("=", 1)[0] for p in query.split("&") if p}
-    has_object = bool(entry.get("object")) or path.strip("/").count("/") >= 1
+    has_object = bool(path.lstrip("/").partition("/")[2])
     copy = "HTTP_X_AMZ_COPY_SOURCE" in headers(entry)
     if not entry.get("bucket") and path in ("", "/"):
         return "ListBuckets"
