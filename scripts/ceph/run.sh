@@ -218,6 +218,10 @@ mon allow pool size one = true
 mon allow pool delete = true
 mon max pg per osd = 1000
 mon warn on pool no redundancy = false
+# The monitor refuses to start below 5% free on its disk by default: a large shared disk
+# may have that little free and still many GB, far more than this cluster needs.
+mon data avail crit = 1
+mon data avail warn = 2
 run dir = /cluster/run
 admin socket = /cluster/run/\$cluster-\$name.asok
 log file = /cluster/log/\$cluster-\$name.log
