@@ -128,7 +128,7 @@ async fn conditional_create_has_exactly_one_winner() {
     let s3 = Arc::new(s3);
     let bucket = s3.bucket().to_string();
     const WRITERS: usize = 16;
-    const ROUNDS: usize = 40;
+    const ROUNDS: usize = 20;
     const BODY: usize = 4 * 1024;
     for round in 0..ROUNDS {
         let key = format!("k{round}");
