@@ -75,6 +75,9 @@ pub fn describe_status(st: &UploadStatus, server: &str) -> String {
     if let Some(name) = &st.filename {
         out.push_str(&format!("filename  {name}\n"));
     }
+    if let Some(rel) = st.metadata.get(common::relpath::RELATIVE_PATH_KEY) {
+        out.push_str(&format!("path      {rel}\n"));
+    }
     if let Some(sha) = &st.sha256 {
         out.push_str(&format!("sha256    {sha}\n"));
     }
@@ -111,36 +114,55 @@ pub async fn status(
     Ok(())
 }
 
-/// `uploader list`: the journals, with the progress they recorded.
-pub fn list(store: &Store, json: bool) -> Result<()> {
+/// `uploader list`: the journals, with the progress they recorded; with `all`, also the
+/// files this machine uploaded completely.
+pub fn list(store: &Store, json: bool, all: bool) -> Result<()> {
     let journals = store.list()?;
+    let done = if all { store.list_done() } else { Vec::new() };
     if json {
         for j in &journals {
             let v = serde_json::json!({
                 "id": j.id, "server": j.server, "file": j.file.path, "size": j.file.size,
                 "acked_bytes": j.acked_bytes, "chunk_size": j.chunk_size,
+                "relative_path": j.relative_path, "state": "uploading",
+            });
+            println!("{v}");
+        }
+        for d in &done {
+            let v = serde_json::json!({
+                "id": d.id, "server": d.server, "file": d.file.path, "size": d.file.size,
+                "acked_bytes": d.file.size, "sha256": d.sha256,
+                "relative_path": d.relative_path, "state": "completed",
             });
             println!("{v}");
         }
         return Ok(());
     }
-    if journals.is_empty() {
-        println!("no unfinished uploads");
+    if journals.is_empty() && done.is_empty() {
+        println!(
+            "no unfinished uploads{}",
+            if all { " and no completed ones" } else { "" }
+        );
         return Ok(());
     }
     println!("{:<36}  {:>5}  {:>21}  FILE", "ID", "DONE", "BYTES");
-    for j in &journals {
+    let rows = journals
+        .iter()
+        .map(|j| (j.id, j.acked_bytes, j.file.size, &j.file.path, &j.relative_path, &j.server))
+        .chain(
+            done.iter()
+                .map(|d| (d.id, d.file.size, d.file.size, &d.file.path, &d.relative_path, &d.server)),
+        );
+    for (id, acked, size, path, rel, server) in rows {
+        let name = match rel {
+            Some(r) => format!("{} as {r}", path.display()),
+            None => path.display().to_string(),
+        };
         println!(
-            "{:<36}  {:>4.0}%  {:>21}  {} ({})",
-            j.id,
-            percent(j.acked_bytes, j.file.size),
-            format!(
-                "{}/{}",
-                format_size(j.acked_bytes),
-                format_size(j.file.size)
-            ),
-            j.file.path.display(),
-            j.server
+            "{:<36}  {:>4.0}%  {:>21}  {name} ({server})",
+            id,
+            percent(acked, size),
+            format!("{}/{}", format_size(acked), format_size(size)),
         );
     }
     Ok(())
