@@ -91,7 +91,11 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), e.g. `uploader man | man -l -`.
-    Man,
+    Man {
+        /// Write every page (uploader.1, uploader-upload.1, …) into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Options of `uploader upload`.
@@ -195,6 +199,9 @@ pub struct DownloadArgs {
     /// Retries of a broken transfer before giving up.
     #[arg(long, env = "UPLOADER_RETRIES", default_value_t = DEFAULT_RETRIES)]
     pub retries: u32,
+    /// Download rate limit, e.g. 20MiB/s.
+    #[arg(long, env = "UPLOADER_LIMIT_RATE", value_parser = parse_rate, value_name = "RATE")]
+    pub limit_rate: Option<u64>,
 }
 
 /// Quotes `s` for a POSIX shell when needed.

@@ -104,9 +104,19 @@ pub async fn download_all(
     };
     // Downloads go one after the other, each with its own bar.
     let reporter = Reporter::new(mode, 0, 1);
+    let limiter = args.limit_rate.map(crate::limit::RateLimiter::new);
     let mut worst = EXIT_OK;
     for id in &args.ids {
-        let r = download(&client, *id, target(()), args.retries, &reporter, cancel).await;
+        let r = download(
+            &client,
+            *id,
+            target(()),
+            args.retries,
+            limiter.as_ref(),
+            &reporter,
+            cancel,
+        )
+        .await;
         match r {
             Ok(d) => reporter.downloaded(id, &d.path, d.size, &d.sha256, d.resumed_bytes),
             Err(e) if args.ids.len() == 1 => {
@@ -130,6 +140,7 @@ pub async fn download_all(
 /// Creates the directories between `root` and `file` one by one, refusing any that is a
 /// symbolic link (which could lead outside `root`).
 fn make_parents(root: &Path, file: &Path) -> Result<()> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     let rel = file.strip_prefix(root).unwrap_or(file);
     let mut at = root.to_path_buf();
     let parts: Vec<_> = rel.components().collect();
@@ -164,6 +175,7 @@ async fn download(
     id: common::UploadId,
     target: Target,
     retries: u32,
+    limiter: Option<&crate::limit::RateLimiter>,
     reporter: &Reporter,
     cancel: &CancellationToken,
 ) -> Result<Downloaded> {
@@ -302,6 +314,9 @@ async fn download(
                 hasher.update(piece);
                 have += piece.len() as u64;
                 progress.acked.store(have, Ordering::Relaxed);
+                if let Some(l) = limiter {
+                    l.acquire(piece.len() as u64).await;
+                }
                 if last_tick.elapsed() >= Duration::from_millis(100) {
                     last_tick = Instant::now();
                     reporter.tick(&id, st.size, &progress);

@@ -63,10 +63,15 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
             clap_complete::generate(*shell, &mut cmd, "uploader", &mut std::io::stdout());
             return Ok(EXIT_OK);
         }
-        Command::Man => {
+        Command::Man { out_dir: None } => {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
                 .map_err(|e| Error::io("stdout", e))?;
+            return Ok(EXIT_OK);
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            clap_mangen::generate_to(Cli::command(), dir).map_err(|e| Error::io(dir, e))?;
             return Ok(EXIT_OK);
         }
         _ => {}
@@ -90,6 +95,6 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
             let mode = Mode::choose(cli.json, cli.quiet);
             download::download_all(a, &cli.server, cli.token.as_deref(), mode, &cancel).await
         }
-        Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
+        Command::Completions { .. } | Command::Man { .. } => Ok(EXIT_OK),
     }
 }

@@ -76,10 +76,17 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until `n` more bytes may be sent.
+    /// Waits until `n` more bytes may be sent (taken a piece at a time, so that any `n`
+    /// fits the burst).
     pub async fn acquire(&self, n: u64) {
-        while let Err(wait) = self.try_take(n) {
-            tokio::time::sleep(wait).await;
+        let piece = self.piece_size() as u64;
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(piece);
+            while let Err(wait) = self.try_take(take) {
+                tokio::time::sleep(wait).await;
+            }
+            left -= take;
         }
     }
 }

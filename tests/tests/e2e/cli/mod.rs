@@ -6,9 +6,14 @@
 //! Build the binaries first (`cargo build --workspace --bins`; `make test` does). The
 //! terminal test needs tmux.
 
+mod dirs;
 mod errors;
 mod faults;
+mod habits;
+mod install;
+mod outage;
 mod resume;
+mod safe_resume;
 mod support;
 mod terminal;
 mod upload;
