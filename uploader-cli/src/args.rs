@@ -190,7 +190,13 @@ pub struct DownloadArgs {
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<common::UploadId>,
     /// Output file, for one id (default: the upload's file name, or its id).
-    #[arg(short, long, env = "UPLOADER_OUTPUT", value_name = "FILE", conflicts_with = "dir")]
+    #[arg(
+        short,
+        long,
+        env = "UPLOADER_OUTPUT",
+        value_name = "FILE",
+        conflicts_with = "dir"
+    )]
     pub output: Option<PathBuf>,
     /// Directory to download into: each upload goes to its relative path under it (or its
     /// file name), checked never to leave it.
@@ -277,7 +283,11 @@ impl Cli {
         }
         let durations = [
             ("--stall-timeout", a.stall_timeout, DEFAULT_STALL_TIMEOUT),
-            ("--retry-max-delay", a.retry_max_delay, DEFAULT_RETRY_MAX_DELAY),
+            (
+                "--retry-max-delay",
+                a.retry_max_delay,
+                DEFAULT_RETRY_MAX_DELAY,
+            ),
             ("--give-up-after", a.give_up_after, DEFAULT_GIVE_UP_AFTER),
         ];
         for (name, value, default) in durations {
@@ -339,9 +349,26 @@ mod tests {
     #[test]
     fn resume_command_keeps_the_options_but_not_the_token() {
         let cli = Cli::try_parse_from([
-            "uploader", "upload", "/data/my file.bin", "/data/tree", "-j", "8", "--chunk-size", "16MiB",
-            "--limit-rate", "20MiB/s", "--server", "http://h:9", "--token", "s3cret",
-            "--give-up-after", "90s", "--transfers", "2", "--force", "-q",
+            "uploader",
+            "upload",
+            "/data/my file.bin",
+            "/data/tree",
+            "-j",
+            "8",
+            "--chunk-size",
+            "16MiB",
+            "--limit-rate",
+            "20MiB/s",
+            "--server",
+            "http://h:9",
+            "--token",
+            "s3cret",
+            "--give-up-after",
+            "90s",
+            "--transfers",
+            "2",
+            "--force",
+            "-q",
         ])
         .unwrap();
         let Command::Upload(u) = &cli.command else {
@@ -363,7 +390,10 @@ mod tests {
         let Command::Upload(b) = &back.command else {
             panic!("not upload")
         };
-        assert_eq!((b.parallel, b.chunk_size, b.limit_rate), (8, Some(16 << 20), Some(20 << 20)));
+        assert_eq!(
+            (b.parallel, b.chunk_size, b.limit_rate),
+            (8, Some(16 << 20), Some(20 << 20))
+        );
         assert_eq!(b.give_up_after, Duration::from_secs(90));
     }
 

@@ -185,7 +185,8 @@ fn relative_path(root: &Path, file: &Path) -> Result<String, Error> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
     let s = joined.join("/");
-    common::relpath::validate(&s).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+    common::relpath::validate(&s)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
     Ok(s)
 }
 

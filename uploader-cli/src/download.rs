@@ -125,7 +125,12 @@ pub async fn download_all(
             }
             Err(e) => {
                 let interrupted = matches!(e, Error::Interrupted { .. });
-                reporter.failed(Path::new(&id.to_string()), Some(id), &e.to_string(), e.exit_code());
+                reporter.failed(
+                    Path::new(&id.to_string()),
+                    Some(id),
+                    &e.to_string(),
+                    e.exit_code(),
+                );
                 worst = worst.max(e.exit_code());
                 if interrupted {
                     break;
@@ -215,9 +220,8 @@ async fn download(
                 .get(common::relpath::RELATIVE_PATH_KEY)
                 .cloned()
                 .unwrap_or_else(base_name);
-            let out = common::relpath::join_under(&root, &rel).map_err(|e| {
-                Error::Invalid(format!("upload {id}: {e}; not written"))
-            })?;
+            let out = common::relpath::join_under(&root, &rel)
+                .map_err(|e| Error::Invalid(format!("upload {id}: {e}; not written")))?;
             make_parents(&root, &out)?;
             match std::fs::symlink_metadata(&out) {
                 Ok(m) if m.is_file() => {

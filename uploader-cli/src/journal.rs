@@ -60,8 +60,8 @@ impl FileIdentity {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos().to_string())
             .unwrap_or_default();
-        let ctime_ns = (i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()))
-            .to_string();
+        let ctime_ns =
+            (i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec())).to_string();
         Self {
             path: path.to_path_buf(),
             size: meta.len(),

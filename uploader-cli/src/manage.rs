@@ -148,11 +148,26 @@ pub fn list(store: &Store, json: bool, all: bool) -> Result<()> {
     println!("{:<36}  {:>5}  {:>21}  FILE", "ID", "DONE", "BYTES");
     let rows = journals
         .iter()
-        .map(|j| (j.id, j.acked_bytes, j.file.size, &j.file.path, &j.relative_path, &j.server))
-        .chain(
-            done.iter()
-                .map(|d| (d.id, d.file.size, d.file.size, &d.file.path, &d.relative_path, &d.server)),
-        );
+        .map(|j| {
+            (
+                j.id,
+                j.acked_bytes,
+                j.file.size,
+                &j.file.path,
+                &j.relative_path,
+                &j.server,
+            )
+        })
+        .chain(done.iter().map(|d| {
+            (
+                d.id,
+                d.file.size,
+                d.file.size,
+                &d.file.path,
+                &d.relative_path,
+                &d.server,
+            )
+        }));
     for (id, acked, size, path, rel, server) in rows {
         let name = match rel {
             Some(r) => format!("{} as {r}", path.display()),

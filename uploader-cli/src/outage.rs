@@ -125,7 +125,7 @@ impl Outage {
             // The status line counts down, once a second.
             while Instant::now() < next {
                 if announced {
-                    reporter.unreachable(&reason, since.elapsed(), next - Instant::now());
+                    reporter.unreachable_tick(&reason, since.elapsed(), next - Instant::now());
                 }
                 let step = (next - Instant::now()).min(Duration::from_secs(1));
                 tokio::time::sleep(step).await;
@@ -154,11 +154,7 @@ impl Outage {
                 });
             }
             announced = true;
-            reporter.unreachable(
-                &reason,
-                down_for,
-                probe_delay(n + 1, self.longest_wait),
-            );
+            reporter.unreachable(&reason, down_for, probe_delay(n + 1, self.longest_wait));
         }
         unreachable!("the probe loop only ends by returning")
     }

@@ -10,10 +10,10 @@
 //! `retry`, `notice`, `unreachable`, `reachable`, `paused`, `completed`, `failed`; each is
 //! an object with an `event` field.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -408,44 +408,16 @@ impl Reporter {
         }
     }
 
-    /// The server has been unreachable for `down_for`; the next try is in `retry_in`.
-    /// On a terminal, one status line that updates; off one, a line at the start and then
-    /// one a minute; in JSON, an event per try.
+    /// A try to reach the server failed: it has been unreachable for `down_for`; the next
+    /// try is in `retry_in`. On a terminal, one status line that updates; off one, a line
+    /// at the start and then one a minute; in JSON, an event per try.
     pub fn unreachable(&self, reason: &str, down_for: Duration, retry_in: Duration) {
-        let text = format!(
-            "server unreachable, retrying in {} s, for {} ({reason})",
-            retry_in.as_secs_f64().round() as u64,
-            format_duration(down_for)
-        );
         match self.mode {
-            Mode::Json => {
-                // One event per try, not per countdown second.
-                let mut last = match self.last_plain_outage.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-                let fresh = last.is_none_or(|t| t.elapsed() >= retry_in.min(Duration::from_secs(1)));
-                if fresh && retry_in.as_millis() > 0 {
-                    *last = Some(Instant::now());
-                    drop(last);
-                    self.emit(json!({
-                        "event": "unreachable", "reason": reason,
-                        "for_ms": down_for.as_millis() as u64,
-                        "retry_in_ms": retry_in.as_millis() as u64,
-                    }));
-                }
-            }
-            Mode::Bars => self.with_bars(|b| {
-                let status = b.status.get_or_insert_with(|| {
-                    let s = b.multi.insert(0, ProgressBar::new_spinner());
-                    s.set_style(
-                        ProgressStyle::with_template("{wide_msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    s
-                });
-                status.set_message(format!("uploader: {text}"));
-            }),
+            Mode::Json => self.emit(json!({
+                "event": "unreachable", "reason": reason,
+                "for_ms": down_for.as_millis() as u64,
+                "retry_in_ms": retry_in.as_millis() as u64,
+            })),
             Mode::Plain => {
                 let mut last = match self.last_plain_outage.lock() {
                     Ok(g) => g,
@@ -453,11 +425,31 @@ impl Reporter {
                 };
                 if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     *last = Some(Instant::now());
-                    eprintln!("uploader: {text}");
+                    eprintln!("uploader: {}", outage_text(reason, down_for, retry_in));
                 }
             }
+            Mode::Bars => self.unreachable_tick(reason, down_for, retry_in),
             Mode::Quiet => {}
         }
+    }
+
+    /// The countdown to the next try, once a second: updates the status line on a
+    /// terminal, nothing elsewhere.
+    pub fn unreachable_tick(&self, reason: &str, down_for: Duration, retry_in: Duration) {
+        self.with_bars(|b| {
+            let status = b.status.get_or_insert_with(|| {
+                let s = b.multi.insert(0, ProgressBar::new_spinner());
+                s.set_style(
+                    ProgressStyle::with_template("{wide_msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                s
+            });
+            status.set_message(format!(
+                "uploader: {}",
+                outage_text(reason, down_for, retry_in)
+            ));
+        });
     }
 
     fn clear_status(&self) {
@@ -541,8 +533,12 @@ impl Reporter {
         self.done_bytes.fetch_add(c.size, Ordering::Relaxed);
         let done_files = self.done_files.fetch_add(1, Ordering::Relaxed) + 1;
         self.with_bars(|b| {
-            b.total.set_message(format!("total {done_files}/{} files", self.files));
-            let pos = self.done_bytes.load(Ordering::Relaxed).min(self.total_bytes);
+            b.total
+                .set_message(format!("total {done_files}/{} files", self.files));
+            let pos = self
+                .done_bytes
+                .load(Ordering::Relaxed)
+                .min(self.total_bytes);
             if pos > b.total.position() {
                 b.total.set_position(pos);
             }
@@ -652,6 +648,15 @@ impl Reporter {
             let _ = b.multi.clear();
         });
     }
+}
+
+/// "server unreachable, retrying in 8 s, for 1m12s (connection refused)".
+fn outage_text(reason: &str, down_for: Duration, retry_in: Duration) -> String {
+    format!(
+        "server unreachable, retrying in {} s, for {} ({reason})",
+        retry_in.as_secs_f64().round() as u64,
+        format_duration(down_for)
+    )
 }
 
 fn display_name(file: &Path) -> String {

@@ -175,7 +175,9 @@ struct Chosen {
 enum Stop {
     Failed(Error),
     /// The server holds chunks the file no longer has: start a new upload.
-    Stale { index: u64 },
+    Stale {
+        index: u64,
+    },
 }
 
 impl From<Error> for Stop {
@@ -309,7 +311,11 @@ impl Uploader<'_> {
 
     /// The upload this machine already made of this very file, if the server still has it
     /// (and `--force` is not given).
-    async fn already_uploaded(&self, path: &Path, ident: &FileIdentity) -> Result<Option<Completed>> {
+    async fn already_uploaded(
+        &self,
+        path: &Path,
+        ident: &FileIdentity,
+    ) -> Result<Option<Completed>> {
         if self.opts.force || self.opts.resume.is_some() {
             return Ok(None);
         }
@@ -339,7 +345,10 @@ impl Uploader<'_> {
                     relative_path: done.relative_path,
                 }))
             }
-            Ok(_) | Err(Error::Api { status: 404 | 410, .. }) => {
+            Ok(_)
+            | Err(Error::Api {
+                status: 404 | 410, ..
+            }) => {
                 self.store.remove_done(self.client.base(), &ident.path);
                 Ok(None)
             }
@@ -738,11 +747,7 @@ impl Uploader<'_> {
         }
 
         let metadata = job.relative_path.as_ref().map(|rel| {
-            std::iter::once((
-                common::relpath::RELATIVE_PATH_KEY.to_string(),
-                rel.clone(),
-            ))
-            .collect()
+            std::iter::once((common::relpath::RELATIVE_PATH_KEY.to_string(), rel.clone())).collect()
         });
         let body = CreateUpload {
             size: ident.size,

@@ -82,7 +82,11 @@ fn directory_keeps_relative_paths_and_downloads_back_into_a_tree() {
         }
         most = most.max(open);
     }
-    assert!(most >= 2, "no two files were in flight at once\n{}", run.dump());
+    assert!(
+        most >= 2,
+        "no two files were in flight at once\n{}",
+        run.dump()
+    );
 
     // The server keeps the relative path as metadata, and `status` shows it.
     let (rel, id) = ids.iter().find(|(r, _)| r.contains("deeper/c")).unwrap();

@@ -93,7 +93,10 @@ fn server_down_and_wrong_urls() {
     one_line_error(
         &run,
         1,
-        &format!("not an upload-server at {}/not/here (got 404 ", server.url()),
+        &format!(
+            "not an upload-server at {}/not/here (got 404 ",
+            server.url()
+        ),
     );
 
     for bad in ["not a url", "ftp://127.0.0.1/", "https://127.0.0.1:1"] {

@@ -82,20 +82,12 @@ fn token_errors_name_the_flag_and_the_variable() {
     let f = file.to_str().unwrap();
     let url = server.url();
     let run = cli.run(&["upload", f, "--server", &url]);
-    one_line(
-        &run,
-        1,
-        &["requires a token", "--token", "UPLOADER_TOKEN"],
-    );
+    one_line(&run, 1, &["requires a token", "--token", "UPLOADER_TOKEN"]);
     let id = "00000000-0000-4000-8000-000000000000";
     let run = cli.run(&["status", id, "--server", &url]);
     one_line(&run, 1, &["--token", "UPLOADER_TOKEN"]);
     let run = cli.run(&["upload", f, "--server", &url, "--token", "wrong"]);
-    one_line(
-        &run,
-        1,
-        &["refused the token", "--token", "UPLOADER_TOKEN"],
-    );
+    one_line(&run, 1, &["refused the token", "--token", "UPLOADER_TOKEN"]);
     assert!(!run.stderr.contains("wrong"), "{}", run.dump());
     let mut ok = cli.command(&["upload", f, "--server", &url, "-q"]);
     ok.env("UPLOADER_TOKEN", "token-a");
@@ -120,7 +112,11 @@ fn chunk_size_outside_the_server_bounds_is_a_usage_error() {
             "--chunk-size",
             size,
         ]);
-        one_line(&run, 2, &["--chunk-size", "the server accepts chunk sizes from"]);
+        one_line(
+            &run,
+            2,
+            &["--chunk-size", "the server accepts chunk sizes from"],
+        );
     }
     let run = cli.run(&["upload", file.to_str().unwrap(), "--chunk-size", "0"]);
     run.expect_code(2);
@@ -139,14 +135,24 @@ fn completions_and_man_page_cover_the_options() {
         let run = cli.run(&["completions", shell]);
         run.expect_code(0);
         // fish names long options without their dashes (`-l transfers`).
-        for word in ["upload", "download", "transfers", "give-up-after", "chunk-size"] {
+        for word in [
+            "upload",
+            "download",
+            "transfers",
+            "give-up-after",
+            "chunk-size",
+        ] {
             assert!(run.stdout.contains(word), "{shell}: {word}\n{}", run.dump());
         }
     }
     cli.run(&["completions", "tcsh"]).expect_code(2);
     let man = cli.run(&["man"]);
     man.expect_code(0);
-    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH uploader"), "{}", man.dump());
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH uploader"),
+        "{}",
+        man.dump()
+    );
     for word in ["upload", "download", "completions", "UPLOADER_SERVER"] {
         assert!(man.stdout.contains(word), "{word}");
     }

@@ -9,10 +9,7 @@ use std::process::Command;
 #[test]
 fn make_install_into_a_temporary_root() {
     let root = tempfile::tempdir().unwrap();
-    let bin_dir = tests::bin_path("uploader")
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let bin_dir = tests::bin_path("uploader").parent().unwrap().to_path_buf();
     let out = Command::new("make")
         .arg("-C")
         .arg(tests::webclients::repo_root())
@@ -38,7 +35,8 @@ fn make_install_into_a_temporary_root() {
         assert!(out.status.success(), "{bin} --version: {out:?}");
         let v = String::from_utf8_lossy(&out.stdout);
         assert!(
-            v.starts_with(&format!("{name} ")) && v.trim().split(' ').nth(1).is_some_and(|v| v.contains('.')),
+            v.starts_with(&format!("{name} "))
+                && v.trim().split(' ').nth(1).is_some_and(|v| v.contains('.')),
             "{bin} --version printed {v:?}"
         );
     }
@@ -54,5 +52,8 @@ fn make_install_into_a_temporary_root() {
         assert!(len > 100, "{f} is missing or empty");
     }
     let page = std::fs::read_to_string(usr.join("share/man/man1/uploader-upload.1")).unwrap();
-    assert!(page.contains("transfers") && page.contains("give"), "{page}");
+    assert!(
+        page.contains("transfers") && page.contains("give"),
+        "{page}"
+    );
 }

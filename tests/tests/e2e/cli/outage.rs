@@ -69,7 +69,10 @@ fn rides_out_a_ninety_second_outage_with_one_status_line() {
         let screen = tmux.capture();
         let lines = status_lines(&screen);
         assert!(lines.len() <= 1, "more than one status line:\n{screen}");
-        assert!(!screen.contains("retrying chunk"), "a line per chunk:\n{screen}");
+        assert!(
+            !screen.contains("retrying chunk"),
+            "a line per chunk:\n{screen}"
+        );
         assert!(!screen.contains("EXIT="), "the upload gave up:\n{screen}");
         if let Some(l) = lines.first() {
             texts.insert(l.trim().to_string());
@@ -78,8 +81,14 @@ fn rides_out_a_ninety_second_outage_with_one_status_line() {
         // The observer's polling interval, not a synchronisation sleep.
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(seen_a_minute, "the status line never said 'for 1m…': {texts:?}");
-    assert!(texts.len() >= 5, "the status line did not update: {texts:?}");
+    assert!(
+        seen_a_minute,
+        "the status line never said 'for 1m…': {texts:?}"
+    );
+    assert!(
+        texts.len() >= 5,
+        "the status line did not update: {texts:?}"
+    );
 
     server.restart();
     let end = tmux.wait_for("the end of the upload", Duration::from_secs(90), |s| {
@@ -88,7 +97,10 @@ fn rides_out_a_ninety_second_outage_with_one_status_line() {
     assert!(end.contains("EXIT=0"), "{end}");
     assert!(end.contains(&format!("sha256  {sha}")), "{end}");
     assert!(end.contains("reachable again after 1m"), "{end}");
-    assert!(status_lines(&end).is_empty(), "the status line was left behind:\n{end}");
+    assert!(
+        status_lines(&end).is_empty(),
+        "the status line was left behind:\n{end}"
+    );
 }
 
 /// With `--give-up-after`, a server that stays down ends the run with exit 1 and the exact
@@ -149,15 +161,27 @@ fn gives_up_with_the_exact_command_to_resume() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "it never gave up");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "it never gave up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let stderr = std::fs::read_to_string(&err_path).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("unreachable for") && stderr.contains("giving up"), "{stderr}");
+    assert!(
+        stderr.contains("unreachable for") && stderr.contains("giving up"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("retrying chunk"), "{stderr}");
-    assert!(stderr.matches("server unreachable, retrying in").count() <= 1, "{stderr}");
-    assert!(!stderr.contains("token-a"), "the token was printed:\n{stderr}");
+    assert!(
+        stderr.matches("server unreachable, retrying in").count() <= 1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("token-a"),
+        "the token was printed:\n{stderr}"
+    );
     let hint = stderr
         .lines()
         .skip_while(|l| !l.starts_with("Resume with:"))
@@ -193,7 +217,88 @@ fn gives_up_with_the_exact_command_to_resume() {
         .output()
         .unwrap();
     let so = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{command}\n{so}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{command}\n{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(so.contains(&format!("sha256  {sha}")), "{so}");
-    assert!(so.contains("resumed with"), "the hint did not resume:\n{so}");
+    assert!(
+        so.contains("resumed with"),
+        "the hint did not resume:\n{so}"
+    );
+}
+
+/// With `--json`: one `unreachable` event per try to reach the server (not per chunk), a
+/// `paused` event carrying the command to resume, and a `failed` one with exit code 1.
+#[test]
+fn json_reports_each_try_and_the_resume_command() {
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = random_file(dir.path(), "j.bin", 16 * MIB as usize, 97);
+    let url = server.url();
+    let server = std::cell::RefCell::new(server);
+    let run = cli.run_signalled(
+        &[
+            "upload",
+            path.to_str().unwrap(),
+            "--server",
+            &url,
+            "--chunk-size",
+            "1MiB",
+            "-j",
+            "4",
+            "--limit-rate",
+            "4MiB/s",
+            "--retry-max-delay",
+            "1s",
+            "--give-up-after",
+            "4s",
+            "--json",
+        ],
+        // Signal 0 only checks that the CLI is alive; the real fault is the server's death.
+        "0",
+        |e| {
+            let hit = e["event"] == "progress" && e["bytes"].as_u64().unwrap_or(0) >= 2 * MIB;
+            if hit {
+                // Idempotent: only the first call kills.
+                server.borrow_mut().kill9();
+            }
+            hit
+        },
+    );
+    run.expect_code(1);
+    let tries = run.events_of("unreachable");
+    assert!(
+        (2..=8).contains(&tries.len()),
+        "{} tries in 4 s\n{}",
+        tries.len(),
+        run.dump()
+    );
+    for t in &tries {
+        assert!(
+            t["for_ms"].is_u64() && t["retry_in_ms"].as_u64().unwrap() >= 1000,
+            "{t}"
+        );
+    }
+    let first = run
+        .events()
+        .iter()
+        .position(|e| e["event"] == "unreachable")
+        .unwrap();
+    assert!(
+        !run.events()[first..].iter().any(|e| e["event"] == "retry"),
+        "retries reported during the outage\n{}",
+        run.dump()
+    );
+    let paused = run.one("paused");
+    assert!(
+        paused["resume"]
+            .as_str()
+            .unwrap()
+            .contains("--give-up-after 4s"),
+        "{paused}"
+    );
+    assert_eq!(run.one("failed")["exit_code"], 1);
 }

@@ -67,7 +67,10 @@ fn edit_with_size_and_mtime_restored_is_detected_on_resume() {
     let mtime_before = std::fs::metadata(&path).unwrap().modified().unwrap();
     edit_in_place(&path, 1000, &tests::random_bytes(5000, 94));
     touch(&[&reference, &path]);
-    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime_before);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        mtime_before
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 * MIB);
     let sha = file_sha(&path);
 
@@ -79,7 +82,9 @@ fn edit_with_size_and_mtime_restored_is_detected_on_resume() {
         .map(|n| n["message"].as_str().unwrap().to_string())
         .collect();
     assert!(
-        notices.iter().any(|n| n.contains("changed since upload") && n.contains("ctime")),
+        notices
+            .iter()
+            .any(|n| n.contains("changed since upload") && n.contains("ctime")),
         "{}",
         second.dump()
     );
@@ -121,7 +126,12 @@ fn metadata_change_rereads_but_keeps_the_upload() {
     let first = cli.run_interrupted(&slow_upload_args(p, &url), progress_at_least(2 * MIB));
     first.expect_code(130);
     let old = first.one("paused")["id"].as_str().unwrap().to_string();
-    assert!(cli.journal_values()[0]["midstate"]["chunks"].as_u64().unwrap_or(0) >= 2);
+    assert!(
+        cli.journal_values()[0]["midstate"]["chunks"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let second = cli.run(&["upload", p, "--server", &url, "--json"]);
@@ -170,7 +180,10 @@ fn a_file_changed_while_uploading_is_not_a_success() {
     );
     let failed = events.iter().find(|e| e["event"] == "failed").unwrap();
     assert!(
-        failed["error"].as_str().unwrap().contains("changed while it was being uploaded"),
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("changed while it was being uploaded"),
         "{failed}"
     );
     let id = events.iter().find(|e| e["event"] == "started").unwrap()["id"]

@@ -54,7 +54,12 @@ impl Tmux {
     }
 
     /// Polls the pane until `pred` holds (bounded), returning that screen.
-    pub(super) fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(super) fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let start = Instant::now();
         let mut screen = String::new();
         while start.elapsed() < limit {
@@ -173,7 +178,12 @@ fn bars_fit_a_narrow_terminal_with_one_total_line() {
     std::fs::create_dir_all(dir.path().join("tree")).unwrap();
     random_file(&dir.path().join("tree"), "large-file.bin", 72 << 20, 41);
     for i in 0..5 {
-        random_file(&dir.path().join("tree"), &format!("small{i}.bin"), 100_000, 42 + i);
+        random_file(
+            &dir.path().join("tree"),
+            &format!("small{i}.bin"),
+            100_000,
+            42 + i,
+        );
     }
     let tree = dir.path().join("tree");
     let url = server.url();
@@ -192,9 +202,11 @@ fn bars_fit_a_narrow_terminal_with_one_total_line() {
         &[],
     );
     let tmux = Tmux::start("narrow", 60, 20, &script);
-    let during = tmux.wait_for("the total line and the large file's bar", Duration::from_secs(30), |s| {
-        s.contains("total") && s.contains("large-file") && s.contains('%')
-    });
+    let during = tmux.wait_for(
+        "the total line and the large file's bar",
+        Duration::from_secs(30),
+        |s| s.contains("total") && s.contains("large-file") && s.contains('%'),
+    );
     let bar_lines: Vec<&str> = during.lines().filter(|l| l.contains('%')).collect();
     assert_eq!(
         bar_lines.iter().filter(|l| l.contains("total")).count(),
@@ -203,7 +215,10 @@ fn bars_fit_a_narrow_terminal_with_one_total_line() {
     );
     for l in &bar_lines {
         assert!(l.chars().count() <= 60, "wider than the pane: {l:?}");
-        assert!(l.contains('[') && l.contains(']'), "a bar cut short: {l:?}\n{during}");
+        assert!(
+            l.contains('[') && l.contains(']'),
+            "a bar cut short: {l:?}\n{during}"
+        );
     }
     assert!(
         !bar_lines.iter().any(|l| l.contains("small")),
@@ -244,7 +259,8 @@ fn download_shows_a_progress_bar() {
     );
     let tmux = Tmux::start("download", 220, 20, &script);
     tmux.wait_for("a download bar in motion", Duration::from_secs(30), |s| {
-        s.lines().any(|l| l.contains("copy.bin") && l.contains('%') && l.contains("MiB/s"))
+        s.lines()
+            .any(|l| l.contains("copy.bin") && l.contains('%') && l.contains("MiB/s"))
             && !s.contains("EXIT=")
     });
     let end = tmux.wait_for("the end of the download", Duration::from_secs(60), |s| {
