@@ -4,7 +4,7 @@
 //! codes, output, JSON events and the bytes the server ends up with.
 //!
 //! Build the binaries first (`cargo build --workspace --bins`; `make test` does). The
-//! terminal test needs tmux.
+//! terminal tests need tmux.
 
 mod dirs;
 mod errors;
@@ -14,6 +14,6 @@ mod install;
 mod outage;
 mod resume;
 mod safe_resume;
-mod support;
+pub(crate) mod support;
 mod terminal;
 mod upload;
