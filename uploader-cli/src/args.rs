@@ -64,7 +64,7 @@ pub enum Command {
     /// Show an upload's state on the server.
     #[command(after_help = EXIT_CODES_HELP)]
     Status {
-        /// An upload id, or a file with an unfinished upload from this machine.
+        /// An upload id, or a file uploaded (or being uploaded) from this machine.
         target: String,
     },
     /// List the unfinished uploads this machine knows, with their progress.

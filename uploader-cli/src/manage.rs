@@ -22,7 +22,13 @@ pub struct Target {
 
 /// Resolves `ID|FILE`: an id is looked up on `server`; a file through its journal (which
 /// names the server it was uploaded to).
-pub fn resolve(target: &str, server: &str, token: Option<&str>, store: &Store) -> Result<Target> {
+pub fn resolve(
+    target: &str,
+    server: &str,
+    token: Option<&str>,
+    store: &Store,
+    completed_too: bool,
+) -> Result<Target> {
     if let Ok(id) = target.parse::<UploadId>() {
         let journal = store.find_by_id(&id)?;
         return Ok(Target {
@@ -35,11 +41,33 @@ pub fn resolve(target: &str, server: &str, token: Option<&str>, store: &Store) -
     let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
     let journal = match store.find_by_path(server, &canon)? {
         Some(j) => j,
-        None => store.find_by_path_any_server(&canon)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "{target}: no unfinished upload of this file is known on this machine (pass an upload id instead)"
-            ))
-        })?,
+        None => match store.find_by_path_any_server(&canon)? {
+            Some(j) => j,
+            None => {
+                // A file uploaded completely from here: the newest such upload.
+                let done = if completed_too {
+                    store.find_done(server, &canon).or_else(|| {
+                        store
+                            .list_done()
+                            .into_iter()
+                            .rfind(|d| d.file.path == canon)
+                    })
+                } else {
+                    None
+                };
+                let done = done.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{target}: no {}upload of this file is known on this machine (pass an upload id instead)",
+                        if completed_too { "" } else { "unfinished " }
+                    ))
+                })?;
+                return Ok(Target {
+                    client: Client::new(&done.server, token)?,
+                    id: done.id,
+                    journal: None,
+                });
+            }
+        },
     };
     Ok(Target {
         client: Client::new(&journal.server, token)?,
@@ -100,7 +128,7 @@ pub async fn status(
     store: &Store,
     json: bool,
 ) -> Result<()> {
-    let t = resolve(target, server, token, store)?;
+    let t = resolve(target, server, token, store, true)?;
     let st = t.client.status(&t.id).await?;
     if json {
         let v = serde_json::to_string(&st).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -192,7 +220,7 @@ pub async fn cancel(
     store: &Store,
     quiet: bool,
 ) -> Result<()> {
-    let t = resolve(target, server, token, store)?;
+    let t = resolve(target, server, token, store, false)?;
     match t.client.cancel(&t.id).await {
         Ok(()) => {}
         Err(Error::Api {

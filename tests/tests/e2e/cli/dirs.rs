@@ -169,6 +169,12 @@ fn force_and_changed_files_upload_again() {
     let first = cli.run(&["upload", p, "--server", &url, "--json"]);
     first.expect_code(0);
     let id = first.one("completed")["id"].as_str().unwrap().to_string();
+    // `status FILE` finds the upload this machine completed.
+    let st = cli.run(&["status", p, "--json"]);
+    st.expect_code(0);
+    let st: Value = serde_json::from_str(st.stdout.trim()).unwrap();
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["state"], "completed");
 
     let same = cli.run(&["upload", p, "--server", &url]);
     same.expect_code(0);
