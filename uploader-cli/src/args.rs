@@ -12,7 +12,8 @@ use common::units::{parse_duration, parse_rate, parse_size};
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
-  1    failure (file unreadable, server unreachable or refusing, retries exhausted)
+  1    failure (file unreadable or changed while sent, server refusing or unreachable
+       beyond --give-up-after, retries exhausted)
   2    usage error (bad option or argument)
   3    verification mismatch: the server's SHA-256 differs from the file's
   130  interrupted (Ctrl-C); the upload is paused, run the same command to resume";
@@ -36,8 +37,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "UPLOADER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Where unfinished uploads are remembered (default: the platform state directory,
-    /// e.g. ~/.local/state/uploader).
+    /// Where unfinished and completed uploads are remembered (default: the platform state
+    /// directory, e.g. ~/.local/state/uploader).
     #[arg(long, global = true, env = "UPLOADER_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

@@ -8,7 +8,8 @@
 //! - [`client`]: typed requests of the API, errors carrying the problem `detail`.
 //! - [`batch`]: a run: paths expanded into files with relative paths, `--transfers` files
 //!   at once, one resume hint.
-//! - [`upload`]: one file: choose/resume the upload, read+hash, parallel sends, complete.
+//! - [`choose`]: which upload a file continues (or none: already uploaded).
+//! - [`upload`]: one file: read+hash, parallel sends through the shared pool, complete.
 //! - [`retry`]: backoff with full jitter, `Retry-After`.
 //! - [`outage`]: waiting out an unreachable server, up to `--give-up-after`.
 //! - [`limit`]: the shared `--limit-rate` budget (governor).
@@ -20,6 +21,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod choose;
 pub mod client;
 pub mod download;
 pub mod error;

@@ -1,6 +1,6 @@
-//! Uploading one file: choose (or resume) the upload, read the file once in order while
-//! hashing it, send the missing chunks through the run's shared pool of chunk slots with
-//! retries, then complete and compare the server's SHA-256 with ours.
+//! Uploading one file: with the upload chosen ([`crate::choose`]), read the file once in
+//! order while hashing it, send the missing chunks through the run's shared pool of chunk
+//! slots with retries, then complete and compare the server's SHA-256 with ours.
 //!
 //! # Memory
 //! At most `-j` chunks are in flight over the whole run, plus one read ahead per file being
@@ -21,7 +21,7 @@
 //! longer has, so that upload is cancelled and a new one started. A file that changes while
 //! it is being sent is never reported as uploaded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,12 +35,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::api::{Capabilities, CreateUpload, UploadState, UploadStatus};
-use common::geometry::{choose_chunk_size, Geometry};
+use common::api::{Capabilities, UploadState, UploadStatus};
+use common::geometry::Geometry;
 use common::ranges::{iter_ranges, to_ranges};
 use common::units::format_size;
 use common::{Sha256Digest, UploadId};
 
+use crate::choose::Chosen;
 use crate::client::{Client, Completion, SendOptions};
 use crate::error::{Error, Result};
 use crate::journal::{Done, FileIdentity, Journal, Midstate, Store};
@@ -162,15 +163,6 @@ pub fn resume_notice(
     s
 }
 
-/// What `choose_upload` settled on.
-struct Chosen {
-    journal: Journal,
-    status: UploadStatus,
-    /// Chunk sums to check the server's chunks against (the file changed since the journal
-    /// was written), or `None` to trust the midstate.
-    verify: Option<HashMap<u64, [u8; 32]>>,
-}
-
 /// Why the transfer of a file stopped early, inside [`Uploader::transfer`].
 enum Stop {
     Failed(Error),
@@ -189,7 +181,12 @@ impl From<Error> for Stop {
 impl Uploader<'_> {
     /// Runs `op` with the retry policy, reporting each retry. A server that is unreachable
     /// is waited for ([`Outage`]) without spending retries; Ctrl-C ends the waits.
-    async fn with_retry<T, F, Fut>(&self, file: &Path, chunk: Option<u64>, mut op: F) -> Result<T>
+    pub(crate) async fn with_retry<T, F, Fut>(
+        &self,
+        file: &Path,
+        chunk: Option<u64>,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -279,80 +276,6 @@ impl Uploader<'_> {
                     fresh = true;
                 }
             }
-        }
-    }
-
-    /// A chunk size the server refuses is a usage error, found before anything is created.
-    fn check_chunk_size(&self, path: &Path, size: u64) -> Result<()> {
-        let caps = self.capabilities;
-        if self.opts.resume.is_some() {
-            return Ok(());
-        }
-        choose_chunk_size(&caps.chunk_size, caps.max_chunks, size, self.opts.chunk_size)
-            .map(|_| ())
-            .map_err(|e| {
-                Error::Usage(match e {
-                    common::geometry::GeometryError::OutOfBounds { min, max, .. } => format!(
-                        "--chunk-size {}: the server accepts chunk sizes from {} to {}",
-                        format_size(self.opts.chunk_size.unwrap_or(0)),
-                        format_size(min),
-                        format_size(max)
-                    ),
-                    common::geometry::GeometryError::TooManyChunks { count, max, .. } => {
-                        format!(
-                            "--chunk-size {} cuts {} into {count} chunks, more than the server's maximum of {max}; choose a larger --chunk-size",
-                            format_size(self.opts.chunk_size.unwrap_or(0)),
-                            path.display()
-                        )
-                    }
-                })
-            })
-    }
-
-    /// The upload this machine already made of this very file, if the server still has it
-    /// (and `--force` is not given).
-    async fn already_uploaded(
-        &self,
-        path: &Path,
-        ident: &FileIdentity,
-    ) -> Result<Option<Completed>> {
-        if self.opts.force || self.opts.resume.is_some() {
-            return Ok(None);
-        }
-        let Some(done) = self.store.find_done(self.client.base(), &ident.path) else {
-            return Ok(None);
-        };
-        if done.file != *ident {
-            return Ok(None);
-        }
-        match self
-            .with_retry(path, None, || self.client.status(&done.id))
-            .await
-        {
-            Ok(st)
-                if st.state == UploadState::Completed
-                    && st.sha256.map(|s| s.to_hex()) == Some(done.sha256.clone()) =>
-            {
-                Ok(Some(Completed {
-                    id: done.id,
-                    size: st.size,
-                    sha256: st.sha256.unwrap_or(Sha256Digest([0; 32])),
-                    url: self.client.content_url(&done.id),
-                    read_bytes: 0,
-                    resumed_bytes: st.size,
-                    elapsed: Duration::ZERO,
-                    existing: true,
-                    relative_path: done.relative_path,
-                }))
-            }
-            Ok(_)
-            | Err(Error::Api {
-                status: 404 | 410, ..
-            }) => {
-                self.store.remove_done(self.client.base(), &ident.path);
-                Ok(None)
-            }
-            Err(e) => Err(e),
         }
     }
 
@@ -628,18 +551,6 @@ impl Uploader<'_> {
         })
     }
 
-    /// Fails if the file's identity differs from `ident` (what it was when reading began).
-    fn check_unchanged(&self, path: &Path, canon: &Path, ident: &FileIdentity) -> Result<()> {
-        let meta = std::fs::metadata(canon).map_err(|e| Error::io(path, e))?;
-        match FileIdentity::of(canon, &meta).differences(ident) {
-            None => Ok(()),
-            Some(what) => Err(Error::ChangedWhileUploading {
-                file: path.to_path_buf(),
-                what,
-            }),
-        }
-    }
-
     fn save_progress(&self, journal: &mut Journal, acked: &[bool], geo: &Geometry) {
         journal.acked = to_ranges((0..acked.len() as u64).filter(|&i| acked[i as usize]));
         journal.acked_bytes = geo.bytes_of(&journal.acked);
@@ -649,125 +560,6 @@ impl Uploader<'_> {
             self.reporter
                 .notice(&journal.file.path, &format!("warning: {e}"));
         }
-    }
-
-    /// Finds the upload to continue for this file, or creates one (`fresh`: create).
-    async fn choose_upload(&self, job: &Job, ident: &FileIdentity, fresh: bool) -> Result<Chosen> {
-        let path = job.path.as_path();
-        let server = self.client.base();
-        if let Some(id) = self.opts.resume.filter(|_| !fresh) {
-            let status = self
-                .with_retry(path, None, || self.client.status(&id))
-                .await?;
-            if status.size != ident.size {
-                return Err(Error::Invalid(format!(
-                    "upload {id} is {} bytes but {} is {} bytes",
-                    status.size,
-                    path.display(),
-                    ident.size
-                )));
-            }
-            if status.state == UploadState::Failed {
-                return Err(Error::Invalid(format!(
-                    "upload {id} failed verification; start a new one"
-                )));
-            }
-            let journal = match self.store.find_by_id(&id)? {
-                Some(j) if j.file == *ident && j.server == server => j,
-                _ => Journal::new(server, id, ident.clone(), status.chunk_size),
-            };
-            self.store.save(&journal)?;
-            return Ok(Chosen {
-                journal,
-                status,
-                verify: None,
-            });
-        }
-
-        if let Some(j) = self
-            .store
-            .find_by_path(server, &ident.path)?
-            .filter(|_| !fresh)
-        {
-            if j.file.size == ident.size {
-                match self
-                    .with_retry(path, None, || self.client.status(&j.id))
-                    .await
-                {
-                    Ok(st) if st.state != UploadState::Failed && st.size == ident.size => {
-                        let verify = j.file.differences(ident).map(|what| {
-                            self.reporter.notice(
-                                path,
-                                &format!(
-                                    "{} changed since upload {} was paused ({what} differ); reading it again to check what was sent",
-                                    path.display(),
-                                    j.id
-                                ),
-                            );
-                            self.store.sums(&j.id)
-                        });
-                        // The journal keeps the identity it had until this run has
-                        // checked every chunk: a run stopped halfway checks again.
-                        let journal = j;
-                        return Ok(Chosen {
-                            journal,
-                            status: st,
-                            verify,
-                        });
-                    }
-                    Ok(_)
-                    | Err(Error::Api {
-                        status: 404 | 410, ..
-                    }) => {
-                        self.reporter.notice(
-                            path,
-                            &format!(
-                                "the paused upload {} of {} is gone from the server (expired or cancelled); starting a new upload",
-                                j.id,
-                                path.display()
-                            ),
-                        );
-                        self.store.remove(&j.id)?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                self.reporter.notice(
-                    path,
-                    &format!(
-                        "{} changed since upload {} was paused (its size differs); starting a new upload",
-                        path.display(),
-                        j.id
-                    ),
-                );
-                // The old upload can never be completed with this file: free its space.
-                let _ = self.client.cancel(&j.id).await;
-                self.store.remove(&j.id)?;
-            }
-        }
-
-        let metadata = job.relative_path.as_ref().map(|rel| {
-            std::iter::once((common::relpath::RELATIVE_PATH_KEY.to_string(), rel.clone())).collect()
-        });
-        let body = CreateUpload {
-            size: ident.size,
-            chunk_size: self.opts.chunk_size,
-            sha256: None,
-            filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            metadata,
-        };
-        let key = uuid::Uuid::new_v4().to_string();
-        let status = self
-            .with_retry(path, None, || self.client.create(&body, &key))
-            .await?;
-        let mut journal = Journal::new(server, status.id, ident.clone(), status.chunk_size);
-        journal.relative_path = job.relative_path.clone();
-        self.store.save(&journal)?;
-        Ok(Chosen {
-            journal,
-            status,
-            verify: None,
-        })
     }
 
     /// Sends one chunk with retries, holding one of the run's chunk slots; returns its
