@@ -22,8 +22,10 @@
 // - --expect-failure: the card must fail (the test makes a chunk fail for real); its message is
 //   reported (`failure`), then Retry is pressed with the keyboard and the upload must finish.
 // - --more-files P,Q: chosen together with --file, in that order; waits until every card is done
-//   and reports the cards top to bottom (`cards`: name, state, SHA-256 shown).
-// - --screenshot PATH: the page mid-upload (before the pause or cancel, or at ~40% otherwise).
+//   and reports the cards top to bottom (`cards`: name, state, SHA-256 shown). With
+//   --wrong-token, their cards fail too and are dismissed with the keyboard (`after_dismiss`).
+// - --screenshot PATH: the page mid-upload (before the pause or cancel, with the failed card, or at
+//   ~40% otherwise).
 // Buttons are found by their accessible role and name (as a screen reader announces them) and
 // pressed with the keyboard. Uploads on loopback are too fast to catch mid-way, so with
 // --pause-reload-at, --cancel or --screenshot the upload bandwidth is throttled with CDP
@@ -200,6 +202,18 @@ try {
     const f = await waitUpload(page, { state: 'error' }, 'the card to fail')
     result.failure = { message: f.message, error: f.error, buttons: f.buttons, id: f.id }
     result.token_invalid_marked = await page.getAttribute('#token', 'aria-invalid') === 'true'
+    await shot(page)
+    if (more.length) {
+      // The other files failed too: dismiss them from the list, with the keyboard.
+      await page.waitForFunction(() => [...document.querySelectorAll('#uploads .upload')]
+        .every((el) => el.dataset.state === 'error'), null, { timeout: timeoutMs, polling: 50 })
+      for (const f of more) await press(page, `Dismiss the upload of ${path.basename(f)}`)
+      result.after_dismiss = await page.evaluate(() => ({
+        cards: [...document.querySelectorAll('#uploads .upload .name')].map((e) => e.textContent),
+        focused: document.activeElement?.getAttribute('aria-label') || document.activeElement?.id || null,
+      }))
+      more.length = 0
+    }
     if (args['wrong-token']) await typeToken(page, args.token)
     await press(page, `Retry the upload of ${name}`)
   }

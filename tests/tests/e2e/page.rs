@@ -356,9 +356,9 @@ fn page_cancel_makes_the_server_answer_410() {
     assert_eq!(problem["status"], 410, "{problem:#}");
 }
 
-/// With authentication on, the page shows its token field; a wrong token fails the card
-/// with words that name the field, and the right one plus Retry finishes the upload, whose
-/// download link is a signed URL that works without a token.
+/// With authentication on, the page shows its token field; a wrong token fails the cards
+/// with words that name the field; one is dismissed, and the right token plus Retry finishes
+/// the other, whose download link is a signed URL that works without a token.
 #[test]
 fn page_wrong_token_then_the_right_one() {
     if !webclients_or_skip("page_wrong_token_then_the_right_one") {
@@ -375,14 +375,28 @@ fn page_wrong_token_then_the_right_one() {
     let (_, caps) = get_json(&format!("{}/v1", server.url()), None);
     assert_eq!(caps["token_required"], true, "{caps:#}");
     let (file, sha) = random_file(tmp.path(), "with-token.bin", 3 * MIB + 17, 8);
+    let (other, _) = random_file(tmp.path(), "dismissed.bin", MIB, 10);
 
     let r = run_driver(
         &server.url(),
         &file,
-        &["--wrong-token", "not-the-token", "--token", "page-token"],
+        &[
+            "--wrong-token",
+            "not-the-token",
+            "--token",
+            "page-token",
+            "--more-files",
+            other.to_str().expect("utf-8 path"),
+        ],
     );
     eprintln!("page.mjs: {r}");
     assert_eq!(r["token_field_visible"], true, "{r:#}");
+    // The other file's card failed too; Dismiss took it off the list.
+    assert_eq!(
+        r["after_dismiss"]["cards"],
+        serde_json::json!(["with-token.bin"]),
+        "{r:#}"
+    );
 
     // The failure names the field, without header syntax, and offers Retry and Dismiss.
     let error = r["failure"]["error"].as_str().expect("failure message");
