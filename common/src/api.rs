@@ -185,6 +185,21 @@ pub struct Problem {
     /// The SHA-256 that was computed, on a verification failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_sha256: Option<Sha256Digest>,
+    /// The upload's offset, on an append that started elsewhere (the IETF draft's
+    /// `mismatching-upload-offset`).
+    #[serde(
+        default,
+        rename = "expected-offset",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expected_offset: Option<u64>,
+    /// Where the refused append started.
+    #[serde(
+        default,
+        rename = "provided-offset",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub provided_offset: Option<u64>,
 }
 
 /// Body of `POST /v1/uploads/{id}/content-url` (may be empty).

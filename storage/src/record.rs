@@ -95,6 +95,10 @@ pub enum Concat {
     Final {
         /// The parts.
         parts: Vec<UploadId>,
+        /// The parts as the creating request named them (absolute URLs or paths), to say
+        /// them back the same way.
+        #[serde(default)]
+        urls: Vec<String>,
     },
 }
 
@@ -162,15 +166,15 @@ impl UploadRecord {
     }
 
     /// A length said again for an upload whose length is known: the same one, or
-    /// [`Error::LengthMismatch`] (a known length never changes).
+    /// [`Error::InconsistentLength`] (a known length never changes).
     pub fn same_length(&self, length: u64) -> Result<()> {
         if self.size == length {
             Ok(())
         } else {
-            Err(Error::LengthMismatch {
-                known: self.size,
-                declared: length,
-            })
+            Err(Error::InconsistentLength(format!(
+                "the upload's length is {} bytes and cannot change to {length}",
+                self.size
+            )))
         }
     }
 
@@ -193,25 +197,6 @@ impl UploadRecord {
             )));
         }
         Ok((self.size - index * self.chunk_size).min(self.chunk_size))
-    }
-
-    /// Whether bytes may be written now, the `mode` way: only while uploading, and only
-    /// in the upload's own mode (chunks or in-order appends).
-    pub fn check_writable(&self, mode: UploadMode) -> Result<()> {
-        match self.state {
-            StoredState::Uploading => {}
-            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
-            s => return Err(Error::WrongState(s.name())),
-        }
-        match (self.mode, mode) {
-            (a, b) if a == b => Ok(()),
-            (UploadMode::Stream, _) => Err(Error::WrongMode(
-                "this upload takes in-order appends (tus, IETF), not chunks",
-            )),
-            (UploadMode::Chunks, _) => Err(Error::WrongMode(
-                "this upload takes chunks (native API), not in-order appends",
-            )),
-        }
     }
 
     /// Where chunk `index` ends (exclusive), for any index below the chunk count.

@@ -2,9 +2,7 @@
 //! request rate limit (and the CLI backing off from it), a full disk mid-upload, and a
 //! slowloris crowd that must not stop a normal upload.
 
-#[path = "cli/support.rs"]
-#[allow(dead_code)]
-mod support;
+use crate::cli::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,6 +9,6 @@
 mod errors;
 mod faults;
 mod resume;
-mod support;
+pub(crate) mod support;
 mod terminal;
 mod upload;

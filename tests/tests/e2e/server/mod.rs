@@ -7,5 +7,9 @@
 //! The S3 run is skipped (with a message) when the S3 test server is not installed, unless
 //! `S3_REQUIRED=1`.
 
+// Each backend's module includes the same test files with its own `STORAGE`: one suite,
+// compiled once per backend.
+#[allow(clippy::duplicate_mod)]
 mod local;
+#[allow(clippy::duplicate_mod)]
 mod s3;
