@@ -16,7 +16,7 @@
 // complete (the page's card turning `done`, after the server verified the whole file; tus
 // clients' success callbacks). CPU: user + system time of every Chromium process (the
 // descendants of this Node process, read from /proc, children's reaped time included) between
-// just before the file is chosen and just after completion.
+// just before the file is chosen and just after completion, also by process type.
 // Output: {ok, client, bytes, seconds, mb_s, cpu_s, cpu_s_per_gb, browser_version, ...}; the
 // page adds `long_tasks` (main-thread tasks over 50 ms during the upload: count, longest ms) and
 // the page's own transfer figures (`stats`).
@@ -49,8 +49,9 @@ const consoleLines = []
 watchdog(timeoutMs + 30000, `${args.client} upload`, () => ({ ...result, console: consoleLines.slice(-20) }))
 
 const TICK = 100 // USER_HZ: /proc/PID/stat times are in 1/100 s on Linux
-// CPU seconds (utime + stime + cutime + cstime) of every process descending from this one.
-function browserCpuSeconds () {
+// CPU seconds (utime + stime + cutime + cstime) of every process descending from this one, in
+// all and by Chromium process type (`--type=renderer`, `utility`…; `browser` without one).
+function browserCpu () {
   const stats = []
   for (const d of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue
@@ -66,10 +67,21 @@ function browserCpuSeconds () {
     grew = false
     for (const p of stats) if (!mine.has(p.pid) && mine.has(p.ppid)) { mine.add(p.pid); grew = true }
   }
-  let ticks = 0
-  for (const p of stats) if (p.pid !== process.pid && mine.has(p.pid)) ticks += p.ticks
-  return ticks / TICK
+  const out = { total: 0 }
+  for (const p of stats) {
+    if (p.pid === process.pid || !mine.has(p.pid)) continue
+    let type = 'other'
+    try {
+      const cmd = fs.readFileSync(`/proc/${p.pid}/cmdline`, 'utf8')
+      if (/chrom/.test(cmd.split('\0')[0])) type = (cmd.match(/--type=([a-z-]+)/) || [null, 'browser'])[1]
+      if (type === 'utility') type = (cmd.match(/--utility-sub-type=[a-z_]+\.mojom\.(\w+)/) || [null, 'utility'])[1]
+    } catch {}
+    out[type] = (out[type] || 0) + p.ticks / TICK
+    out.total += p.ticks / TICK
+  }
+  return out
 }
+const cpuDelta = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, Number((b[k] - (a[k] || 0)).toFixed(2))]))
 
 let browser = null
 let pageServer = null
@@ -123,12 +135,12 @@ try {
     await page.evaluate((o) => window.bench.start(o), { client: args.client, endpoint: `${base}/files/`, chunkSize })
   }
 
-  const cpu0 = browserCpuSeconds()
+  const cpu0 = browserCpu()
   await page.setInputFiles('#file', file)
   let seconds
   if (args.client === 'page') {
     await page.waitForFunction(() => window.benchMarks.t1 > 0, null, { timeout: timeoutMs, polling: 100 })
-    const cpu1 = browserCpuSeconds()
+    result.cpu_by_process = cpuDelta(cpu0, browserCpu())
     const m = await page.evaluate(() => {
       const el = document.querySelector('#uploads .upload')
       return {
@@ -138,7 +150,6 @@ try {
       }
     })
     m.stats = await page.evaluate(async () => (await window.uploadPage?.stats?.()) ?? null)
-    result.cpu_s = cpu1 - cpu0
     if (m.state !== 'done') throw new Error(`the page's upload failed: ${m.error}`)
     seconds = (m.t1 - m.t0) / 1000
     result.sha256 = m.sha256
@@ -146,14 +157,14 @@ try {
     result.stats = m.stats
   } else {
     const out = await page.evaluate(() => window.bench.done())
-    result.cpu_s = browserCpuSeconds() - cpu0
+    result.cpu_by_process = cpuDelta(cpu0, browserCpu())
     if (!out.ok) throw new Error(`${args.client}: ${out.error}`)
     seconds = out.seconds
     result.upload_url = out.url
   }
   result.seconds = Number(seconds.toFixed(3))
   result.mb_s = Number((bytes / 1e6 / seconds).toFixed(1))
-  result.cpu_s = Number(result.cpu_s.toFixed(2))
+  result.cpu_s = result.cpu_by_process.total
   result.cpu_s_per_gb = Number((result.cpu_s / (bytes / 1e9)).toFixed(2))
   result.ok = true
 } catch (e) {
