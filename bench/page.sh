@@ -25,7 +25,9 @@ trap cleanup EXIT
 
 # one CLIENT -> the driver's JSON line, against a fresh server (tus clients are cross-origin).
 one() {
-  rm -rf "$WORK/page-data"
+  # The old log goes first: the new server's redirection may not have truncated it yet when
+  # the loop below reads it.
+  rm -rf "$WORK/page-data" "$WORK/page-server.log"
   "$BIN/upload-server" --listen 127.0.0.1:0 --data-dir "$WORK/page-data" --cors-origin '*' > "$WORK/page-server.log" 2>&1 &
   SPID=$!
   local url=""
