@@ -261,6 +261,7 @@ impl Limits {
             check_text("filename", name, MAX_FILENAME_LEN)?;
         }
         if let Some(meta) = &req.metadata {
+            common::relpath::check_metadata(meta).map_err(|e| Error::Invalid(e.to_string()))?;
             if meta.len() > MAX_METADATA_PAIRS {
                 return Err(Error::Invalid(format!(
                     "at most {MAX_METADATA_PAIRS} metadata pairs are accepted"
