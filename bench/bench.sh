@@ -120,6 +120,7 @@ if [ "${BENCH_TUS:-1}" = 1 ]; then
 | (g) tus, 8 MiB PATCHes, lean client: upload-server (fsync + SHA-256) | $tol | vs @tus/server + @tus/file-store (neither; same run: $trl MB/s) = **$(python3 -c "print(f'{$tol/$trl:.2f}')")** | ours $torss MiB, @tus/server $trrss MiB (tus-js-client runs) |
 | (h) tus end to end with tus-js-client | $toj | vs @tus/server ($trj MB/s) = **$(python3 -c "print(f'{$toj/$trj:.2f}')")** | |"
 fi
+[ "${BENCH_PAGE:-1}" = 1 ] && table="$table"$'\n'"$(bash bench/page.sh)"
 table="$table
 
 Measured $(date -u +%Y-%m-%d) by \`make bench\` on $(nproc) cores, ${SIZE_MIB} MiB random file, load average $load."
