@@ -464,8 +464,7 @@ fn too_many_failures(wait: Duration) -> Response {
 pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let addr = client(&req);
     if !auth.enabled() {
-        let path = req.uri().path();
-        match auth.site.check(req.method(), path, req.headers()) {
+        match auth.site.check(req.method(), req.uri(), req.headers()) {
             Ok(()) => {}
             Err(Refusal::Host(host)) => {
                 return ApiError::MisdirectedHost(format!(

@@ -18,7 +18,7 @@
 //! authentication configured none of this applies: a bearer token is not something a
 //! browser adds on its own.
 
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, Method, Uri};
 
 /// The rules above, as configured.
 #[derive(Clone, Debug, Default)]
@@ -53,13 +53,17 @@ impl Site {
         }
     }
 
-    /// Checks a request of `method` with `headers`; probes (`/healthz`, `/readyz`) are
-    /// not checked.
-    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), Refusal> {
-        if matches!(path, "/healthz" | "/readyz") {
+    /// Checks a request of `method` for `uri` with `headers`; probes (`/healthz`,
+    /// `/readyz`) are not checked. The host is the `Host` header, or the URI's authority
+    /// (HTTP/2).
+    pub fn check(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        if matches!(uri.path(), "/healthz" | "/readyz") {
             return Ok(());
         }
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
         if let Some(host) = host {
             if !self.host_allowed(host) {
                 return Err(Refusal::Host(host.to_string()));
@@ -140,7 +144,8 @@ mod tests {
     #[test]
     fn hosts_are_addresses_localhost_or_listed() {
         let site = Site::new(&["Files.Example.org:443".into()], &[]);
-        let get = |host: &str| site.check(&Method::GET, "/v1", &headers(&[("host", host)]));
+        let v1 = Uri::from_static("/v1");
+        let get = |host: &str| site.check(&Method::GET, &v1, &headers(&[("host", host)]));
         for ok in [
             "127.0.0.1:8080",
             "127.0.0.1",
@@ -162,16 +167,23 @@ mod tests {
             assert_eq!(get(bad), Err(Refusal::Host(bad.into())), "{bad}");
         }
         // Probes answer whatever the host.
-        let probe = site.check(&Method::GET, "/healthz", &headers(&[("host", "x")]));
+        let probe = site.check(
+            &Method::GET,
+            &Uri::from_static("/healthz"),
+            &headers(&[("host", "x")]),
+        );
         assert_eq!(probe, Ok(()));
+        // HTTP/2 names the host in the request's authority.
+        let h2 = Uri::from_static("https://rebind.example/v1");
+        assert!(site.check(&Method::GET, &h2, &HeaderMap::new()).is_err());
     }
 
     #[test]
     fn state_changes_come_from_the_servers_pages_or_allowed_origins() {
         let site = Site::new(&[], &["https://app.example".into()]);
-        let post = |pairs: &[(&'static str, &str)]| {
-            site.check(&Method::POST, "/v1/uploads", &headers(pairs))
-        };
+        let uploads = Uri::from_static("/v1/uploads");
+        let post =
+            |pairs: &[(&'static str, &str)]| site.check(&Method::POST, &uploads, &headers(pairs));
         let host = ("host", "127.0.0.1:8080");
         assert_eq!(post(&[host]), Ok(()), "no Origin: not a browser page");
         assert_eq!(post(&[host, ("origin", "http://127.0.0.1:8080")]), Ok(()));
@@ -184,7 +196,7 @@ mod tests {
         // Reads are left to CORS.
         let get = site.check(
             &Method::GET,
-            "/v1",
+            &Uri::from_static("/v1"),
             &headers(&[host, ("origin", "http://evil.example")]),
         );
         assert_eq!(get, Ok(()));
@@ -192,7 +204,7 @@ mod tests {
         assert_eq!(
             any.check(
                 &Method::DELETE,
-                "/v1/uploads/x",
+                &Uri::from_static("/v1/uploads/x"),
                 &headers(&[host, ("origin", "http://elsewhere")])
             ),
             Ok(())

@@ -363,6 +363,20 @@ impl Upload {
         HANDLE + record + self.chunks().heap_bytes()
     }
 
+    /// Whether dropping this handle while nobody uses it is safe and costs nothing: the
+    /// upload is uploading, and not an in-order upload whose bytes are all stored (it is
+    /// about to be completed).
+    pub fn idle_droppable(&self) -> bool {
+        let r = lock(&self.record);
+        if r.state != crate::record::StoredState::Uploading {
+            return false;
+        }
+        let all_stored = r.mode == crate::record::UploadMode::Stream
+            && !r.length_deferred
+            && self.chunks().contiguous_bytes(&r) == r.size;
+        !all_stored
+    }
+
     /// Counts a request in flight until the guard drops; busy uploads never expire.
     pub fn busy_guard(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::SeqCst);

@@ -20,7 +20,7 @@ use crate::backend::{Backend, Loaded};
 use crate::breaker::Breaker;
 use crate::error::{Error, Result};
 use crate::principal;
-use crate::record::{StoredState, UploadMode, UploadRecord};
+use crate::record::{StoredState, UploadRecord};
 use crate::upload::Upload;
 
 /// What a handle is loaded for.
@@ -178,11 +178,7 @@ impl Registry {
             .into_iter()
             .filter_map(|(id, bytes)| {
                 let up = open.get(&id)?;
-                let record = up.record();
-                let finishing = record.mode == UploadMode::Stream
-                    && !record.length_deferred
-                    && up.chunks().contiguous_bytes(&record) == record.size;
-                (Arc::strong_count(up) == 1 && record.state == StoredState::Uploading && !finishing)
+                (Arc::strong_count(up) == 1 && up.idle_droppable())
                     .then(|| (up.last_activity(), id, bytes as u64))
             })
             .collect();
@@ -244,7 +240,7 @@ mod tests {
     use common::api::CreateUpload;
 
     use super::*;
-    use crate::record::Limits;
+    use crate::record::{Limits, UploadMode};
     use crate::LocalBackend;
 
     fn record(n: usize) -> UploadRecord {
