@@ -13,6 +13,7 @@
 //! - [`routes`]: the router and its handlers.
 //! - [`serve`]: the accept loop (timeouts, connection cap, graceful shutdown).
 //! - [`shutdown`]: signal handling.
+//! - [`site`]: which web pages may drive a server without authentication.
 //! - [`webhooks`]: delivery of upload events to webhook URLs.
 
 use std::future::Future;

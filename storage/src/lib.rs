@@ -13,7 +13,8 @@
 //! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
-//! - [`quota`]: per-owner limits on open uploads and reserved bytes.
+//! - [`quota`]: per-owner (per-address when anonymous) limits on open uploads and
+//!   reserved bytes, uploads of unknown length counted as they grow.
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service, a file per operation; [`service::stream`] holds
