@@ -203,8 +203,12 @@ impl Uploads {
                         let mut bytes = r.reserved_bytes();
                         if r.length_deferred {
                             // What it has stored counts until its length is said.
-                            if let Some(up) = this.registry.detached(id).await? {
-                                bytes = up.chunks().received_bytes();
+                            match this.registry.detached(id).await {
+                                Ok(Some(up)) => bytes = up.chunks().received_bytes(),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(%id, error = %e, "could not count the upload's stored bytes")
+                                }
                             }
                         }
                         open.push(Scanned {
