@@ -55,6 +55,28 @@ pub struct LocalBackend {
     root: PathBuf,
     /// Keeps the directory lock for the backend's lifetime.
     _lock: File,
+    journals: Arc<JournalLocks>,
+}
+
+/// One writer at a time per journal (striped by upload id): an append may cut a fragment
+/// off the journal's end, or its own bytes after a failure, which must never cut another
+/// request's receipt.
+struct JournalLocks([std::sync::Mutex<()>; 64]);
+
+impl Default for JournalLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| std::sync::Mutex::new(())))
+    }
+}
+
+impl JournalLocks {
+    fn of(&self, id: UploadId) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        let i = (h.finish() % self.0.len() as u64) as usize;
+        self.0[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl LocalBackend {
@@ -94,7 +116,11 @@ impl LocalBackend {
             }
         }
         keep_reserve(&root);
-        Ok(Self { root, _lock: lock })
+        Ok(Self {
+            root,
+            _lock: lock,
+            journals: Arc::default(),
+        })
     }
 
     fn dir(&self, id: UploadId) -> PathBuf {
@@ -232,6 +258,7 @@ impl Backend for LocalBackend {
 
     async fn load(&self, id: UploadId) -> Result<Option<Loaded>> {
         let dir = self.dir(id);
+        let journals = self.journals.clone();
         blocking(move || {
             let Some(record) = read_json::<UploadRecord>(&dir.join("record.json"))? else {
                 return Ok(None);
@@ -245,6 +272,7 @@ impl Backend for LocalBackend {
             let (receipts, prefix_hash) = if record.state.is_tombstone() {
                 (Vec::new(), None)
             } else {
+                let _one = journals.of(id);
                 let mut j = open_journal(&dir)?;
                 let receipts = journal::replay(&mut j)?;
                 let prefix = read_json::<SavedPrefixHash>(&dir.join("hash.json")).unwrap_or(None);
@@ -306,11 +334,13 @@ impl Backend for LocalBackend {
     async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64> {
         let dir = self.dir(record.id);
         let receipts = receipts.to_vec();
+        let (journals, id) = (self.journals.clone(), record.id);
         blocking(move || {
             // Data first: a receipt must never name bytes that are not on disk.
             let data = OpenOptions::new().write(true).open(dir.join("data"))?;
             crate::faults::check("data-fsync")?;
             data.sync_data()?;
+            let _one = journals.of(id);
             let mut j = open_journal(&dir)?;
             journal::append(&mut j, &receipts)?;
             // One server per data directory, and the service lets one writer per chunk
