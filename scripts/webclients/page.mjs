@@ -3,7 +3,7 @@
 // Prints ONE JSON line; exit 0 on success, non-zero on failure.
 //
 //   node page.mjs --url SERVER_URL --file PATH [--reload-at FRACTION] [--cancel] [--screenshot PATH]
-//                 [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium /usr/bin/chromium]
+//                 [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium /usr/bin/chromium] [--spki HASH]
 //
 // Always first checks the page's incremental SHA-256 (window.uploadPage.Sha256) against known
 // vectors and against crypto.subtle on random inputs fed in random pieces (`sha256_selftest`).
@@ -20,6 +20,11 @@
 // Uploads on loopback are too fast to catch mid-way, so with --reload-at, --cancel or --screenshot
 // the page's upload bandwidth is throttled with CDP Network.emulateNetworkConditions (--throttle,
 // default 8 MiB/s; 0 = off). Every wait is on page state, bounded by --timeout (default 120 s).
+// --spki HASH: trust the https server's certificate key (base64 SHA-256 of its SubjectPublicKeyInfo;
+// the tests' throwaway CA is not in Chromium's store).
+// Every chunk PUT is recorded through the DevTools protocol: `chunk_network` says which protocol and how
+// many connections they used and how many were in flight at once; `chunk_next_hop` lists the
+// nextHopProtocol of their Resource Timing entries.
 // Output: {ok, mode, id, sha256 (shown on the page), file_sha256, server_state, server_sha256, chunk_size,
 // chunk_count, put_requests: [first session, after the reload], sha256_selftest, marks (timeline), ...};
 // reload adds confirmed_at_reload, resumed, resumed_id, same_id; cancel adds status_after_cancel.
@@ -28,12 +33,12 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { emit, fail, load, parseArgs, watchdog } from './lib.mjs'
+import { emit, fail, load, parseArgs, recordRequests, spkiFlags, watchdog } from './lib.mjs'
 
-const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--reload-at FRACTION] [--cancel] [--screenshot PATH] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH] [--token TOKEN]'
+const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--reload-at FRACTION] [--cancel] [--screenshot PATH] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH] [--token TOKEN] [--spki HASH]'
 const args = parseArgs(process.argv.slice(2), {
   url: 'string', file: 'string', 'reload-at': 'number', cancel: 'bool', screenshot: 'string',
-  throttle: 'number', timeout: 'number', chromium: 'string', token: 'string',
+  throttle: 'number', timeout: 'number', chromium: 'string', token: 'string', spki: 'string',
 }, usage)
 // --token: typed into the page's token field; the driver's own status requests send it too.
 const authHeaders = args.token ? { authorization: `Bearer ${args.token}` } : {}
@@ -161,10 +166,11 @@ try {
     timeout: 30000,
     viewport: { width: 900, height: 640 },
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', ...spkiFlags(args.spki)],
   })
   result.browser_version = ctx.browser()?.version() ?? null
   const page = ctx.pages()[0] || await ctx.newPage()
+  const chunkRequests = await recordRequests(ctx, page, (r) => r.method === 'PUT' && r.url.includes('/chunks/'))
   page.setDefaultTimeout(timeoutMs)
   page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`.slice(0, 400)))
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`.slice(0, 400)))
@@ -251,6 +257,9 @@ try {
     const st = await r.json()
     Object.assign(result, { server_state: st.state, server_sha256: st.sha256, chunk_size: st.chunk_size, chunk_count: st.chunk_count })
     result.local_storage_entries = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('upload-page:')).length)
+    result.chunk_network = chunkRequests.stats()
+    result.chunk_next_hop = await page.evaluate(() => performance.getEntriesByType('resource')
+      .filter((e) => e.name.includes('/chunks/')).map((e) => e.nextHopProtocol))
     const problems = []
     if (done.shown_sha256 !== result.file_sha256) problems.push(`page shows ${done.shown_sha256}, file is ${result.file_sha256}`)
     if (st.state !== 'completed' || st.sha256 !== result.file_sha256) problems.push(`server: ${st.state} ${st.sha256}`)

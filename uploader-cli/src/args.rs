@@ -13,7 +13,7 @@ pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
   1    failure (file unreadable, server unreachable or refusing, retries exhausted)
-  2    usage error (bad option or argument)
+  2    usage error (bad option or argument), or a server certificate that is not trusted
   3    verification mismatch: the server's SHA-256 differs from the file's
   130  interrupted (Ctrl-C); the upload is paused, run the same command to resume";
 
@@ -21,7 +21,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "uploader", version, about, after_help = EXIT_CODES_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Server base URL (http only).
+    /// Server base URL: https:// (HTTP/2 when the server offers it) or http://.
     #[arg(
         long,
         global = true,
@@ -35,6 +35,11 @@ pub struct Cli {
     /// tokens file, or a signed JWT minted by your application).
     #[arg(long, global = true, env = "UPLOADER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Also trust the certificate authorities in this PEM file (a private CA). The
+    /// system's trust roots are used too; `SSL_CERT_FILE` replaces those.
+    #[arg(long, global = true, env = "UPLOADER_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 
     /// Where unfinished uploads are remembered (default: the platform state directory,
     /// e.g. ~/.local/state/uploader).
@@ -175,5 +180,16 @@ mod tests {
         assert!(Cli::try_parse_from(["uploader", "upload", "a", "-j", "0"]).is_err());
         assert!(Cli::try_parse_from(["uploader", "--server", "nope", "list"]).is_err());
         assert!(Cli::try_parse_from(["uploader", "--server", "ftp://h", "list"]).is_err());
+        let tls = Cli::try_parse_from([
+            "uploader",
+            "list",
+            "--server",
+            "https://h:9/",
+            "--cacert",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(tls.server, "https://h:9");
+        assert_eq!(tls.cacert.as_deref(), Some(std::path::Path::new("ca.pem")));
     }
 }

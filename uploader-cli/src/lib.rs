@@ -50,6 +50,9 @@ pub fn install_interrupt_handler(token: CancellationToken) {
 /// Runs the parsed command line and returns the exit code. Errors of commands other than
 /// `upload` are returned for `main` to print; `upload` reports per file itself.
 pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
+    if let Some(ca) = &cli.cacert {
+        client::trust_ca_file(ca)?;
+    }
     let store = Store::open(cli.state_dir.as_deref())?;
     match &cli.command {
         Command::Upload(a) => Ok(run_upload(&cli, a, &store, &cancel).await),
