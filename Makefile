@@ -5,8 +5,9 @@ export CARGO_TERM_COLOR ?= never
 S3_SERVER := bash scripts/s3-server/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
+NGINX := bash scripts/nginx/setup.sh
 
-.PHONY: all build release run test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
+.PHONY: all build release run test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install nginx-install torture
 
 all: build
 
@@ -38,14 +39,15 @@ fuzz:
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
 ## terminal test, strace for the power-cut test, a local S3-compatible server (moto, in
 ## target/tools/s3-venv), the real web clients (tus-js-client, Uppy, playwright-core,
-## tuspy, Debian's chromium), and the API checkers (promtool, Schemathesis).
-test-deps: s3-install webclients-install api-tools-install
+## tuspy, Debian's chromium), the API checkers (promtool, Schemathesis) and Debian's nginx
+## (the reverse-proxy tests).
+test-deps: s3-install webclients-install api-tools-install nginx-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 	@command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 
 ## Everything: lints, unit tests, end-to-end tests against the real binaries and clients.
 test: lint build test-deps
-	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 $(CARGO) test --workspace
+	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 NGINX_REQUIRED=1 $(CARGO) test --workspace
 
 ## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
 webclients-install:
@@ -55,6 +57,11 @@ webclients-install:
 ## ~15 s once, then a no-op.
 api-tools-install:
 	@$(API_TOOLS) install
+
+## Debian's nginx, unpacked (not installed) under target/tools/nginx for the reverse-proxy
+## tests: ~5 s once, then a no-op.
+nginx-install:
+	@$(NGINX) install
 
 ## Local S3-compatible test server: installed once (~20 s), then a no-op.
 s3-install:

@@ -9,6 +9,7 @@
 #   (d) CLI end to end:       uploader -> upload-server, same shape
 #   (f) S3: upload-server into the local S3-compatible server vs aws s3 cp (bench/s3_bench.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
+#   (i, j) the CLI over https, HTTP/2 and HTTP/1.1, vs plain http (bench/tls.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
@@ -120,6 +121,7 @@ if [ "${BENCH_TUS:-1}" = 1 ]; then
 | (g) tus, 8 MiB PATCHes, lean client: upload-server (fsync + SHA-256) | $tol | vs @tus/server + @tus/file-store (neither; same run: $trl MB/s) = **$(python3 -c "print(f'{$tol/$trl:.2f}')")** | ours $torss MiB, @tus/server $trrss MiB (tus-js-client runs) |
 | (h) tus end to end with tus-js-client | $toj | vs @tus/server ($trj MB/s) = **$(python3 -c "print(f'{$toj/$trj:.2f}')")** | |"
 fi
+if [ "${BENCH_TLS:-1}" = 1 ]; then table="$table"$'\n'"$(bash bench/tls.sh "$FILE")"; fi
 table="$table
 
 Measured $(date -u +%Y-%m-%d) by \`make bench\` on $(nproc) cores, ${SIZE_MIB} MiB random file, load average $load."

@@ -20,7 +20,7 @@ const OBSERVABILITY: &str = "Logs and metrics";
 ///
 /// Every flag can also be set through the environment variable named in its help.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "upload-server", version, about)]
+#[command(name = "upload-server", version)]
 pub struct Config {
     /// Address to listen on: `HOST:PORT`, `:PORT` (every interface) or `localhost:PORT`;
     /// port 0 picks a free port (the log says which).
@@ -57,9 +57,11 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<IpNet>,
 
-    /// Connections served at once. When all are taken, a new connection takes the place
-    /// of one that is idle, has not finished sending its headers, cannot be written to, or
-    /// only follows an event stream (its client reconnects); otherwise it waits.
+    /// Connections served at once. When all are taken, new ones wait and the server makes
+    /// room by closing connections that do not use theirs: idle for a second (silent,
+    /// trickling headers, or between requests), unable to write for a second (a client
+    /// that stopped reading), or only following event streams (browsers reconnect).
+    /// Connections moving an upload are never closed for this.
     #[arg(long, help_heading = NETWORK, env = "UPLOAD_SERVER_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 

@@ -20,7 +20,7 @@
 //!   a trusted proxy), the public base of absolute URLs
 //!   ([`PublicBase`](crate::forwarded::PublicBase), also applied to
 //!   `Location` and `Content-Location` here), and on HTTP/1.1 directly from the client,
-//!   the handle for interim responses ([`Interim`](crate::interim::Interim)).
+//!   the handle for interim responses ([`Interim`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,13 +45,15 @@ use tower::ServiceExt;
 
 use crate::conn::{request_ready, ConnIo, ConnState, Slot, Slots, CONNECTIONS};
 use crate::forwarded::Edge;
-use crate::interim::InterimIo;
+use crate::interim::{Interim, InterimIo};
 use crate::tls::{Tls, ALPN_H2};
 
 /// Bytes an HTTP/2 stream may send ahead of the handler reading them.
 pub const H2_STREAM_WINDOW: u32 = 4 << 20;
-/// Bytes all of an HTTP/2 connection's streams may send ahead of their handlers.
-pub const H2_CONN_WINDOW: u32 = 16 << 20;
+/// Bytes all of an HTTP/2 connection's streams may send ahead of their handlers: enough
+/// for 80 MB/s over a 100 ms round trip, and what one connection may make the server
+/// hold in memory (twice that made the bench's peak RSS pass 64 MiB).
+pub const H2_CONN_WINDOW: u32 = 8 << 20;
 /// Largest HTTP/2 frame a client may send: fewer frames (and window updates) per chunk.
 const H2_MAX_FRAME: u32 = 256 << 10;
 /// Streams one HTTP/2 connection may have open at once.
@@ -236,11 +238,29 @@ impl Connection {
         self.http(stream, protocol, true, state).await
     }
 
+    /// Serves HTTP on `io`; all but HTTP/2 connections get the means to send interim
+    /// responses.
     async fn http<I>(self, io: I, protocol: Protocol, tls: bool, state: Arc<ConnState>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if let Protocol::Http2 = protocol {
+            return self.serve(io, None, protocol, tls, state).await;
+        }
         let (io, interim) = InterimIo::new(io);
+        self.serve(io, Some(interim), protocol, tls, state).await
+    }
+
+    async fn serve<I>(
+        self,
+        io: I,
+        interim: Option<Interim>,
+        protocol: Protocol,
+        tls: bool,
+        state: Arc<ConnState>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Connection {
             app,
             opts,
@@ -264,7 +284,10 @@ impl Connection {
             }
             let arrival = opts.edge.classify(peer, req.headers(), tls);
             req.extensions_mut().insert(ConnectInfo(arrival.client));
-            if opts.interim && req.version() == Version::HTTP_11 && !arrival.proxied {
+            if let Some(interim) = interim
+                .as_ref()
+                .filter(|_| opts.interim && req.version() == Version::HTTP_11 && !arrival.proxied)
+            {
                 req.extensions_mut()
                     .insert(interim.with_base(arrival.base.clone()));
             }

@@ -71,7 +71,7 @@ server {{
     # which would stall large chunks and break resumption.
     client_max_body_size 0;
     proxy_request_buffering off;
-    # The window of an HTTP/2 request body is this buffer: 64k makes uploads crawl.
+    # Unbuffered, an HTTP/2 upload gets no more flow-control window than this buffer.
     client_body_buffer_size 4m;
     # Downloads and event streams go out as the server writes them.
     proxy_buffering off;

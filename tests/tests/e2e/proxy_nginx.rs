@@ -274,3 +274,20 @@ fn the_page_uploads_through_nginx_over_http2() {
     assert_eq!(net["protocols"]["h2"], net["requests"], "{r}");
     assert_eq!(net["connections"], 1, "{r}");
 }
+
+/// The README's nginx configuration is the one these tests run.
+#[test]
+fn the_readme_has_the_tested_nginx_configuration() {
+    let readme = std::fs::read_to_string(webclients::repo_root().join("README.md")).unwrap();
+    let tested = nginx::site_config(
+        "443",
+        "uploads.example.com",
+        std::path::Path::new("/etc/ssl/certs/uploads.example.com.pem"),
+        std::path::Path::new("/etc/ssl/private/uploads.example.com.key"),
+        "127.0.0.1:8080",
+    );
+    assert!(
+        readme.contains(&format!("```nginx\n{tested}```")),
+        "README.md's nginx block differs from tests::nginx::site_config:\n{tested}"
+    );
+}

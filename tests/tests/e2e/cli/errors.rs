@@ -92,10 +92,13 @@ fn server_down_and_wrong_urls() {
     ]);
     one_line_error(&run, 1, "is not an upload server");
 
-    for bad in ["not a url", "ftp://127.0.0.1/", "https://127.0.0.1:1"] {
+    for bad in ["not a url", "ftp://127.0.0.1/"] {
         let run = cli.run(&["upload", f, "--server", bad]);
         one_line_error(&run, 2, "--server");
     }
+    // https is a URL like any other: nothing listens there.
+    let run = cli.run(&["upload", f, "--server", "https://127.0.0.1:1"]);
+    one_line_error(&run, 1, "cannot reach the server");
 }
 
 #[test]
