@@ -77,5 +77,5 @@ rm -rf "$WORK/data" "$WORK/cli-state"
 plain=$(mbs "$(median "${T_plain[@]}")"); h2=$(mbs "$(median "${T_h2[@]}")"); h1=$(mbs "$(median "${T_h1[@]}")")
 rss() { printf '%s\n' "$@" | sort -n | tail -1; }
 ratio() { python3 -c "print(f'{$1/$plain:.2f}')"; }
-echo "| (i) uploader → upload-server over https, HTTP/2 (every chunk on one connection), \`-j 4\`, 8 MiB | $h2 | vs plain http (same run: $plain MB/s) = **$(ratio "$h2")** | server $(rss "${R_h2[@]}") MiB (plain: $(rss "${R_plain[@]}") MiB) |"
-echo "| (j) the same over https, HTTP/1.1 (four connections, \`--http2 false\`) | $h1 | vs plain http = **$(ratio "$h1")** | server $(rss "${R_h1[@]}") MiB |"
+echo "| (j) uploader → upload-server over https, HTTP/2 (every chunk on one connection), \`-j 4\`, 8 MiB | $h2 | vs plain http (same run: $plain MB/s) = **$(ratio "$h2")** | server $(rss "${R_h2[@]}") MiB (plain: $(rss "${R_plain[@]}") MiB) |"
+echo "| (k) the same over https, HTTP/1.1 (four connections, \`--http2 false\`) | $h1 | vs plain http = **$(ratio "$h1")** | server $(rss "${R_h1[@]}") MiB |"

@@ -84,6 +84,18 @@ export function spkiFlags(spki) {
   return spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : []
 }
 
+// { requests, protocols: { h2: n, ... }, max_in_flight } of requests given as { protocol, start,
+// end } (Resource Timing entries, or what recordRequests saw).
+export function timingStats(all) {
+  const protocols = {}
+  for (const r of all) protocols[r.protocol || 'none'] = (protocols[r.protocol || 'none'] || 0) + 1
+  const edges = all.flatMap((r) => [[r.start, 1], [r.end ?? Infinity, -1]]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let now = 0
+  let max = 0
+  for (const [, d] of edges) { now += d; max = Math.max(max, now) }
+  return { requests: all.length, protocols, max_in_flight: max }
+}
+
 // Records, through the DevTools protocol, the requests `match(request)` selects: the protocol
 // and the connection each went over, and when it was in flight (sent until its answer ended).
 // stats() -> { requests, protocols: { h2: n, ... }, connections, max_in_flight }.
@@ -102,13 +114,7 @@ export async function recordRequests(ctx, page, match) {
   return {
     stats () {
       const all = [...reqs.values()]
-      const protocols = {}
-      for (const r of all) protocols[r.protocol || 'none'] = (protocols[r.protocol || 'none'] || 0) + 1
-      const edges = all.flatMap((r) => [[r.start, 1], [r.end ?? Infinity, -1]]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
-      let now = 0
-      let max = 0
-      for (const [, d] of edges) { now += d; max = Math.max(max, now) }
-      return { requests: all.length, protocols, connections: new Set(all.map((r) => r.connection).filter((c) => c !== undefined)).size, max_in_flight: max }
+      return { ...timingStats(all), connections: new Set(all.map((r) => r.connection).filter((c) => c !== undefined)).size }
     },
   }
 }

@@ -1,10 +1,31 @@
-//! HTTP errors: the one place where failures become status codes and RFC 9457 problem
-//! documents.
+//! HTTP errors: the one place where failures become status codes, RFC 9457 problem
+//! documents and the headers that go with them, rendered as each protocol says.
+//!
+//! One table ([`ApiError::classify`]) gives every failure its status, problem type and
+//! title; where a protocol defines its own (tus's `460 Checksum Mismatch`, the IETF
+//! draft's registered problem types and `Upload-*` headers), the table says so in the same
+//! row. The native API and tus answer `/problems/{slug}` types; tus answers also carry
+//! `Tus-Resumable` (added for every tus path by [`crate::routes::tus::headers`]).
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::api::Problem;
 use common::PROBLEM_JSON;
+
+/// Which protocol an answer speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// The native JSON API (and every route that is not tus or IETF).
+    #[default]
+    Native,
+    /// tus 1.0.
+    Tus,
+    /// The IETF resumable-upload draft, at this interop version.
+    Ietf(u64),
+}
+
+/// Prefix of the problem types registered with IANA (the IETF draft's).
+const REGISTERED: &str = "https://iana.org/assignments/http-problem-types#";
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -46,171 +67,227 @@ fn retry_secs(wait: &std::time::Duration) -> u64 {
     wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
+/// A problem's type: one of ours, or one the IETF draft registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ours(&'static str),
+    Registered(&'static str),
+}
+
 impl ApiError {
-    /// Status code, stable problem type slug and title.
-    fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+    /// The table: status code, problem type and title of every failure, in `protocol`.
+    fn classify(&self, protocol: Protocol) -> (StatusCode, Kind, &'static str) {
         use storage::Error as E;
-        match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+        use Kind::{Ours, Registered};
+        let ietf = match protocol {
+            Protocol::Ietf(v) => Some(v),
+            _ => None,
+        };
+        let (status, kind, title) = match self {
+            ApiError::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, Ours("bad-request"), "Bad request")
+            }
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, Ours("not-found"), "Not found"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, Ours("forbidden"), "Forbidden"),
             ApiError::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                Ours("unauthorized"),
                 "Authentication required",
             ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
+                Ours("unsupported-media-type"),
                 "Unsupported media type",
             ),
             ApiError::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
-                "precondition-failed",
+                Ours("precondition-failed"),
                 "Precondition failed",
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
+                Ours("method-not-allowed"),
                 "Method not allowed",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                Ours("unavailable"),
                 "Service unavailable",
             ),
             ApiError::RateLimited(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
+                Ours("rate-limited"),
                 "Too many requests",
             ),
             ApiError::Domain(e) => match e {
-                E::NotFound => (StatusCode::NOT_FOUND, "not-found", "Upload not found"),
-                E::Gone(_) => (StatusCode::GONE, "upload-gone", "Upload gone"),
+                E::NotFound => (StatusCode::NOT_FOUND, Ours("not-found"), "Upload not found"),
+                E::Gone(_) => (StatusCode::GONE, Ours("upload-gone"), "Upload gone"),
                 E::Invalid(_) => (
                     StatusCode::BAD_REQUEST,
-                    "invalid-request",
+                    Ours("invalid-request"),
                     "Invalid request",
                 ),
-                E::LengthMismatch { .. } => (
+                E::InconsistentLength(_) | E::EndedEarly { .. } => (
                     StatusCode::BAD_REQUEST,
-                    "inconsistent-upload-length",
-                    "Inconsistent upload length",
+                    match ietf {
+                        Some(_) => Registered("inconsistent-upload-length"),
+                        None => Ours("inconsistent-upload-length"),
+                    },
+                    "Inconsistent upload length values",
+                ),
+                // From interop version 7 on, bytes for a complete upload are an
+                // inconsistent length; an empty append (and any before 7) is
+                // `completed-upload`.
+                E::UploadComplete { body } => match ietf {
+                    Some(v) if *body && v >= 7 => (
+                        StatusCode::BAD_REQUEST,
+                        Registered("inconsistent-upload-length"),
+                        "Inconsistent upload length values",
+                    ),
+                    Some(_) => (
+                        StatusCode::BAD_REQUEST,
+                        Registered("completed-upload"),
+                        "Upload is completed",
+                    ),
+                    None => (
+                        StatusCode::CONFLICT,
+                        Ours("upload-complete"),
+                        "Upload is complete",
+                    ),
+                },
+                E::OffsetMismatch { .. } => (
+                    StatusCode::CONFLICT,
+                    match ietf {
+                        Some(_) => Registered("mismatching-upload-offset"),
+                        None => Ours("mismatching-upload-offset"),
+                    },
+                    "Mismatching upload offset",
+                ),
+                // tus: "MUST respond with 403 Forbidden to PATCH requests against a final
+                // upload".
+                E::FinalUpload => (
+                    StatusCode::FORBIDDEN,
+                    Ours("final-upload"),
+                    "Final upload takes no appends",
                 ),
                 E::TooLarge { .. } => (
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "upload-too-large",
+                    Ours("upload-too-large"),
                     "Upload too large",
                 ),
                 E::ChunkDigestMismatch { .. } => (
                     StatusCode::BAD_REQUEST,
-                    "chunk-digest-mismatch",
+                    Ours("chunk-digest-mismatch"),
                     "Chunk digest mismatch",
                 ),
                 E::ChunkConflict { .. } => (
                     StatusCode::CONFLICT,
-                    "chunk-conflict",
+                    Ours("chunk-conflict"),
                     "Chunk already stored with other bytes",
                 ),
                 // Handled by the service (the request becomes a retry); answered as
                 // "stored by another request" should it ever get here.
                 E::StoredMeanwhile { .. } => (
                     StatusCode::CONFLICT,
-                    "chunk-stored",
+                    Ours("chunk-stored"),
                     "Chunk stored by another request",
                 ),
                 E::BodyTooShort { .. } | E::BodyTooLong { .. } => (
                     StatusCode::BAD_REQUEST,
-                    "wrong-chunk-length",
+                    Ours("wrong-chunk-length"),
                     "Wrong chunk length",
                 ),
                 E::BodyTimeout(_) => (
                     StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
+                    Ours("body-timeout"),
                     "Request body stalled",
                 ),
                 E::BodyRead(_) => (
                     StatusCode::BAD_REQUEST,
-                    "body-incomplete",
+                    Ours("body-incomplete"),
                     "Request body incomplete",
                 ),
                 E::WrongState(_) => (
                     StatusCode::CONFLICT,
-                    "wrong-state",
+                    Ours("wrong-state"),
                     "Not allowed in the upload's state",
                 ),
-                E::MissingChunks(_) => {
-                    (StatusCode::CONFLICT, "missing-chunks", "Chunks are missing")
-                }
+                E::MissingChunks(_) => (
+                    StatusCode::CONFLICT,
+                    Ours("missing-chunks"),
+                    "Chunks are missing",
+                ),
                 E::Sha256Mismatch { .. } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "sha256-mismatch",
+                    Ours("sha256-mismatch"),
                     "File SHA-256 mismatch",
                 ),
-                E::OffsetMismatch { .. } => (
-                    StatusCode::CONFLICT,
-                    "mismatching-upload-offset",
-                    "Mismatching upload offset",
-                ),
-                E::Locked => (StatusCode::LOCKED, "upload-locked", "Upload locked"),
+                E::Locked => (StatusCode::LOCKED, Ours("upload-locked"), "Upload locked"),
                 E::Unavailable { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage-unavailable",
+                    Ours("storage-unavailable"),
                     "Storage unavailable",
                 ),
                 E::Conflict => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "concurrent-change",
+                    Ours("concurrent-change"),
                     "Changed concurrently; retry",
                 ),
                 E::Superseded => (
                     StatusCode::CONFLICT,
-                    "superseded",
+                    Ours("superseded"),
                     "Superseded by a newer request",
                 ),
                 E::WrongMode(_) => (
                     StatusCode::CONFLICT,
-                    "wrong-protocol",
+                    Ours("wrong-protocol"),
                     "Upload takes another kind of write",
                 ),
+                // tus's checksum extension answers 460 Checksum Mismatch; elsewhere (the
+                // IETF draft's Content-Digest) it is a bad request.
                 E::BodyChecksumMismatch { .. } => (
-                    // tus's checksum extension: 460 Checksum Mismatch.
-                    StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-                    "checksum-mismatch",
+                    match protocol {
+                        Protocol::Tus => {
+                            StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+                        }
+                        _ => StatusCode::BAD_REQUEST,
+                    },
+                    Ours("checksum-mismatch"),
                     "Checksum mismatch",
                 ),
                 E::IdempotencyConflict => (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency-key-reused",
+                    Ours("idempotency-key-reused"),
                     "Idempotency key reused",
                 ),
                 E::StorageFull => (
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "storage-full",
+                    Ours("storage-full"),
                     "Storage full",
                 ),
                 E::QuotaExceeded { .. } => (
                     StatusCode::INSUFFICIENT_STORAGE,
-                    "quota-exceeded",
+                    Ours("quota-exceeded"),
                     "Storage quota exceeded",
                 ),
                 E::TooManyOpenUploads { .. } => (
                     StatusCode::TOO_MANY_REQUESTS,
-                    "too-many-open-uploads",
+                    Ours("too-many-open-uploads"),
                     "Too many open uploads",
                 ),
                 E::Corrupt(_) | E::Io(_) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    Ours("internal"),
                     "Internal error",
                 ),
             },
-        }
+        };
+        (status, kind, title)
     }
 
-    /// The problem document for this error.
-    pub fn problem(&self) -> Problem {
-        let (status, slug, title) = self.classify();
+    /// The problem document for this error, in `protocol`.
+    pub fn problem(&self, protocol: Protocol) -> Problem {
+        let (status, kind, title) = self.classify(protocol);
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             // The cause is logged; clients get no internals. Other 5xx (503, 507) say
             // what the client can do about them.
@@ -219,13 +296,18 @@ impl ApiError {
             self.to_string()
         };
         let mut p = Problem {
-            kind: format!("/problems/{slug}"),
+            kind: match kind {
+                Kind::Ours(slug) => format!("/problems/{slug}"),
+                Kind::Registered(slug) => format!("{REGISTERED}{slug}"),
+            },
             title: title.into(),
             status: status.as_u16(),
             detail,
             missing: None,
             expected_sha256: None,
             actual_sha256: None,
+            expected_offset: None,
+            provided_offset: None,
         };
         match self {
             ApiError::Domain(storage::Error::MissingChunks(m)) => p.missing = Some(m.clone()),
@@ -237,15 +319,72 @@ impl ApiError {
                 p.expected_sha256 = Some(*declared);
                 p.actual_sha256 = Some(*actual);
             }
+            ApiError::Domain(storage::Error::OffsetMismatch { expected, got }) => {
+                p.expected_offset = Some(*expected);
+                p.provided_offset = Some(*got);
+            }
             _ => {}
         }
         p
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = self.problem();
+    /// Headers a failure carries besides its problem document, in `protocol`.
+    fn headers(&self, protocol: Protocol, status: StatusCode) -> HeaderMap {
+        use storage::Error as E;
+        let mut hs = HeaderMap::new();
+        let retry = match self {
+            ApiError::Domain(E::Unavailable { retry_after }) => Some(retry_after),
+            ApiError::RateLimited(wait) => Some(wait),
+            _ => None,
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || matches!(self, ApiError::Domain(E::StorageFull))
+            || retry.is_some()
+        {
+            hs.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry.map_or(1, retry_secs)),
+            );
+        }
+        if protocol == Protocol::Tus {
+            hs.insert(
+                HeaderName::from_static("tus-version"),
+                HeaderValue::from_static(crate::routes::tus::VERSION),
+            );
+        }
+        let ApiError::Domain(e) = self else {
+            return hs;
+        };
+        match protocol {
+            Protocol::Ietf(_) => {
+                let name = |n| HeaderName::from_static(n);
+                match e {
+                    E::OffsetMismatch { expected, .. } => {
+                        hs.insert(name("upload-offset"), HeaderValue::from(*expected));
+                    }
+                    E::EndedEarly { offset, .. } => {
+                        hs.insert(name("upload-offset"), HeaderValue::from(*offset));
+                        hs.insert(name("upload-complete"), HeaderValue::from_static("?0"));
+                    }
+                    E::UploadComplete { .. } | E::Sha256Mismatch { .. } | E::Gone("failed") => {
+                        hs.insert(name("upload-complete"), HeaderValue::from_static("?1"));
+                    }
+                    E::TooLarge { max, .. } => {
+                        if let Ok(v) = HeaderValue::from_str(&format!("max-size={max}")) {
+                            hs.insert(name("upload-limit"), v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Protocol::Native | Protocol::Tus => {}
+        }
+        hs
+    }
+
+    /// The answer to a request that failed, in `protocol`.
+    pub fn render(self, protocol: Protocol) -> Response {
+        let problem = self.problem(protocol);
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -257,19 +396,13 @@ impl IntoResponse for ApiError {
         let mut resp = (status, body).into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        let retry = match &self {
-            ApiError::Domain(storage::Error::Unavailable { retry_after }) => Some(retry_after),
-            ApiError::RateLimited(wait) => Some(wait),
-            _ => None,
-        };
-        if status == StatusCode::SERVICE_UNAVAILABLE
-            || matches!(self, ApiError::Domain(storage::Error::StorageFull))
-            || retry.is_some()
-        {
-            let secs = retry.map_or(1, retry_secs);
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
+        resp.headers_mut().extend(self.headers(protocol, status));
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(Protocol::Native)
     }
 }

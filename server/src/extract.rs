@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
 use common::{Sha256Digest, UploadId};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -179,7 +179,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 pub fn body_stream(
     body: axum::body::Body,
     idle: Duration,
-) -> impl Stream<Item = storage::Result<Bytes>> + Send + Unpin {
+) -> futures_util::stream::BoxStream<'static, storage::Result<Bytes>> {
     let inner = body.into_data_stream();
     futures_util::stream::unfold(Some(inner), move |state| async move {
         let mut inner = state?;
@@ -198,26 +198,76 @@ pub fn body_stream(
 /// instead (see `routes::close_after_unread_body`).
 pub const DRAIN_LIMIT: u64 = 64 << 20;
 
-/// Reads and discards what is left of a body, so that an early error answer reaches a
-/// client that is still sending (an HTTP/1.1 client writing its body does not read the
-/// answer until it has sent it all). Not after the body itself failed (stalled, cut, or
-/// taken over), and never past [`DRAIN_LIMIT`] bytes or ten seconds.
-pub async fn drain_after<S>(error: &storage::Error, body: &mut S)
-where
-    S: Stream<Item = storage::Result<Bytes>> + Unpin,
-{
-    use storage::Error as E;
-    if matches!(error, E::BodyTimeout(_) | E::BodyRead(_) | E::Superseded) {
-        return;
+/// The bytes of an upload request (a chunk, an append), streamed, never buffered whole.
+/// A request refused before or while its body is read has what is left of the body read
+/// and dropped, so that the answer reaches a client that is still sending (an HTTP/1.1
+/// client writing its body does not read the answer until it has sent it all): at most
+/// [`DRAIN_LIMIT`] bytes announced by `Content-Length`, and never after the body itself
+/// failed (stalled, cut, or taken over).
+pub struct UploadBody {
+    stream: futures_util::stream::BoxStream<'static, storage::Result<Bytes>>,
+    /// The body's `Content-Length`, if it had a valid one.
+    len: Option<u64>,
+}
+
+impl FromRequest<AppState> for UploadBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let len = content_length(req.headers()).ok().flatten();
+        Ok(Self {
+            stream: body_stream(req.into_body(), state.body_timeout),
+            len,
+        })
     }
-    let mut seen = 0u64;
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(piece)) = body.next().await {
-            seen += piece.len() as u64;
-            if seen > DRAIN_LIMIT {
-                return;
-            }
+}
+
+impl futures_util::Stream for UploadBody {
+    type Item = storage::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+impl UploadBody {
+    /// What the domain made of the body: when it failed, what is left of the body is
+    /// drained before the error is answered.
+    pub async fn settle<T>(mut self, result: storage::Result<T>) -> Result<T, ApiError> {
+        if let Err(e) = &result {
+            self.drain_after(e).await;
         }
-    })
-    .await;
+        Ok(result?)
+    }
+
+    /// Refuses the request with `error` before its body is read: drains the body first.
+    pub async fn refuse<T>(mut self, error: ApiError) -> Result<T, ApiError> {
+        if self.len.is_some_and(|l| l > 0) {
+            self.drain_after(&storage::Error::Invalid(String::new()))
+                .await;
+        }
+        Err(error)
+    }
+
+    async fn drain_after(&mut self, error: &storage::Error) {
+        use storage::Error as E;
+        if matches!(error, E::BodyTimeout(_) | E::BodyRead(_) | E::Superseded)
+            || self.len.is_none_or(|l| l > DRAIN_LIMIT)
+        {
+            return;
+        }
+        let mut seen = 0u64;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(piece)) = self.stream.next().await {
+                seen += piece.len() as u64;
+                if seen > DRAIN_LIMIT {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
 }

@@ -27,14 +27,30 @@ pub enum Error {
         /// Configured maximum.
         max: u64,
     },
-    /// A length declared for an upload whose length is known already, and other.
-    #[error("the upload's length is {known} bytes and cannot change to {declared}")]
-    LengthMismatch {
+    /// Lengths that contradict each other: a length said that is not the upload's, a body
+    /// longer than what remains, a length below the bytes stored.
+    #[error("{0}")]
+    InconsistentLength(String),
+    /// A request said it carried an upload's last bytes, but they end before its length.
+    #[error(
+        "the request said it completes the upload, but it ended at {offset} of {length} bytes; \
+         append the rest at that offset"
+    )]
+    EndedEarly {
+        /// Where the stored bytes end.
+        offset: u64,
         /// The upload's length.
-        known: u64,
-        /// The length declared.
-        declared: u64,
+        length: u64,
     },
+    /// Bytes for an upload whose bytes are all there.
+    #[error("the upload is complete: it takes no more bytes")]
+    UploadComplete {
+        /// The refused request carried bytes (rather than none).
+        body: bool,
+    },
+    /// An append to a final upload of a concatenation, which is made of its parts.
+    #[error("a final upload is made of its parts and takes no appends")]
+    FinalUpload,
     /// The chunk's bytes do not match the digest the client sent with them.
     #[error("the chunk's SHA-256 is {actual}, but Content-Digest says {declared}")]
     ChunkDigestMismatch {

@@ -6,15 +6,18 @@
 //!
 //! # Layout
 //! - [`error`]: the crate's one error enum.
-//! - [`record`]: the durable upload record and pure rules (geometry, limits, states).
+//! - [`record`]: the durable upload record and pure rules (geometry, limits).
+//! - [`lifecycle`]: the state machine every state change goes through.
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
+//! - [`whole_hash`]: every path by which the whole-file hash advances, behind one type.
 //! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
 //! - [`quota`]: per-owner limits on open uploads and reserved bytes.
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
-//! - [`service`]: the [`Uploads`] service.
+//! - [`service`]: the [`Uploads`] service, a file per operation; [`service::stream`] holds
+//!   the rules of tus and the IETF draft.
 //! - [`breaker`]: the circuit breaker in front of shared storage.
 //! - [`faults`]: injected storage faults, for tests only.
 //! - [`events`]: upload events, their durable outbox (webhooks) and live announcements.
@@ -28,6 +31,7 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod hash;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ordered_hash;
 pub mod principal;
@@ -35,6 +39,7 @@ pub mod quota;
 pub mod record;
 pub mod service;
 pub mod upload;
+pub mod whole_hash;
 pub mod writers;
 
 pub use backend::local::LocalBackend;
@@ -42,7 +47,7 @@ pub use backend::{Backend, Content};
 pub use checksum::BodyChecksum;
 pub use error::{Error, Result};
 pub use record::{Concat, UploadMode};
+pub use service::stream::{Append, Appended, Dialect, NewStream};
 pub use service::{
-    Appended, ChunkStored, Completion, Created, Position, Stats, SweepReport, Uploads,
-    UploadsConfig,
+    ChunkStored, Completion, Created, Position, Stats, SweepReport, Uploads, UploadsConfig,
 };

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use common::api::{ChunkSizeBounds, CreateUpload, UploadState};
+use common::geometry::Geometry;
 use common::{Sha256Digest, UploadId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -95,6 +96,10 @@ pub enum Concat {
     Final {
         /// The parts.
         parts: Vec<UploadId>,
+        /// The parts as the creating request named them (absolute URLs or paths), to say
+        /// them back the same way.
+        #[serde(default)]
+        urls: Vec<String>,
     },
 }
 
@@ -162,68 +167,50 @@ impl UploadRecord {
     }
 
     /// A length said again for an upload whose length is known: the same one, or
-    /// [`Error::LengthMismatch`] (a known length never changes).
+    /// [`Error::InconsistentLength`] (a known length never changes).
     pub fn same_length(&self, length: u64) -> Result<()> {
         if self.size == length {
             Ok(())
         } else {
-            Err(Error::LengthMismatch {
-                known: self.size,
-                declared: length,
-            })
+            Err(Error::InconsistentLength(format!(
+                "the upload's length is {} bytes and cannot change to {length}",
+                self.size
+            )))
         }
+    }
+
+    /// The upload's chunk geometry (shared with the CLI: `common::geometry`).
+    pub fn geometry(&self) -> Geometry {
+        Geometry::new(self.size, self.chunk_size)
     }
 
     /// Number of chunks: `ceil(size / chunk_size)`; 0 for an empty upload.
     pub fn chunk_count(&self) -> u64 {
-        chunk_count(self.size, self.chunk_size)
+        self.geometry().count()
     }
 
     /// Byte offset where chunk `index` starts.
     pub fn chunk_offset(&self, index: u64) -> u64 {
-        index * self.chunk_size
+        self.geometry().offset(index)
     }
 
     /// Length of chunk `index`, or an error when the index is out of range.
     pub fn chunk_len(&self, index: u64) -> Result<u64> {
-        let count = self.chunk_count();
-        if index >= count {
-            return Err(Error::Invalid(format!(
-                "chunk index {index} is out of range: this upload has {count} chunk(s)"
-            )));
-        }
-        Ok((self.size - index * self.chunk_size).min(self.chunk_size))
-    }
-
-    /// Whether bytes may be written now, the `mode` way: only while uploading, and only
-    /// in the upload's own mode (chunks or in-order appends).
-    pub fn check_writable(&self, mode: UploadMode) -> Result<()> {
-        match self.state {
-            StoredState::Uploading => {}
-            s if s.is_tombstone() => return Err(Error::Gone(s.name())),
-            s => return Err(Error::WrongState(s.name())),
-        }
-        match (self.mode, mode) {
-            (a, b) if a == b => Ok(()),
-            (UploadMode::Stream, _) => Err(Error::WrongMode(
-                "this upload takes in-order appends (tus, IETF), not chunks",
-            )),
-            (UploadMode::Chunks, _) => Err(Error::WrongMode(
-                "this upload takes chunks (native API), not in-order appends",
-            )),
-        }
+        self.geometry().len(index).ok_or_else(|| {
+            Error::Invalid(format!(
+                "chunk index {index} is out of range: this upload has {} chunk(s)",
+                self.chunk_count()
+            ))
+        })
     }
 
     /// Where chunk `index` ends (exclusive), for any index below the chunk count.
     pub fn chunk_end(&self, index: u64) -> u64 {
-        ((index + 1) * self.chunk_size).min(self.size)
+        self.geometry().end(index)
     }
 }
 
-/// `ceil(size / chunk_size)`.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    size.div_ceil(chunk_size)
-}
+pub use common::geometry::chunk_count;
 
 /// Size rules: what a backend can store and what the operator allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,11 +227,7 @@ impl Limits {
     /// The chunk size for an upload of `size` bytes when the client names none: the
     /// default, grown (in whole MiB) until the chunk count fits `max_chunks`.
     pub fn default_chunk_size(&self, size: u64) -> u64 {
-        const MIB: u64 = 1 << 20;
-        let needed = size.div_ceil(self.max_chunks).div_ceil(MIB) * MIB;
-        needed
-            .max(self.chunk_size.default)
-            .clamp(self.chunk_size.min, self.chunk_size.max)
+        common::geometry::default_chunk_size(&self.chunk_size, self.max_chunks, size)
     }
 
     /// Checks a create request and settles its chunk size.
@@ -276,6 +259,7 @@ impl Limits {
             check_text("filename", name, MAX_FILENAME_LEN)?;
         }
         if let Some(meta) = &req.metadata {
+            common::relpath::check_metadata(meta).map_err(|e| Error::Invalid(e.to_string()))?;
             if meta.len() > MAX_METADATA_PAIRS {
                 return Err(Error::Invalid(format!(
                     "at most {MAX_METADATA_PAIRS} metadata pairs are accepted"

@@ -1052,7 +1052,11 @@ impl Node {
     fn put_chunk(&self, w: &Write) -> Result<bool> {
         let (up, _) = self.get()?;
         let record = up.record();
-        record.check_writable(UploadMode::Chunks)?;
+        storage::lifecycle::apply(
+            &record,
+            storage::lifecycle::Step::StoreBytes(UploadMode::Chunks),
+            now(),
+        )?;
         let len = record.chunk_len(w.index)?;
         if w.bytes.len() as u64 != len {
             return Err(Error::Invalid(format!("chunk {} has {len} bytes", w.index)));

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::api::{CreateUpload, UploadState};
-use common::Sha256Digest;
+use common::api::{CreateUpload, UploadState, UploadStatus};
+use common::{Sha256Digest, UploadId};
 use futures_util::stream;
 use sha2::{Digest, Sha256};
-use storage::{Completion, Error, LocalBackend, Uploads, UploadsConfig};
+use storage::{
+    Append, Appended, Completion, Dialect, Error, LocalBackend, NewStream, Uploads, UploadsConfig,
+};
 
 fn sha(b: &[u8]) -> Sha256Digest {
     Sha256Digest(Sha256::digest(b).into())
@@ -357,6 +359,34 @@ fn tokio_stream_from(
     Box::pin(stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
+/// Creates an in-order upload without a length, as tus creation-defer-length does.
+async fn create_deferred(uploads: &Arc<Uploads>) -> UploadStatus {
+    let new = NewStream {
+        defer_length: true,
+        ..Default::default()
+    };
+    uploads
+        .create_stream(Dialect::Tus, new, Append::default(), body(&[]), |_| {})
+        .await
+        .unwrap()
+        .status
+}
+
+/// Appends `bytes` at `at` as a tus PATCH does.
+async fn append(
+    uploads: &Arc<Uploads>,
+    id: UploadId,
+    at: u64,
+    bytes: impl futures_util::Stream<Item = storage::Result<Bytes>> + Send + Unpin,
+) -> storage::Result<Appended> {
+    let req = Append {
+        offset: at,
+        has_body: true,
+        ..Default::default()
+    };
+    uploads.append_stream(id, Dialect::Tus, req, bytes).await
+}
+
 /// An in-order upload created without a length (tus creation-defer-length, an IETF
 /// upload with no length yet): it grows to at most the ceiling, never completes on its
 /// own, learns its length once (never below what is stored, never changed after), and
@@ -371,26 +401,18 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
     };
     let uploads = open(dir.path(), config).await;
     let file = data(17 * MIB + 3, 7);
-    let created = uploads
-        .create_deferred(CreateUpload::default())
-        .await
-        .unwrap();
-    let id = created.status.id;
-    assert!(created.status.length_deferred);
-    assert_eq!(created.status.size, 40 * MIB as u64);
+    let created = create_deferred(&uploads).await;
+    let id = created.id;
+    assert!(created.length_deferred);
+    assert_eq!(created.size, 40 * MIB as u64);
     let first = 9 * MIB + 11;
-    let appended = uploads
-        .append(id, 0, None, None, body(&file[..first]))
-        .await
-        .unwrap();
+    let appended = append(&uploads, id, 0, body(&file[..first])).await.unwrap();
     assert_eq!(appended.offset, first as u64);
-    assert!(appended.completed.is_none());
+    assert!(!appended.done());
     // Past the ceiling: refused, nothing appended.
     let too_much = data(32 * MIB, 8);
     assert!(matches!(
-        uploads
-            .append(id, first as u64, None, None, body(&too_much))
-            .await,
+        append(&uploads, id, first as u64, body(&too_much)).await,
         Err(Error::TooLarge { .. })
     ));
     assert_eq!(
@@ -400,7 +422,7 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
     // A length below what is stored, or above the ceiling, is refused.
     assert!(matches!(
         uploads.declare_length(id, first as u64 - 1).await,
-        Err(Error::Invalid(_))
+        Err(Error::InconsistentLength(_))
     ));
     assert!(matches!(
         uploads.declare_length(id, 41 * MIB as u64).await,
@@ -417,18 +439,16 @@ async fn a_deferred_length_is_declared_once_then_the_upload_completes() {
     // Once said, the length stays.
     assert!(matches!(
         uploads.declare_length(id, file.len() as u64 + 1).await,
-        Err(Error::LengthMismatch { .. })
+        Err(Error::InconsistentLength(_))
     ));
     assert_eq!(
         uploads.declare_length(id, file.len() as u64).await.unwrap(),
         None
     );
-    let done = uploads
-        .append(id, first as u64, None, None, body(&file[first..]))
+    let done = append(&uploads, id, first as u64, body(&file[first..]))
         .await
         .unwrap()
-        .completed
-        .expect("completed by its last byte");
+        .status;
     assert_eq!(done.state, UploadState::Completed);
     assert_eq!(done.sha256, Some(sha(&file)));
     // The content is the file exactly: not what the refused append left past its end.
@@ -456,16 +476,8 @@ async fn a_length_declared_at_the_end_after_a_restart_completes() {
     let file = data(9 * MIB + 7, 9);
     let id = {
         let uploads = open(dir.path(), config.clone()).await;
-        let id = uploads
-            .create_deferred(CreateUpload::default())
-            .await
-            .unwrap()
-            .status
-            .id;
-        uploads
-            .append(id, 0, None, None, body(&file))
-            .await
-            .unwrap();
+        let id = create_deferred(&uploads).await.id;
+        append(&uploads, id, 0, body(&file)).await.unwrap();
         id
     };
     let uploads = open(dir.path(), config).await;
@@ -493,23 +505,24 @@ async fn appends_receipt_each_chunk_with_its_digest() {
         .unwrap();
     let file = data(3 * 8 * MIB + 12_345, 11);
     let id = uploads
-        .create_with_mode(
-            CreateUpload {
-                size: file.len() as u64,
-                chunk_size: Some(8 * MIB as u64),
+        .create_stream(
+            Dialect::Tus,
+            NewStream {
+                length: Some(file.len() as u64),
                 ..Default::default()
             },
-            None,
-            storage::UploadMode::Stream,
+            Append::default(),
+            body(&[]),
+            |_| {},
         )
         .await
         .unwrap()
         .status
         .id;
+    assert_eq!(uploads.status(id).await.unwrap().chunk_size, 8 * MIB as u64);
     let mut at = 0;
     for len in [1, 5 * MIB, 7 * MIB + 3, 1_000, 9 * MIB] {
-        let appended = uploads
-            .append(id, at as u64, None, None, body(&file[at..at + len]))
+        let appended = append(&uploads, id, at as u64, body(&file[at..at + len]))
             .await
             .unwrap();
         at += len;
@@ -520,10 +533,7 @@ async fn appends_receipt_each_chunk_with_its_digest() {
         Ok(Bytes::copy_from_slice(&file[at..at + 100_000])),
         Err(Error::Io(std::io::Error::other("cut"))),
     ]);
-    assert!(uploads
-        .append(id, at as u64, None, None, cut)
-        .await
-        .is_err());
+    assert!(append(&uploads, id, at as u64, cut).await.is_err());
     at += 100_000;
     assert_eq!(uploads.status(id).await.unwrap().received_bytes, at as u64);
     let loaded = backend.load(id).await.unwrap().unwrap();
@@ -537,11 +547,11 @@ async fn appends_receipt_each_chunk_with_its_digest() {
         }
     }
     assert_eq!(whole, at / (8 * MIB), "a receipt for each whole chunk");
-    let done = uploads
-        .append(id, at as u64, None, None, body(&file[at..]))
+    let done = append(&uploads, id, at as u64, body(&file[at..]))
         .await
         .unwrap();
-    let st = done.completed.expect("completed by its last append");
+    assert!(done.done(), "completed by its last append");
+    let st = done.status;
     assert_eq!(st.state, UploadState::Completed);
     assert_eq!(
         st.sha256,

@@ -251,6 +251,7 @@ pub mod fs_replay;
 pub mod nginx;
 pub mod proxy;
 pub mod s3;
+pub mod sigv4;
 pub mod tls;
 pub mod webclients;
 

@@ -42,13 +42,13 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{head, post};
 use axum::Router;
-use common::api::{CreateUpload, UploadState, UploadStatus};
-use common::{Sha256Digest, UploadId, PROBLEM_JSON};
+use common::api::{UploadState, UploadStatus};
+use common::{Sha256Digest, UploadId};
 use storage::record::StoredState;
-use storage::{BodyChecksum, UploadMode};
+use storage::{Append, Appended, BodyChecksum, Dialect, NewStream};
 
-use crate::error::ApiError;
-use crate::extract::{body_stream, content_length, drain_after, IdPath, DRAIN_LIMIT};
+use crate::error::{ApiError, Protocol};
+use crate::extract::{content_length, IdPath, UploadBody};
 use crate::interim::Interim;
 use crate::state::AppState;
 
@@ -60,8 +60,6 @@ pub const INTEROP_VERSION: u64 = 8;
 pub const INTEROP_VERSIONS: [u64; 4] = [5, 6, 7, 8];
 /// Media type of an append.
 pub const PARTIAL_UPLOAD: &str = "application/partial-upload";
-/// Prefix of the draft's problem type URIs.
-const PROBLEM_TYPES: &str = "https://iana.org/assignments/http-problem-types#";
 
 /// The routes of the endpoint at [`BASE`]; none when the tus endpoint was configured at the
 /// same path (the two protocols share header names with other meanings).
@@ -88,45 +86,33 @@ fn h(name: &'static str) -> HeaderName {
 
 /// Which draft the client speaks: its `Upload-Draft-Interop-Version`, or the current one
 /// when it sent none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Version(u64);
-
-fn version(headers: &HeaderMap) -> Result<Version, Failure> {
+fn version(headers: &HeaderMap) -> Result<u64, ApiError> {
     let Some(v) = headers.get("upload-draft-interop-version") else {
-        return Ok(Version(INTEROP_VERSION));
+        return Ok(INTEROP_VERSION);
     };
     match v.to_str().ok().and_then(sf_integer) {
-        Some(n) if INTEROP_VERSIONS.contains(&n) => Ok(Version(n)),
+        Some(n) if INTEROP_VERSIONS.contains(&n) => Ok(n),
         _ => Err(ApiError::BadRequest(format!(
             "Upload-Draft-Interop-Version {:?} is not supported; this server speaks {}",
             String::from_utf8_lossy(v.as_bytes()),
             INTEROP_VERSIONS.map(|n| n.to_string()).join(", ")
-        ))
-        .into()),
+        ))),
     }
 }
 
-/// The bare item of a structured field, without its parameters.
-fn bare_item(raw: &str) -> &str {
-    raw.split(';').next().unwrap_or("").trim()
-}
-
-/// A structured-field Integer that is not negative (RFC 9651 §3.3.1: at most 15 digits).
+/// A structured-field Integer (RFC 9651) that is not negative, parameters ignored.
 pub(crate) fn sf_integer(raw: &str) -> Option<u64> {
-    let s = bare_item(raw);
-    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    let item = sfv::Parser::new(raw).parse_item().ok()?;
+    u64::try_from(i64::from(item.bare_item.as_integer()?)).ok()
 }
 
-/// A structured-field Boolean (`?0`, `?1`).
+/// A structured-field Boolean (`?0`, `?1`), parameters ignored.
 pub(crate) fn sf_boolean(raw: &str) -> Option<bool> {
-    match bare_item(raw) {
-        "?1" => Some(true),
-        "?0" => Some(false),
-        _ => None,
-    }
+    sfv::Parser::new(raw)
+        .parse_item()
+        .ok()?
+        .bare_item
+        .as_boolean()
 }
 
 /// A header holding a structured-field Integer; a value of another form is ignored, as the
@@ -150,49 +136,20 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse::<mime::Mime>().ok())
+        .map(|m| m.essence_str().to_ascii_lowercase())
 }
 
 /// The SHA-256 in an RFC 9530 digest header (`Repr-Digest`, `Content-Digest`); other
 /// algorithms are not checked.
-fn digest_header(headers: &HeaderMap, name: &str) -> Result<Option<Sha256Digest>, Failure> {
+fn digest_header(headers: &HeaderMap, name: &str) -> Result<Option<Sha256Digest>, ApiError> {
     let Some(v) = headers.get(name) else {
         return Ok(None);
     };
     let s = v
         .to_str()
         .map_err(|_| ApiError::BadRequest(format!("{name} is not ASCII")))?;
-    Sha256Digest::from_header(s).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")).into())
-}
-
-/// `Content-Digest` as a check of one request's body: all or nothing.
-fn content_checksum(headers: &HeaderMap) -> Result<Option<BodyChecksum>, Failure> {
-    Ok(digest_header(headers, "content-digest")?.and_then(|d| BodyChecksum::new("sha256", &d.0)))
-}
-
-/// The body's length when known in advance: `Content-Length`, or 0 when there is neither
-/// that nor `Transfer-Encoding` (an HTTP/1.1 request without either has no body).
-fn known_length(headers: &HeaderMap) -> Result<Option<u64>, Failure> {
-    Ok(match content_length(headers)? {
-        Some(l) => Some(l),
-        None if !headers.contains_key(header::TRANSFER_ENCODING) => Some(0),
-        None => None,
-    })
-}
-
-/// Whether the request has a body (a non-zero `Content-Length`, or chunked).
-fn has_body(headers: &HeaderMap) -> Result<bool, Failure> {
-    Ok(
-        content_length(headers)?.unwrap_or(0) > 0
-            || headers.contains_key(header::TRANSFER_ENCODING),
-    )
+    Sha256Digest::from_header(s).map_err(|e| ApiError::BadRequest(format!("{name}: {e}")))
 }
 
 /// The file name of a `Content-Disposition` header: `filename*` (RFC 8187, UTF-8) first,
@@ -228,134 +185,26 @@ pub(crate) fn disposition_filename(raw: &str) -> Option<String> {
     plain.filter(|n| !n.is_empty())
 }
 
+/// RFC 8187's percent-encoded UTF-8; `None` for a stray `%` or bytes that are not UTF-8.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Two hex digits: `from_str_radix` alone would also take `+F`.
-            let hex = s
-                .get(i + 1..i + 3)
-                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    // `percent_decode_str` passes a malformed `%` through; RFC 8187 does not allow one.
+    let wellformed = s.split('%').skip(1).all(|rest| {
+        rest.get(..2)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !wellformed {
+        return None;
     }
-    String::from_utf8(out).ok().filter(|n| !n.is_empty())
-}
-
-/// What went wrong, as the draft's problem types where it defines one.
-enum Kind {
-    /// Any other error, as everywhere else on this server.
-    Api(ApiError),
-    /// `Upload-Offset` is not the upload's offset.
-    MismatchingOffset { expected: u64, provided: u64 },
-    /// The upload is complete; nothing can be appended.
-    CompletedUpload(String),
-    /// The request's length indications contradict each other or the upload's length.
-    InconsistentLength(String),
-}
-
-/// An error answer and the headers that go with it (boxed: it travels in `Result`s).
-struct Failure(Box<FailureParts>);
-
-struct FailureParts {
-    kind: Kind,
-    headers: HeaderMap,
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Self {
-        Kind::Api(e).into()
-    }
-}
-
-impl From<storage::Error> for Failure {
-    fn from(e: storage::Error) -> Self {
-        ApiError::Domain(e).into()
-    }
-}
-
-impl From<Kind> for Failure {
-    fn from(kind: Kind) -> Self {
-        Failure(Box::new(FailureParts {
-            kind,
-            headers: HeaderMap::new(),
-        }))
-    }
-}
-
-impl Failure {
-    fn with(mut self, name: &'static str, value: HeaderValue) -> Self {
-        self.0.headers.insert(h(name), value);
-        self
-    }
-
-    fn into_response(self) -> Response {
-        let draft = |status: StatusCode, slug: &str, title: &str, detail: String| {
-            serde_json::json!({
-                "type": format!("{PROBLEM_TYPES}{slug}"),
-                "title": title,
-                "status": status.as_u16(),
-                "detail": detail,
-            })
-        };
-        let FailureParts { kind, headers } = *self.0;
-        let (base, body) = match kind {
-            Kind::Api(e) => (e.into_response(), None),
-            Kind::MismatchingOffset { expected, provided } => {
-                let mut doc = draft(
-                    StatusCode::CONFLICT,
-                    "mismatching-upload-offset",
-                    "Mismatching upload offset",
-                    format!(
-                        "the upload's offset is {expected}, but the request starts at {provided}"
-                    ),
-                );
-                doc["expected-offset"] = expected.into();
-                doc["provided-offset"] = provided.into();
-                (StatusCode::CONFLICT.into_response(), Some(doc))
-            }
-            Kind::CompletedUpload(detail) => (
-                StatusCode::BAD_REQUEST.into_response(),
-                Some(draft(
-                    StatusCode::BAD_REQUEST,
-                    "completed-upload",
-                    "Upload is completed",
-                    detail,
-                )),
-            ),
-            Kind::InconsistentLength(detail) => (
-                StatusCode::BAD_REQUEST.into_response(),
-                Some(draft(
-                    StatusCode::BAD_REQUEST,
-                    "inconsistent-upload-length",
-                    "Inconsistent upload length values",
-                    detail,
-                )),
-            ),
-        };
-        let mut resp = match body {
-            None => base,
-            Some(doc) => {
-                let mut r = (base.status(), doc.to_string()).into_response();
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-                r
-            }
-        };
-        resp.headers_mut().extend(headers);
-        resp
-    }
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+        .filter(|n| !n.is_empty())
 }
 
 /// `Upload-Limit`: the largest upload, and how long an idle upload lives (`max-age`, and
 /// `expires` for interop version 6, which named it so).
-fn limits(state: &AppState, status: Option<&UploadStatus>, v: Version) -> HeaderValue {
+fn limits(state: &AppState, status: Option<&UploadStatus>, v: u64) -> HeaderValue {
     let mut parts = vec![format!(
         "max-size={}",
         state.uploads.capabilities().max_upload_size
@@ -365,7 +214,7 @@ fn limits(state: &AppState, status: Option<&UploadStatus>, v: Version) -> Header
             .whole_seconds()
             .max(0);
         parts.push(format!("max-age={secs}"));
-        if v.0 == 6 {
+        if v == 6 {
             parts.push(format!("expires={secs}"));
         }
     }
@@ -386,7 +235,7 @@ fn is_done(state: UploadState) -> bool {
 
 /// The answer to the request that completed the upload: what the service made of the file
 /// (its native status), `200`, or `202` while the verification continues in the background.
-fn completed_answer(state: &AppState, status: &UploadStatus, v: Version) -> Response {
+fn completed_answer(state: &AppState, status: &UploadStatus, v: u64) -> Response {
     let code = if status.state == UploadState::Completing {
         StatusCode::ACCEPTED
     } else {
@@ -425,51 +274,24 @@ fn status_answer(code: StatusCode, status: &UploadStatus) -> Response {
     resp
 }
 
-/// Reads and drops a small unread body, so that the error answer reaches a client that is
-/// still sending (as the tus endpoint does); larger ones are cut with `Connection: close`.
-async fn discard(headers: &HeaderMap, body: Body, state: &AppState) {
-    if content_length(headers)
-        .ok()
-        .flatten()
-        .is_some_and(|l| l > 0 && l <= DRAIN_LIMIT)
-    {
-        let mut stream = body_stream(body, state.body_timeout);
-        drain_after(&storage::Error::Invalid(String::new()), &mut stream).await;
-    }
-}
-
-/// An append refused by the domain core, as the draft names it.
-fn append_failure(e: storage::Error, v: Version, nonempty: bool) -> Failure {
-    use storage::Error as E;
-    match e {
-        E::OffsetMismatch { expected, got } => Failure::from(Kind::MismatchingOffset {
-            expected,
-            provided: got,
-        })
-        .with("upload-offset", HeaderValue::from(expected)),
-        E::WrongState(s @ ("completed" | "completing")) => completed_failure(v, nonempty, s),
-        E::Invalid(msg) => Kind::InconsistentLength(msg).into(),
-        // tus answers 460 for its Upload-Checksum; here it is RFC 9530's Content-Digest.
-        E::BodyChecksumMismatch { .. } => ApiError::BadRequest(
-            "the body does not match its Content-Digest; nothing was appended".into(),
-        )
-        .into(),
-        e @ E::Sha256Mismatch { .. } => {
-            Failure::from(e).with("upload-complete", complete_value(true))
-        }
-        e => e.into(),
-    }
-}
-
-/// An append to a complete upload: from interop version 7 on, a non-empty one is an
-/// inconsistent length; an empty one, and any in earlier versions, `completed-upload`.
-fn completed_failure(v: Version, nonempty: bool, state: &str) -> Failure {
-    let failure = if nonempty && v.0 >= 7 {
-        Kind::InconsistentLength(format!("the upload is {state}: it takes no more bytes"))
-    } else {
-        Kind::CompletedUpload(format!("the upload is {state}; nothing can be appended"))
-    };
-    Failure::from(failure).with("upload-complete", complete_value(true))
+/// An append as the request states it: where it starts (`Upload-Offset`, given for
+/// appends, 0 for a creation), its body, whether it is the last (`Upload-Complete`), the
+/// length and digest it says.
+fn append_of(headers: &HeaderMap, offset: u64, last: bool) -> Result<Append, ApiError> {
+    let len = content_length(headers)?;
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let checksum =
+        digest_header(headers, "content-digest")?.and_then(|d| BodyChecksum::new("sha256", &d.0));
+    Ok(Append {
+        offset,
+        // An HTTP/1.1 request with neither Content-Length nor chunked encoding has no body.
+        body_len: len.or(Some(0).filter(|_| !chunked)),
+        has_body: len.unwrap_or(0) > 0 || chunked,
+        length: integer_header(headers, "upload-length"),
+        last,
+        checksum,
+        file_sha256: digest_header(headers, "repr-digest")?,
+    })
 }
 
 /// `OPTIONS`: resumable uploads are supported here, within these limits.
@@ -477,216 +299,130 @@ pub async fn options(State(state): State<AppState>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let hs = resp.headers_mut();
     hs.insert(h("accept-patch"), HeaderValue::from_static(PARTIAL_UPLOAD));
-    hs.insert(
-        h("upload-limit"),
-        limits(&state, None, Version(INTEROP_VERSION)),
-    );
+    hs.insert(h("upload-limit"), limits(&state, None, INTEROP_VERSION));
     resp
 }
 
-/// `POST /uploads/`: creates an upload (`Upload-Complete` required) and appends the body.
-pub async fn create(
-    State(state): State<AppState>,
-    interim: Option<Extension<Interim>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let interim = interim.map(|Extension(i)| i);
-    match create_inner(&state, &headers, body, interim).await {
-        Ok(r) => r,
-        Err(f) => f.into_response(),
+/// What a creation request asks for.
+fn creation(state: &AppState, headers: &HeaderMap) -> Result<(NewStream, Append), ApiError> {
+    let Some(last) = upload_complete(headers) else {
+        let hint = if headers.contains_key("tus-resumable") {
+            format!(
+                "; tus requests go to the tus endpoint at {}",
+                state.tus_path
+            )
+        } else {
+            String::new()
+        };
+        return Err(ApiError::BadRequest(format!(
+            "Upload-Complete (?0 or ?1) is required to create a resumable upload{hint}"
+        )));
+    };
+    let mut first = append_of(headers, 0, last)?;
+    let mut metadata = match headers.get("upload-metadata") {
+        Some(m) => super::tus::parse_metadata(
+            m.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Metadata is not ASCII".into()))?,
+        )?,
+        None => BTreeMap::new(),
+    };
+    let filename = headers
+        .get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(disposition_filename)
+        .or_else(|| metadata.get("filename").cloned());
+    if let Some(name) = &filename {
+        metadata
+            .entry("filename".into())
+            .or_insert_with(|| name.clone());
     }
+    if let Some(t) = media_type(headers).filter(|t| t != PARTIAL_UPLOAD) {
+        metadata.entry("filetype".into()).or_insert(t);
+    }
+    let new = NewStream {
+        length: first.length.take(),
+        sha256: first.file_sha256.take(),
+        filename,
+        metadata,
+        ..NewStream::default()
+    };
+    Ok((new, first))
 }
 
-async fn create_inner(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    interim: Option<Interim>,
-) -> Result<Response, Failure> {
-    let checked = async {
-        let v = version(headers)?;
-        let Some(complete) = upload_complete(headers) else {
-            let hint = if headers.contains_key("tus-resumable") {
-                format!(
-                    "; tus requests go to the tus endpoint at {}",
-                    state.tus_path
-                )
-            } else {
-                String::new()
-            };
-            return Err(Failure::from(ApiError::BadRequest(format!(
-                "Upload-Complete (?0 or ?1) is required to create a resumable upload{hint}"
-            ))));
-        };
-        let declared = integer_header(headers, "upload-length");
-        let content_len = known_length(headers)?;
-        // Upload-Complete: ?1 with Content-Length says the length too (draft §4.1.3).
-        let implied = content_len.filter(|_| complete);
-        let size = match (declared, implied) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(Kind::InconsistentLength(format!(
-                    "Upload-Length is {a}, but the request completes the upload with {b} bytes"
-                ))
-                .into())
-            }
-            (Some(a), _) => Some(a),
-            (None, Some(b)) => Some(b),
-            // Not known yet: declared by the append that completes the upload.
-            (None, None) => None,
-        };
-        if let Some((len, size)) = content_len.zip(size).filter(|(l, s)| l > s) {
-            return Err(Kind::InconsistentLength(format!(
-                "the body has {len} bytes, more than the upload's length of {size}"
-            ))
-            .into());
-        }
-        let repr = digest_header(headers, "repr-digest")?;
-        let checksum = content_checksum(headers)?;
-        let mut metadata = match headers.get("upload-metadata") {
-            Some(m) => super::tus::parse_metadata(
-                m.to_str()
-                    .map_err(|_| ApiError::BadRequest("Upload-Metadata is not ASCII".into()))?,
-            )?,
-            None => BTreeMap::new(),
-        };
-        let filename = headers
-            .get(header::CONTENT_DISPOSITION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(disposition_filename)
-            .or_else(|| metadata.get("filename").cloned());
-        if let Some(name) = &filename {
-            metadata
-                .entry("filename".into())
-                .or_insert_with(|| name.clone());
-        }
-        if let Some(t) = media_type(headers).filter(|t| t != PARTIAL_UPLOAD) {
-            metadata.entry("filetype".into()).or_insert(t);
-        }
-        let req = CreateUpload {
-            size: size.unwrap_or(0),
-            chunk_size: None,
-            sha256: repr,
-            filename,
-            metadata: Some(metadata),
-        };
-        Ok((v, complete, size, checksum, req))
-    }
-    .await;
-    let (v, complete, size, checksum, req) = match checked {
+/// `POST /uploads/`: creates an upload (`Upload-Complete` required) and appends the body.
+/// Once the upload exists, and before the body is read, an HTTP/1.1 client is told where
+/// it is with `104 Upload Resumption Supported`, so that a client whose request breaks off
+/// can resume even the upload this request created; every later answer names it too.
+pub async fn create(
+    State(state): State<AppState>,
+    version_of: axum::http::Version,
+    interim: Option<Extension<Interim>>,
+    headers: HeaderMap,
+    body: UploadBody,
+) -> Response {
+    let v = match version(&headers) {
+        Ok(v) => v,
+        Err(e) => return answer(body.refuse(e).await, INTEROP_VERSION),
+    };
+    let (new, first) = match creation(&state, &headers) {
         Ok(c) => c,
-        Err(f) => {
-            discard(headers, body, state).await;
-            return Err(f);
+        Err(e) => return answer(body.refuse(e).await, v),
+    };
+    let last = first.last;
+    // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+    let interim = interim
+        .map(|Extension(i)| i)
+        .filter(|_| version_of >= axum::http::Version::HTTP_11);
+    let created = std::sync::Mutex::new(None);
+    let told = |status: &UploadStatus| {
+        *created.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.id);
+        if let Some(interim) = &interim {
+            let mut hs = HeaderMap::new();
+            hs.insert(header::LOCATION, location(status.id));
+            hs.insert("upload-limit", limits(&state, Some(status), v));
+            hs.insert("upload-draft-interop-version", HeaderValue::from(v));
+            interim.send(104, "Upload Resumption Supported", &hs);
         }
     };
-    let created = match size {
-        Some(_) => {
-            state
-                .uploads
-                .create_with_mode(req, None, UploadMode::Stream)
-                .await
-        }
-        None => state.uploads.create_deferred(req).await,
-    };
-    let created = match created {
-        Ok(c) => c,
-        Err(e) => {
-            let too_large = matches!(e, storage::Error::TooLarge { .. });
-            discard(headers, body, state).await;
-            let f = Failure::from(e);
-            return Err(if too_large {
-                f.with("upload-limit", limits(state, None, v))
-            } else {
-                f
-            });
-        }
-    };
-    let id = created.status.id;
-    // From here on every answer names the upload, so the client can resume it: the 104
-    // names it before the body is read, so that a client whose request breaks off can
-    // resume even the upload this request created.
-    if let Some(interim) = interim {
-        let mut h = HeaderMap::new();
-        h.insert(header::LOCATION, location(id));
-        h.insert("upload-limit", limits(state, Some(&created.status), v));
-        h.insert("upload-draft-interop-version", HeaderValue::from(v.0));
-        interim.send(104, "Upload Resumption Supported", &h);
-    }
-    let with_location = |f: Failure| f.with("location", location(id));
-    let mut offset = 0;
-    let mut status = created.status;
-    if size == Some(0) {
-        let (storage::Completion::Done(s) | storage::Completion::Verifying(s)) = state
-            .uploads
-            .complete(id, None)
-            .await
-            .map_err(|e| with_location(append_failure(e, v, false)))?;
-        status = s;
-    } else if has_body(headers)? {
-        let mut stream = body_stream(body, state.body_timeout);
-        let result = state
-            .uploads
-            .append(id, 0, content_length(headers)?, checksum, &mut stream)
-            .await;
-        let appended = match result {
-            Ok(a) => a,
-            Err(e) => {
-                if content_length(headers)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|l| l <= DRAIN_LIMIT)
-                {
-                    drain_after(&e, &mut stream).await;
-                }
-                return Err(with_location(append_failure(e, v, true)));
+    let mut body = body;
+    let appended = state
+        .uploads
+        .create_stream(Dialect::Ietf, new, first, &mut body, told)
+        .await;
+    let appended = body.settle(appended).await;
+    let mut resp = match appended {
+        Ok(a) if a.done() => {
+            let mut resp = completed_answer(&state, &a.status, v);
+            if !last {
+                // Complete because its length was reached: still the answer that created it.
+                *resp.status_mut() = StatusCode::CREATED;
             }
-        };
-        offset = appended.offset;
-        if let Some(s) = appended.completed {
-            status = s;
+            resp
         }
-    }
-    if size.is_none() && complete {
-        // The body was the whole upload: its end is the length.
-        if let Some(s) = state
-            .uploads
-            .declare_length(id, offset)
-            .await
-            .map_err(|e| with_location(append_failure(e, v, false)))?
-        {
-            status = s;
+        Ok(Appended { offset, status }) => {
+            let mut resp = status_answer(StatusCode::CREATED, &status);
+            let hs = resp.headers_mut();
+            hs.insert(h("upload-offset"), HeaderValue::from(offset));
+            hs.insert(h("upload-complete"), complete_value(false));
+            if !status.length_deferred {
+                hs.insert(h("upload-length"), HeaderValue::from(status.size));
+            }
+            hs.insert(h("upload-limit"), limits(&state, Some(&status), v));
+            resp
         }
+        Err(e) => e.render(Protocol::Ietf(v)),
+    };
+    // From the moment it exists, every answer names the upload.
+    let created = *created.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = created {
+        resp.headers_mut().insert(header::LOCATION, location(id));
     }
-    if is_done(status.state) {
-        let mut resp = completed_answer(state, &status, v);
-        if !complete {
-            // Complete because its length was reached: still the answer that created it.
-            *resp.status_mut() = StatusCode::CREATED;
-        }
-        return Ok(resp);
-    }
-    if complete {
-        return Err(with_location(
-            Failure::from(Kind::InconsistentLength(format!(
-                "the request said it completes the upload, but its body ended at {offset} of \
-                 {} bytes; append the rest at that offset",
-                size.unwrap_or(offset)
-            )))
-            .with("upload-offset", HeaderValue::from(offset))
-            .with("upload-complete", complete_value(false)),
-        ));
-    }
-    let mut resp = status_answer(StatusCode::CREATED, &state.uploads.status(id).await?);
-    let hs = resp.headers_mut();
-    hs.insert(header::LOCATION, location(id));
-    hs.insert(h("upload-offset"), HeaderValue::from(offset));
-    hs.insert(h("upload-complete"), complete_value(false));
-    if let Some(size) = size {
-        hs.insert(h("upload-length"), HeaderValue::from(size));
-    }
-    hs.insert(h("upload-limit"), limits(state, Some(&status), v));
-    Ok(resp)
+    resp
+}
+
+/// An answer in the IETF draft's dialect, at interop version `v`.
+fn answer(result: Result<Response, ApiError>, v: u64) -> Response {
+    result.unwrap_or_else(|e| e.render(Protocol::Ietf(v)))
 }
 
 /// `HEAD /uploads/{id}`: where to resume.
@@ -695,16 +431,17 @@ pub async fn offset(
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Response {
+    let v = version(&headers).unwrap_or(INTEROP_VERSION);
     let inner = async {
-        let v = version(&headers)?;
+        version(&headers)?;
         let storage::Position {
             record,
             offset: stored,
             status,
-        } = state.uploads.offset(id).await?;
+        } = state.uploads.position(id).await?;
         if record.state == StoredState::Failed {
             // Its bytes were discarded: the upload resource is no longer usable.
-            return Err(Failure::from(storage::Error::Gone("failed")));
+            return Err(storage::Error::Gone("failed").into());
         }
         let done = is_done(status.state);
         let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -727,16 +464,12 @@ pub async fn offset(
                 hs.insert(h("repr-digest"), v);
             }
         }
-        Ok::<_, Failure>(resp)
+        Ok::<_, ApiError>(resp)
     };
-    match inner.await {
-        Ok(r) => r,
-        Err(f) => {
-            let mut r = f.into_response();
-            *r.body_mut() = Body::empty();
-            r
-        }
-    }
+    let mut resp = answer(inner.await, v);
+    // HEAD answers carry no body.
+    *resp.body_mut() = Body::empty();
+    resp
 }
 
 /// `PATCH /uploads/{id}`: appends at `Upload-Offset`; `Upload-Complete: ?1` on the last one.
@@ -744,183 +477,46 @@ pub async fn append(
     State(state): State<AppState>,
     IdPath(id): IdPath,
     headers: HeaderMap,
-    body: Body,
+    body: UploadBody,
 ) -> Response {
-    let mut body = Some(body);
-    let result = append_inner(&state, id, &headers, &mut body).await;
-    if let Some(b) = body {
-        // Refused before the body was read.
-        if result.is_err() {
-            discard(&headers, b, &state).await;
+    let v = match version(&headers) {
+        Ok(v) => v,
+        Err(e) => return answer(body.refuse(e).await, INTEROP_VERSION),
+    };
+    let parsed = (|| {
+        let media = media_type(&headers);
+        // Draft -03 (interop version 5) had no media type for appends.
+        if media.as_deref() != Some(PARTIAL_UPLOAD) && !(v == 5 && media.is_none()) {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "appends must be {PARTIAL_UPLOAD}"
+            )));
         }
-    }
-    match result {
+        let offset = integer_header(&headers, "upload-offset").ok_or_else(|| {
+            ApiError::BadRequest("Upload-Offset (a non-negative integer) is required".into())
+        })?;
+        append_of(&headers, offset, upload_complete(&headers).unwrap_or(false))
+    })();
+    let req = match parsed {
         Ok(r) => r,
-        Err(f) => f.into_response(),
-    }
-}
-
-async fn append_inner(
-    state: &AppState,
-    id: UploadId,
-    headers: &HeaderMap,
-    body: &mut Option<Body>,
-) -> Result<Response, Failure> {
-    let v = version(headers)?;
-    let media = media_type(headers);
-    // Draft -03 (interop version 5) had no media type for appends.
-    if media.as_deref() != Some(PARTIAL_UPLOAD) && !(v.0 == 5 && media.is_none()) {
-        return Err(
-            ApiError::UnsupportedMediaType(format!("appends must be {PARTIAL_UPLOAD}")).into(),
-        );
-    }
-    let provided = integer_header(headers, "upload-offset").ok_or_else(|| {
-        ApiError::BadRequest("Upload-Offset (a non-negative integer) is required".into())
-    })?;
-    let complete = upload_complete(headers).unwrap_or(false);
-    let content_len = known_length(headers)?;
-    let nonempty = has_body(headers)?;
-    let repr = digest_header(headers, "repr-digest")?;
-    let checksum = content_checksum(headers)?;
-
-    let storage::Position {
-        record,
-        offset: current,
-        status,
-    } = state.uploads.offset(id).await?;
-    match record.state {
-        StoredState::Failed => {
-            return Err(match (record.declared_sha256, record.sha256) {
-                (Some(expected), Some(actual)) => {
-                    Failure::from(storage::Error::Sha256Mismatch { expected, actual })
-                }
-                _ => Failure::from(storage::Error::Gone("failed")),
-            }
-            .with("upload-complete", complete_value(true)))
-        }
-        StoredState::Completed | StoredState::Completing => {
-            // The client completing an upload whose length was already reached.
-            if complete && !nonempty && provided == record.size {
-                if let (Some(r), Some(s)) = (repr, status.sha256) {
-                    if r != s {
-                        return Err(Failure::from(storage::Error::Sha256Mismatch {
-                            expected: r,
-                            actual: s,
-                        })
-                        .with("upload-complete", complete_value(true)));
-                    }
-                }
-                return Ok(completed_answer(state, &status, v));
-            }
-            return Err(completed_failure(v, nonempty, record.state.name()));
-        }
-        _ => {}
-    }
-    if provided != current {
-        return Err(Failure::from(Kind::MismatchingOffset {
-            expected: current,
-            provided,
-        })
-        .with("upload-offset", HeaderValue::from(current)));
-    }
-    // An upload created without a length learns it from Upload-Length, or from the
-    // completing append's Content-Length: checked as a known length is, and said only
-    // once the append is stored, so a refused request leaves it unknown.
-    let said = integer_header(headers, "upload-length");
-    if let Some(len) = said.filter(|l| !record.length_deferred && *l != record.size) {
-        return Err(Kind::InconsistentLength(format!(
-            "Upload-Length is {len}, but the upload's length is {}",
-            record.size
-        ))
-        .into());
-    }
-    let declared = said
-        .or_else(|| content_len.filter(|_| complete).map(|l| current + l))
-        .filter(|_| record.length_deferred);
-    if let Some(len) = declared.filter(|l| *l < current) {
-        return Err(Kind::InconsistentLength(format!(
-            "Upload-Length is {len}, less than the {current} bytes stored"
-        ))
-        .into());
-    }
-    let size = declared.unwrap_or(record.size);
-    let remaining = size - current;
-    if let Some(len) = content_len {
-        if record.length_deferred && declared.is_none() && len > remaining {
-            // No length yet: the ceiling is the largest upload, not this one's length.
-            return Err(Failure::from(storage::Error::TooLarge {
-                size: current + len,
-                max: record.size,
-            })
-            .with("upload-limit", limits(state, Some(&status), v)));
-        }
-        if len > remaining || (complete && len != remaining) {
-            return Err(Kind::InconsistentLength(format!(
-                "the body has {len} bytes, but {remaining} remain of the upload's {size}"
-            ))
-            .into());
-        }
-    }
-    if let (Some(r), Some(d)) = (repr, record.declared_sha256) {
-        if r != d {
-            return Err(ApiError::BadRequest(format!(
-                "Repr-Digest says {r}, but {d} was declared at creation"
-            ))
-            .into());
-        }
-    }
-    let mut stream = body_stream(body.take().unwrap_or_default(), state.body_timeout);
-    let appended = match state
+        Err(e) => return answer(body.refuse(e).await, v),
+    };
+    let mut body = body;
+    let appended = state
         .uploads
-        .append(id, provided, content_len, checksum, &mut stream)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            if content_len.is_some_and(|l| l <= DRAIN_LIMIT) {
-                drain_after(&e, &mut stream).await;
-            }
-            return Err(append_failure(e, v, nonempty));
+        .append_stream(id, Dialect::Ietf, req, &mut body)
+        .await;
+    let appended = body.settle(appended).await;
+    match appended {
+        Ok(a) if a.done() => completed_answer(&state, &a.status, v),
+        Ok(a) => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            let hs = resp.headers_mut();
+            hs.insert(h("upload-offset"), HeaderValue::from(a.offset));
+            hs.insert(h("upload-complete"), complete_value(false));
+            resp
         }
-    };
-    // The length learnt (or, for a chunked `?1` body, where it ended) is said now.
-    let learnt = declared.or_else(|| complete.then_some(appended.offset));
-    let completed = match (appended.completed, learnt) {
-        (Some(s), _) => Some(s),
-        (None, Some(len)) if record.length_deferred => state
-            .uploads
-            .declare_length(id, len)
-            .await
-            .map_err(|e| append_failure(e, v, false))?,
-        (None, _) => None,
-    };
-    if let Some(status) = completed {
-        // A Repr-Digest that only the completing request carried: checked now.
-        if let (Some(r), None, Some(actual)) = (repr, record.declared_sha256, status.sha256) {
-            if r != actual && status.state == UploadState::Completed {
-                state.uploads.cancel(id).await?;
-                return Err(Failure::from(storage::Error::Sha256Mismatch {
-                    expected: r,
-                    actual,
-                })
-                .with("upload-complete", complete_value(true)));
-            }
-        }
-        return Ok(completed_answer(state, &status, v));
+        Err(e) => e.render(Protocol::Ietf(v)),
     }
-    if complete {
-        return Err(Failure::from(Kind::InconsistentLength(format!(
-            "the request said it completes the upload, but it ended at {} of {size} bytes",
-            appended.offset
-        )))
-        .with("upload-offset", HeaderValue::from(appended.offset))
-        .with("upload-complete", complete_value(false)));
-    }
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let hs = resp.headers_mut();
-    hs.insert(h("upload-offset"), HeaderValue::from(appended.offset));
-    hs.insert(h("upload-complete"), complete_value(false));
-    Ok(resp)
 }
 
 /// `DELETE /uploads/{id}`: cancels the upload; later requests answer 410.
@@ -929,15 +525,13 @@ pub async fn cancel(
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Response {
+    let v = version(&headers).unwrap_or(INTEROP_VERSION);
     let inner = async {
         version(&headers)?;
         state.uploads.cancel(id).await?;
-        Ok::<_, Failure>(StatusCode::NO_CONTENT.into_response())
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
     };
-    match inner.await {
-        Ok(r) => r,
-        Err(f) => f.into_response(),
-    }
+    answer(inner.await, v)
 }
 
 #[cfg(test)]
@@ -978,7 +572,7 @@ mod tests {
     #[test]
     fn versions() {
         let mut hs = HeaderMap::new();
-        assert_eq!(version(&hs).ok(), Some(Version(INTEROP_VERSION)));
+        assert_eq!(version(&hs).ok(), Some(INTEROP_VERSION));
         for (v, ok) in [
             ("5", true),
             ("6", true),

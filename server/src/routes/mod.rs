@@ -124,6 +124,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let auth = state.auth.clone();
     let exporter = state.metrics.clone();
     let rate_limit = state.rate_limit.clone();
+    let tus_base: std::sync::Arc<str> = base.as_str().into();
     let tus_routes = Router::new()
         .route(&base, post(tus::create).options(tus::options))
         .route(
@@ -137,10 +138,11 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
                 .delete(tus::delete)
                 .options(tus::options),
         );
-    Router::new()
+    let app = Router::new()
         .route("/", get(page::index))
         .route("/app.js", get(page::app_js))
         .route("/style.css", get(page::style_css))
+        .route("/upload-worker.js", get(page::worker_js))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1", get(native::capabilities))
@@ -203,5 +205,10 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(tower::util::option_layer(cors(cors_origins)))
+        .layer(tower::util::option_layer(cors(cors_origins)));
+    // Outside the router, so that a tus request's method is rewritten before it is
+    // routed, and the router's own answers (404, 405) carry the tus headers too.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::from_fn_with_state(tus_base, tus::headers))
 }

@@ -6,17 +6,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::api::{
-    Capabilities, ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload,
-    Problem, UploadStatus,
+    ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload, Problem,
+    ServerCapabilities, UploadStatus,
 };
 use common::UploadId;
-use storage::{Completion, Content};
-use tower::ServiceExt;
+use storage::Completion;
 
 use crate::error::ApiError;
 use crate::extract::{
-    body_stream, content_digest, content_length, drain_after, idempotency_key, IdPath, IndexPath,
-    JsonBody, OptionalJsonBody, DRAIN_LIMIT,
+    content_digest, content_length, idempotency_key, IdPath, IndexPath, JsonBody, OptionalJsonBody,
+    UploadBody,
 };
 use crate::forwarded::PublicBase;
 use crate::state::AppState;
@@ -25,18 +24,22 @@ fn location(id: common::UploadId) -> HeaderValue {
     HeaderValue::from_str(&format!("/v1/uploads/{id}")).unwrap_or(HeaderValue::from_static("/"))
 }
 
-/// `GET /v1`: what this server accepts.
+/// `GET /v1`: what this server accepts, and whether it needs a token.
 #[utoipa::path(
     get,
     path = "/v1",
     tag = "uploads",
     security(()),
     responses(
-        (status = 200, description = "What this server accepts.", body = Capabilities),
+        (status = 200, description = "What this server accepts.", body = ServerCapabilities),
     )
 )]
 pub async fn capabilities(State(state): State<AppState>) -> Response {
-    Json(state.uploads.capabilities()).into_response()
+    Json(ServerCapabilities {
+        capabilities: state.uploads.capabilities(),
+        token_required: state.auth.enabled(),
+    })
+    .into_response()
 }
 
 /// `POST /v1/uploads`: creates an upload (idempotently with `Idempotency-Key`).
@@ -128,31 +131,20 @@ pub async fn put_chunk(
     IdPath(id): IdPath,
     IndexPath(index): IndexPath,
     headers: HeaderMap,
-    body: Body,
+    body: UploadBody,
 ) -> Result<Response, ApiError> {
-    let len = content_length(&headers)?;
-    let mut stream = body_stream(body, state.body_timeout);
-    let digest = match content_digest(&headers) {
-        Ok(d) => d,
-        Err(e) => {
-            // A bad header is refused before the body is read: drain it, so the client
-            // that is still sending gets the answer.
-            if len.is_some_and(|l| l <= DRAIN_LIMIT) {
-                drain_after(&storage::Error::Invalid(String::new()), &mut stream).await;
-            }
-            return Err(e);
-        }
-    };
-    let result = state
+    // A bad header is refused before the body is read.
+    let (len, digest) =
+        match content_length(&headers).and_then(|l| Ok((l, content_digest(&headers)?))) {
+            Ok(parsed) => parsed,
+            Err(e) => return body.refuse(e).await,
+        };
+    let mut body = body;
+    let stored = state
         .uploads
-        .put_chunk(id, index, len, digest, &mut stream)
+        .put_chunk(id, index, len, digest, &mut body)
         .await;
-    if let Err(e) = &result {
-        if len.is_some_and(|l| l <= DRAIN_LIMIT) {
-            drain_after(e, &mut stream).await;
-        }
-    }
-    let stored = result?;
+    let stored = body.settle(stored).await?;
     let status = if stored.new {
         StatusCode::CREATED
     } else {
@@ -266,7 +258,8 @@ pub async fn content_url(
     params(
         ("id" = UploadId, Path, description = "The upload's id."),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-99`."),
-        ("If-None-Match" = Option<String>, Header, description = "ETags (the quoted SHA-256)."),
+        ("If-None-Match" = Option<String>, Header, description = "ETags (the quoted SHA-256), compared weakly."),
+        ("If-Range" = Option<String>, Header, description = "Serve the range only if the ETag is still this one."),
         ("exp" = Option<i64>, Query, description = "Expiry of a signed URL (unix seconds)."),
         ("sig" = Option<String>, Query, description = "Signature of a signed URL."),
     ),
@@ -288,56 +281,25 @@ pub async fn content(
     IdPath(id): IdPath,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (record, content) = state.uploads.content(id).await?;
+    let (record, _) = state.uploads.content(id).await?;
+    let size = record.size;
     let etag = record
         .sha256
         .map(|d| format!("\"{d}\""))
         .unwrap_or_default();
-    if !etag.is_empty()
-        && req
-            .headers()
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    let headers = req.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if !etag.is_empty() && text(header::IF_NONE_MATCH).is_some_and(|v| none_match(v, &etag)) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let mut resp = match content {
-        Content::File(path) => {
-            let served = tower_http::services::ServeFile::new_with_mime(
-                path,
-                &mime::APPLICATION_OCTET_STREAM,
-            )
-            .oneshot(req)
-            .await;
-            match served {
-                Ok(r) => r.map(Body::new),
-                Err(never) => match never {},
-            }
-        }
-        Content::Object => serve_object(&state, &record, req.method(), req.headers()).await?,
-    };
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&content_disposition(record.filename.as_deref())) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    Ok(resp)
-}
-
-/// Serves content read through the storage backend, with a single `Range` (206/416).
-async fn serve_object(
-    state: &AppState,
-    record: &storage::record::UploadRecord,
-    method: &axum::http::Method,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    let size = record.size;
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
+    // A range is served only for the representation the client has (If-Range, compared
+    // strongly; a date never matches, as no Last-Modified is sent).
+    let range = text(header::RANGE)
+        .filter(|_| text(header::IF_RANGE).is_none_or(|v| v.trim() == etag))
         .map(|r| parse_range(r, size));
     let (status, start, len) = match range {
         None | Some(RangeAsk::Ignore) => (StatusCode::OK, 0, size),
@@ -350,10 +312,10 @@ async fn serve_object(
         }
         Some(RangeAsk::Range(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
     };
-    let body = if method == axum::http::Method::HEAD || len == 0 {
+    let body = if req.method() == axum::http::Method::HEAD || len == 0 {
         Body::empty()
     } else {
-        Body::from_stream(state.uploads.read_content(record, start, len).await?)
+        Body::from_stream(state.uploads.read_content(&record, start, len).await?)
     };
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
@@ -368,13 +330,28 @@ async fn serve_object(
             h.insert(header::CONTENT_RANGE, v);
         }
     }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(record.filename.as_deref())) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
     Ok(resp)
+}
+
+/// `If-None-Match` against `etag` (RFC 9110 §13.1.2): `*`, or any listed tag equal to it
+/// by the weak comparison (a `W/` prefix is ignored).
+fn none_match(field: &str, etag: &str) -> bool {
+    field
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 /// What a `Range` header asks of a file of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RangeAsk {
-    /// Serve the whole file (no byte range, or several ranges, which are not served).
+    /// Serve the whole file (no valid byte range, or several ranges, which are not served).
     Ignore,
     /// No byte of the range exists.
     Unsatisfiable,
@@ -382,27 +359,29 @@ pub(crate) enum RangeAsk {
     Range(u64, u64),
 }
 
+/// A single byte range as RFC 9110 §14.1.2 resolves it against the file: clamped to its
+/// end, a suffix longer than the file being the whole file. The syntax is
+/// `http-range-header`'s; its `validate` is not used, as it refuses a suffix longer than
+/// the file.
 pub(crate) fn parse_range(raw: &str, size: u64) -> RangeAsk {
-    let Some(spec) = raw.trim().strip_prefix("bytes=") else {
+    use http_range_header::{EndPosition, RangeUnsatisfiableError, StartPosition};
+    let ranges = match http_range_header::parse_range_header(raw.trim()) {
+        Ok(parsed) => parsed.ranges,
+        // `bytes=-0`: a suffix of no bytes.
+        Err(RangeUnsatisfiableError::ZeroSuffix) => return RangeAsk::Unsatisfiable,
+        Err(_) => return RangeAsk::Ignore,
+    };
+    let [range] = ranges.as_slice() else {
         return RangeAsk::Ignore;
     };
-    if spec.contains(',') {
-        return RangeAsk::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAsk::Ignore;
-    };
-    let num = |s: &str| crate::extract::digits(s.trim());
-    match (a.trim().is_empty(), num(a), num(b)) {
-        // Suffix: the last n bytes.
-        (true, _, Some(n)) if n > 0 && size > 0 => {
-            RangeAsk::Range(size.saturating_sub(n), size - 1)
-        }
-        (true, _, _) => RangeAsk::Unsatisfiable,
-        (false, Some(first), _) if first >= size => RangeAsk::Unsatisfiable,
-        (false, Some(first), None) if b.trim().is_empty() => RangeAsk::Range(first, size - 1),
-        (false, Some(first), Some(last)) if last >= first => {
-            RangeAsk::Range(first, last.min(size - 1))
+    let end = size.saturating_sub(1);
+    match (range.start, range.end) {
+        (_, _) if size == 0 => RangeAsk::Unsatisfiable,
+        (StartPosition::FromLast(n), _) => RangeAsk::Range(size - n.min(size), end),
+        (StartPosition::Index(first), _) if first >= size => RangeAsk::Unsatisfiable,
+        (StartPosition::Index(first), EndPosition::LastByte) => RangeAsk::Range(first, end),
+        (StartPosition::Index(first), EndPosition::Index(last)) if last >= first => {
+            RangeAsk::Range(first, last.min(end))
         }
         _ => RangeAsk::Ignore,
     }
@@ -450,6 +429,7 @@ mod tests {
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ignore);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
         assert_eq!(parse_range("items=0-1", 100), Ignore);
         assert_eq!(parse_range("bytes=9-1", 100), Ignore);
         assert_eq!(parse_range("bytes=x-1", 100), Ignore);

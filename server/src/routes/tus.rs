@@ -8,20 +8,22 @@
 //! `parallelUploads` works). Appends of any length map onto the upload's chunks; one
 //! append at a time per upload (a concurrent one is answered 423).
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use common::api::{CreateUpload, UploadStatus};
-use common::UploadId;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
-use storage::checksum::ALGORITHMS;
-use storage::{BodyChecksum, Concat, UploadMode};
 
-use crate::error::ApiError;
-use crate::extract::{body_stream, drain_after, IdPath, DRAIN_LIMIT};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use common::api::UploadStatus;
+use common::UploadId;
+use storage::checksum::ALGORITHMS;
+use storage::{Append, BodyChecksum, Concat, Dialect, NewStream};
+
+use crate::error::{ApiError, Protocol};
+use crate::extract::{content_length, IdPath, UploadBody};
 use crate::state::AppState;
 
 /// The protocol version spoken.
@@ -35,19 +37,42 @@ fn h(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
 
-/// Adds `Tus-Resumable` to a response.
-fn tus(mut resp: Response) -> Response {
+/// Whether `path` is under the tus endpoint at `base` (`/files/`).
+pub fn under(base: &str, path: &str) -> bool {
+    path.starts_with(base) || path == base.trim_end_matches('/')
+}
+
+/// Every request under the tus endpoint passes here before it is routed: a `POST` with
+/// `X-HTTP-Method-Override` is the method it names (for clients that cannot send PATCH or
+/// DELETE; tus says a server MUST interpret it), and every answer, the router's own 404 and
+/// 405 included, carries `Tus-Resumable`.
+pub async fn headers(
+    State(base): State<std::sync::Arc<str>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !under(&base, req.uri().path()) {
+        return next.run(req).await;
+    }
+    if req.method() == Method::POST {
+        let named = req
+            .headers()
+            .get("x-http-method-override")
+            .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
+        if let Some(m) = named.filter(|m| [Method::PATCH, Method::DELETE, Method::HEAD].contains(m))
+        {
+            *req.method_mut() = m;
+        }
+    }
+    let mut resp = next.run(req).await;
     resp.headers_mut()
         .insert(h("tus-resumable"), HeaderValue::from_static(VERSION));
     resp
 }
 
-/// An error answer, with the tus headers clients look for.
-fn tus_error(e: ApiError) -> Response {
-    let mut resp = tus(e.into_response());
-    resp.headers_mut()
-        .insert(h("tus-version"), HeaderValue::from_static(VERSION));
-    resp
+/// An answer in tus's dialect.
+fn answer(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| e.render(Protocol::Tus))
 }
 
 /// Every request but OPTIONS must speak our version.
@@ -135,7 +160,7 @@ pub(crate) fn format_metadata(meta: &BTreeMap<String, String>) -> String {
 }
 
 /// Parses `Upload-Concat`: `partial`, or `final;` and the parts' URLs (absolute or paths)
-/// separated by spaces.
+/// separated by spaces, kept as they came.
 pub fn parse_concat(raw: &str) -> Result<Concat, ApiError> {
     let raw = raw.trim();
     if raw == "partial" {
@@ -146,8 +171,9 @@ pub fn parse_concat(raw: &str) -> Result<Concat, ApiError> {
             "Upload-Concat must be `partial` or `final;<url> <url>...`".into(),
         ));
     };
-    let parts = list
-        .split_whitespace()
+    let urls: Vec<String> = list.split_whitespace().map(str::to_string).collect();
+    let parts = urls
+        .iter()
         .map(|url| {
             url.trim_end_matches('/')
                 .rsplit('/')
@@ -161,7 +187,7 @@ pub fn parse_concat(raw: &str) -> Result<Concat, ApiError> {
             "a final upload names its parts".into(),
         ));
     }
-    Ok(Concat::Final { parts })
+    Ok(Concat::Final { parts, urls })
 }
 
 /// Parses `Upload-Checksum: <algorithm> <base64>`.
@@ -194,149 +220,6 @@ fn location(base: &str, id: UploadId) -> HeaderValue {
     HeaderValue::from_str(&format!("{base}{id}")).unwrap_or(HeaderValue::from_static("/"))
 }
 
-/// `OPTIONS`: what this server supports.
-pub async fn options(State(state): State<AppState>) -> Response {
-    let max = state.uploads.capabilities().max_upload_size;
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let hs = resp.headers_mut();
-    hs.insert(h("tus-version"), HeaderValue::from_static(VERSION));
-    hs.insert(h("tus-extension"), HeaderValue::from_static(EXTENSIONS));
-    hs.insert(h("tus-max-size"), HeaderValue::from(max));
-    hs.insert(
-        h("tus-checksum-algorithm"),
-        HeaderValue::from_static("sha1,sha256,md5"),
-    );
-    tus(resp)
-}
-
-/// `POST`: creation, and creation-with-upload when a body comes along.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match create_inner(state, headers, body).await {
-        Ok(r) => tus(r),
-        Err(e) => tus_error(e),
-    }
-}
-
-async fn create_inner(
-    state: AppState,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    check_version(&headers)?;
-    let deferred = match headers.get("upload-defer-length") {
-        None => false,
-        Some(v) if v == "1" => true,
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "Upload-Defer-Length must be 1 when present".into(),
-            ))
-        }
-    };
-    if deferred && headers.contains_key("upload-length") {
-        return Err(ApiError::BadRequest(
-            "send Upload-Length or Upload-Defer-Length: 1, not both".into(),
-        ));
-    }
-    let concat = headers
-        .get("upload-concat")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("Upload-Concat is not ASCII".into()))
-                .and_then(parse_concat)
-        })
-        .transpose()?;
-    let metadata = match headers.get("upload-metadata") {
-        Some(v) => parse_metadata(
-            v.to_str()
-                .map_err(|_| ApiError::BadRequest("Upload-Metadata is not ASCII".into()))?,
-        )?,
-        None => BTreeMap::new(),
-    };
-    if let Some(Concat::Final { parts }) = concat {
-        if headers.contains_key("upload-length") {
-            return Err(ApiError::BadRequest(
-                "a final upload takes no Upload-Length: it is the sum of its parts".into(),
-            ));
-        }
-        let filename = metadata.get("filename").cloned();
-        let status = state.uploads.concatenate(parts, filename, metadata).await?;
-        let mut resp = StatusCode::CREATED.into_response();
-        resp.headers_mut()
-            .insert(header::LOCATION, location(&state.tus_path, status.id));
-        return Ok(resp);
-    }
-    if deferred && concat.is_some() {
-        return Err(ApiError::BadRequest(
-            "a partial upload needs its Upload-Length at creation".into(),
-        ));
-    }
-    let size = match header_u64(&headers, "upload-length")? {
-        Some(size) => size,
-        None if deferred => 0,
-        None => {
-            return Err(ApiError::BadRequest(
-                "Upload-Length (or Upload-Defer-Length: 1) is required".into(),
-            ))
-        }
-    };
-    let has_body = header_u64(&headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0) > 0
-        || headers.contains_key(header::TRANSFER_ENCODING);
-    if has_body && content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "an upload body must be {OFFSET_OCTET_STREAM}"
-        )));
-    }
-    let checksum = upload_checksum(&headers)?;
-    let req = CreateUpload {
-        size,
-        chunk_size: None,
-        sha256: None,
-        filename: metadata.get("filename").cloned(),
-        metadata: Some(metadata),
-    };
-    let created = match concat {
-        Some(_) => state.uploads.create_partial(req).await?,
-        None if deferred => state.uploads.create_deferred(req).await?,
-        None => {
-            state
-                .uploads
-                .create_with_mode(req, None, UploadMode::Stream)
-                .await?
-        }
-    };
-    let id = created.status.id;
-    let mut status = created.status;
-    let mut offset = 0;
-    if size == 0 && !deferred {
-        let (storage::Completion::Done(s) | storage::Completion::Verifying(s)) =
-            state.uploads.complete(id, None).await?;
-        status = s;
-    } else if has_body {
-        let appended = state
-            .uploads
-            .append(
-                id,
-                0,
-                crate::extract::content_length(&headers)?,
-                checksum,
-                body_stream(body, state.body_timeout),
-            )
-            .await?;
-        offset = appended.offset;
-        if let Some(s) = appended.completed {
-            status = s;
-        }
-    }
-    let mut resp = StatusCode::CREATED.into_response();
-    let hs = resp.headers_mut();
-    hs.insert(header::LOCATION, location(&state.tus_path, id));
-    hs.insert(h("upload-offset"), HeaderValue::from(offset));
-    if let Some(v) = expires(&status) {
-        hs.insert(h("upload-expires"), v);
-    }
-    Ok(resp)
-}
-
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
@@ -355,6 +238,134 @@ fn upload_checksum(headers: &HeaderMap) -> Result<Option<BodyChecksum>, ApiError
         .transpose()
 }
 
+/// A request's body as an append at `offset`: its length, its checksum, the upload's
+/// length if it says it. Bodies must be `application/offset+octet-stream`.
+fn append_of(headers: &HeaderMap, offset: u64) -> Result<Append, ApiError> {
+    let body_len = content_length(headers)?;
+    let has_body = body_len.unwrap_or(0) > 0 || headers.contains_key(header::TRANSFER_ENCODING);
+    Ok(Append {
+        offset,
+        body_len,
+        has_body,
+        length: header_u64(headers, "upload-length")?,
+        last: false,
+        checksum: upload_checksum(headers)?,
+        file_sha256: None,
+    })
+}
+
+/// `OPTIONS`: what this server supports.
+pub async fn options(State(state): State<AppState>) -> Response {
+    let max = state.uploads.capabilities().max_upload_size;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let hs = resp.headers_mut();
+    hs.insert(h("tus-version"), HeaderValue::from_static(VERSION));
+    hs.insert(h("tus-extension"), HeaderValue::from_static(EXTENSIONS));
+    hs.insert(h("tus-max-size"), HeaderValue::from(max));
+    hs.insert(
+        h("tus-checksum-algorithm"),
+        HeaderValue::from_static("sha1,sha256,md5"),
+    );
+    resp
+}
+
+/// What a creation request asks for.
+struct Creation {
+    new: NewStream,
+    first: Append,
+    concat: Option<Concat>,
+}
+
+fn creation(headers: &HeaderMap) -> Result<Creation, ApiError> {
+    check_version(headers)?;
+    let defer_length = match headers.get("upload-defer-length") {
+        None => false,
+        Some(v) if v == "1" => true,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Upload-Defer-Length must be 1 when present".into(),
+            ))
+        }
+    };
+    let concat = headers
+        .get("upload-concat")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Concat is not ASCII".into()))
+                .and_then(parse_concat)
+        })
+        .transpose()?;
+    let metadata = match headers.get("upload-metadata") {
+        Some(v) => parse_metadata(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("Upload-Metadata is not ASCII".into()))?,
+        )?,
+        None => BTreeMap::new(),
+    };
+    let mut first = append_of(headers, 0)?;
+    if first.has_body && content_type(headers) != Some(OFFSET_OCTET_STREAM) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "an upload body must be {OFFSET_OCTET_STREAM}"
+        )));
+    }
+    let new = NewStream {
+        length: first.length.take(),
+        defer_length,
+        partial: concat == Some(Concat::Partial),
+        filename: metadata.get("filename").cloned(),
+        metadata,
+        sha256: None,
+    };
+    Ok(Creation { new, first, concat })
+}
+
+/// `POST`: creation, and creation-with-upload when a body comes along.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: UploadBody,
+) -> Response {
+    let created = async {
+        let Creation { new, first, concat } = match creation(&headers) {
+            Ok(c) => c,
+            Err(e) => return body.refuse(e).await,
+        };
+        let mut body = body;
+        let appended = match concat {
+            Some(Concat::Final { parts, urls }) => {
+                if new.length.is_some() {
+                    let e = "a final upload takes no Upload-Length: it is the sum of its parts";
+                    return body.refuse(ApiError::BadRequest(e.into())).await;
+                }
+                let (filename, metadata) = (new.filename, new.metadata);
+                state
+                    .uploads
+                    .concatenate(parts, urls, filename, metadata)
+                    .await
+            }
+            _ => {
+                state
+                    .uploads
+                    .create_stream(Dialect::Tus, new, first, &mut body, |_| {})
+                    .await
+            }
+        };
+        let appended = body.settle(appended).await?;
+        let mut resp = StatusCode::CREATED.into_response();
+        let hs = resp.headers_mut();
+        hs.insert(
+            header::LOCATION,
+            location(&state.tus_path, appended.status.id),
+        );
+        hs.insert(h("upload-offset"), HeaderValue::from(appended.offset));
+        if let Some(v) = expires(&appended.status) {
+            hs.insert(h("upload-expires"), v);
+        }
+        Ok(resp)
+    };
+    answer(created.await)
+}
+
 /// `HEAD`: where to resume.
 pub async fn head(
     State(state): State<AppState>,
@@ -367,7 +378,7 @@ pub async fn head(
             record,
             offset,
             status,
-        } = state.uploads.offset(id).await?;
+        } = state.uploads.position(id).await?;
         let mut resp = StatusCode::OK.into_response();
         let hs = resp.headers_mut();
         hs.insert(h("upload-offset"), HeaderValue::from(offset));
@@ -387,7 +398,11 @@ pub async fn head(
         }
         let concat = match &record.concat {
             Some(Concat::Partial) => Some("partial".to_string()),
-            Some(Concat::Final { parts }) => Some(format!(
+            // As the creating request named the parts.
+            Some(Concat::Final { urls, .. }) if !urls.is_empty() => {
+                Some(format!("final;{}", urls.join(" ")))
+            }
+            Some(Concat::Final { parts, .. }) => Some(format!(
                 "final;{}",
                 parts
                     .iter()
@@ -402,15 +417,10 @@ pub async fn head(
         }
         Ok::<_, ApiError>(resp)
     };
-    match inner.await {
-        Ok(r) => tus(r),
-        Err(e) => {
-            // HEAD answers carry no body.
-            let mut r = tus_error(e);
-            *r.body_mut() = Body::empty();
-            r
-        }
-    }
+    let mut resp = answer(inner.await);
+    // HEAD answers carry no body.
+    *resp.body_mut() = Body::empty();
+    resp
 }
 
 /// `PATCH`: appends at `Upload-Offset`.
@@ -418,90 +428,38 @@ pub async fn patch(
     State(state): State<AppState>,
     IdPath(id): IdPath,
     headers: HeaderMap,
-    body: Body,
+    body: UploadBody,
 ) -> Response {
     let inner = async {
-        check_version(&headers)?;
-        if content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "PATCH bodies must be {OFFSET_OCTET_STREAM}"
-            )));
-        }
-        let offset = header_u64(&headers, "upload-offset")?
-            .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
-        let checksum = upload_checksum(&headers)?;
-        let length = header_u64(&headers, "upload-length")?;
-        if let Some(length) = length {
-            check_length(&state, id, offset, length, &headers).await?;
-        }
-        let mut stream = body_stream(body, state.body_timeout);
-        let result = state
+        let parsed = check_version(&headers).and_then(|()| {
+            if content_type(&headers) != Some(OFFSET_OCTET_STREAM) {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "PATCH bodies must be {OFFSET_OCTET_STREAM}"
+                )));
+            }
+            let offset = header_u64(&headers, "upload-offset")?
+                .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
+            append_of(&headers, offset)
+        });
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => return body.refuse(e).await,
+        };
+        let mut body = body;
+        let appended = state
             .uploads
-            .append(
-                id,
-                offset,
-                crate::extract::content_length(&headers)?,
-                checksum,
-                &mut stream,
-            )
+            .append_stream(id, Dialect::Tus, req, &mut body)
             .await;
-        let small = header_u64(&headers, header::CONTENT_LENGTH.as_str())
-            .ok()
-            .flatten()
-            .is_some_and(|l| l <= DRAIN_LIMIT);
-        if let (Err(e), true) = (&result, small) {
-            drain_after(e, &mut stream).await;
-        }
-        let appended = result?;
-        // Said once the bytes are stored, so a refused PATCH leaves the length unknown.
-        let completed = match (appended.completed, length) {
-            (Some(s), _) => Some(s),
-            (None, Some(length)) => state.uploads.declare_length(id, length).await?,
-            (None, None) => None,
-        };
-        let status = match completed {
-            Some(s) => s,
-            None => state.uploads.status(id).await?,
-        };
+        let appended = body.settle(appended).await?;
         let mut resp = StatusCode::NO_CONTENT.into_response();
         let hs = resp.headers_mut();
         hs.insert(h("upload-offset"), HeaderValue::from(appended.offset));
-        if let Some(v) = expires(&status) {
+        if let Some(v) = expires(&appended.status) {
             hs.insert(h("upload-expires"), v);
         }
         Ok(resp)
     };
-    match inner.await {
-        Ok(r) => tus(r),
-        Err(e) => tus_error(e),
-    }
-}
-
-/// Checks a PATCH's `Upload-Length` (creation-defer-length) before its body is appended:
-/// a known length must be the same, a deferred one must hold what the PATCH ends at.
-/// Nothing is checked for a PATCH at the wrong offset (the append answers 409).
-async fn check_length(
-    state: &AppState,
-    id: UploadId,
-    offset: u64,
-    length: u64,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let position = state.uploads.offset(id).await?;
-    if position.offset != offset {
-        return Ok(());
-    }
-    if !position.record.length_deferred {
-        return Ok(position.record.same_length(length)?);
-    }
-    let body = header_u64(headers, header::CONTENT_LENGTH.as_str())?.unwrap_or(0);
-    if offset + body > length {
-        return Err(ApiError::BadRequest(format!(
-            "Upload-Length is {length}, but this PATCH ends at byte {}",
-            offset + body
-        )));
-    }
-    Ok(())
+    answer(inner.await)
 }
 
 /// `DELETE`: termination.
@@ -515,10 +473,7 @@ pub async fn delete(
         state.uploads.cancel(id).await?;
         Ok::<_, ApiError>(StatusCode::NO_CONTENT.into_response())
     };
-    match inner.await {
-        Ok(r) => tus(r),
-        Err(e) => tus_error(e),
-    }
+    answer(inner.await)
 }
 
 #[cfg(test)]
@@ -545,7 +500,10 @@ mod tests {
         assert_eq!(parse_concat("partial").unwrap(), Concat::Partial);
         assert_eq!(
             parse_concat(&format!("final;/files/{a} http://h:1/files/{b}")).unwrap(),
-            Concat::Final { parts: vec![a, b] }
+            Concat::Final {
+                parts: vec![a, b],
+                urls: vec![format!("/files/{a}"), format!("http://h:1/files/{b}")]
+            }
         );
         for bad in ["", "final;", "final;/files/x", "whole"] {
             assert!(parse_concat(bad).is_err(), "{bad}");

@@ -583,7 +583,8 @@ impl S3Backend {
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(store_err)?;
-        let mut sent = self.http.put(url);
+        // An empty body with its Content-Length: RGW refuses a PUT without one (411).
+        let mut sent = self.http.put(url).header(http::header::CONTENT_LENGTH, 0);
         for (name, value) in request.headers() {
             sent = sent.header(name, value);
         }

@@ -511,7 +511,7 @@ async fn power_cut(replay: &Replay, line: usize, seed: u64, sent: &Sent) -> Resu
         }
     }
     if tus_loaded.is_some() {
-        let pos = up.offset(tid).await.map_err(|e| e.to_string())?;
+        let pos = up.position(tid).await.map_err(|e| e.to_string())?;
         if pos.offset < a.tus_offset {
             return Err(format!(
                 "I1: tus offset {} after an acknowledged {}",
@@ -524,23 +524,27 @@ async fn power_cut(replay: &Replay, line: usize, seed: u64, sent: &Sent) -> Resu
                 return Err("I4: the tus offset counts bytes not on disk".into());
             }
             let rest = bytes::Bytes::copy_from_slice(&tbytes[pos.offset as usize..]);
-            up.append(
-                tid,
-                pos.offset,
-                Some(rest.len() as u64),
-                None,
-                futures_util::stream::iter([Ok(rest)]),
-            )
-            .await
-            .map_err(|e| format!("appending the rest: {e}"))?;
+            let req = storage::Append {
+                offset: pos.offset,
+                body_len: Some(rest.len() as u64),
+                has_body: true,
+                ..Default::default()
+            };
+            let body = futures_util::stream::iter([Ok(rest)]);
+            up.append_stream(tid, storage::Dialect::Tus, req, body)
+                .await
+                .map_err(|e| format!("appending the rest: {e}"))?;
         }
-        // A verification the power cut interrupted is resumed in the background.
+        // A verification the power cut interrupted, or an upload whose every byte was
+        // stored before it, is completed in the background by the service's start.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let st = loop {
             let st = up.status(tid).await.map_err(|e| e.to_string())?;
-            if st.state != common::api::UploadState::Completing
-                || std::time::Instant::now() > deadline
-            {
+            let settled = matches!(
+                st.state,
+                common::api::UploadState::Completed | common::api::UploadState::Failed
+            );
+            if settled || std::time::Instant::now() > deadline {
                 break st;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,0 +1,260 @@
+//! Completion: every chunk is there, the whole-file SHA-256 is finished and compared with
+//! the declared one, and only then is the file published. It happens once however many
+//! requests (or servers) ask; a verification whose server died is taken over. Also the
+//! late declaration of a length (uploads created without one), which may complete them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::api::{UploadState, UploadStatus};
+use common::{Sha256Digest, UploadId};
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use super::{Completion, Uploads};
+use crate::backend::{Receipt, StoredChunk};
+use crate::error::{Error, Result};
+use crate::lifecycle::Step;
+use crate::metrics;
+use crate::record::{StoredState, UploadMode, UploadRecord};
+use crate::upload::Upload;
+
+/// How long a verification may stay silent before another request takes it over.
+const STALE_VERIFICATION: Duration = Duration::from_secs(60);
+
+impl Uploads {
+    /// Completes an upload: checks that every chunk is stored, finishes the whole-file
+    /// SHA-256, compares it with the declared one and publishes the file. Repeating a
+    /// successful complete answers the same status.
+    pub async fn complete(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+    ) -> Result<Completion> {
+        let mut up = self.get(id).await?;
+        if self.hash.needs_settling()
+            && up.record().state == StoredState::Uploading
+            && up.chunks().missing().is_empty()
+        {
+            // Chunks acknowledged here may still be continuing the whole-file hash.
+            self.hash.settle(id).await;
+            up = self.get(id).await?;
+        }
+        let _busy = up.busy_guard();
+        let op = up.op.clone().write_owned().await;
+        let record = up.record();
+        let expected = match (record.declared_sha256, declared) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::Invalid(format!(
+                    "sha256 {b} differs from the {a} declared at creation"
+                )))
+            }
+            (a, b) => a.or(b),
+        };
+        match record.state {
+            StoredState::Completed => {
+                let actual = record
+                    .sha256
+                    .ok_or_else(|| Error::Corrupt("completed without sha256".into()))?;
+                if let Some(e) = expected.filter(|e| *e != actual) {
+                    return Err(Error::Sha256Mismatch {
+                        expected: e,
+                        actual,
+                    });
+                }
+                return Ok(Completion::Done(self.status_of(&up)?));
+            }
+            StoredState::Completing => {
+                // A verification that stopped (its server died, or the store failed) is
+                // taken over once it has been silent for a while.
+                let stale = OffsetDateTime::now_utc() - record.updated_at > STALE_VERIFICATION;
+                if stale && self.step(&up, Step::TakeOverVerification).await.is_ok() {
+                    drop(op);
+                    self.clone().spawn_verify(up.clone());
+                }
+                return Ok(Completion::Verifying(self.status_of(&up)?));
+            }
+            StoredState::Failed => {
+                return Err(match (record.declared_sha256, record.sha256) {
+                    (Some(expected), Some(actual)) => Error::Sha256Mismatch { expected, actual },
+                    _ => Error::WrongState("failed"),
+                })
+            }
+            _ => {}
+        }
+        if record.state == StoredState::Uploading {
+            let missing = up.chunks().missing();
+            if !missing.is_empty() {
+                return Err(Error::MissingChunks(missing));
+            }
+        }
+        match self
+            .step(&up, Step::AskCompletion { sha256: expected })
+            .await
+        {
+            Ok(_) => {}
+            // Another server process got there first: answer from what it did.
+            Err(Error::Conflict) => {
+                drop(op);
+                let status = self.status(id).await?;
+                return Ok(match status.state {
+                    UploadState::Completed => Completion::Done(status),
+                    _ => Completion::Verifying(status),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let unhashed = record.size.saturating_sub(up.prefix().hashed_bytes);
+        if unhashed > self.config.inline_verify_limit {
+            drop(op);
+            self.clone().spawn_verify(up.clone());
+            return Ok(Completion::Verifying(self.status_of(&up)?));
+        }
+        self.verify(&up).await?;
+        drop(op);
+        Ok(Completion::Done(self.status_of(&up)?))
+    }
+
+    pub(super) fn spawn_verify(self: Arc<Self>, up: Arc<Upload>) {
+        tokio::spawn(async move {
+            let _op = up.op.clone().write_owned().await;
+            if up.record().state != StoredState::Completing {
+                return;
+            }
+            if let Err(e) = self.verify(&up).await {
+                metrics::storage_error(&e);
+                tracing::warn!(id = %up.id, error = %e, "background verification ended");
+            }
+        });
+    }
+
+    /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
+    async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
+        let started = Instant::now();
+        let record = up.record();
+        let chunks: Vec<StoredChunk> = {
+            let t = up.chunks();
+            (0..record.chunk_count())
+                .filter_map(|i| {
+                    Some(StoredChunk {
+                        index: i,
+                        size: record.chunk_len(i).ok()?,
+                        sha256: t.get(i)?,
+                    })
+                })
+                .collect()
+        };
+        match self.backend.assemble(&record, &chunks).await {
+            Ok(()) => {}
+            Err(e @ Error::MissingChunks(_)) => {
+                // Acknowledged chunks without their bytes: the client resends them.
+                self.step(up, Step::AssemblyMissing).await?;
+                return Err(e);
+            }
+            Err(Error::Corrupt(why)) => {
+                // The store holds other bytes than the acknowledged ones and cannot join
+                // them: fail the upload rather than publish anything wrong.
+                let step = Step::AssemblyCorrupt {
+                    reason: why.clone(),
+                };
+                self.step_and_carry_out(up, step).await?;
+                tracing::warn!(id = %up.id, reason = %why, "upload failed assembly");
+                return Err(Error::Corrupt(why));
+            }
+            Err(e) => return Err(e),
+        }
+        let at_completion = self.hash.catch_up(up).await?;
+        let actual = up.prefix().digest();
+        let read_back = up.read_back.load(Ordering::Relaxed);
+        if let Some(expected) = up.record().declared_sha256.filter(|e| *e != actual) {
+            self.step_and_carry_out(up, Step::Mismatched { actual })
+                .await?;
+            tracing::warn!(id = %up.id, %expected, %actual, "upload failed verification");
+            return Err(Error::Sha256Mismatch { expected, actual });
+        }
+        self.step_and_carry_out(up, Step::Verified { sha256: actual })
+            .await?;
+        metrics::verified(started.elapsed(), at_completion);
+        tracing::info!(
+            id = %up.id,
+            sha256 = %actual,
+            read_back_total = read_back,
+            read_back_at_completion = at_completion,
+            "upload completed"
+        );
+        Ok(())
+    }
+
+    /// Declares the length of an upload created without one (tus `Upload-Length` on a
+    /// PATCH; IETF `Upload-Length`, or the end of its last append). A known length never
+    /// changes: another one is refused, the same one accepted. An upload whose bytes are
+    /// all there is then completed (verified and published), and its status returned.
+    pub async fn declare_length(
+        self: &Arc<Self>,
+        id: UploadId,
+        length: u64,
+    ) -> Result<Option<UploadStatus>> {
+        let up = self.get(id).await?;
+        let said = |record: &UploadRecord| {
+            (!record.length_deferred).then(|| record.same_length(length).map(|()| None))
+        };
+        // A known length: nothing to change, so no lock to take (an append may be running).
+        if let Some(answer) = said(&up.record()) {
+            return answer;
+        }
+        let offset = {
+            let _op = up.op.try_write().map_err(|_| Error::Locked)?;
+            let record = up.record();
+            // Said by another request meanwhile.
+            if let Some(answer) = said(&record) {
+                return answer;
+            }
+            self.step(&up, Step::StoreBytes(UploadMode::Stream)).await?;
+            let offset = up.chunks().contiguous_bytes(&record);
+            self.step(
+                &up,
+                Step::DeclareLength {
+                    length,
+                    stored: offset,
+                },
+            )
+            .await?;
+            let record = up.record();
+            up.chunks().truncate(record.chunk_count());
+            self.ledger
+                .recount(record.owner.as_deref(), id, record.size);
+            tracing::info!(%id, size = length, "upload length declared");
+            if offset == length && offset % record.chunk_size != 0 {
+                self.close_last_chunk(&up, &record, offset).await?;
+            }
+            offset
+        };
+        if offset < length {
+            return Ok(None);
+        }
+        Ok(Some(self.complete(id, None).await?.status()))
+    }
+
+    /// The partly appended chunk at `end`, now known to be the last one, becomes a whole
+    /// chunk with its digest (from the append cursor, or read back after a restart).
+    async fn close_last_chunk(&self, up: &Upload, record: &UploadRecord, end: u64) -> Result<()> {
+        let index = end / record.chunk_size;
+        let from = record.chunk_offset(index);
+        let mut cursor = up.stream.lock().await;
+        let hasher = match cursor.take() {
+            Some(h) => h,
+            None => self.hash.hash_stored(record, from, end).await?,
+        };
+        let chunk = StoredChunk {
+            index,
+            size: end - from,
+            sha256: Sha256Digest(hasher.finalize().into()),
+        };
+        self.backend
+            .commit(record, &[Receipt::Chunk(chunk)])
+            .await?;
+        up.chunks().set(index, chunk.size, chunk.sha256);
+        Ok(())
+    }
+}

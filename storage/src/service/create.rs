@@ -1,0 +1,199 @@
+//! New uploads: their record, their owner, their place in the quota, and idempotency keys
+//! (the same request under the same key returns the same upload).
+
+use std::time::Duration;
+
+use common::api::CreateUpload;
+use common::{Sha256Digest, UploadId};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::{Created, Uploads, DEFERRED_CHUNKS};
+use crate::backend::IdempotencyClaim;
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::metrics;
+use crate::principal;
+use crate::record::{Concat, StoredState, UploadMode, UploadRecord};
+
+/// How a new upload's bytes and length come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Chunks in any order, or in-order appends.
+    pub mode: UploadMode,
+    /// Its part in a concatenation, if any.
+    pub concat: Option<Concat>,
+    /// The length is not known yet (`req.size` is then ignored).
+    pub length_deferred: bool,
+}
+
+impl Shape {
+    /// Chunks in any order (the native API).
+    pub fn chunks() -> Self {
+        Self {
+            mode: UploadMode::Chunks,
+            concat: None,
+            length_deferred: false,
+        }
+    }
+
+    /// In-order appends (tus, IETF).
+    pub fn stream() -> Self {
+        Self {
+            mode: UploadMode::Stream,
+            ..Self::chunks()
+        }
+    }
+}
+
+impl Uploads {
+    /// Creates an upload of chunks (the native API). With an idempotency key, a repeat of
+    /// the same request returns the upload the first one created, and another request under
+    /// the same key is refused.
+    pub async fn create(
+        &self,
+        req: CreateUpload,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created> {
+        self.create_shaped(req, idempotency_key, Shape::chunks())
+            .await
+    }
+
+    /// Creates an upload of the given shape. An upload whose length is deferred may grow to
+    /// the largest upload allowed and completes once its length is said and its bytes are
+    /// there; its chunks are large (a ceiling of 1 TiB has at most [`DEFERRED_CHUNKS`]), so
+    /// that its chunk table stays small while its length is unknown.
+    pub(crate) async fn create_shaped(
+        &self,
+        mut req: CreateUpload,
+        idempotency_key: Option<&str>,
+        shape: Shape,
+    ) -> Result<Created> {
+        const MIB: u64 = 1 << 20;
+        if shape.length_deferred {
+            req.size = self.limits.max_upload_size;
+            req.chunk_size = Some(
+                req.size
+                    .div_ceil(DEFERRED_CHUNKS)
+                    .div_ceil(MIB)
+                    .saturating_mul(MIB)
+                    .clamp(self.limits.chunk_size.default, self.limits.chunk_size.max),
+            );
+        }
+        let chunk_size = self.limits.validate(&req)?;
+        let _serial = match idempotency_key {
+            Some(_) => Some(self.create_lock.lock().await),
+            None => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let record = UploadRecord {
+            id: UploadId::new_random(),
+            size: req.size,
+            chunk_size,
+            mode: shape.mode,
+            declared_sha256: req.sha256,
+            sha256: None,
+            filename: req.filename.clone(),
+            metadata: req.metadata.clone().unwrap_or_default(),
+            state: StoredState::Uploading,
+            failure: None,
+            concat: shape.concat,
+            length_deferred: shape.length_deferred,
+            owner: principal::current().and_then(|p| p.owner().map(str::to_string)),
+            created_at: now,
+            updated_at: now,
+            version: None,
+        };
+        if let Some(key) = idempotency_key {
+            if let Some(created) = self.claim_key(key, &req, &record).await? {
+                return Ok(created);
+            }
+        }
+        self.insert_new(record).await
+    }
+
+    /// Claims `key` for `record`; when an earlier request holds it, answers with the
+    /// upload that request created.
+    async fn claim_key(
+        &self,
+        key: &str,
+        req: &CreateUpload,
+        record: &UploadRecord,
+    ) -> Result<Option<Created>> {
+        // Keys are per owner: two owners may pick the same key.
+        let mut h = Sha256::new();
+        h.update(record.owner.as_deref().unwrap_or("").as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        let key_digest = Sha256Digest(h.finalize().into());
+        // The same request written differently (an empty metadata object or none) is the
+        // same request.
+        let mut canonical = req.clone();
+        canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
+        let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let claim = IdempotencyClaim {
+            id: record.id,
+            fingerprint: Sha256Digest(Sha256::digest(&body).into()),
+        };
+        let Some(existing) = self
+            .backend
+            .claim_idempotency_key(&key_digest, &claim)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if existing.fingerprint != claim.fingerprint {
+            return Err(Error::IdempotencyConflict);
+        }
+        match self.status(existing.id).await {
+            Ok(status) => Ok(Some(Created { status, new: false })),
+            // The claim was written but the upload was not (a crash between the two):
+            // create it now under the claimed id.
+            Err(Error::NotFound) => {
+                // Usually the request that made the claim is creating the upload right
+                // now: give it a moment before concluding it crashed.
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(status) = self.status(existing.id).await {
+                        return Ok(Some(Created { status, new: false }));
+                    }
+                }
+                let record = UploadRecord {
+                    id: existing.id,
+                    ..record.clone()
+                };
+                match self.insert_new(record).await {
+                    Err(Error::Conflict) => Ok(Some(Created {
+                        status: self.status(existing.id).await?,
+                        new: false,
+                    })),
+                    other => other.map(Some),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
+        let breaker = self.registry.breaker();
+        breaker.check()?;
+        self.ledger
+            .reserve(record.owner.as_deref(), record.id, record.reserved_bytes())?;
+        let created = self.backend.create(&record).await;
+        breaker.record(&created);
+        if created.is_err() {
+            self.ledger.release(record.id);
+        } else {
+            self.ledger.stored(record.id);
+        }
+        record.version = self.registry.store_failure(created)?;
+        let up = self.registry.created(record);
+        tracing::info!(id = %up.id, size = up.record().size, "upload created");
+        metrics::created();
+        self.events.emit(EventKind::Created, &up.record()).await;
+        Ok(Created {
+            status: self.status_of(&up)?,
+            new: true,
+        })
+    }
+}
