@@ -41,22 +41,24 @@ async fn the_page_uploads_over_https_with_four_chunks_on_one_http2_connection() 
     let dir = tempfile::tempdir().unwrap();
     // Eight chunks of the server's default 8 MiB.
     let file = tests::write_file(dir.path(), "page.bin", &tests::random_bytes(64 * MIB, 61));
-    let r = tokio::task::block_in_place(|| driver(
-        "page.mjs",
-        &[
-            "--url",
-            &s.url(),
-            "--file",
-            file.to_str().unwrap(),
-            "--spki",
-            &s.cert.spki_sha256,
-            // Slow enough that every chunk is still on its way when the next ones start,
-            // however fast the page hashes on a busy machine.
-            "--throttle",
-            "16",
-        ],
-        &s.ca_file,
-    ));
+    let r = tokio::task::block_in_place(|| {
+        driver(
+            "page.mjs",
+            &[
+                "--url",
+                &s.url(),
+                "--file",
+                file.to_str().unwrap(),
+                "--spki",
+                &s.cert.spki_sha256,
+                // Slow enough that every chunk is still on its way when the next ones start,
+                // however fast the page hashes on a busy machine.
+                "--throttle",
+                "16",
+            ],
+            &s.ca_file,
+        )
+    });
     r.assert_ok();
     assert_eq!(r.json["secure_context"], true, "{r}");
     h2_in_flight(&r, &r.json["chunk_network"], 4);
