@@ -31,6 +31,7 @@ use sha2::Sha256;
 use storage::principal::{self, Principal};
 
 use crate::error::ApiError;
+use crate::forwarded::PublicBase;
 use crate::rate_limit::AuthFailures;
 use crate::site::{Refusal, Site};
 
@@ -136,10 +137,10 @@ impl Auth {
         self
     }
 
-    /// When anonymous, accepts `hosts` besides addresses and `localhost`, and state changes
-    /// from pages of `origins` besides the server's own.
-    pub fn site(mut self, hosts: &[String], origins: &[String]) -> Self {
-        self.site = Site::new(hosts, origins);
+    /// When anonymous, accepts `hosts` and the host of `public_url` besides addresses and
+    /// `localhost`, and state changes from pages of `origins` besides the server's own.
+    pub fn site(mut self, hosts: &[String], origins: &[String], public_url: Option<&str>) -> Self {
+        self.site = Site::new(hosts, origins, public_url);
         self
     }
 
@@ -464,7 +465,14 @@ fn too_many_failures(wait: Duration) -> Response {
 pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let addr = client(&req);
     if !auth.enabled() {
-        match auth.site.check(req.method(), req.uri(), req.headers()) {
+        let public = req
+            .extensions()
+            .get::<PublicBase>()
+            .and_then(|b| b.0.as_deref());
+        match auth
+            .site
+            .check(req.method(), req.uri(), req.headers(), public)
+        {
             Ok(()) => {}
             Err(Refusal::Host(host)) => {
                 return ApiError::MisdirectedHost(format!(

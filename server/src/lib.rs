@@ -235,7 +235,11 @@ fn auth_of(config: &Config) -> anyhow::Result<auth::Auth> {
     })?
     .max_jwt_lifetime(Some(config.jwt_max_lifetime).filter(|d| !d.is_zero()))
     .limit_failures(config.auth_failures_per_minute)
-    .site(&config.allowed_hosts, &config.cors_origins);
+    .site(
+        &config.allowed_hosts,
+        &config.cors_origins,
+        config.public_url.as_deref(),
+    );
     if config.metrics_admin_only {
         if !auth.enabled() || config.admin_owners.is_empty() {
             return Err(anyhow!(

@@ -7,10 +7,13 @@
 //! a site whose name is made to resolve to 127.0.0.1 (DNS rebinding) is even same-origin
 //! with it. So, when anonymous:
 //! - the `Host` a request names must be an IP address, `localhost` (or a name under
-//!   `.localhost`), or one of the names the operator lists (`--allowed-host`): a
-//!   rebinding site's name is none of them;
+//!   `.localhost`), the host of `--public-url`, or one of the names the operator lists
+//!   (`--allowed-host`): a rebinding site's name is none of them. Behind a trusted proxy
+//!   the public host it forwards (`X-Forwarded-Host`) must be one of them too, since the
+//!   proxy passes on whatever name the browser used;
 //! - a state-changing request (anything but `GET`, `HEAD`, `OPTIONS`) that a browser sent
-//!   from a page must come from the server's own origin or one allowed by
+//!   from a page must come from the server's own origin (the host the request names, or
+//!   its public URL: `--public-url`, or what a trusted proxy forwards) or one allowed by
 //!   `--cors-origin`: browsers say which page sent it in `Origin` (and `Sec-Fetch-Site`),
 //!   which a page cannot forge.
 //!
@@ -39,12 +42,19 @@ pub enum Refusal {
 }
 
 impl Site {
-    /// Accepts `allowed_hosts` (names, maybe with a port) and pages of `origins`.
-    pub fn new(allowed_hosts: &[String], origins: &[String]) -> Self {
+    /// Accepts `allowed_hosts` (names, maybe with a port) and the host of `public_url`,
+    /// and pages of `origins`.
+    pub fn new(allowed_hosts: &[String], origins: &[String], public_url: Option<&str>) -> Self {
         Self {
             allowed_hosts: allowed_hosts
                 .iter()
-                .map(|h| strip_port(h.trim()).to_ascii_lowercase())
+                .map(|h| h.trim())
+                .chain(
+                    public_url
+                        .and_then(split_base)
+                        .map(|(_, authority)| authority),
+                )
+                .map(|h| strip_port(h).to_ascii_lowercase())
                 .collect(),
             origins: origins
                 .iter()
@@ -55,8 +65,15 @@ impl Site {
 
     /// Checks a request of `method` for `uri` with `headers`; probes (`/healthz`,
     /// `/readyz`) are not checked. The host is the `Host` header, or the URI's authority
-    /// (HTTP/2).
-    pub fn check(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// (HTTP/2); `public` is the request's public URL
+    /// ([`PublicBase`](crate::forwarded::PublicBase)), when one is known.
+    pub fn check(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        public: Option<&str>,
+    ) -> Result<(), Refusal> {
         if matches!(uri.path(), "/healthz" | "/readyz") {
             return Ok(());
         }
@@ -64,9 +81,13 @@ impl Site {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| uri.authority().map(|a| a.as_str()));
-        if let Some(host) = host {
-            if !self.host_allowed(host) {
-                return Err(Refusal::Host(host.to_string()));
+        let public = public.and_then(split_base);
+        for name in host
+            .into_iter()
+            .chain(public.map(|(_, authority)| authority))
+        {
+            if !self.host_allowed(name) {
+                return Err(Refusal::Host(name.to_string()));
             }
         }
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -76,7 +97,7 @@ impl Site {
             .get(header::ORIGIN)
             .map(|v| v.to_str().unwrap_or("?"));
         match origin {
-            Some(origin) if !self.origin_allowed(origin, host) => {
+            Some(origin) if !self.origin_allowed(origin, host, public.map(|(o, _)| o)) => {
                 Err(Refusal::CrossOrigin(origin.to_string()))
             }
             Some(_) => Ok(()),
@@ -99,11 +120,13 @@ impl Site {
             || self.allowed_hosts.contains(&name)
     }
 
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+    fn origin_allowed(&self, origin: &str, host: Option<&str>, public: Option<&str>) -> bool {
         let origin = origin.trim_end_matches('/');
         if self
             .origins
             .iter()
+            .map(String::as_str)
+            .chain(public)
             .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
         {
             return true;
@@ -114,6 +137,15 @@ impl Site {
             .or_else(|| origin.strip_prefix("https://"));
         matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
     }
+}
+
+/// `https://host:port/path` → (`https://host:port`, `host:port`): a public URL's origin
+/// and authority.
+fn split_base(base: &str) -> Option<(&str, &str)> {
+    let (_, rest) = base.split_once("://")?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    let origin = &base[..base.len() - rest.len() + authority.len()];
+    Some((origin, authority))
 }
 
 /// `name:port` → `name`; `[v6]:port` → `[v6]`.
@@ -143,9 +175,9 @@ mod tests {
 
     #[test]
     fn hosts_are_addresses_localhost_or_listed() {
-        let site = Site::new(&["Files.Example.org:443".into()], &[]);
+        let site = Site::new(&["Files.Example.org:443".into()], &[], None);
         let v1 = Uri::from_static("/v1");
-        let get = |host: &str| site.check(&Method::GET, &v1, &headers(&[("host", host)]));
+        let get = |host: &str| site.check(&Method::GET, &v1, &headers(&[("host", host)]), None);
         for ok in [
             "127.0.0.1:8080",
             "127.0.0.1",
@@ -171,19 +203,23 @@ mod tests {
             &Method::GET,
             &Uri::from_static("/healthz"),
             &headers(&[("host", "x")]),
+            None,
         );
         assert_eq!(probe, Ok(()));
         // HTTP/2 names the host in the request's authority.
         let h2 = Uri::from_static("https://rebind.example/v1");
-        assert!(site.check(&Method::GET, &h2, &HeaderMap::new()).is_err());
+        assert!(site
+            .check(&Method::GET, &h2, &HeaderMap::new(), None)
+            .is_err());
     }
 
     #[test]
     fn state_changes_come_from_the_servers_pages_or_allowed_origins() {
-        let site = Site::new(&[], &["https://app.example".into()]);
+        let site = Site::new(&[], &["https://app.example".into()], None);
         let uploads = Uri::from_static("/v1/uploads");
-        let post =
-            |pairs: &[(&'static str, &str)]| site.check(&Method::POST, &uploads, &headers(pairs));
+        let post = |pairs: &[(&'static str, &str)]| {
+            site.check(&Method::POST, &uploads, &headers(pairs), None)
+        };
         let host = ("host", "127.0.0.1:8080");
         assert_eq!(post(&[host]), Ok(()), "no Origin: not a browser page");
         assert_eq!(post(&[host, ("origin", "http://127.0.0.1:8080")]), Ok(()));
@@ -198,16 +234,85 @@ mod tests {
             &Method::GET,
             &Uri::from_static("/v1"),
             &headers(&[host, ("origin", "http://evil.example")]),
+            None,
         );
         assert_eq!(get, Ok(()));
-        let any = Site::new(&[], &["*".into()]);
+        let any = Site::new(&[], &["*".into()], None);
         assert_eq!(
             any.check(
                 &Method::DELETE,
                 &Uri::from_static("/v1/uploads/x"),
-                &headers(&[host, ("origin", "http://elsewhere")])
+                &headers(&[host, ("origin", "http://elsewhere")]),
+                None
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_public_url_is_the_servers_own_origin() {
+        let uploads = Uri::from_static("/v1/uploads");
+        // Behind a proxy that names the server by its address, the page's origin is the
+        // public one the proxy forwards.
+        let proxied = Site::new(&["files.example".into()], &[], None);
+        let post = |public: &str, pairs: &[(&'static str, &str)]| {
+            proxied.check(&Method::POST, &uploads, &headers(pairs), Some(public))
+        };
+        let host = ("host", "127.0.0.1:8080");
+        assert_eq!(
+            post(
+                "https://127.0.0.1:8443",
+                &[host, ("origin", "https://127.0.0.1:8443")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            post(
+                "https://files.example",
+                &[host, ("origin", "https://FILES.example")]
+            ),
+            Ok(())
+        );
+        assert!(post(
+            "https://files.example",
+            &[host, ("origin", "https://evil.example")]
+        )
+        .is_err());
+        assert!(post(
+            "https://files.example",
+            &[host, ("origin", "http://127.0.0.1:8443")]
+        )
+        .is_err());
+        // A rebinding site's name forwarded by the proxy is not the server's.
+        assert_eq!(
+            post(
+                "https://rebind.example",
+                &[host, ("origin", "https://rebind.example")]
+            ),
+            Err(Refusal::Host("rebind.example".into()))
+        );
+        // `--public-url` names a host the server answers for, and its pages' origin.
+        let public = Site::new(&[], &[], Some("https://Uploads.example/base"));
+        let check = |pairs: &[(&'static str, &str)]| {
+            public.check(
+                &Method::POST,
+                &uploads,
+                &headers(pairs),
+                Some("https://Uploads.example/base"),
+            )
+        };
+        let named = ("host", "uploads.example");
+        assert_eq!(
+            check(&[named, ("origin", "https://uploads.example")]),
+            Ok(())
+        );
+        assert!(check(&[named, ("origin", "https://uploads.example.evil")]).is_err());
+        assert!(check(&[("host", "other.example")]).is_err());
+        assert_eq!(
+            split_base("http://[::1]:8080/x/y"),
+            Some(("http://[::1]:8080", "[::1]:8080"))
+        );
+        assert_eq!(split_base("https://h"), Some(("https://h", "h")));
+        assert_eq!(split_base("nonsense"), None);
     }
 }

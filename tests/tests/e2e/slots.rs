@@ -67,7 +67,7 @@ async fn non_reader(addr: String, path: String) -> Option<TcpStream> {
     let socket = TcpSocket::new_v4().ok()?;
     socket.set_recv_buffer_size(4096).ok()?;
     let mut s = socket.connect(addr.parse().ok()?).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .ok()?;
     Some(s)

@@ -150,6 +150,73 @@ async fn a_cross_site_page_cannot_change_uploads() {
     );
 }
 
+/// Behind a trusted proxy, or under `--public-url`, the server's own pages have the public
+/// origin, not the address the proxy reaches the server by; a site name the proxy forwards
+/// is checked like a `Host`.
+#[tokio::test]
+async fn behind_a_proxy_the_public_origin_is_the_servers_own() {
+    let json = ("content-type", "application/json");
+    let body = r#"{"size": 10}"#;
+    // The test's client is on 127.0.0.1, the trusted proxy; it reaches the server by its
+    // address (nginx's default `Host`) and forwards what the browser used.
+    let (server, _data) = Server::start(&[
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--allowed-host",
+        "files.example",
+    ]);
+    let api = Api::new(&server);
+    for public in ["127.0.0.1:8443", "files.example"] {
+        let origin = format!("https://{public}");
+        let forwarded = [
+            json,
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", public),
+            ("x-forwarded-for", "192.0.2.7"),
+        ];
+        let mut page = forwarded.to_vec();
+        page.push(("origin", &origin));
+        let r = post_create(&api, &page, body).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{origin}");
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&format!("{origin}/")), "{location}");
+        let mut other = forwarded.to_vec();
+        other.push(("origin", "https://evil.example"));
+        let r = post_create(&api, &other, body).await;
+        problem(r, StatusCode::FORBIDDEN, "cross-origin-request").await;
+    }
+    // A rebinding site's name, passed on by the proxy.
+    let rebound = [
+        json,
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "rebind.example"),
+        ("origin", "https://rebind.example"),
+    ];
+    let r = post_create(&api, &rebound, body).await;
+    problem(r, StatusCode::MISDIRECTED_REQUEST, "misdirected-request").await;
+
+    // `--public-url`: its host is one the server answers for, its origin the server's own.
+    let (server, _data) = Server::start(&["--public-url", "https://uploads.example"]);
+    let api = Api::new(&server);
+    let named = ("host", "uploads.example");
+    let r = post_create(
+        &api,
+        &[json, named, ("origin", "https://uploads.example")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post_create(
+        &api,
+        &[json, named, ("origin", "https://evil.example")],
+        body,
+    )
+    .await;
+    problem(r, StatusCode::FORBIDDEN, "cross-origin-request").await;
+    let r = post_create(&api, &[json, ("host", "rebind.example")], body).await;
+    problem(r, StatusCode::MISDIRECTED_REQUEST, "misdirected-request").await;
+}
+
 /// With authentication none of this applies: a browser does not add a bearer token by
 /// itself, and a server behind a proxy is reached by any name.
 #[tokio::test]
