@@ -12,6 +12,7 @@ mod disk;
 mod memory;
 mod quota;
 mod requests;
+mod streams;
 mod web;
 
 use std::path::Path;
