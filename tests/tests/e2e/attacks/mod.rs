@@ -9,6 +9,7 @@
 mod auth;
 mod creates;
 mod disk;
+mod downloads;
 mod memory;
 mod quota;
 mod requests;
