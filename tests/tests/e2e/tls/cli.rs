@@ -115,7 +115,16 @@ async fn cli_refuses_a_certificate_it_cannot_trust_in_one_line_with_exit_2() {
         &host,
         "not signed by an authority",
     );
-    // Nothing retried: the one failed handshake is all the server saw.
+    // Nothing retried: the one failed handshake is all the server saw (it may count it
+    // a moment after the client has gone).
+    let t0 = std::time::Instant::now();
+    while s.metric(HANDSHAKES_FAILED).await < 1.0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the failed handshake was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(s.metric(HANDSHAKES_FAILED).await, 1.0);
     // --cacert naming another CA does not help.
     let other = TestCa::new("another CA").write(dir.path(), "other.pem");
