@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{MutexGuard, RwLockReadGuard};
 
 use super::Uploads;
-use crate::backend::{Receipt, StoredChunk};
+use crate::backend::{Coverage, Receipt, StoredChunk};
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -186,7 +186,7 @@ impl Uploads {
             return Err(e);
         }
         let kept = writer.kept();
-        writer.finish().await?;
+        let written = writer.finish().await?;
         if let Some(end) = kept.filter(|end| *end < pos) {
             let (at, p, c, n) = marks
                 .into_iter()
@@ -204,7 +204,14 @@ impl Uploads {
                     len: pos - chunk_start(pos),
                 });
             }
-            self.backend.commit(record, &receipts).await?;
+            let coverage = if in_flight {
+                self.hash.append_coverage(pos, &prefix)
+            } else {
+                Coverage::Readable
+            };
+            self.backend
+                .commit(record, written, &receipts, coverage)
+                .await?;
             metrics::received(pos - start);
             if in_flight {
                 metrics::hashed_in_flight(pos - start);
@@ -221,7 +228,7 @@ impl Uploads {
             }
             *app.cursor = Some(chunk);
             if in_flight {
-                self.hash.append_stored(up, pos, prefix).await;
+                self.hash.append_stored(up, start, pos, prefix).await;
             }
         }
         match cut {

@@ -13,7 +13,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::{Completion, Uploads};
-use crate::backend::{Receipt, StoredChunk};
+use crate::backend::{Coverage, Receipt, StoredChunk, Written};
 use crate::error::{Error, Result};
 use crate::lifecycle::Step;
 use crate::metrics;
@@ -164,6 +164,7 @@ impl Uploads {
             }
             Err(e) => return Err(e),
         }
+        self.hash.adopt_progress(up);
         let at_completion = self.hash.catch_up(up).await?;
         let actual = up.prefix().digest();
         let read_back = up.read_back.load(Ordering::Relaxed);
@@ -251,8 +252,21 @@ impl Uploads {
             size: end - from,
             sha256: Sha256Digest(hasher.finalize().into()),
         };
+        // The whole-file hash at the chunk's end, where storage keeps it with the chunk.
+        let coverage = {
+            let p = up.prefix();
+            match p.hashed_bytes == end {
+                true => self.hash.append_coverage(end, &p.hasher),
+                false => Coverage::Readable,
+            }
+        };
         self.backend
-            .commit(record, &[Receipt::Chunk(chunk)])
+            .commit(
+                record,
+                Written::nothing(),
+                &[Receipt::Chunk(chunk)],
+                coverage,
+            )
             .await?;
         up.chunks().set(index, chunk.size, chunk.sha256);
         Ok(())

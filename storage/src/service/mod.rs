@@ -178,7 +178,7 @@ impl Uploads {
         };
         let this = Arc::new(Self {
             hash: WholeHash::new(backend.clone(), config.hash_ahead_memory),
-            registry: Registry::new(backend.clone()),
+            registry: Registry::new(backend.clone(), expiry_grace(config.upload_ttl) / 2),
             ledger: Ledger::new(config.quota),
             backend,
             config,
@@ -396,6 +396,11 @@ impl Uploads {
     async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
         self.registry.get(id, Purpose::Whole).await
     }
+}
+
+/// See [`Uploads::expiry_grace`].
+fn expiry_grace(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// What [`Uploads::step`] left to do.

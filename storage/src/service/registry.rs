@@ -34,14 +34,18 @@ pub enum Purpose {
 pub struct Registry {
     backend: Arc<dyn Backend>,
     shared: bool,
+    /// See [`Registry::confirm_open`].
+    quick: Duration,
     breaker: Breaker,
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
 }
 
 impl Registry {
-    /// The registry over `backend`.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
+    /// The registry over `backend`; a chunk request quicker than `quick` is acknowledged
+    /// without a second look at the record (see [`Registry::confirm_open`]).
+    pub fn new(backend: Arc<dyn Backend>, quick: Duration) -> Self {
         Self {
+            quick,
             shared: backend.info().shared,
             backend,
             breaker: Breaker::new(Duration::from_secs(2)),
@@ -124,18 +128,26 @@ impl Registry {
         });
     }
 
-    /// After a chunk's receipt was stored: whether the upload is still open. On shared
-    /// storage another process may have expired or cancelled it while the chunk was sent,
-    /// and a chunk of an ended upload is not acknowledged; here, this process's own locks
-    /// already kept the two apart.
-    pub async fn confirm_open(&self, id: UploadId) -> Result<()> {
-        if !self.shared {
+    /// After a chunk's receipt was stored by a request that loaded the upload at `began`:
+    /// whether the upload is still open. On shared storage another process may have
+    /// expired it while the chunk was sent, and a chunk of an ended upload is not
+    /// acknowledged. A request that took less than [`Registry::quick`] needs no second
+    /// look: an expiry waits longer than that after storing "expired" before it looks for
+    /// new chunks, and undoes itself when it finds one. Here (storage this process owns),
+    /// its own locks already keep the two apart.
+    pub async fn confirm_open(&self, id: UploadId, began: std::time::Instant) -> Result<()> {
+        if !self.shared || began.elapsed() < self.quick {
             return Ok(());
         }
         match self.backend.load_record(id).await? {
             Some(now) if now.state.is_tombstone() => Err(Error::Gone(now.state.name())),
             _ => Ok(()),
         }
+    }
+
+    /// Whether other processes share the storage.
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     /// A failing shared store is a passing condition for clients ("retry soon"), not a
