@@ -6,7 +6,7 @@ S3_SERVER := bash scripts/s3-server/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
 
-.PHONY: all build release run test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
+.PHONY: all build release run install install-files test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
 
 all: build
 
@@ -19,9 +19,31 @@ release:
 	$(CARGO) build --release -p server -p uploader-cli --bins
 	$(CARGO) build --release -p tests --bin loadgen
 
-## Start the server on 127.0.0.1:8080, storing under ./data.
+## Build both binaries and start the server on 127.0.0.1:8080, storing under ./data
+## (the CLI is then target/release/uploader).
 run:
+	$(CARGO) build --release -p uploader-cli --bin uploader
 	$(CARGO) run --release -p server --bin upload-server
+
+## Install upload-server and uploader (release builds), uploader's man pages and its bash,
+## zsh and fish completions under $(DESTDIR)$(PREFIX). `install-files` installs binaries
+## already built in BIN_DIR (what `make test` checks, into a temporary root).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BIN_DIR ?= $(or $(CARGO_TARGET_DIR),target)/release
+install: release
+	$(MAKE) --no-print-directory install-files
+
+install-files:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 755 $(BIN_DIR)/upload-server $(BIN_DIR)/uploader $(DESTDIR)$(PREFIX)/bin/
+	$(BIN_DIR)/uploader man --out-dir $(DESTDIR)$(PREFIX)/share/man/man1
+	$(BIN_DIR)/uploader completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/uploader
+	$(BIN_DIR)/uploader completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_uploader
+	$(BIN_DIR)/uploader completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/uploader.fish
 
 ## Formatting and lints (part of `make test`).
 lint:

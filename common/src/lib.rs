@@ -7,16 +7,20 @@
 //! - [`api`]: JSON bodies (capabilities, create, status, chunk receipt, complete, problem).
 //! - [`id`]: the upload id, a canonical UUID, safe as a path segment or object key.
 //! - [`digest`]: SHA-256 values as hex and as RFC 9530 `Content-Digest` headers.
+//! - [`geometry`]: chunk count, offsets and lengths, and the chunk size rules.
 //! - [`ranges`]: sets of chunk indexes written as inclusive ranges.
+//! - [`relpath`]: the `relative_path` of an upload from a directory, checked as data.
 //! - [`units`]: human sizes (`8MiB`) and durations (`90m`) for flags.
 //! - `openapi` (feature `openapi`): OpenAPI schemas of the types serialized as strings.
 
 pub mod api;
 pub mod digest;
+pub mod geometry;
 pub mod id;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod ranges;
+pub mod relpath;
 pub mod units;
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use common::api::{ChunkSizeBounds, CreateUpload, UploadState};
+use common::geometry::Geometry;
 use common::{Sha256Digest, UploadId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -178,37 +179,38 @@ impl UploadRecord {
         }
     }
 
+    /// The upload's chunk geometry (shared with the CLI: `common::geometry`).
+    pub fn geometry(&self) -> Geometry {
+        Geometry::new(self.size, self.chunk_size)
+    }
+
     /// Number of chunks: `ceil(size / chunk_size)`; 0 for an empty upload.
     pub fn chunk_count(&self) -> u64 {
-        chunk_count(self.size, self.chunk_size)
+        self.geometry().count()
     }
 
     /// Byte offset where chunk `index` starts.
     pub fn chunk_offset(&self, index: u64) -> u64 {
-        index * self.chunk_size
+        self.geometry().offset(index)
     }
 
     /// Length of chunk `index`, or an error when the index is out of range.
     pub fn chunk_len(&self, index: u64) -> Result<u64> {
-        let count = self.chunk_count();
-        if index >= count {
-            return Err(Error::Invalid(format!(
-                "chunk index {index} is out of range: this upload has {count} chunk(s)"
-            )));
-        }
-        Ok((self.size - index * self.chunk_size).min(self.chunk_size))
+        self.geometry().len(index).ok_or_else(|| {
+            Error::Invalid(format!(
+                "chunk index {index} is out of range: this upload has {} chunk(s)",
+                self.chunk_count()
+            ))
+        })
     }
 
     /// Where chunk `index` ends (exclusive), for any index below the chunk count.
     pub fn chunk_end(&self, index: u64) -> u64 {
-        ((index + 1) * self.chunk_size).min(self.size)
+        self.geometry().end(index)
     }
 }
 
-/// `ceil(size / chunk_size)`.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    size.div_ceil(chunk_size)
-}
+pub use common::geometry::chunk_count;
 
 /// Size rules: what a backend can store and what the operator allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,11 +227,7 @@ impl Limits {
     /// The chunk size for an upload of `size` bytes when the client names none: the
     /// default, grown (in whole MiB) until the chunk count fits `max_chunks`.
     pub fn default_chunk_size(&self, size: u64) -> u64 {
-        const MIB: u64 = 1 << 20;
-        let needed = size.div_ceil(self.max_chunks).div_ceil(MIB) * MIB;
-        needed
-            .max(self.chunk_size.default)
-            .clamp(self.chunk_size.min, self.chunk_size.max)
+        common::geometry::default_chunk_size(&self.chunk_size, self.max_chunks, size)
     }
 
     /// Checks a create request and settles its chunk size.
@@ -261,6 +259,7 @@ impl Limits {
             check_text("filename", name, MAX_FILENAME_LEN)?;
         }
         if let Some(meta) = &req.metadata {
+            common::relpath::check_metadata(meta).map_err(|e| Error::Invalid(e.to_string()))?;
             if meta.len() > MAX_METADATA_PAIRS {
                 return Err(Error::Invalid(format!(
                     "at most {MAX_METADATA_PAIRS} metadata pairs are accepted"

@@ -29,6 +29,8 @@ pub struct Client {
     display: String,
     /// Limit for requests without a streamed body (create, status, complete, cancel).
     timeout: Duration,
+    /// Whether a token is sent (a 401 then means a refused token, not a missing one).
+    has_token: bool,
 }
 
 /// The answer to `POST /complete`.
@@ -53,6 +55,12 @@ pub struct SendOptions {
 
 /// Parses and checks `--server`: an `http://` URL (this build has no TLS).
 pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
+    if !s.contains("://") {
+        return Err(format!(
+            "{s}: no scheme; did you mean http://{}?",
+            s.trim().trim_start_matches('/')
+        ));
+    }
     let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     match url.scheme() {
         "http" => {}
@@ -104,6 +112,7 @@ impl Client {
             base,
             display,
             timeout: Duration::from_secs(30),
+            has_token: token.is_some(),
         })
     }
 
@@ -146,20 +155,31 @@ impl Client {
                 reason: describe(&e),
             })?;
         let status = resp.status();
-        if is_retryable(status) {
-            return Err(api_error("GET /v1", resp).await);
+        if is_retryable(status) || status == StatusCode::UNAUTHORIZED {
+            return Err(self.api_error("GET /v1", resp).await);
         }
+        let what = answer_kind(&resp);
         if !status.is_success() {
             return Err(Error::NotAnUploadServer {
                 url: self.display.clone(),
-                status: status.to_string(),
+                status: what,
             });
         }
         let bytes = resp.bytes().await.map_err(|e| transport("GET /v1", &e))?;
         serde_json::from_slice::<Capabilities>(&bytes).map_err(|_| Error::NotAnUploadServer {
             url: self.display.clone(),
-            status: format!("{status} with a body that is not API v1 capabilities"),
+            status: what,
         })
+    }
+
+    /// Whether the server answers at all (`GET /v1` with a short time limit): used while
+    /// it is unreachable. Only an answer that says "still down" (no connection, 502, 503,
+    /// 504) is an error; anything else means it is back.
+    pub async fn probe(&self) -> Result<()> {
+        match self.capabilities().await {
+            Err(e) if e.is_outage() || e.is_retryable() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// `POST /v1/uploads` with an idempotency key, so a retry cannot create a second upload.
@@ -174,7 +194,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(ctx, &e))?;
-        json_or_error(ctx, resp).await
+        self.json_or_error(ctx, resp).await
     }
 
     /// `GET /v1/uploads/{id}`.
@@ -187,7 +207,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(&ctx, &e))?;
-        json_or_error(&ctx, resp).await
+        self.json_or_error(&ctx, resp).await
     }
 
     /// `PUT /v1/uploads/{id}/chunks/{index}` with `Content-Digest`. The body is streamed in
@@ -243,7 +263,7 @@ impl Client {
                 .await
                 .map_err(|e| transport(&ctx, &e))?;
             last_progress.store(elapsed_ms(start), Ordering::Relaxed);
-            json_or_error::<ChunkReceipt>(&ctx, resp).await
+            self.json_or_error::<ChunkReceipt>(&ctx, resp).await
         };
         let watchdog = async {
             let stall_ms = u64::try_from(opts.stall_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -261,6 +281,7 @@ impl Client {
                 context: ctx.clone(),
                 reason: format!("stalled: no progress for {:?}", opts.stall_timeout),
                 retryable: true,
+                connect: false,
             }),
         }
     }
@@ -281,7 +302,7 @@ impl Client {
         if resp.status() == StatusCode::ACCEPTED {
             return Ok(Completion::Verifying);
         }
-        json_or_error(ctx, resp).await.map(Completion::Done)
+        self.json_or_error(ctx, resp).await.map(Completion::Done)
     }
 
     /// `DELETE /v1/uploads/{id}`.
@@ -297,7 +318,7 @@ impl Client {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(api_error(&ctx, resp).await)
+            Err(self.api_error(&ctx, resp).await)
         }
     }
 
@@ -315,7 +336,7 @@ impl Client {
         if resp.status().is_success() {
             Ok(resp)
         } else {
-            Err(api_error(&ctx, resp).await)
+            Err(self.api_error(&ctx, resp).await)
         }
     }
 }
@@ -328,22 +349,99 @@ fn is_retryable(status: StatusCode) -> bool {
     crate::retry::is_retryable_status(status.as_u16())
 }
 
-async fn json_or_error<T: serde::de::DeserializeOwned>(
-    ctx: &str,
-    resp: reqwest::Response,
-) -> Result<T> {
-    if !resp.status().is_success() {
-        return Err(api_error(ctx, resp).await);
+/// `404 text/html`: an answer's status and media type, to say what answered instead.
+fn answer_kind(resp: &reqwest::Response) -> String {
+    let ct = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("without a content type");
+    format!("{} {ct}", resp.status().as_u16())
+}
+
+/// Whether an error answer is one of the API's (problem JSON, or JSON at all).
+fn is_api_answer(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+}
+
+impl Client {
+    async fn json_or_error<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: &str,
+        resp: reqwest::Response,
+    ) -> Result<T> {
+        if !resp.status().is_success() {
+            return Err(self.api_error(ctx, resp).await);
+        }
+        let what = answer_kind(&resp);
+        let api = is_api_answer(&resp);
+        let bytes = resp.bytes().await.map_err(|e| transport(ctx, &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            if api {
+                Error::Protocol {
+                    context: ctx.to_string(),
+                    reason: e.to_string(),
+                }
+            } else {
+                Error::NotAnUploadServer {
+                    url: self.display.clone(),
+                    status: what,
+                }
+            }
+        })
     }
-    let bytes = resp.bytes().await.map_err(|e| transport(ctx, &e))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol {
-        context: ctx.to_string(),
-        reason: e.to_string(),
-    })
+
+    /// Turns an error response into an [`Error`]: [`Error::Unauthorized`] for a 401
+    /// (naming `--token`), [`Error::NotAnUploadServer`] for an answer that is not the
+    /// API's (an HTML 404 page), else [`Error::Api`] with the problem's `detail`.
+    pub(crate) async fn api_error(&self, ctx: &str, resp: reqwest::Response) -> Error {
+        let status = resp.status().as_u16();
+        let api = is_api_answer(&resp);
+        if !api && matches!(status, 300..=399 | 404 | 405 | 501) {
+            return Error::NotAnUploadServer {
+                url: self.display.clone(),
+                status: answer_kind(&resp),
+            };
+        }
+        let kind = answer_kind(&resp);
+        let mut e = api_error(ctx, resp).await;
+        if let Error::Api { detail, .. } = &mut e {
+            if !api {
+                // A page from something in front of the server (a proxy's 502, 413):
+                // say what it was rather than dump its HTML.
+                *detail = format!(
+                    "{} (a {kind} answer, not the API's)",
+                    StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("error")
+                );
+            }
+        }
+        match e {
+            Error::Api {
+                status: 401,
+                context,
+                detail,
+                ..
+            } => Error::Unauthorized {
+                context,
+                given: self.has_token,
+                detail,
+            },
+            e => e,
+        }
+    }
 }
 
 /// Turns an error response into [`Error::Api`], keeping the problem's `detail`.
-pub(crate) async fn api_error(ctx: &str, resp: reqwest::Response) -> Error {
+async fn api_error(ctx: &str, resp: reqwest::Response) -> Error {
     let status = resp.status();
     let retry_after = retry_after(resp.headers());
     let body = match resp.bytes().await {
@@ -386,6 +484,7 @@ pub(crate) fn transport(ctx: &str, e: &reqwest::Error) -> Error {
     Error::Transport {
         context: ctx.to_string(),
         reason: describe(e),
+        connect: e.is_connect(),
         retryable: e.is_connect()
             || e.is_timeout()
             || e.is_request()

@@ -46,12 +46,47 @@ pub enum Error {
     },
 
     /// Something answers at the URL, but not the upload API v1.
-    #[error("{url} is not an upload server (GET /v1 answered {status})")]
+    #[error("not an upload-server at {url} (got {status})")]
     NotAnUploadServer {
         /// Base URL tried.
         url: String,
-        /// What it answered.
+        /// What it answered: status and media type, e.g. `404 text/html`.
         status: String,
+    },
+
+    /// The server wants a token (401) that was missing or refused.
+    #[error("{context}: {}", if *.given {
+        format!("the server refused the token ({detail}); check --token or UPLOADER_TOKEN")
+    } else {
+        format!("the server requires a token ({detail}); pass --token or set UPLOADER_TOKEN")
+    })]
+    Unauthorized {
+        /// What was being done.
+        context: String,
+        /// Whether a token was sent.
+        given: bool,
+        /// The problem detail.
+        detail: String,
+    },
+
+    /// The server stayed unreachable longer than `--give-up-after`.
+    #[error("the server at {url} was unreachable for {}; giving up ({reason})", crate::outage::format_duration(*.after))]
+    OutageTooLong {
+        /// Base URL.
+        url: String,
+        /// How long it was unreachable.
+        after: Duration,
+        /// The last reason, e.g. "connection refused".
+        reason: String,
+    },
+
+    /// The local file changed while it was being uploaded: what was sent is not the file.
+    #[error("{}: the file changed while it was being uploaded ({what}); run the command again to upload its new content", file.display())]
+    ChangedWhileUploading {
+        /// The file.
+        file: PathBuf,
+        /// What differs, e.g. "size and ctime".
+        what: String,
     },
 
     /// A transport failure (connection reset, timeout, stalled transfer) after retries,
@@ -64,6 +99,9 @@ pub enum Error {
         reason: String,
         /// True if a retry may succeed (connection errors, timeouts, stalls).
         retryable: bool,
+        /// True when no connection could be made (refused, unresolvable, connect timeout):
+        /// the server is down or unreachable, not this request at fault.
+        connect: bool,
     },
 
     /// The server answered with an error status; `detail` is its problem detail.
@@ -143,6 +181,18 @@ impl Error {
             Error::Interrupted { .. } => EXIT_INTERRUPTED,
             Error::GaveUp { last, .. } => last.exit_code(),
             _ => EXIT_FAILURE,
+        }
+    }
+
+    /// Whether the server itself looks unreachable: no connection could be made, or a
+    /// gateway in front of it answered 502 or 504. Such failures wait for the server to
+    /// come back ([`crate::outage`]) instead of using up a request's retries.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Error::Transport { connect, .. } => *connect,
+            Error::Unreachable { .. } => true,
+            Error::Api { status, .. } => matches!(status, 502 | 504),
+            _ => false,
         }
     }
 

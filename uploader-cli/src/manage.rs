@@ -22,7 +22,13 @@ pub struct Target {
 
 /// Resolves `ID|FILE`: an id is looked up on `server`; a file through its journal (which
 /// names the server it was uploaded to).
-pub fn resolve(target: &str, server: &str, token: Option<&str>, store: &Store) -> Result<Target> {
+pub fn resolve(
+    target: &str,
+    server: &str,
+    token: Option<&str>,
+    store: &Store,
+    completed_too: bool,
+) -> Result<Target> {
     if let Ok(id) = target.parse::<UploadId>() {
         let journal = store.find_by_id(&id)?;
         return Ok(Target {
@@ -35,11 +41,33 @@ pub fn resolve(target: &str, server: &str, token: Option<&str>, store: &Store) -
     let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
     let journal = match store.find_by_path(server, &canon)? {
         Some(j) => j,
-        None => store.find_by_path_any_server(&canon)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "{target}: no unfinished upload of this file is known on this machine (pass an upload id instead)"
-            ))
-        })?,
+        None => match store.find_by_path_any_server(&canon)? {
+            Some(j) => j,
+            None => {
+                // A file uploaded completely from here: the newest such upload.
+                let done = if completed_too {
+                    store.find_done(server, &canon).or_else(|| {
+                        store
+                            .list_done()
+                            .into_iter()
+                            .rfind(|d| d.file.path == canon)
+                    })
+                } else {
+                    None
+                };
+                let done = done.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{target}: no {}upload of this file is known on this machine (pass an upload id instead)",
+                        if completed_too { "" } else { "unfinished " }
+                    ))
+                })?;
+                return Ok(Target {
+                    client: Client::new(&done.server, token)?,
+                    id: done.id,
+                    journal: None,
+                });
+            }
+        },
     };
     Ok(Target {
         client: Client::new(&journal.server, token)?,
@@ -75,6 +103,9 @@ pub fn describe_status(st: &UploadStatus, server: &str) -> String {
     if let Some(name) = &st.filename {
         out.push_str(&format!("filename  {name}\n"));
     }
+    if let Some(rel) = st.metadata.get(common::relpath::RELATIVE_PATH_KEY) {
+        out.push_str(&format!("path      {rel}\n"));
+    }
     if let Some(sha) = &st.sha256 {
         out.push_str(&format!("sha256    {sha}\n"));
     }
@@ -97,7 +128,7 @@ pub async fn status(
     store: &Store,
     json: bool,
 ) -> Result<()> {
-    let t = resolve(target, server, token, store)?;
+    let t = resolve(target, server, token, store, true)?;
     let st = t.client.status(&t.id).await?;
     if json {
         let v = serde_json::to_string(&st).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -111,36 +142,70 @@ pub async fn status(
     Ok(())
 }
 
-/// `uploader list`: the journals, with the progress they recorded.
-pub fn list(store: &Store, json: bool) -> Result<()> {
+/// `uploader list`: the journals, with the progress they recorded; with `all`, also the
+/// files this machine uploaded completely.
+pub fn list(store: &Store, json: bool, all: bool) -> Result<()> {
     let journals = store.list()?;
+    let done = if all { store.list_done() } else { Vec::new() };
     if json {
         for j in &journals {
             let v = serde_json::json!({
                 "id": j.id, "server": j.server, "file": j.file.path, "size": j.file.size,
                 "acked_bytes": j.acked_bytes, "chunk_size": j.chunk_size,
+                "relative_path": j.relative_path, "state": "uploading",
+            });
+            println!("{v}");
+        }
+        for d in &done {
+            let v = serde_json::json!({
+                "id": d.id, "server": d.server, "file": d.file.path, "size": d.file.size,
+                "acked_bytes": d.file.size, "sha256": d.sha256,
+                "relative_path": d.relative_path, "state": "completed",
             });
             println!("{v}");
         }
         return Ok(());
     }
-    if journals.is_empty() {
-        println!("no unfinished uploads");
+    if journals.is_empty() && done.is_empty() {
+        println!(
+            "no unfinished uploads{}",
+            if all { " and no completed ones" } else { "" }
+        );
         return Ok(());
     }
     println!("{:<36}  {:>5}  {:>21}  FILE", "ID", "DONE", "BYTES");
-    for j in &journals {
+    let rows = journals
+        .iter()
+        .map(|j| {
+            (
+                j.id,
+                j.acked_bytes,
+                j.file.size,
+                &j.file.path,
+                &j.relative_path,
+                &j.server,
+            )
+        })
+        .chain(done.iter().map(|d| {
+            (
+                d.id,
+                d.file.size,
+                d.file.size,
+                &d.file.path,
+                &d.relative_path,
+                &d.server,
+            )
+        }));
+    for (id, acked, size, path, rel, server) in rows {
+        let name = match rel {
+            Some(r) => format!("{} as {r}", path.display()),
+            None => path.display().to_string(),
+        };
         println!(
-            "{:<36}  {:>4.0}%  {:>21}  {} ({})",
-            j.id,
-            percent(j.acked_bytes, j.file.size),
-            format!(
-                "{}/{}",
-                format_size(j.acked_bytes),
-                format_size(j.file.size)
-            ),
-            j.file.path.display(),
-            j.server
+            "{:<36}  {:>4.0}%  {:>21}  {name} ({server})",
+            id,
+            percent(acked, size),
+            format!("{}/{}", format_size(acked), format_size(size)),
         );
     }
     Ok(())
@@ -155,7 +220,7 @@ pub async fn cancel(
     store: &Store,
     quiet: bool,
 ) -> Result<()> {
-    let t = resolve(target, server, token, store)?;
+    let t = resolve(target, server, token, store, false)?;
     match t.client.cancel(&t.id).await {
         Ok(()) => {}
         Err(Error::Api {

@@ -1,10 +1,11 @@
-//! Uploading one file: choose (or resume) the upload, read the file once in order while
-//! hashing it, send the missing chunks with bounded parallelism and retries, then complete
-//! and compare the server's SHA-256 with ours.
+//! Uploading one file: with the upload chosen ([`crate::choose`]), read the file once in
+//! order while hashing it, send the missing chunks through the run's shared pool of chunk
+//! slots with retries, then complete and compare the server's SHA-256 with ours.
 //!
 //! # Memory
-//! At most `parallel` chunks are in flight, plus one read ahead waiting for a free slot
-//! (or being read): about `(parallel + 1) × chunk_size`, whatever the file size.
+//! At most `-j` chunks are in flight over the whole run, plus one read ahead per file being
+//! sent (waiting for a free slot, or being read): about `(parallel + transfers) ×
+//! chunk_size`, whatever the file sizes.
 //!
 //! # Resume
 //! The journal ([`crate::journal`]) keeps the SHA-256 midstate after the last chunk read
@@ -12,6 +13,13 @@
 //! after the saved prefix (continuing the hash), and sends only the missing chunks; missing
 //! chunks inside the prefix (in flight when the previous run stopped) are re-read on their
 //! own, without touching the whole-file hash.
+//!
+//! The midstate is trusted only if the file's identity (size, mtime, ctime, inode) is the
+//! one the journal recorded. A file whose identity changed but not its size is read again
+//! from the start, and each chunk the server already has is compared with the SHA-256
+//! recorded when it was sent; one that differs means the server holds bytes the file no
+//! longer has, so that upload is cancelled and a new one started. A file that changes while
+//! it is being sent is never reported as uploaded.
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -23,25 +31,28 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::api::{CreateUpload, UploadState, UploadStatus};
+use common::api::{Capabilities, UploadState, UploadStatus};
+use common::geometry::Geometry;
 use common::ranges::{iter_ranges, to_ranges};
+use common::units::format_size;
 use common::{Sha256Digest, UploadId};
 
+use crate::choose::Chosen;
 use crate::client::{Client, Completion, SendOptions};
 use crate::error::{Error, Result};
-use crate::journal::{FileIdentity, Journal, Midstate, Store};
+use crate::journal::{Done, FileIdentity, Journal, Midstate, Store};
 use crate::limit::RateLimiter;
+use crate::outage::Outage;
 use crate::progress::{Completed, FileProgress, Reporter};
 use crate::retry::RetryPolicy;
 
 /// How files are uploaded (from the command line).
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Chunks in flight.
-    pub parallel: usize,
     /// Chunk size for new uploads; the server chooses when `None`.
     pub chunk_size: Option<u64>,
     /// Retry policy for every request.
@@ -52,14 +63,18 @@ pub struct Options {
     pub stall_timeout: Duration,
     /// Resume this upload (started elsewhere) instead of looking in the journal.
     pub resume: Option<UploadId>,
-    /// Extra arguments for the resume hint (e.g. `--state-dir X`).
-    pub resume_hint_args: String,
+    /// Upload even files this machine already uploaded.
+    pub force: bool,
+    /// The command that resumes the whole run.
+    pub resume_hint: String,
 }
 
-/// Everything an upload needs, shared by reference.
+/// Everything an upload needs, shared by reference by every file of a run.
 pub struct Uploader<'a> {
     /// API client.
     pub client: &'a Client,
+    /// What the server accepts.
+    pub capabilities: &'a Capabilities,
     /// Journal store.
     pub store: &'a Store,
     /// Output.
@@ -68,21 +83,19 @@ pub struct Uploader<'a> {
     pub cancel: &'a CancellationToken,
     /// Options.
     pub opts: &'a Options,
+    /// The chunk slots (`-j`) shared by every file.
+    pub pool: Arc<Semaphore>,
+    /// Waiting out an unreachable server.
+    pub outage: &'a Outage,
 }
 
-/// Number of chunks of an upload of `size` bytes.
-pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
-    if chunk_size == 0 {
-        0
-    } else {
-        size.div_ceil(chunk_size)
-    }
-}
-
-/// Length of chunk `index` (every chunk is `chunk_size` but the last).
-pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
-    size.saturating_sub(index.saturating_mul(chunk_size))
-        .min(chunk_size)
+/// One file to upload.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The path as found (given, or under a given directory).
+    pub path: PathBuf,
+    /// Its path under the directory given on the command line, if it came from one.
+    pub relative_path: Option<String>,
 }
 
 /// A chunk read from the file.
@@ -123,35 +136,57 @@ fn read_chunk(
     })
 }
 
-/// Quotes `s` for a POSIX shell when needed.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
+/// The resume notice: what is on the server, what this run sends and what it reads.
+/// `to send` is what the server is missing; `to read` is everything after the prefix
+/// whose hash was saved, plus the missing chunks inside that prefix (read again to be sent,
+/// but not hashed again).
+pub fn resume_notice(
+    id: &UploadId,
+    size: u64,
+    on_server: u64,
+    hashed_prefix: u64,
+    gap: u64,
+) -> String {
+    let mut s = format!(
+        "resuming upload {id}: {} of {} already on the server, {} to send",
+        format_size(on_server),
+        format_size(size),
+        format_size(size - on_server.min(size)),
+    );
+    if hashed_prefix > 0 {
+        s.push_str(&format!(
+            "; the first {} were hashed before, {} to read",
+            format_size(hashed_prefix),
+            format_size(size - hashed_prefix.min(size) + gap),
+        ));
+    }
+    s
+}
+
+/// Why the transfer of a file stopped early, inside [`Uploader::transfer`].
+enum Stop {
+    Failed(Error),
+    /// The server holds chunks the file no longer has: start a new upload.
+    Stale {
+        index: u64,
+    },
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
     }
 }
 
 impl Uploader<'_> {
-    fn resume_hint(&self, path: &Path) -> String {
-        let mut s = format!(
-            "uploader upload {} --server {}",
-            shell_quote(&path.to_string_lossy()),
-            shell_quote(self.client.base())
-        );
-        if !self.opts.resume_hint_args.is_empty() {
-            s.push(' ');
-            s.push_str(&self.opts.resume_hint_args);
-        }
-        s
-    }
-
-    /// Runs `op` with the retry policy, reporting each retry. Cancellation interrupts the
-    /// waits (the caller decides what an interruption means).
-    async fn with_retry<T, F, Fut>(&self, file: &Path, chunk: Option<u64>, mut op: F) -> Result<T>
+    /// Runs `op` with the retry policy, reporting each retry. A server that is unreachable
+    /// is waited for ([`Outage`]) without spending retries; Ctrl-C ends the waits.
+    pub(crate) async fn with_retry<T, F, Fut>(
+        &self,
+        file: &Path,
+        chunk: Option<u64>,
+        mut op: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -159,31 +194,53 @@ impl Uploader<'_> {
         let mut rng = fastrand::Rng::new();
         let mut attempt = 1u32;
         loop {
-            match op().await {
+            let e = match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt <= self.opts.retry.retries => {
-                    let delay = self.opts.retry.delay(attempt, e.retry_after(), &mut rng);
-                    self.reporter
-                        .retry(file, chunk, attempt, &e.short_reason(), delay);
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
+                Err(e) => e,
+            };
+            if e.is_outage() {
+                let waited = tokio::select! {
+                    r = self.outage.wait(self.client, self.reporter, &e) => r?,
+                    () = self.cancel.cancelled() => return Err(self.interrupted()),
+                };
+                if waited {
+                    continue;
                 }
-                Err(e) if attempt > 1 => {
+            }
+            if !(e.is_retryable() && attempt <= self.opts.retry.retries) {
+                if attempt > 1 {
                     return Err(Error::GaveUp {
                         index: chunk.unwrap_or(0),
                         attempts: attempt,
                         last: Box::new(e),
                     }
-                    .unless_control(chunk))
+                    .unless_control(chunk));
                 }
-                Err(e) => return Err(e),
+                return Err(e);
             }
+            let delay = self.opts.retry.delay(attempt, e.retry_after(), &mut rng);
+            let transport = matches!(e, Error::Transport { .. });
+            self.reporter
+                .retry(file, chunk, attempt, &e.short_reason(), delay, transport);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.cancel.cancelled() => return Err(self.interrupted()),
+            }
+            attempt += 1;
         }
     }
 
-    /// Uploads one file and returns what the server verified.
-    pub async fn upload_file(&self, path: &Path) -> Result<Completed> {
+    fn interrupted(&self) -> Error {
+        Error::Interrupted {
+            resume: self.opts.resume_hint.clone(),
+        }
+    }
+
+    /// Uploads one file and returns what the server verified (or, for a file this
+    /// machine uploaded before, what it verified then).
+    pub async fn upload_file(&self, job: &Job) -> Result<Completed> {
         let started_at = Instant::now();
+        let path = job.path.as_path();
         let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
         let meta = std::fs::metadata(&canon).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
@@ -192,17 +249,64 @@ impl Uploader<'_> {
         // Open before talking to the server: an unreadable file fails without side effects.
         let file = Arc::new(std::fs::File::open(&canon).map_err(|e| Error::io(path, e))?);
         let ident = FileIdentity::of(&canon, &meta);
-        let size = ident.size;
+        if let Some(done) = self.already_uploaded(path, &ident).await? {
+            return Ok(done);
+        }
+        self.check_chunk_size(path, ident.size)?;
+        let mut fresh = false;
+        loop {
+            let chosen = self.choose_upload(job, &ident, fresh).await?;
+            let id = chosen.status.id;
+            match self.transfer(job, &canon, &file, &ident, chosen).await {
+                Ok(mut c) => {
+                    c.elapsed = started_at.elapsed();
+                    return Ok(c);
+                }
+                Err(Stop::Failed(e)) => return Err(e),
+                Err(Stop::Stale { index }) => {
+                    self.reporter.notice(
+                        path,
+                        &format!(
+                            "{}: chunk {index} differs from what upload {id} holds; starting a new upload",
+                            path.display()
+                        ),
+                    );
+                    let _ = self.client.cancel(&id).await;
+                    self.store.remove(&id)?;
+                    fresh = true;
+                }
+            }
+        }
+    }
 
-        let (mut journal, status) = self.choose_upload(path, &ident).await?;
+    /// Sends what the server is missing of the chosen upload and completes it.
+    async fn transfer(
+        &self,
+        job: &Job,
+        canon: &Path,
+        file: &Arc<std::fs::File>,
+        ident: &FileIdentity,
+        chosen: Chosen,
+    ) -> Result<Completed, Stop> {
+        let path = job.path.as_path();
+        let Chosen {
+            mut journal,
+            status,
+            verify,
+        } = chosen;
+        let size = ident.size;
         let id = status.id;
-        let chunk_size = status.chunk_size;
+        let geo = Geometry::new(size, status.chunk_size);
         let n = status.chunk_count;
-        if n != chunk_count(size, chunk_size) && !(size == 0 && n <= 1) {
+        if n != geo.count() && !(size == 0 && n <= 1) {
             return Err(Error::Protocol {
                 context: format!("upload {id}"),
-                reason: format!("{n} chunks of {chunk_size} bytes cannot hold {size} bytes"),
-            });
+                reason: format!(
+                    "{n} chunks of {} bytes cannot hold {size} bytes",
+                    geo.chunk_size
+                ),
+            }
+            .into());
         }
         let done_on_server = matches!(
             status.state,
@@ -219,18 +323,18 @@ impl Uploader<'_> {
         }
         let missing_bytes: u64 = (0..n)
             .filter(|&i| missing[i as usize])
-            .map(|i| chunk_len(size, chunk_size, i))
+            .filter_map(|i| geo.len(i))
             .sum();
         let resumed_bytes = size - missing_bytes.min(size);
         let mut acked: Vec<bool> = missing.iter().map(|m| !m).collect();
 
-        // Continue the whole-file hash from the saved prefix when it is usable.
-        let (mut next_index, mut whole) = match journal
+        // Continue the whole-file hash from the saved prefix when it can be trusted.
+        let restored = journal
             .midstate
             .as_ref()
-            .filter(|m| m.chunks <= n)
-            .and_then(|m| m.restore().map(|h| (m.chunks, h)))
-        {
+            .filter(|m| m.chunks <= n && verify.is_none())
+            .and_then(|m| m.restore().map(|h| (m.chunks, h)));
+        let (mut next_index, mut whole) = match restored {
             Some((k, h)) => (k, Some(h)),
             None => (0, Some(Sha256::new())),
         };
@@ -242,25 +346,27 @@ impl Uploader<'_> {
         let progress = Arc::new(FileProgress::default());
         progress.acked.store(resumed_bytes, Ordering::Relaxed);
         self.reporter
-            .started(&id, path, size, chunk_size, resumed_bytes);
+            .started(&id, path, size, geo.chunk_size, resumed_bytes);
         if resumed_bytes > 0 || next_index > 0 {
+            let gap_bytes: u64 = gap.iter().filter_map(|&i| geo.len(i)).sum();
             self.reporter.notice(
                 path,
-                &format!(
-                    "resuming upload {id}: {} of {} already on the server{}",
-                    common::units::format_size(resumed_bytes),
-                    common::units::format_size(size),
-                    if next_index > 0 {
-                        format!(
-                            ", skipping {} already hashed",
-                            common::units::format_size((next_index * chunk_size).min(size))
-                        )
-                    } else {
-                        String::new()
-                    }
+                &resume_notice(
+                    &id,
+                    size,
+                    resumed_bytes,
+                    geo.prefix_bytes(next_index),
+                    gap_bytes,
                 ),
             );
         }
+        let mut sums = match self.store.sums_writer(&id) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.reporter.notice(path, &format!("warning: {e}"));
+                None
+            }
+        };
 
         let mut read_bytes = 0u64;
         let mut reading: Option<JoinHandle<std::io::Result<ReadChunk>>> = None;
@@ -284,25 +390,12 @@ impl Uploader<'_> {
                 };
                 if let Some((i, w)) = job {
                     let file = file.clone();
-                    let len = chunk_len(size, chunk_size, i);
-                    let offset = i * chunk_size;
+                    let len = geo.len(i).unwrap_or(0);
+                    let offset = geo.offset(i);
                     read_bytes += len;
                     reading = Some(tokio::task::spawn_blocking(move || {
                         read_chunk(&file, i, offset, len, w)
                     }));
-                }
-            }
-            if sends.len() < self.opts.parallel {
-                if let Some(c) = ready.take() {
-                    sends.push(self.send_chunk(
-                        path,
-                        id,
-                        c.index,
-                        Bytes::from(c.data),
-                        c.digest,
-                        &progress,
-                    ));
-                    continue;
                 }
             }
             if reading.is_none() && ready.is_none() && sends.is_empty() {
@@ -322,14 +415,34 @@ impl Uploader<'_> {
                     sends.next().await
                 }
             };
+            // A free chunk slot, only wanted when a chunk is ready to go.
+            let slot = async {
+                if ready.is_some() {
+                    self.pool.clone().acquire_owned().await.ok()
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 () = self.cancel.cancelled() => {
                     drop(sends);
-                    self.save_progress(&mut journal, &acked, size, chunk_size);
-                    let resume = self.resume_hint(&canon);
+                    self.save_progress(&mut journal, &acked, &geo);
                     let acked_now = progress.acked.load(Ordering::Relaxed);
-                    self.reporter.paused(&id, path, acked_now, size, &resume);
-                    return Err(Error::Interrupted { resume });
+                    self.reporter.paused(&id, path, acked_now, size, &self.opts.resume_hint);
+                    return Err(self.interrupted().into());
+                }
+                permit = slot => {
+                    if let (Some(permit), Some(c)) = (permit, ready.take()) {
+                        sends.push(self.send_chunk(
+                            path,
+                            id,
+                            c.index,
+                            Bytes::from(c.data),
+                            c.digest,
+                            &progress,
+                            permit,
+                        ));
+                    }
                 }
                 r = read_done => {
                     reading = None;
@@ -343,20 +456,35 @@ impl Uploader<'_> {
                         journal_dirty = true;
                         whole = Some(w);
                     }
+                    if let Some(known) = &verify {
+                        if !missing[i as usize] && known.get(&i) != Some(&chunk.digest.0) {
+                            drop(sends);
+                            return Err(Stop::Stale { index: i });
+                        }
+                    }
                     if missing[i as usize] {
                         ready = Some(chunk);
                     }
                 }
                 r = send_done => {
                     match r {
-                        Some(Ok(i)) => {
+                        Some(Ok((i, digest))) => {
                             acked[i as usize] = true;
                             journal_dirty = true;
+                            if let Some(w) = sums.as_mut() {
+                                if w.append(i, &digest.0).is_err() {
+                                    sums = None;
+                                }
+                            }
                         }
                         Some(Err(e)) => {
                             drop(sends);
-                            self.save_progress(&mut journal, &acked, size, chunk_size);
-                            return Err(e);
+                            self.save_progress(&mut journal, &acked, &geo);
+                            if matches!(e, Error::OutageTooLong { .. } | Error::Interrupted { .. }) {
+                                let acked_now = progress.acked.load(Ordering::Relaxed);
+                                self.reporter.paused(&id, path, acked_now, size, &self.opts.resume_hint);
+                            }
+                            return Err(e.into());
                         }
                         None => {}
                     }
@@ -364,38 +492,52 @@ impl Uploader<'_> {
                 _ = tick.tick() => self.reporter.tick(&id, size, &progress),
                 _ = journal_tick.tick() => {
                     if journal_dirty {
-                        self.save_progress(&mut journal, &acked, size, chunk_size);
+                        self.save_progress(&mut journal, &acked, &geo);
                         journal_dirty = false;
                     }
                 }
             }
         }
-        self.save_progress(&mut journal, &acked, size, chunk_size);
+        self.save_progress(&mut journal, &acked, &geo);
         self.reporter.final_tick(&id, size, &progress);
 
         let Some(hasher) = whole else {
             return Err(Error::Protocol {
                 context: format!("upload {id}"),
                 reason: "internal: the whole-file hash was lost".into(),
-            });
+            }
+            .into());
         };
         let digest = Sha256Digest(hasher.finalize().into());
-        let verified = tokio::select! {
-            r = self.complete(path, &id, digest) => r?,
-            () = self.cancel.cancelled() => {
-                let resume = self.resume_hint(&canon);
-                self.reporter.paused(&id, path, size, size, &resume);
-                return Err(Error::Interrupted { resume });
-            }
-        };
+        // What was read must still be the file: else the server would publish bytes the
+        // file does not have (anymore).
+        self.check_unchanged(path, canon, ident)?;
+        let verified = self.complete(path, &id, digest).await?;
         if verified != digest {
             return Err(Error::Mismatch {
                 file: path.to_path_buf(),
                 local: digest,
                 server: Some(verified),
-            });
+            }
+            .into());
         }
+        self.check_unchanged(path, canon, ident)?;
         let _ = self.store.remove(&id);
+        let done = Done {
+            format: 1,
+            server: self.client.base().to_string(),
+            id,
+            file: ident.clone(),
+            sha256: digest.to_hex(),
+            relative_path: job.relative_path.clone(),
+            completed_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if let Err(e) = self.store.save_done(&done) {
+            self.reporter.notice(path, &format!("warning: {e}"));
+        }
         Ok(Completed {
             id,
             size,
@@ -403,16 +545,15 @@ impl Uploader<'_> {
             url: self.client.content_url(&id),
             read_bytes,
             resumed_bytes,
-            elapsed: started_at.elapsed(),
+            elapsed: Duration::ZERO,
+            existing: false,
+            relative_path: job.relative_path.clone(),
         })
     }
 
-    fn save_progress(&self, journal: &mut Journal, acked: &[bool], size: u64, chunk_size: u64) {
+    fn save_progress(&self, journal: &mut Journal, acked: &[bool], geo: &Geometry) {
         journal.acked = to_ranges((0..acked.len() as u64).filter(|&i| acked[i as usize]));
-        journal.acked_bytes = (0..acked.len() as u64)
-            .filter(|&i| acked[i as usize])
-            .map(|i| chunk_len(size, chunk_size, i))
-            .sum();
+        journal.acked_bytes = geo.bytes_of(&journal.acked);
         // The journal is a convenience (the server's status is the truth for what is
         // stored); failing to write it must not fail the upload.
         if let Err(e) = self.store.save(journal) {
@@ -421,95 +562,9 @@ impl Uploader<'_> {
         }
     }
 
-    /// Finds the upload to continue for this file, or creates one.
-    async fn choose_upload(
-        &self,
-        path: &Path,
-        ident: &FileIdentity,
-    ) -> Result<(Journal, UploadStatus)> {
-        let server = self.client.base();
-        if let Some(id) = self.opts.resume {
-            let status = self
-                .with_retry(path, None, || self.client.status(&id))
-                .await?;
-            if status.size != ident.size {
-                return Err(Error::Invalid(format!(
-                    "upload {id} is {} bytes but {} is {} bytes",
-                    status.size,
-                    path.display(),
-                    ident.size
-                )));
-            }
-            if status.state == UploadState::Failed {
-                return Err(Error::Invalid(format!(
-                    "upload {id} failed verification; start a new one"
-                )));
-            }
-            let journal = match self.store.find_by_id(&id)? {
-                Some(j) if j.file == *ident && j.server == server => j,
-                _ => Journal::new(server, id, ident.clone(), status.chunk_size),
-            };
-            self.store.save(&journal)?;
-            return Ok((journal, status));
-        }
-
-        if let Some(j) = self.store.find_by_path(server, &ident.path)? {
-            if j.file == *ident {
-                match self
-                    .with_retry(path, None, || self.client.status(&j.id))
-                    .await
-                {
-                    Ok(st) if st.state != UploadState::Failed && st.size == ident.size => {
-                        return Ok((j, st));
-                    }
-                    Ok(_)
-                    | Err(Error::Api {
-                        status: 404 | 410, ..
-                    }) => {
-                        self.reporter.notice(
-                            path,
-                            &format!(
-                                "the paused upload {} of {} is gone from the server (expired or cancelled); starting a new upload",
-                                j.id,
-                                path.display()
-                            ),
-                        );
-                        self.store.remove(&j.id)?;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                self.reporter.notice(
-                    path,
-                    &format!(
-                        "{} changed since upload {} was paused (size or modification time differ); starting a new upload",
-                        path.display(),
-                        j.id
-                    ),
-                );
-                // The old upload can never be completed with this file: free its space.
-                let _ = self.client.cancel(&j.id).await;
-                self.store.remove(&j.id)?;
-            }
-        }
-
-        let body = CreateUpload {
-            size: ident.size,
-            chunk_size: self.opts.chunk_size,
-            sha256: None,
-            filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            metadata: None,
-        };
-        let key = uuid::Uuid::new_v4().to_string();
-        let status = self
-            .with_retry(path, None, || self.client.create(&body, &key))
-            .await?;
-        let journal = Journal::new(server, status.id, ident.clone(), status.chunk_size);
-        self.store.save(&journal)?;
-        Ok((journal, status))
-    }
-
-    /// Sends one chunk with retries; returns its index once the server acknowledged it.
+    /// Sends one chunk with retries, holding one of the run's chunk slots; returns its
+    /// index and SHA-256 once the server acknowledged it.
+    #[allow(clippy::too_many_arguments)]
     async fn send_chunk(
         &self,
         path: &Path,
@@ -518,7 +573,8 @@ impl Uploader<'_> {
         data: Bytes,
         digest: Sha256Digest,
         progress: &Arc<FileProgress>,
-    ) -> Result<u64> {
+        _slot: OwnedSemaphorePermit,
+    ) -> Result<(u64, Sha256Digest)> {
         let len = data.len() as u64;
         let receipt = self
             .with_retry(path, Some(index), || {
@@ -559,7 +615,7 @@ impl Uploader<'_> {
             });
         }
         progress.acked.fetch_add(len, Ordering::Relaxed);
-        Ok(index)
+        Ok((index, digest))
     }
 
     /// Completes the upload and returns the SHA-256 the server verified.
@@ -607,7 +663,10 @@ impl Uploader<'_> {
             if matches!(st.state, UploadState::Completed | UploadState::Failed) {
                 return Ok(st);
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.cancel.cancelled() => return Err(self.interrupted()),
+            }
             wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
@@ -624,66 +683,9 @@ impl Error {
     }
 }
 
-/// Expands the command line's paths: files as given, directories into the regular files
-/// under them (recursively, sorted; symbolic links to directories are not followed).
-pub fn expand_paths(paths: &[PathBuf]) -> Vec<Result<PathBuf>> {
-    let mut out = Vec::new();
-    for p in paths {
-        match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => walk(p, &mut out),
-            Ok(_) => out.push(Ok(p.clone())),
-            Err(e) => out.push(Err(Error::io(p, e))),
-        }
-    }
-    out
-}
-
-fn walk(dir: &Path, out: &mut Vec<Result<PathBuf>>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            out.push(Err(Error::io(dir, e)));
-            return;
-        }
-    };
-    let mut paths: Vec<(PathBuf, bool)> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            (e.path(), is_dir)
-        })
-        .collect();
-    paths.sort();
-    for (p, is_dir) in paths {
-        if is_dir {
-            walk(&p, out);
-        } else if std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
-            out.push(Ok(p));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_plan_edges() {
-        const C: u64 = 1 << 20;
-        assert_eq!(chunk_count(0, C), 0);
-        assert_eq!(chunk_count(1, C), 1);
-        assert_eq!(chunk_count(3 * C, C), 3);
-        assert_eq!(chunk_count(3 * C + 1, C), 4);
-        assert_eq!(chunk_len(3 * C, C, 2), C);
-        assert_eq!(chunk_len(3 * C + 1, C, 2), C);
-        assert_eq!(chunk_len(3 * C + 1, C, 3), 1);
-        assert_eq!(chunk_len(3 * C + 1, C, 4), 0);
-        assert_eq!(chunk_len(0, C, 0), 0);
-        let total: u64 = (0..chunk_count(5 * C + 7, C))
-            .map(|i| chunk_len(5 * C + 7, C, i))
-            .sum();
-        assert_eq!(total, 5 * C + 7);
-    }
 
     #[test]
     fn read_chunk_hashes_chunk_and_whole() {
@@ -692,11 +694,12 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let f = std::fs::File::open(&p).unwrap();
+        let geo = Geometry::new(10_000, 4096);
         let mut whole = Some(Sha256::new());
-        for i in 0..3u64 {
-            let len = chunk_len(10_000, 4096, i);
-            let c = read_chunk(&f, i, i * 4096, len, whole.take()).unwrap();
-            let start = (i * 4096) as usize;
+        for i in 0..geo.count() {
+            let len = geo.len(i).unwrap();
+            let c = read_chunk(&f, i, geo.offset(i), len, whole.take()).unwrap();
+            let start = geo.offset(i) as usize;
             assert_eq!(c.data, &data[start..start + len as usize]);
             assert_eq!(c.digest.0, <[u8; 32]>::from(Sha256::digest(&c.data)));
             whole = c.whole;
@@ -710,33 +713,20 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("/tmp/a.bin"), "/tmp/a.bin");
-        assert_eq!(shell_quote("/tmp/my file"), "'/tmp/my file'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn expands_directories_sorted() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("b/c")).unwrap();
-        std::fs::write(dir.path().join("b/c/z"), b"1").unwrap();
-        std::fs::write(dir.path().join("b/a"), b"1").unwrap();
-        std::fs::write(dir.path().join("top"), b"1").unwrap();
-        let got: Vec<PathBuf> = expand_paths(&[dir.path().join("b"), dir.path().join("top")])
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                dir.path().join("b/a"),
-                dir.path().join("b/c/z"),
-                dir.path().join("top")
-            ]
+    fn resume_notice_adds_up() {
+        const M: u64 = 1 << 20;
+        let id = UploadId::new_random();
+        // 256 MiB in 8 MiB chunks: 112 MiB on the server, the first 152 MiB (19 chunks)
+        // hashed, of which 40 MiB (5 chunks in flight) are still missing.
+        let text = resume_notice(&id, 256 * M, 112 * M, 152 * M, 40 * M);
+        assert!(
+            text.ends_with(
+                "112.0 MiB of 256.0 MiB already on the server, 144.0 MiB to send; \
+                 the first 152.0 MiB were hashed before, 144.0 MiB to read"
+            ),
+            "{text}"
         );
-        let missing = expand_paths(&[dir.path().join("nope")]);
-        assert!(matches!(missing[0], Err(Error::Io { .. })));
+        let text = resume_notice(&id, 10 * M, 4 * M, 0, 0);
+        assert!(text.ends_with("4.0 MiB of 10.0 MiB already on the server, 6.0 MiB to send"));
     }
 }

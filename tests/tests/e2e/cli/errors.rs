@@ -90,11 +90,26 @@ fn server_down_and_wrong_urls() {
         "--server",
         &format!("{}/not/here", server.url()),
     ]);
-    one_line_error(&run, 1, "is not an upload server");
+    one_line_error(
+        &run,
+        1,
+        &format!(
+            "not an upload-server at {}/not/here (got 404 ",
+            server.url()
+        ),
+    );
 
     for bad in ["not a url", "ftp://127.0.0.1/", "https://127.0.0.1:1"] {
         let run = cli.run(&["upload", f, "--server", bad]);
         one_line_error(&run, 2, "--server");
+    }
+    // Without a scheme: a usage error that suggests the URL meant.
+    for (bad, meant) in [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("localhost:8080", "http://localhost:8080"),
+    ] {
+        let run = cli.run(&["upload", f, "--server", bad]);
+        one_line_error(&run, 2, &format!("did you mean {meant}?"));
     }
 }
 
@@ -185,13 +200,13 @@ fn verification_mismatch_exits_3_with_both_hashes() {
     assert_eq!(run.one("failed")["exit_code"], 3);
 }
 
-/// `-q` prints nothing on success.
+/// `-q` prints just the id on success, for scripts: nothing else on either stream.
 #[test]
-fn quiet_prints_nothing_on_success() {
+fn quiet_prints_just_the_id() {
     let (server, _data) = Server::start(&[]);
     let cli = Cli::new();
     let dir = tempfile::tempdir().unwrap();
-    let (file, _) = random_file(dir.path(), "q.bin", 100_000, 14);
+    let (file, sha) = random_file(dir.path(), "q.bin", 100_000, 14);
     let run = cli.run(&[
         "upload",
         file.to_str().unwrap(),
@@ -200,9 +215,11 @@ fn quiet_prints_nothing_on_success() {
         "-q",
     ]);
     run.expect_code(0);
-    assert!(
-        run.stdout.is_empty() && run.stderr.is_empty(),
-        "{}",
-        run.dump()
-    );
+    assert!(run.stderr.is_empty(), "{}", run.dump());
+    let id = run.stdout.trim_end_matches('\n');
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.dump());
+    let st = cli.run(&["status", id, "--server", &server.url(), "--json"]);
+    st.expect_code(0);
+    let st: serde_json::Value = serde_json::from_str(st.stdout.trim()).unwrap();
+    assert_eq!(st["sha256"], sha.as_str());
 }

@@ -4,11 +4,16 @@
 //! codes, output, JSON events and the bytes the server ends up with.
 //!
 //! Build the binaries first (`cargo build --workspace --bins`; `make test` does). The
-//! terminal test needs tmux.
+//! terminal tests need tmux.
 
+mod dirs;
 mod errors;
 mod faults;
+mod habits;
+mod install;
+mod outage;
 mod resume;
+mod safe_resume;
 pub(crate) mod support;
 mod terminal;
 mod upload;

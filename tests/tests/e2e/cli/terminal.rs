@@ -7,11 +7,39 @@ use tests::Server;
 
 use super::support::{random_file, Cli};
 
-struct Tmux {
+/// A tmux server of its own running one shell script in a pane of a given size; killed
+/// on drop.
+pub(super) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
+    /// Starts `script` (run by `sh -c`) in a `cols` × `rows` pane.
+    pub(super) fn start(name: &str, cols: u16, rows: u16, script: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("uploader-{name}-{}", std::process::id()),
+        };
+        let out = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux
+    }
+
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .arg("-L")
@@ -21,12 +49,17 @@ impl Tmux {
             .expect("tmux (is it installed?)")
     }
 
-    fn capture(&self) -> String {
+    pub(super) fn capture(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
     }
 
     /// Polls the pane until `pred` holds (bounded), returning that screen.
-    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(super) fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let start = Instant::now();
         let mut screen = String::new();
         while start.elapsed() < limit {
@@ -55,9 +88,6 @@ fn terminal_shows_bar_with_percent_speed_eta_then_a_clean_summary() {
     let cli = Cli::new();
     let dir = tempfile::tempdir().unwrap();
     let (path, sha) = random_file(dir.path(), "movie.bin", 12 << 20, 31);
-    let tmux = Tmux {
-        socket: format!("uploader-test-{}", std::process::id()),
-    };
     let script = format!(
         "UPLOADER_STATE_DIR='{}' '{}' upload '{}' --server {} --chunk-size 1MiB --limit-rate 4MiB/s; echo \"EXIT=$?\"; exec sleep 600",
         cli.state.path().display(),
@@ -65,24 +95,7 @@ fn terminal_shows_bar_with_percent_speed_eta_then_a_clean_summary() {
         path.display(),
         server.url()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "150",
-        "-y",
-        "30",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tmux = Tmux::start("bar", 150, 30, &script);
 
     // e.g. "movie.bin  [=====>     ]  3.00 MiB / 12.00 MiB  25%  3.98 MiB/s  ETA 2s"
     let bar_line = |screen: &str| -> Option<(String, u32)> {
@@ -137,4 +150,122 @@ fn terminal_shows_bar_with_percent_speed_eta_then_a_clean_summary() {
     assert!(!end.contains("ETA"), "the bar was not cleared:\n{end}");
     assert!(!end.contains("[="), "the bar was not cleared:\n{end}");
     assert!(!end.contains("retrying"), "{end}");
+}
+
+/// The script that runs `uploader ARGS` in a pane with `cli`'s state, then prints its exit
+/// code and stays open.
+pub(super) fn pane_script(cli: &Cli, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut s = format!("UPLOADER_STATE_DIR='{}'", cli.state.path().display());
+    for (k, v) in env {
+        s.push_str(&format!(" {k}='{v}'"));
+    }
+    s.push_str(&format!(" '{}'", tests::bin_path("uploader").display()));
+    for a in args {
+        s.push_str(&format!(" '{a}'"));
+    }
+    s.push_str("; echo \"EXIT=$?\"; exec sleep 600");
+    s
+}
+
+/// In a narrow terminal (60 columns) the bars fit: no line of the pane is a wrapped piece
+/// of a bar, each bar line holds the name and the percent; with several files there is one
+/// total line and large files get a line of their own, small ones not.
+#[test]
+fn bars_fit_a_narrow_terminal_with_one_total_line() {
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tree")).unwrap();
+    random_file(&dir.path().join("tree"), "large-file.bin", 72 << 20, 41);
+    for i in 0..5 {
+        random_file(
+            &dir.path().join("tree"),
+            &format!("small{i}.bin"),
+            100_000,
+            42 + i,
+        );
+    }
+    let tree = dir.path().join("tree");
+    let url = server.url();
+    let script = pane_script(
+        &cli,
+        &[
+            "upload",
+            tree.to_str().unwrap(),
+            "--server",
+            &url,
+            "--limit-rate",
+            "16MiB/s",
+            "--transfers",
+            "2",
+        ],
+        &[],
+    );
+    let tmux = Tmux::start("narrow", 60, 20, &script);
+    let during = tmux.wait_for(
+        "the total line and the large file's bar",
+        Duration::from_secs(30),
+        |s| s.contains("total") && s.contains("large-file") && s.contains('%'),
+    );
+    let bar_lines: Vec<&str> = during.lines().filter(|l| l.contains('%')).collect();
+    assert_eq!(
+        bar_lines.iter().filter(|l| l.contains("total")).count(),
+        1,
+        "{during}"
+    );
+    for l in &bar_lines {
+        assert!(l.chars().count() <= 60, "wider than the pane: {l:?}");
+        assert!(
+            l.contains('[') && l.contains(']'),
+            "a bar cut short: {l:?}\n{during}"
+        );
+    }
+    assert!(
+        !bar_lines.iter().any(|l| l.contains("small")),
+        "small files get no bar of their own:\n{during}"
+    );
+    let end = tmux.wait_for("the end of the run", Duration::from_secs(60), |s| {
+        s.contains("EXIT=")
+    });
+    assert!(end.contains("EXIT=0"), "{end}");
+}
+
+/// A download shows a bar with the file name and percent, then a summary.
+#[test]
+fn download_shows_a_progress_bar() {
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, sha) = random_file(dir.path(), "fetched.bin", 64 << 20, 43);
+    let url = server.url();
+    let up = cli.run(&["upload", path.to_str().unwrap(), "--server", &url, "-q"]);
+    up.expect_code(0);
+    let id = up.stdout.trim().to_string();
+    let out = dir.path().join("copy.bin");
+    // Paced, so that the bar is seen moving.
+    let script = pane_script(
+        &cli,
+        &[
+            "download",
+            &id,
+            "-o",
+            out.to_str().unwrap(),
+            "--server",
+            &url,
+            "--limit-rate",
+            "16MiB/s",
+        ],
+        &[],
+    );
+    let tmux = Tmux::start("download", 220, 20, &script);
+    tmux.wait_for("a download bar in motion", Duration::from_secs(30), |s| {
+        s.lines()
+            .any(|l| l.contains("copy.bin") && l.contains('%') && l.contains("MiB/s"))
+            && !s.contains("EXIT=")
+    });
+    let end = tmux.wait_for("the end of the download", Duration::from_secs(60), |s| {
+        s.contains("EXIT=")
+    });
+    assert!(end.contains("EXIT=0") && end.contains(&sha), "{end}");
+    assert!(!end.contains("MiB/s"), "the bar was not cleared:\n{end}");
 }
