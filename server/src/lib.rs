@@ -185,7 +185,7 @@ fn s3_config(config: &Config) -> S3Config {
         region: config.s3_region.clone(),
         allow_http: config.s3_allow_http,
         leftover_grace: Some(config.s3_leftover_grace),
-        deadlines: Some(storage::backend::s3::aws::Deadlines {
+        deadlines: Some(storage::backend::s3::deadline::Deadlines {
             request: config.s3_request_timeout,
             stall: config.s3_stall_timeout,
         }),

@@ -341,3 +341,73 @@ async fn uneven_appends_become_parts() {
     assert_eq!(st.sha256, Some(sha(&file)));
     assert_eq!(content(&store, &up, id).await, file);
 }
+
+/// A store that hangs (accepts requests, never answers) is a failure within its
+/// deadline: new requests are "retry soon" (503) in seconds, the health check fails, and
+/// service resumes by itself once the store answers again; nothing acknowledged is lost.
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_is_unavailable_in_seconds_and_service_resumes() {
+    use storage::backend::s3::deadline::{Deadlined, Deadlines};
+    let store = MemoryStore::new();
+    let deadlines = Deadlines {
+        request: Duration::from_secs(3),
+        stall: Duration::from_secs(4),
+    };
+    let timed = Arc::new(Deadlined::new(store.clone(), deadlines));
+    let backend = Arc::new(S3Backend::over(timed, &S3Config::default()));
+    let up = Uploads::open(backend, UploadsConfig::default())
+        .await
+        .unwrap();
+    let file = data(3 * CHUNK, 10);
+    let id = create(&up, &file).await;
+    put(&up, id, &file, 0).await.unwrap();
+
+    store.set_hanging(true);
+    for attempt in 0..4 {
+        let began = tokio::time::Instant::now();
+        let r = put(&up, id, &file, 1).await;
+        assert!(
+            matches!(r, Err(Error::Unavailable { .. })),
+            "attempt {attempt}: {r:?}"
+        );
+        assert!(
+            began.elapsed() <= Duration::from_secs(5),
+            "attempt {attempt} took {:?}",
+            began.elapsed()
+        );
+    }
+    let began = tokio::time::Instant::now();
+    assert!(up.health().await.is_err());
+    assert!(
+        began.elapsed() <= Duration::from_secs(5),
+        "health: {:?}",
+        began.elapsed()
+    );
+    let began = tokio::time::Instant::now();
+    assert!(up.status(id).await.is_err());
+    assert!(
+        began.elapsed() <= Duration::from_secs(5),
+        "status: {:?}",
+        began.elapsed()
+    );
+
+    store.set_hanging(false);
+    let back = tokio::time::Instant::now();
+    loop {
+        match put(&up, id, &file, 1).await {
+            Ok(_) => break,
+            Err(Error::Unavailable { .. }) => {
+                assert!(
+                    back.elapsed() <= Duration::from_secs(5),
+                    "not back in 5 s: {:?}",
+                    up.health().await
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    put(&up, id, &file, 2).await.unwrap();
+    up.complete(id, None).await.unwrap();
+    assert_eq!(content(&store, &up, id).await, file);
+}

@@ -26,6 +26,23 @@ impl Uploads {
         index: u64,
         declared_len: Option<u64>,
         digest: Option<Sha256Digest>,
+        body: S,
+    ) -> Result<ChunkStored>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        let stored = self
+            .store_chunk(id, index, declared_len, digest, body)
+            .await;
+        self.registry.settle(stored)
+    }
+
+    async fn store_chunk<S>(
+        &self,
+        id: UploadId,
+        index: u64,
+        declared_len: Option<u64>,
+        digest: Option<Sha256Digest>,
         mut body: S,
     ) -> Result<ChunkStored>
     where

@@ -32,6 +32,15 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
     ) -> Result<Completion> {
+        let completed = self.complete_checked(id, declared).await;
+        self.registry.settle(completed)
+    }
+
+    async fn complete_checked(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+    ) -> Result<Completion> {
         let mut up = self.get(id).await?;
         if self.hash.needs_settling()
             && up.record().state == StoredState::Uploading

@@ -175,12 +175,9 @@ impl Uploads {
     }
 
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
-        let breaker = self.registry.breaker();
-        breaker.check()?;
         self.ledger
             .reserve(record.owner.as_deref(), record.id, record.reserved_bytes())?;
         let created = self.backend.create(&record).await;
-        breaker.record(&created);
         if created.is_err() {
             self.ledger.release(record.id);
         } else {

@@ -250,13 +250,7 @@ impl Uploads {
 
     /// Checks the storage.
     pub async fn health(&self) -> Result<()> {
-        let breaker = self.registry.breaker();
-        if breaker.is_open() {
-            breaker.check()?;
-        }
-        let r = self.backend.health().await;
-        breaker.record(&r);
-        r
+        self.registry.settle(self.backend.health().await)
     }
 
     /// The status document of an upload.
@@ -315,7 +309,7 @@ impl Uploads {
             s if s.is_tombstone() => return Err(Error::Gone(s.name())),
             s => return Err(Error::WrongState(s.name())),
         }
-        let content = self.backend.content(&record).await?;
+        let content = self.registry.settle(self.backend.content(&record).await)?;
         Ok((record, content))
     }
 
@@ -327,7 +321,8 @@ impl Uploads {
         offset: u64,
         len: u64,
     ) -> Result<ByteStream> {
-        self.backend.read_range(record, offset, len).await
+        self.registry
+            .settle(self.backend.read_range(record, offset, len).await)
     }
 
     /// Applies a life-cycle step: the new record is stored (on shared storage conditionally

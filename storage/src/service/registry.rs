@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::UploadId;
 
 use crate::backend::{Backend, Loaded};
-use crate::breaker::Breaker;
 use crate::error::{Error, Result};
 use crate::principal;
 use crate::record::{StoredState, UploadRecord};
@@ -36,7 +35,6 @@ pub struct Registry {
     shared: bool,
     /// See [`Registry::confirm_open`].
     quick: Duration,
-    breaker: Breaker,
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
 }
 
@@ -48,14 +46,8 @@ impl Registry {
             quick,
             shared: backend.info().shared,
             backend,
-            breaker: Breaker::new(Duration::from_secs(2)),
             open: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The circuit breaker in front of the storage.
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
     }
 
     /// The handle of an upload the caller may see, loading it from storage when it is not
@@ -73,15 +65,11 @@ impl Registry {
         if let Some(up) = self.lock().get(&id) {
             return Ok(up.clone());
         }
-        // Every request starts here, and on shared storage it reads the store: the place
-        // to notice a failing store and refuse at once while it stays down.
-        self.breaker.check()?;
         let loaded = if self.shared && purpose == Purpose::ChunkWrite {
             self.backend.load_for_write(id).await
         } else {
             self.backend.load(id).await
         };
-        self.breaker.record(&loaded);
         let up = Arc::new(Upload::from_loaded(
             self.store_failure(loaded)?.ok_or(Error::NotFound)?,
         ));
@@ -148,6 +136,15 @@ impl Registry {
     /// Whether other processes share the storage.
     pub fn shared(&self) -> bool {
         self.shared
+    }
+
+    /// What an operation that used the store came to: on shared storage a failure of the
+    /// store is "retry soon" for the client (see [`Registry::store_failure`]).
+    pub fn settle<T>(&self, r: Result<T>) -> Result<T> {
+        if !self.shared {
+            return r;
+        }
+        self.store_failure(r)
     }
 
     /// A failing shared store is a passing condition for clients ("retry soon"), not a

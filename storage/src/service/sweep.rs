@@ -28,7 +28,8 @@ impl Uploads {
     pub async fn cancel(&self, id: UploadId) -> Result<()> {
         let up = self.get(id).await?;
         let _op = up.op.write().await;
-        self.step_and_carry_out(&up, Step::Cancel).await?;
+        let cancelled = self.step_and_carry_out(&up, Step::Cancel).await;
+        self.registry.settle(cancelled)?;
         tracing::info!(%id, "upload cancelled");
         Ok(())
     }

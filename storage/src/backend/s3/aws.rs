@@ -3,23 +3,17 @@
 //! ListParts, CompleteMultipartUpload of chosen part numbers, ListMultipartUploads), whose
 //! XML answers are read with `quick-xml`.
 //!
-//! Every request has a deadline sized to it, so a store that hangs (accepts connections,
-//! never answers) is a failure in seconds, not after the client's own timeouts and
-//! retries: small requests must answer within [`Deadlines::request`]; a part is cut when
-//! the store stops taking its bytes (or stops answering once it has them all) for
-//! [`Deadlines::stall`], however long it takes in all. Requests are counted by operation
-//! (`upload_store_requests_total{op}`).
+//! The client's own timeouts and retries are bounded by the request deadlines; the
+//! deadlines themselves, and counting requests, are [`super::deadline::Deadlined`]'s.
 
 use std::ops::Range;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::Sha256Digest;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
@@ -30,31 +24,12 @@ use object_store::{
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use super::deadline::Deadlines;
 use super::store::{
     io, normalize_etag, op, Got, Joined, MultipartInfo, ObjectInfo, PartBody, PartInfo, Put, Store,
 };
 use crate::backend::ByteStream;
 use crate::error::{Error, Result};
-use crate::metrics;
-
-/// How long the store may take.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    /// A small request (a record, a claim, a listing page, a multipart call) must be
-    /// answered within this.
-    pub request: Duration,
-    /// A part (or a download) that moves no byte for this long is cut.
-    pub stall: Duration,
-}
-
-impl Default for Deadlines {
-    fn default() -> Self {
-        Self {
-            request: Duration::from_secs(3),
-            stall: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Where and how to reach the bucket.
 #[derive(Clone, Debug)]
@@ -67,15 +42,17 @@ pub struct Endpoint {
     pub region: Option<String>,
     /// Allow plain http endpoints.
     pub allow_http: bool,
-    /// Request deadlines.
+    /// Request deadlines (the client's own timeouts follow them).
     pub deadlines: Deadlines,
 }
+
+/// How long the URL of a signed request is good for.
+const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
 /// See the module documentation.
 pub struct AwsStore {
     s3: Arc<AmazonS3>,
     http: reqwest::Client,
-    deadlines: Deadlines,
 }
 
 impl AwsStore {
@@ -110,7 +87,6 @@ impl AwsStore {
         Ok(Self {
             s3: Arc::new(s3),
             http,
-            deadlines: d,
         })
     }
 
@@ -124,28 +100,13 @@ impl AwsStore {
             .unwrap_or_else(|| "us-east-1".into())
     }
 
-    /// Runs a small request under its deadline, counted as `what`.
+    /// Runs a request (its deadline and count are [`super::deadline::Deadlined`]'s).
     async fn small<T>(
         &self,
-        what: &'static str,
+        _what: &'static str,
         request: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        metrics::store_request(what);
-        match tokio::time::timeout(self.deadlines.request, request).await {
-            Ok(r) => {
-                if let Err(Error::Io(e)) = &r {
-                    tracing::debug!(op = what, error = %e, "store request failed");
-                }
-                r
-            }
-            Err(_) => Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "the store did not answer {what} within {:?}",
-                    self.deadlines.request
-                ),
-            ))),
-        }
+        request.await
     }
 
     async fn signed(
@@ -163,12 +124,7 @@ impl AwsStore {
             );
         }
         self.s3
-            .signed_url_opts(
-                method,
-                &Path::from(key),
-                Duration::from_secs(3600),
-                &options,
-            )
+            .signed_url_opts(method, &Path::from(key), SIGNED_FOR, &options)
             .await
             .map_err(store_err)
     }
@@ -266,38 +222,6 @@ struct XmlUpload {
     initiated: String,
 }
 
-/// A part's body that records when the store last took a piece of it, and whether it is
-/// waiting for the client rather than for the store.
-struct Metered {
-    inner: PartBody,
-    shared: Arc<Mutex<Meter>>,
-}
-
-struct Meter {
-    last_taken: Instant,
-    /// The client is slow (the store asked for more and none was there): not the store's stall.
-    waiting_for_client: bool,
-    done: bool,
-}
-
-impl Stream for Metered {
-    type Item = std::io::Result<Bytes>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(cx);
-        let mut m = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        match &polled {
-            Poll::Pending => m.waiting_for_client = true,
-            Poll::Ready(item) => {
-                m.waiting_for_client = false;
-                m.last_taken = Instant::now();
-                m.done = item.is_none();
-            }
-        }
-        polled
-    }
-}
-
 #[async_trait]
 impl Store for AwsStore {
     async fn get(&self, key: &str) -> Result<Option<Got>> {
@@ -335,19 +259,7 @@ impl Store for AwsStore {
                     .map_err(store_err)
             })
             .await?;
-        // Each piece must come within the stall time.
-        let stall = self.deadlines.stall;
-        let stream = got.into_stream().map_err(store_err);
-        Ok(
-            futures_util::stream::unfold(stream, move |mut s| async move {
-                match tokio::time::timeout(stall, s.next()).await {
-                    Ok(Some(item)) => Some((item, s)),
-                    Ok(None) => None,
-                    Err(_) => Some((Err(io("the store stopped sending a download")), s)),
-                }
-            })
-            .boxed(),
-        )
+        Ok(got.into_stream().map_err(store_err).boxed())
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
@@ -473,31 +385,15 @@ impl Store for AwsStore {
         sha256: Option<Sha256Digest>,
         body: PartBody,
     ) -> Result<String> {
-        metrics::store_request(op::UPLOAD_PART);
         let query = vec![
             ("partNumber".to_string(), number.to_string()),
             ("uploadId".to_string(), upload_id.to_string()),
         ];
-        let checksum = sha256.map(|d| d.to_base64());
-        let headers: Vec<(&'static str, String)> = checksum
+        let headers: Vec<(&'static str, String)> = sha256
             .iter()
-            .map(|c| ("x-amz-checksum-sha256", c.clone()))
+            .map(|d| ("x-amz-checksum-sha256", d.to_base64()))
             .collect();
-        let url = tokio::time::timeout(
-            self.deadlines.request,
-            self.signed(http::Method::PUT, key, query, &headers),
-        )
-        .await
-        .map_err(|_| io("signing an UploadPart timed out"))??;
-        let meter = Arc::new(Mutex::new(Meter {
-            last_taken: Instant::now(),
-            waiting_for_client: false,
-            done: false,
-        }));
-        let body = Metered {
-            inner: body,
-            shared: meter.clone(),
-        };
+        let url = self.signed(http::Method::PUT, key, query, &headers).await?;
         let mut request = self
             .http
             .put(url)
@@ -506,24 +402,7 @@ impl Store for AwsStore {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let sending = request.send();
-        tokio::pin!(sending);
-        let stall = self.deadlines.stall;
-        let resp = loop {
-            tokio::select! {
-                r = &mut sending => break r.map_err(io)?,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    let m = meter.lock().unwrap_or_else(|e| e.into_inner());
-                    if !m.waiting_for_client && m.last_taken.elapsed() > stall {
-                        let what = if m.done { "answering" } else { "taking the bytes of" };
-                        return Err(Error::Io(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("the store stopped {what} part {number} for {stall:?}"),
-                        )));
-                    }
-                }
-            }
-        };
+        let resp = request.send().await.map_err(io)?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
@@ -595,10 +474,6 @@ impl Store for AwsStore {
             ));
         }
         body.push_str("</CompleteMultipartUpload>");
-        // Joining many parts takes the store a while: a longer deadline than a small
-        // request's, still finite.
-        let deadline = self.deadlines.request * 10;
-        metrics::store_request(op::COMPLETE_MULTIPART);
         let joined = async {
             let query = vec![("uploadId".to_string(), upload_id.to_string())];
             let url = self.signed(http::Method::POST, key, query, &[]).await?;
@@ -619,9 +494,7 @@ impl Store for AwsStore {
                 _ => Ok(Joined::Refused(format!("{status}: {code}"))),
             }
         };
-        tokio::time::timeout(deadline, joined)
-            .await
-            .map_err(|_| io("CompleteMultipartUpload timed out"))?
+        joined.await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {

@@ -50,7 +50,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,6 +73,7 @@ use crate::record::{StoredState, UploadMode, UploadRecord};
 mod append;
 pub mod aws;
 mod chunks;
+pub mod deadline;
 mod lease;
 pub mod memory;
 pub mod store;
@@ -101,7 +104,7 @@ pub struct S3Config {
     /// (`None`: [`LEFTOVER_GRACE`]).
     pub leftover_grace: Option<Duration>,
     /// Request deadlines (`None`: the defaults).
-    pub deadlines: Option<aws::Deadlines>,
+    pub deadlines: Option<deadline::Deadlines>,
 }
 
 /// How old, by default, a multipart upload that no upload names must be before a sweep
@@ -119,9 +122,13 @@ impl S3Config {
         }
     }
 
-    /// The bucket as a [`Store`].
-    pub fn store(&self) -> Result<aws::AwsStore> {
-        aws::AwsStore::connect(&self.endpoint())
+    /// The bucket as a [`Store`], every request under its deadline.
+    pub fn store(&self) -> Result<deadline::Deadlined<aws::AwsStore>> {
+        let endpoint = self.endpoint();
+        Ok(deadline::Deadlined::new(
+            Arc::new(aws::AwsStore::connect(&endpoint)?),
+            endpoint.deadlines,
+        ))
     }
 
     /// The bucket as an `object_store` client (for the events outbox); credentials come
