@@ -137,9 +137,10 @@ async fn in_order_chunks_cost_three_requests_and_no_copy() {
     assert_eq!(up.stats().bytes_read_back, 0);
 }
 
-/// A retry of a stored chunk with the same bytes is 200 (not new) and stores nothing new
-/// that counts; with other bytes it is a conflict, and the upload still completes with
-/// the first bytes.
+/// A retry of a stored chunk with the same bytes is 200 (not new); with other bytes it is
+/// a conflict (409). On the server that saw the chunk stored, the other bytes never reach
+/// the store; on another server they replace the part, and completion asks for the chunk
+/// again (409 with it missing), takes only the acknowledged bytes, and publishes them.
 #[tokio::test]
 async fn retries_are_answered_and_conflicts_refused() {
     let store = MemoryStore::new();
@@ -149,14 +150,40 @@ async fn retries_are_answered_and_conflicts_refused() {
     assert!(put(&up, id, &file, 0).await.unwrap());
     assert!(!put(&up, id, &file, 0).await.unwrap(), "a retry");
     let other = data(CHUNK, 9);
-    let conflict = up
-        .put_chunk(id, 0, Some(CHUNK as u64), Some(sha(&other)), body(&other))
-        .await;
+    let other_bytes = |up: Arc<Uploads>| {
+        let other = other.clone();
+        async move {
+            up.put_chunk(id, 0, Some(CHUNK as u64), Some(sha(&other)), body(&other))
+                .await
+        }
+    };
+    let parts_before = store.requests().get("upload_part").copied();
+    let conflict = other_bytes(up.clone()).await;
+    assert!(
+        matches!(conflict, Err(Error::ChunkConflict { index: 0, .. })),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        store.requests().get("upload_part").copied(),
+        parts_before,
+        "nothing sent"
+    );
+    let elsewhere = server(&store, UploadsConfig::default()).await;
+    let conflict = other_bytes(elsewhere).await;
     assert!(
         matches!(conflict, Err(Error::ChunkConflict { index: 0, .. })),
         "{conflict:?}"
     );
     assert!(put(&up, id, &file, 1).await.unwrap());
+    match up.complete(id, None).await {
+        Err(Error::MissingChunks(m)) => assert_eq!(m, vec![[0, 0]]),
+        other => panic!("{other:?}"),
+    }
+    let resent = server(&store, UploadsConfig::default()).await;
+    assert!(
+        !put(&resent, id, &file, 0).await.unwrap(),
+        "the claimed bytes again"
+    );
     up.complete(id, None).await.unwrap();
     assert_eq!(content(&store, &up, id).await, file);
 }

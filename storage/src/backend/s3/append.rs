@@ -14,8 +14,7 @@
 //! goes and lets any server continue both hashes without reading anything back; the pieces
 //! are checked against the chunk's midstate chain whenever they are read.
 //!
-//! One appender per upload across servers: the upload's append lease, whose generation
-//! also fences the part numbers of appended chunks.
+//! One appender per upload across servers: the upload's append lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::chunks::{answered, slots, Claim, Listing, SentPart};
+use super::chunks::{answered, part_number, Claim, Listing, SentPart};
 use super::lease::HeldLease;
 use super::store::{PartBody, Put, Store};
 use super::S3Backend;
@@ -413,7 +412,7 @@ impl S3Backend {
     /// length was declared after its bytes were stored).
     async fn part_from_pieces(&self, record: &UploadRecord, c: &StoredChunk) -> Result<SentPart> {
         let lease = self.take_append_lease(record.id).await?;
-        let number = c.index * slots(record) + lease.generation() % slots(record) + 1;
+        let number = part_number(c.index);
         let sent = async {
             let pieces = self.pieces(record.id, c.index).await?;
             let len = pieces.last().map_or(0, |p| p.start + p.len);
@@ -483,9 +482,7 @@ struct AppendWriter {
 impl AppendWriter {
     /// Starts sending the chunk at hand's part: `body`, of `len` bytes.
     fn send(&self, len: u64, body: PartBody) -> (tokio::task::JoinHandle<Result<String>>, u64) {
-        let generation = self.lease.as_ref().map_or(0, HeldLease::generation);
-        let n = slots(&self.record);
-        let number = self.index * n + generation % n + 1;
+        let number = part_number(self.index);
         let store = self.store.clone();
         let (file, multipart_id) = (self.file.clone(), self.multipart_id.clone());
         let response = tokio::spawn(async move {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::store::{normalize_etag, ObjectInfo, PartBody, Put};
-use super::{S3Backend, MAX_PARTS};
+use super::S3Backend;
 use crate::backend::{ChunkWriter, Coverage, Receipt, StoredChunk, Written};
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -43,20 +43,13 @@ pub(super) struct SentPart {
 /// not their digests (those are in the claims, read when the upload completes).
 pub(super) const UNREAD: Sha256Digest = Sha256Digest([0; 32]);
 
-/// Part numbers each chunk of `record` has: its range is `[i * n + 1, (i + 1) * n]`.
-pub(super) fn slots(record: &UploadRecord) -> u64 {
-    (MAX_PARTS / record.chunk_count().max(1)).max(1)
-}
-
-/// The part number a write of chunk `index` sends: the same for the same declared bytes
-/// (a retry replaces a part with identical bytes), one of the chunk's own otherwise.
-pub(super) fn part_number(record: &UploadRecord, index: u64, digest: Option<Sha256Digest>) -> u64 {
-    let n = slots(record);
-    let pick = match digest {
-        Some(d) => u64::from_be_bytes(d.0[..8].try_into().unwrap_or_default()),
-        None => fastrand::u64(..),
-    };
-    index * n + pick % n + 1
+/// The part of chunk `index`: one number per chunk, for every write of it. A store may
+/// refuse to join a multipart upload that holds a part the join does not name (Ceph does),
+/// so no write ever leaves a part of its own beside the chunk's: a retry of the same bytes
+/// replaces the part with identical bytes, and a write of other bytes that replaces it is
+/// found by its ETag when the upload completes (the chunk is then asked for again).
+pub(super) fn part_number(index: u64) -> u64 {
+    index + 1
 }
 
 /// What one listing of an upload's `chunks/` shows.
@@ -138,8 +131,19 @@ impl S3Backend {
         }
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
+        // A chunk this process saw claimed is not sent again: a retry of its bytes is
+        // answered from the claim, other bytes are refused before they replace its part.
+        let known = super::lock(&self.claimed)
+            .get(&record.id)
+            .and_then(|c| c.get(&index).copied());
+        if let Some(stored) = known {
+            return Err(match digest {
+                Some(d) if d != stored => Error::ChunkConflict { index, stored },
+                _ => Error::StoredMeanwhile { index, stored },
+            });
+        }
         let multipart_id = self.multipart_id(record.id).await?;
-        let number = part_number(record, index, digest);
+        let number = part_number(index);
         let (tx, rx) = mpsc::channel(4);
         let store = self.store.clone();
         let key = self.file_key(record.id);
@@ -207,15 +211,17 @@ impl S3Backend {
             )
             .await
         {
-            Ok(_) => Ok(0),
+            Ok(_) => {
+                self.remember_claim(id, c.index, c.sha256);
+                Ok(0)
+            }
             Err(Error::Conflict) => {
                 let first = self.read_claim(id, c.index).await?.ok_or_else(|| {
                     Error::Corrupt(format!("the claim of chunk {} vanished", c.index))
                 })?;
+                self.remember_claim(id, c.index, first.sha256);
                 if first.sha256 != c.sha256 {
-                    if first.part == part.number {
-                        tracing::warn!(%id, index = c.index, "a write of other bytes replaced a claimed part; completion will refuse the upload");
-                    }
+                    tracing::warn!(%id, index = c.index, "a write of other bytes replaced a claimed part: completion will ask for the chunk again");
                     return Err(Error::ChunkConflict {
                         index: c.index,
                         stored: first.sha256,
@@ -225,6 +231,15 @@ impl S3Backend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn remember_claim(&self, id: common::UploadId, index: u64, sha256: Sha256Digest) {
+        let mut claimed = super::lock(&self.claimed);
+        // Bounded: the chunks of uploads seen lately, not of every upload ever.
+        if claimed.len() > 10_000 {
+            claimed.clear();
+        }
+        claimed.entry(id).or_default().insert(index, sha256);
     }
 
     /// Every chunk's claim, read in parallel; `None` where a chunk has none.
@@ -237,8 +252,10 @@ impl S3Backend {
     }
 
     /// The parts to join, checked against their claims: each claimed part must be in the
-    /// store with the ETag its claim names. A chunk without a claim is missing; a part
-    /// that changed after it was acknowledged fails the upload (nothing wrong is joined).
+    /// store with the ETag its claim names. A chunk without a claim is missing; so is one
+    /// whose part changed after it was acknowledged (a write of other bytes replaced it):
+    /// its claim stays, so only the acknowledged bytes are taken again, and the whole-file
+    /// midstates kept after it stay true.
     pub(super) async fn checked_parts(&self, record: &UploadRecord) -> Result<Vec<(u64, String)>> {
         let id = record.id;
         let claims = self.claims(record).await?;
@@ -260,18 +277,20 @@ impl S3Backend {
             .map(|p| (p.number, p.etag))
             .collect();
         let mut parts = Vec::with_capacity(claims.len());
+        let mut changed = Vec::new();
         for (index, claim) in claims.into_iter().flatten().enumerate() {
             match stored.get(&claim.part) {
                 Some(etag) if *etag == normalize_etag(&claim.etag) => {
                     parts.push((claim.part, claim.etag))
                 }
                 _ => {
-                    return Err(Error::Corrupt(format!(
-                        "part {} of chunk {index} is not the one acknowledged",
-                        claim.part
-                    )))
+                    tracing::warn!(%id, index, "a chunk's part is not the one acknowledged: it must be sent again");
+                    changed.push(index as u64);
                 }
             }
+        }
+        if !changed.is_empty() {
+            return Err(Error::MissingChunks(common::ranges::to_ranges(changed)));
         }
         Ok(parts)
     }

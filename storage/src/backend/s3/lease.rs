@@ -1,7 +1,8 @@
 //! The append lease: one appender per upload across servers. A lease object names the
-//! write holding it, until when, and a generation that each takeover raises (it fences the
-//! part numbers appends send). It is renewed while the append goes on and released when
-//! it ends, so the next append takes it over at once instead of waiting for it to expire.
+//! write holding it and until when; it is renewed while the append goes on and released
+//! when it ends, so the next append takes it over at once instead of waiting for it to
+//! expire. Taking it over is a conditional write of the version read, so two servers never
+//! both hold it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,10 @@ const LEASE_SECS: i64 = 15;
 /// How often an appender renews its lease.
 const LEASE_RENEW: Duration = Duration::from_secs(5);
 
-/// A lease as stored: `{holder} {unix expiry} {generation}`.
+/// A lease as stored: `{holder} {unix expiry}`.
 struct Lease {
     holder: String,
     until: i64,
-    generation: u64,
 }
 
 impl Lease {
@@ -31,15 +31,11 @@ impl Lease {
         Self {
             holder: it.next().unwrap_or_default().to_string(),
             until: it.next().and_then(|u| u.parse().ok()).unwrap_or(0),
-            generation: it.next().and_then(|g| g.parse().ok()).unwrap_or(0),
         }
     }
 
     fn body(&self) -> Vec<Bytes> {
-        vec![Bytes::from(format!(
-            "{} {} {}",
-            self.holder, self.until, self.generation
-        ))]
+        vec![Bytes::from(format!("{} {}", self.holder, self.until))]
     }
 }
 
@@ -57,13 +53,12 @@ pub(super) struct HeldLease {
 
 impl HeldLease {
     /// Takes the lease at `key` for `holder`: creates it, or takes over an expired or
-    /// released one, one generation up. [`Error::Locked`] while another write holds it.
+    /// released one. [`Error::Locked`] while another write holds it.
     pub(super) async fn take(store: Arc<dyn Store>, key: String, holder: String) -> Result<Self> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut mine = Lease {
+        let mine = Lease {
             holder,
             until: now + LEASE_SECS,
-            generation: 0,
         };
         let tag = match store.put(&key, mine.body(), Put::Create).await {
             Ok(tag) => tag,
@@ -74,7 +69,6 @@ impl HeldLease {
                 if current.holder != mine.holder && current.until > now {
                     return Err(Error::Locked);
                 }
-                mine.generation = current.generation + 1;
                 match store.put(&key, mine.body(), Put::Update(held.etag)).await {
                     Ok(tag) => tag,
                     Err(Error::Conflict | Error::NotFound) => return Err(Error::Locked),
@@ -91,11 +85,6 @@ impl HeldLease {
             renewed: Instant::now(),
             armed: true,
         })
-    }
-
-    /// Each takeover raises it: part numbers are fenced by it.
-    pub(super) fn generation(&self) -> u64 {
-        self.held.generation
     }
 
     /// Extends the lease when a renewal is due; fails if another server took it.
@@ -130,12 +119,11 @@ impl HeldLease {
         }
     }
 
-    /// The released lease: free, at the generation it reached.
+    /// The released lease: free.
     fn released(&self) -> Vec<Bytes> {
         Lease {
             holder: "released".into(),
             until: 0,
-            generation: self.held.generation,
         }
         .body()
     }
@@ -146,8 +134,7 @@ impl Drop for HeldLease {
         if !self.armed {
             return;
         }
-        // Released, not deleted: a part sent in full may still land, so the next writer
-        // takes the lease over one generation up, onto a part number of its own.
+        // Released, not deleted: the next appender takes it over by a conditional write.
         let (store, key) = (self.store.clone(), self.key.clone());
         let (body, tag) = (self.released(), self.tag.clone());
         tokio::spawn(async move {

@@ -20,11 +20,10 @@
 //! ```
 //!
 //! # Words
-//! - **part**: chunk `i` of an upload is one part of the upload's multipart upload, which
-//!   completes to `files/{id}`. Each chunk has a range of part numbers of its own (in chunk
-//!   order, as S3 joins by number); a write picks one from the chunk's SHA-256 when the
-//!   client declared it (so retries of the same bytes land on the same part) and sends it
-//!   with `x-amz-checksum-sha256`, which the store verifies.
+//! - **part**: chunk `i` of an upload is part `i + 1` of the upload's multipart upload,
+//!   which completes to `files/{id}`; every write of the chunk sends that part (a store may
+//!   refuse to join parts beside the ones named, Ceph does), with `x-amz-checksum-sha256`
+//!   when the client declared the chunk's SHA-256 (the store verifies it).
 //! - **claim**: the first write of a chunk to finish creates its claim (`If-None-Match:
 //!   *`); a later write with the same bytes is a retry (200), one with other bytes a
 //!   conflict (409). The claim is the chunk's receipt: it names the part completion joins.
@@ -32,8 +31,8 @@
 //!   only with the midstate after it in its claim, or its bytes **spilled** (kept readable),
 //!   so the file can be verified after any crash although parts cannot be read before they
 //!   are joined (see [`crate::ordered_hash`]).
-//! - **piece**, **append lease**, **generation**: how in-order appends of any size become
-//!   parts (see [`append`]).
+//! - **piece**, **append lease**: how in-order appends of any size become parts (see
+//!   [`append`]).
 //!
 //! # Requests
 //! A chunk costs one UploadPart and one claim while it is sent (the record is read at most
@@ -82,10 +81,8 @@ use store::{Joined, Put, Store};
 
 const MIB: u64 = 1 << 20;
 
-/// The most parts one multipart upload may have (S3's limit).
-const MAX_PARTS: u64 = 10_000;
-/// The most chunks an upload may have, so that each chunk has at least two part numbers.
-const MAX_CHUNKS: u64 = MAX_PARTS / 2;
+/// The most parts one multipart upload may have (S3's limit): one per chunk.
+const MAX_CHUNKS: u64 = 10_000;
 
 /// Where and how to reach the bucket.
 #[derive(Clone, Debug, Default)]
@@ -192,6 +189,9 @@ pub struct S3Backend {
     leftovers_seen: Mutex<HashMap<String, Instant>>,
     /// The parts a verification checked, for its publication, by upload.
     checked: Mutex<HashMap<UploadId, Vec<(u64, String)>>>,
+    /// Chunks this process saw claimed, with their SHA-256, by upload: a later write of
+    /// one is answered without sending its part again (see [`chunks`]).
+    claimed: Mutex<HashMap<UploadId, HashMap<u64, Sha256Digest>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,6 +215,7 @@ impl S3Backend {
             leftovers_swept: Mutex::new(None),
             leftovers_seen: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -620,6 +621,7 @@ impl Backend for S3Backend {
         self.delete_prefix(&self.key(&format!("uploads/{id}/")))
             .await?;
         lock(&self.records).remove(&id);
+        lock(&self.claimed).remove(&id);
         Ok(())
     }
 
