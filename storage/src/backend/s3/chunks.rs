@@ -131,16 +131,13 @@ impl S3Backend {
         }
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
-        // A chunk this process saw claimed is not sent again: a retry of its bytes is
-        // answered from the claim, other bytes are refused before they replace its part.
+        // A chunk this process saw claimed is not sent again: the request is answered from
+        // the claim (same bytes, or a conflict), and other bytes never replace its part.
         let known = super::lock(&self.claimed)
             .get(&record.id)
             .and_then(|c| c.get(&index).copied());
         if let Some(stored) = known {
-            return Err(match digest {
-                Some(d) if d != stored => Error::ChunkConflict { index, stored },
-                _ => Error::StoredMeanwhile { index, stored },
-            });
+            return Err(Error::StoredMeanwhile { index, stored });
         }
         let multipart_id = self.multipart_id(record.id).await?;
         let number = part_number(index);
