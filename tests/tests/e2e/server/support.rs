@@ -237,15 +237,29 @@ impl Store {
         }
     }
 
-    /// Whether the server is storing chunk `index` of `id` (not yet acknowledged), whose
+    /// Whether `server` is storing chunk `index` of `id` (not yet acknowledged), whose
     /// bytes from the chunk's start are `first`: on disk they are in the data file at
-    /// `offset`; on S3 the chunk's lease is taken (the part streams to the store).
-    pub async fn writing(&self, id: UploadId, index: u64, offset: u64, first: &[u8]) -> bool {
+    /// `offset`; on S3 an UploadPart is under way (the part streams to the store: the
+    /// server's `upload_store_requests_in_flight{op="upload_part"}`).
+    pub async fn writing(&self, server: &Server, id: UploadId, offset: u64, first: &[u8]) -> bool {
         match self.storage {
             Storage::Local => data_holds(self.dir.path(), id, offset, first),
             Storage::S3 => {
-                self.object_exists(&format!("uploads/{id}/chunks/{index:05}/lease"))
+                let Ok(resp) = client()
+                    .get(format!("{}/metrics", server.url()))
+                    .send()
                     .await
+                else {
+                    return false;
+                };
+                let text = resp.text().await.unwrap_or_default();
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("upload_store_requests_in_flight")
+                            && l.contains("op=\"upload_part\"")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .any(|n| n >= 1.0)
             }
         }
     }
