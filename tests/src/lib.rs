@@ -241,7 +241,9 @@ impl Server {
         }
     }
 }
+pub mod fixture;
 pub mod fs_replay;
+pub mod http;
 pub mod proxy;
 pub mod s3;
 pub mod sigv4;
