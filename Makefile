@@ -2,11 +2,11 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-S3_SERVER := bash scripts/s3-server/run.sh
+CEPH := bash scripts/ceph/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
 
-.PHONY: all build release run install install-files test test-deps lint fuzz bench clean s3-install s3-start s3-stop s3-status webclients-install api-tools-install torture
+.PHONY: all build release run install install-files test test-deps lint fuzz bench clean ceph-install ceph-start ceph-stop ceph-status ceph-wipe webclients-install api-tools-install torture
 
 all: build
 
@@ -58,15 +58,20 @@ fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p common -p server --lib fuzz
 
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
-## terminal test, strace for the power-cut test, a local S3-compatible server (moto, in
-## target/tools/s3-venv), the real web clients (tus-js-client, Uppy, playwright-core,
-## tuspy, Debian's chromium), and the API checkers (promtool, Schemathesis).
-test-deps: s3-install webclients-install api-tools-install
+## terminal test, strace for the power-cut test, the S3 store (Ceph RGW in a Debian sid
+## chroot, target/tools/ceph-root), the real web clients (tus-js-client, Uppy,
+## playwright-core, tuspy, Debian's chromium), and the API checkers (promtool,
+## Schemathesis).
+test-deps: ceph-install webclients-install api-tools-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 	@command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 
 ## Everything: lints, unit tests, end-to-end tests against the real binaries and clients.
+## The S3 store is started first (or reused) and stopped by PID afterwards, also when a
+## test fails or make is interrupted; the tests' exit status is kept.
 test: lint build test-deps
+	@$(CEPH) start >/dev/null
+	@trap '$(CEPH) stop >/dev/null' EXIT INT TERM; \
 	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 $(CARGO) test --workspace
 
 ## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
@@ -78,17 +83,23 @@ webclients-install:
 api-tools-install:
 	@$(API_TOOLS) install
 
-## Local S3-compatible test server: installed once (~20 s), then a no-op.
-s3-install:
-	@$(S3_SERVER) install
+## The S3 store: Ceph RGW on a one-node Ceph cluster (scripts/ceph/run.sh). Installed
+## once (~1.1 GB download, ~1-2 min, needs root), then a no-op; CEPH_ROOT=DIR shares one
+## install between checkouts.
+ceph-install:
+	@$(CEPH) install
 
-## A shared S3-compatible server for manual runs (prints S3_ENDPOINT=...); stopped by PID.
-s3-start: s3-install
-	@$(S3_SERVER) start
-s3-stop:
-	@$(S3_SERVER) stop
-s3-status:
-	@$(S3_SERVER) status
+## Start the store for manual runs (prints S3_ENDPOINT=... and the test user's keys); a
+## running one is reused. First start of a new cluster ~15 s, later ~7 s.
+ceph-start: ceph-install
+	@$(CEPH) start
+ceph-stop:
+	@$(CEPH) stop
+ceph-status:
+	@$(CEPH) status
+## Stop the store and delete its data (the next start is an empty cluster).
+ceph-wipe:
+	@$(CEPH) wipe
 
 ## The long reliability pass: 200 crash rounds (kill -9 of the server mid-upload); its
 ## figures go into README.md and target/torture/.

@@ -7,7 +7,8 @@
 #   (c) server:               loadgen -> upload-server, 8 MiB chunks, 4 in flight,
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
 #   (d) CLI end to end:       uploader -> upload-server, same shape
-#   (f) S3: upload-server into the local S3-compatible server vs aws s3 cp (bench/s3_bench.sh)
+#   (f) S3: upload-server into the S3 store (Ceph RGW) vs aws s3 cp, and store requests
+#       per chunk (bench/s3.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
@@ -105,12 +106,11 @@ if [ ${#D[@]} -gt 0 ]; then
 | (e) uploader resume after Ctrl-C at half: second run's time / (d)'s time for the same bytes | | **$(printf '%.2f' "$(median "${E[@]}")")** | last run: $RESUME_JSON |"
 fi
 if [ "${BENCH_S3:-1}" = 1 ]; then
-  s3out=$(bash bench/s3_bench.sh "$FILE")
+  s3out=$(bash bench/s3.sh "$FILE")
   echo "$s3out"
-  s3line=$(echo "$s3out" | grep '^S3 ')
-  read -r _ s3o s3a s3rss s3rb <<< "$s3line"
+  read -r _ s3o s3a s3rss s3rb s3req s3areq s3copied <<< "$(echo "$s3out" | grep '^S3 ')"
   table="$table
-| (f) upload-server → local S3-compatible server (moto), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MB × 4, same server, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb |"
+| (f) upload-server → S3 store (Ceph RGW), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MiB × 4, same store, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb; store requests per chunk $s3req (aws s3 cp: $s3areq per part); bytes copied in the store $s3copied |"
 fi
 if [ "${BENCH_TUS:-1}" = 1 ]; then
   tusout=$(bash bench/tus_bench.sh "$FILE")
@@ -120,6 +120,7 @@ if [ "${BENCH_TUS:-1}" = 1 ]; then
 | (g) tus, 8 MiB PATCHes, lean client: upload-server (fsync + SHA-256) | $tol | vs @tus/server + @tus/file-store (neither; same run: $trl MB/s) = **$(python3 -c "print(f'{$tol/$trl:.2f}')")** | ours $torss MiB, @tus/server $trrss MiB (tus-js-client runs) |
 | (h) tus end to end with tus-js-client | $toj | vs @tus/server ($trj MB/s) = **$(python3 -c "print(f'{$toj/$trj:.2f}')")** | |"
 fi
+[ "${BENCH_PAGE:-1}" = 1 ] && table="$table"$'\n'"$(bash bench/page.sh)"
 table="$table
 
 Measured $(date -u +%Y-%m-%d) by \`make bench\` on $(nproc) cores, ${SIZE_MIB} MiB random file, load average $load."

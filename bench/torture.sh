@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS=${CRASH_ROUNDS:-200} CRASH_S3_ROUNDS=${CRASH_S3_ROUNDS:-20}
 export POWER_CUT_SEEDS=${POWER_CUT_SEEDS:-5000} RACE_ROUNDS=${RACE_ROUNDS:-20}
-# The S3 variant needs the local S3-compatible server (make s3-install).
-bash scripts/s3-server/run.sh install
+# The S3 variants need the S3 store (Ceph RGW): started here, stopped by PID at the end.
+bash scripts/ceph/run.sh start > /dev/null
+trap 'bash scripts/ceph/run.sh stop > /dev/null' EXIT
 reports="crash-loop crash-loop-s3 power-cut power-cut-replay soak"
 for r in $reports; do rm -f "target/torture/$r.md"; done
 rm -rf target/torture/tally

@@ -1,7 +1,7 @@
 //! JSON bodies of the native API v1.
 //!
 //! The routes (see the README for the full contract):
-//! `GET /v1` → [`Capabilities`]; `POST /v1/uploads` [`CreateUpload`] → [`UploadStatus`];
+//! `GET /v1` → [`ServerCapabilities`]; `POST /v1/uploads` [`CreateUpload`] → [`UploadStatus`];
 //! `GET /v1/uploads/{id}` → [`UploadStatus`]; `PUT /v1/uploads/{id}/chunks/{index}` →
 //! [`ChunkReceipt`]; `POST /v1/uploads/{id}/complete` [`CompleteUpload`] → [`UploadStatus`];
 //! errors → [`Problem`].
@@ -30,6 +30,19 @@ pub struct Capabilities {
     pub storage: String,
     /// Digest algorithms verified, as RFC 9530 names.
     pub checksums: Vec<String>,
+}
+
+/// `GET /v1`: [`Capabilities`] (the storage's), flattened, plus what the HTTP layer asks of
+/// clients, which the storage knows nothing of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerCapabilities {
+    /// What uploads may be.
+    #[serde(flatten)]
+    pub capabilities: Capabilities,
+    /// Whether requests need `Authorization: Bearer <token>` (the built-in page then asks
+    /// for a token).
+    pub token_required: bool,
 }
 
 /// Chunk size bounds in bytes. Every chunk but the last has exactly the upload's chunk size.

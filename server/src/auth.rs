@@ -269,7 +269,7 @@ pub async fn authenticate(State(auth): State<Auth>, req: Request, next: Next) ->
     let public = req.method() == Method::OPTIONS
         || matches!(
             path,
-            "/" | "/app.js" | "/style.css" | "/healthz" | "/readyz" | "/v1"
+            "/" | "/app.js" | "/upload-worker.js" | "/style.css" | "/healthz" | "/readyz" | "/v1"
         );
     if public {
         return next.run(req).await;

@@ -244,6 +244,7 @@ impl Server {
 pub mod fs_replay;
 pub mod proxy;
 pub mod s3;
+pub mod sigv4;
 pub mod webclients;
 
 // Servers with extra environment variables (tests/tests/e2e/s3.rs: `AWS_*` for S3 storage).

@@ -12,7 +12,12 @@
 //! - [`Fault::DropResponse`]: forward the whole request, then close the connection
 //!   instead of returning the answer (the server did the work; the retry must be safe);
 //! - [`Fault::Latency`], [`Fault::Trickle`]: delay the request, or crawl through the
-//!   start of its body at 5 KB/s ([`Faults::chaos`] adds them to the others).
+//!   start of its body at 5 KB/s ([`Faults::chaos`] adds them to the others);
+//! - [`Fault::Corrupt`]: forward the request with one byte of its body flipped (damage in
+//!   transit that TCP did not catch: only an end-to-end digest can).
+//!
+//! [`Proxy::limit_faults`] stops injecting after a number of faults, so that a client's
+//! retry of the damaged request goes through.
 //!
 //! With [`Faults::tamper_complete`], the SHA-256 declared in `POST .../complete` is
 //! replaced by another one, so the real server reports a verification mismatch.
@@ -46,6 +51,8 @@ pub enum Fault {
     /// Forward the first 10 KiB of the body at about 5 KB/s, then the rest (a link that
     /// crawls for a while: bytes keep moving, so it is no stall).
     Trickle,
+    /// Forward the request with the middle byte of its body flipped (not for chunked bodies).
+    Corrupt,
 }
 
 /// Which requests get a fault.
@@ -128,6 +135,8 @@ pub struct Stats {
     pub delayed: AtomicU64,
     /// See `resets`.
     pub trickled: AtomicU64,
+    /// See `resets`.
+    pub corrupted: AtomicU64,
     /// Client connections accepted (few, when the client keeps connections alive).
     pub connections: AtomicU64,
 }
@@ -141,6 +150,7 @@ impl Stats {
             + self.dropped.load(Ordering::Relaxed)
             + self.delayed.load(Ordering::Relaxed)
             + self.trickled.load(Ordering::Relaxed)
+            + self.corrupted.load(Ordering::Relaxed)
     }
 }
 
@@ -150,6 +160,8 @@ struct Shared {
     rng: Mutex<rand::rngs::StdRng>,
     stats: Stats,
     stop: AtomicBool,
+    /// Faults still to inject.
+    budget: AtomicU64,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -169,6 +181,7 @@ impl Proxy {
             faults,
             stats: Stats::default(),
             stop: AtomicBool::new(false),
+            budget: AtomicU64::new(u64::MAX),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -195,6 +208,11 @@ impl Proxy {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Injects at most `n` more faults, then forwards everything untouched.
+    pub fn limit_faults(&self, n: u64) {
+        self.shared.budget.store(n, Ordering::Relaxed);
     }
 }
 
@@ -324,12 +342,15 @@ fn pick_fault(s: &Shared, first_line: &str) -> Option<Fault> {
         return None;
     }
     let mut rng = s.rng.lock().unwrap_or_else(|p| p.into_inner());
-    if rng.random::<f64>() < s.faults.rate {
-        let i = rng.random_range(0..s.faults.kinds.len());
-        Some(s.faults.kinds[i])
-    } else {
-        None
+    if rng.random::<f64>() >= s.faults.rate {
+        return None;
     }
+    let spent = s
+        .budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    spent.ok()?;
+    let i = rng.random_range(0..s.faults.kinds.len());
+    Some(s.faults.kinds[i])
 }
 
 fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
@@ -438,6 +459,20 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
             up_w.write_all(tampered.as_bytes())?;
         } else if head.chunked {
             copy_chunked(&mut client_r, Some(up_w), &stats.bytes_up)?;
+        } else if fault == Some(Fault::Corrupt) && body_len > 0 {
+            stats.corrupted.fetch_add(1, Ordering::Relaxed);
+            let half = body_len / 2;
+            copy_n(&mut client_r, Some(up_w), half, &stats.bytes_up)?;
+            let mut byte = [0u8; 1];
+            client_r.read_exact(&mut byte)?;
+            stats.bytes_up.fetch_add(1, Ordering::Relaxed);
+            up_w.write_all(&[byte[0] ^ 0x20])?;
+            copy_n(
+                &mut client_r,
+                Some(up_w),
+                body_len - half - 1,
+                &stats.bytes_up,
+            )?;
         } else {
             copy_n(&mut client_r, Some(up_w), body_len, &stats.bytes_up)?;
         }

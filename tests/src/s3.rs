@@ -1,36 +1,33 @@
-//! Harness for tests that need a real S3-compatible server.
+//! Harness for tests that need a real S3 server: Ceph RGW on a one-node Ceph cluster,
+//! installed and run by `scripts/ceph/run.sh` (a Debian sid chroot under `target/tools`).
 //!
-//! The server is moto (in-memory, Python) served by `scripts/s3-server/launcher.py`,
-//! which puts one global lock around every request so that conditional creates
-//! (`If-None-Match: *`) are atomic, and turns moto's 500 for an unknown or aborted
-//! multipart upload id into S3's `404 NoSuchUpload`. It runs from a venv that
-//! `scripts/s3-server/run.sh install` makes under `target/tools/s3-venv` (`make test`
-//! does it); [`s3_available`] tells whether it is there.
+//! One store serves the whole test binary. `make test` starts it before the tests and
+//! stops it after them; run by hand, the first test that needs it finds it running
+//! (`make ceph-start`) or starts it and stops it when the test process exits. Each test
+//! works in buckets of its own ([`S3Server::start_or_skip`], [`S3Server::new_bucket`]),
+//! so tests run in parallel on one store and never see each other's objects.
 //!
-//! Each [`S3Server`] is its own process on a free loopback port with its own empty
-//! state, killed when dropped (and exiting by itself if the test process dies).
+//! A test that takes its store down (kill, restart, SIGSTOP) gets a gateway of its own
+//! ([`S3Server::with_gateway_or_skip`]): one more `radosgw` process on its own port,
+//! attached to the same cluster. A gateway keeps no state, so killing it loses nothing
+//! and the other tests' gateway is untouched.
 //!
-//! Requests need no valid signature, but moto treats a request *without* an
-//! `Authorization` header as anonymous and answers 403 to reads of existing objects
-//! (and to a losing conditional create). [`S3Server::client`] sends a dummy
-//! [`ANY_AUTHORIZATION`] header with every request; `object_store` signs with whatever
-//! credentials it is given ([`S3Server::aws_env`]).
+//! RGW checks signatures: raw requests go through [`S3Client`], which signs them
+//! (SigV4) with the test user's keys; `upload-server` gets the same keys from
+//! [`S3Server::aws_env`]. Store requests are counted by operation from RGW's ops log
+//! ([`S3Server::requests`]).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A syntactically valid SigV4 `Authorization` value that moto accepts (it does not
-/// check signatures) and that routes the request to its S3 backend.
-pub const ANY_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
-     Credential=test/20250101/us-east-1/s3/aws4_request, \
-     SignedHeaders=host, Signature=0000";
+pub use crate::sigv4::{Credentials, S3Client};
 
-/// Environment variable that turns a missing venv from a skip into a test failure
+/// Environment variable that turns a missing store from a skip into a test failure
 /// (`make test` sets it, so CI cannot pass by skipping).
 pub const REQUIRED_ENV: &str = "S3_REQUIRED";
 
@@ -42,180 +39,341 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Directory holding the venv (`S3_TOOLS_DIR`, as for `run.sh`, or `<repo>/target/tools`).
-fn tools_dir() -> PathBuf {
-    match std::env::var_os("S3_TOOLS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => repo_root().join("target").join("tools"),
+/// `scripts/ceph/run.sh`.
+pub fn run_sh() -> PathBuf {
+    repo_root().join("scripts").join("ceph").join("run.sh")
+}
+
+/// Runs `run.sh ARGS`; its stdout on success, stdout and stderr on failure.
+fn run(args: &[&str]) -> Result<String, (Option<i32>, String)> {
+    let out = Command::new("bash")
+        .arg(run_sh())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/ceph/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err((out.status.code(), format!("{stdout}{stderr}")))
     }
 }
 
-/// The venv's Python interpreter.
-pub fn venv_python() -> PathBuf {
-    tools_dir().join("s3-venv").join("bin").join("python")
+/// `NAME=value` lines.
+fn assignments(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
-/// `scripts/s3-server/launcher.py`.
-pub fn launcher_path() -> PathBuf {
-    repo_root()
-        .join("scripts")
-        .join("s3-server")
-        .join("launcher.py")
-}
-
-/// Whether the S3 test server can be started: the venv exists and its install finished
-/// (`scripts/s3-server/run.sh install`).
+/// Whether the store is installed or running (`scripts/ceph/run.sh install`).
 pub fn s3_available() -> bool {
-    venv_python().exists() && tools_dir().join("s3-venv").join(".installed").exists()
+    run(&["installed"]).is_ok() || run(&["env"]).is_ok()
 }
 
-/// A running S3-compatible server (moto behind the launcher). Killed on drop.
+/// The running store of this checkout: its main gateway, keys and state directory.
+#[derive(Debug)]
+pub struct Store {
+    /// The main gateway, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub credentials: Credentials,
+}
+
+/// Why there is no store.
+enum Unavailable {
+    NotInstalled,
+    StartFailed(String),
+}
+
+impl Store {
+    fn from_env(text: &str) -> Store {
+        let vars = assignments(text);
+        let get = |k: &str| {
+            vars.get(k)
+                .unwrap_or_else(|| panic!("run.sh env printed no {k}: {text}"))
+                .clone()
+        };
+        Store {
+            endpoint: get("S3_ENDPOINT"),
+            credentials: Credentials {
+                access_key: get("AWS_ACCESS_KEY_ID"),
+                secret_key: get("AWS_SECRET_ACCESS_KEY"),
+                region: get("AWS_REGION"),
+            },
+        }
+    }
+
+    /// The running store; started if it is installed but not running, and then stopped
+    /// (by `run.sh stop`, by PID) when this process exits.
+    fn get() -> Result<&'static Store, &'static Unavailable> {
+        static STORE: OnceLock<Result<Store, Unavailable>> = OnceLock::new();
+        STORE
+            .get_or_init(|| {
+                if let Ok(env) = run(&["env"]) {
+                    return Ok(Store::from_env(&env));
+                }
+                if run(&["installed"]).is_err() {
+                    return Err(Unavailable::NotInstalled);
+                }
+                eprintln!("starting the S3 store (scripts/ceph/run.sh start) for this test run");
+                match run(&["start"]) {
+                    Ok(env) => {
+                        stop_when_this_process_exits();
+                        Ok(Store::from_env(&env))
+                    }
+                    Err((_, out)) => Err(Unavailable::StartFailed(out)),
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// A watcher that runs `run.sh stop` once this process is gone.
+fn stop_when_this_process_exits() {
+    let script = "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; exec bash \"$1\" stop";
+    let spawned = Command::new("setsid")
+        .args(["sh", "-c", script])
+        .arg(std::process::id().to_string())
+        .arg(run_sh())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("could not watch this process to stop the S3 store afterwards ({e}): run `make ceph-stop`");
+    }
+}
+
+/// The store, or `None` (with `SKIPPED test: …`) when it is not installed, unless
+/// `S3_REQUIRED=1`. A store that is installed but fails to start is always a failure.
+fn store_or_skip(test: &str) -> Option<&'static Store> {
+    match Store::get() {
+        Ok(store) => Some(store),
+        Err(Unavailable::StartFailed(out)) => panic!("{test}: the S3 store did not start:\n{out}"),
+        Err(Unavailable::NotInstalled) => {
+            let hint = "install it with `make ceph-install` (`make test` does)";
+            if std::env::var(REQUIRED_ENV).is_ok_and(|v| v == "1") {
+                panic!(
+                    "{test}: the S3 store is required ({REQUIRED_ENV}=1) but not installed: {hint}"
+                );
+            }
+            eprintln!("SKIPPED {test}: the S3 store (Ceph RGW) is not installed; {hint}");
+            None
+        }
+    }
+}
+
+/// A bucket name no other test, process or earlier run used (S3's rules: 3–63 lowercase
+/// letters, digits and hyphens).
+fn unique_bucket_name() -> String {
+    static RUN: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.get_or_init(|| format!("{:08x}", rand::random::<u32>()));
+    format!("test-{run}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs `fut` to completion on a runtime of its own in another thread: callable from
+/// sync code, from `Drop`, and from inside a test's runtime.
+fn block_on<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(fut)
+    })
+    .join()
+    .expect("S3 helper thread")
+}
+
+/// A `radosgw` of a test's own, on its own port, attached to the shared cluster.
+struct Gateway {
+    port: u16,
+    child: Child,
+}
+
+impl Gateway {
+    /// Starts it (on `port`, or a free one) and waits until it answers.
+    fn start(port: Option<u16>) -> Gateway {
+        let port = port.unwrap_or_else(free_port);
+        let child = Command::new("bash")
+            .arg(run_sh())
+            .args(["gateway", "--foreground", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn run.sh gateway");
+        let mut gateway = Gateway { port, child };
+        gateway.wait_until("it answers", Duration::from_secs(60), |g| g.answers());
+        gateway
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn answers(&mut self) -> bool {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the test's radosgw on port {} exited ({status}); see target/tools/ceph/log/",
+                self.port
+            );
+        }
+        TcpStream::connect(self.addr()).is_ok()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{sig} {} failed", self.child.id());
+    }
+
+    /// SIGKILL (radosgw may hang on SIGTERM; it keeps no state) and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let state = std::env::var_os("CEPH_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/tools/ceph"));
+        let pidfile = state.join(format!("gw-{}.pid", self.port));
+        let _ = std::fs::remove_file(pidfile);
+    }
+
+    fn wait_until(&mut self, what: &str, limit: Duration, mut cond: impl FnMut(&mut Self) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for the test's radosgw (port {}): {what}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port (bound, then released for the gateway to bind).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Store requests by S3 operation (`UploadPart`, `PutObject`, `CopyObject`, …), from
+/// RGW's ops log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub by_operation: BTreeMap<String, u64>,
+    pub total: u64,
+    /// Bytes copied inside the store (CopyObject, UploadPartCopy).
+    pub copied_bytes: u64,
+}
+
+impl Requests {
+    /// How many requests of `operation`.
+    pub fn count(&self, operation: &str) -> u64 {
+        self.by_operation.get(operation).copied().unwrap_or(0)
+    }
+}
+
+/// A test's view of the S3 store: a gateway (the shared one or its own) and, for
+/// [`S3Server::start_or_skip`], a bucket of its own, emptied and removed on drop.
 pub struct S3Server {
-    /// Base URL, e.g. `http://127.0.0.1:PORT` (path-style addressing: `/{bucket}/{key}`).
+    /// Base URL of the gateway, `http://127.0.0.1:PORT` (path-style: `/{bucket}/{key}`).
     pub endpoint: String,
     /// Its loopback address, `127.0.0.1:PORT`.
     pub addr: String,
-    child: Option<Child>,
-    client: reqwest::Client,
-    logs: Arc<Mutex<Vec<String>>>,
+    store: &'static Store,
+    bucket: Option<String>,
+    gateway: Option<Mutex<Gateway>>,
+    client: S3Client,
 }
 
 impl S3Server {
-    /// Starts a server on a free loopback port and waits until it accepts requests.
-    ///
-    /// Panics if the venv is missing (see [`s3_available`], [`S3Server::start_or_skip`])
-    /// or if the server does not report its address within 30 s.
-    pub fn start() -> S3Server {
-        S3Server::start_with_args(&[])
-    }
-
-    /// [`S3Server::start`] with extra launcher arguments, e.g.
-    /// `["--switch-interval", "1e-6"]` to make thread switches (and so races) frequent.
-    pub fn start_with_args(args: &[&str]) -> S3Server {
-        assert!(
-            s3_available(),
-            "the S3 test server is not installed: run `bash scripts/s3-server/run.sh install` \
-             (`make test` does)"
-        );
-        let mut child = Command::new(venv_python())
-            .arg(launcher_path())
-            .args(["--port", "0", "--quiet", "--exit-with-parent"])
-            .args(args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the S3 launcher");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let tx = tx.clone();
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.strip_prefix("listening on http://") {
-                        let _ = tx.send(addr.trim().to_string());
-                    }
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
-        drop(tx);
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the S3 launcher did not report its address; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
+    fn on(store: &'static Store, gateway: Option<Gateway>, bucket: bool) -> S3Server {
+        let endpoint = match &gateway {
+            Some(g) => format!("http://{}", g.addr()),
+            None => store.endpoint.clone(),
         };
-        let client = any_client();
-        S3Server {
-            endpoint: format!("http://{addr}"),
-            addr,
-            child: Some(child),
-            client,
-            logs,
+        let mut s3 = S3Server {
+            addr: endpoint.trim_start_matches("http://").to_string(),
+            endpoint,
+            store,
+            bucket: None,
+            gateway: gateway.map(Mutex::new),
+            client: S3Client::new(store.credentials.clone()),
+        };
+        if bucket {
+            let name = unique_bucket_name();
+            let (client, url) = (s3.client.clone(), s3.url(&format!("/{name}")));
+            block_on(async move { create(&client, &url).await });
+            s3.bucket = Some(name);
         }
+        s3
     }
 
-    /// Starts a server if the venv is installed. If it is not, prints why `test` is
-    /// skipped and returns `None`, unless `S3_REQUIRED=1` is set, in which case it
-    /// panics (so that `make test` and CI cannot pass by skipping).
+    /// The store with a new empty bucket of this test's ([`S3Server::bucket`]), on the
+    /// shared gateway. `None` (with a message) when the store is not installed, unless
+    /// `S3_REQUIRED=1`, in which case it panics.
     pub fn start_or_skip(test: &str) -> Option<S3Server> {
-        S3Server::start_with_args_or_skip(test, &[])
+        Some(S3Server::on(store_or_skip(test)?, None, true))
     }
 
-    /// [`S3Server::start_or_skip`] with extra launcher arguments.
-    pub fn start_with_args_or_skip(test: &str, args: &[&str]) -> Option<S3Server> {
-        if s3_available() {
-            return Some(S3Server::start_with_args(args));
-        }
-        let hint = "install it with `bash scripts/s3-server/run.sh install` (`make test` does)";
-        if std::env::var(REQUIRED_ENV).is_ok_and(|v| v == "1") {
-            panic!("{test}: the S3 test server is required ({REQUIRED_ENV}=1) but missing: {hint}");
-        }
-        eprintln!("SKIPPED {test}: the S3 test server is not installed; {hint}");
-        None
+    /// [`S3Server::start_or_skip`] with a gateway of the test's own, which it may take
+    /// down ([`S3Server::go_down`], [`S3Server::hang`]) without touching other tests.
+    pub fn with_gateway_or_skip(test: &str) -> Option<S3Server> {
+        let store = store_or_skip(test)?;
+        Some(S3Server::on(store, Some(Gateway::start(None)), true))
     }
 
-    /// One server shared by every test of this test binary (each test then works in a
-    /// bucket of its own, [`S3Server::new_bucket`]), started on first use and gone with
-    /// the process. `None` (with a message) when the venv is missing, unless
-    /// `S3_REQUIRED=1`, in which case it panics as [`S3Server::start_or_skip`] does.
+    /// The shared gateway, for tests that make their buckets with
+    /// [`S3Server::new_bucket`] and drop them with [`S3Server::drop_bucket`].
     pub fn shared_or_skip(test: &str) -> Option<&'static S3Server> {
         static SHARED: OnceLock<S3Server> = OnceLock::new();
-        if let Some(s3) = SHARED.get() {
-            return Some(s3);
-        }
-        let started = S3Server::start_or_skip(test)?;
-        // A racing test may have started one too: the loser's is dropped (killed).
-        Some(SHARED.get_or_init(|| started))
+        let store = store_or_skip(test)?;
+        Some(SHARED.get_or_init(|| S3Server::on(store, None, false)))
     }
 
-    /// Creates a bucket with a name no other call in this process used, and returns it.
-    /// Uses a client of its own, so that it works from any test's runtime.
+    /// The bucket made for this test by [`S3Server::start_or_skip`].
+    pub fn bucket(&self) -> &str {
+        self.bucket
+            .as_deref()
+            .expect("this S3Server has no bucket of its own: use new_bucket")
+    }
+
+    /// Creates a bucket with a name used nowhere else, and returns the name.
     pub async fn new_bucket(&self) -> String {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!("test-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let resp = any_client()
-            .put(self.url(&format!("/{name}")))
-            .send()
-            .await
-            .expect("PUT bucket");
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "create bucket {name}: {body}");
+        let name = unique_bucket_name();
+        self.create_bucket(&name).await;
         name
     }
 
-    /// Removes a bucket and everything in it, freeing the server's memory
-    /// (`POST /_launcher/drop-bucket/{name}`). Blocking, so that it can run in `Drop`;
-    /// returns whether the bucket existed.
+    /// Creates a bucket (`PUT /{name}`); panics unless the store answers 200.
+    pub async fn create_bucket(&self, name: &str) {
+        create(&self.client, &self.url(&format!("/{name}"))).await;
+    }
+
+    /// Aborts the bucket's multipart uploads, deletes its objects and the bucket, through
+    /// the shared gateway (this test's own may be down). Blocking, so that it can run in
+    /// `Drop`; returns whether the bucket is gone.
     pub fn drop_bucket(&self, name: &str) -> bool {
-        let Ok(mut stream) = TcpStream::connect(&self.addr) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-        let req = format!(
-            "POST /_launcher/drop-bucket/{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\
-             Connection: close\r\n\r\n",
-            self.addr
-        );
-        if stream.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut resp = String::new();
-        let _ = stream.read_to_string(&mut resp);
-        resp.starts_with("HTTP/1.1 204") || resp.starts_with("HTTP/1.0 204")
+        let client = self.client.clone();
+        let base = format!("{}/{name}", self.store.endpoint);
+        block_on(async move { empty_and_delete(&client, &base).await })
     }
 
     /// `endpoint` + `path` (`path` starts with `/`, e.g. `/bucket/key?uploads`).
@@ -223,133 +381,191 @@ impl S3Server {
         format!("{}{}", self.endpoint, path)
     }
 
-    /// An HTTP client that sends [`ANY_AUTHORIZATION`] with every request.
-    pub fn client(&self) -> &reqwest::Client {
+    /// A client whose requests are signed with the test user's keys.
+    pub fn client(&self) -> &S3Client {
         &self.client
     }
 
-    /// PID of the launcher process.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// What the launcher printed so far (requests are not logged; errors are).
-    pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Creates a bucket (`PUT /{name}`); panics unless the server answers 200.
-    pub async fn create_bucket(&self, name: &str) {
-        let resp = self
-            .client
-            .put(self.url(&format!("/{name}")))
-            .send()
-            .await
-            .expect("PUT bucket");
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "create bucket {name}: {body}");
-    }
-
-    /// Empties the server: every bucket, object and multipart upload
-    /// (moto's `POST /moto-api/reset`, run under the launcher's lock).
-    pub async fn reset(&self) {
-        let resp = self
-            .client
-            .post(self.url("/moto-api/reset"))
-            .send()
-            .await
-            .expect("POST /moto-api/reset");
-        assert_eq!(resp.status(), 200, "reset");
-    }
-
-    /// Environment for a process that reaches this server through `object_store`'s
-    /// `AmazonS3Builder::from_env()` (any credentials work; plain HTTP allowed).
+    /// Environment for a process that reaches this store through `object_store`'s
+    /// `AmazonS3Builder::from_env()`: the test user's keys, this gateway, plain HTTP.
     pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        let c = &self.store.credentials;
         vec![
-            ("AWS_ACCESS_KEY_ID", "test".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", c.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", c.secret_key.clone()),
+            ("AWS_REGION", c.region.clone()),
+            ("AWS_DEFAULT_REGION", c.region.clone()),
             ("AWS_ENDPOINT", self.endpoint.clone()),
             ("AWS_ALLOW_HTTP", "true".to_string()),
         ]
     }
 
-    /// Takes the server down while keeping its state: new connections are refused and
-    /// requests on open connections get 503. Returns once connecting fails.
+    fn gateway(&self) -> std::sync::MutexGuard<'_, Gateway> {
+        self.gateway
+            .as_ref()
+            .expect("this test shares its gateway: use S3Server::with_gateway_or_skip")
+            .lock()
+            .unwrap()
+    }
+
+    /// PID of the test's own `radosgw`.
+    pub fn pid(&self) -> u32 {
+        self.gateway().child.id()
+    }
+
+    /// Takes the test's gateway down (SIGKILL): new connections are refused, open ones
+    /// are reset; the cluster keeps every object. Returns once connecting fails.
     pub fn go_down(&self) {
-        self.signal("USR1");
-        self.poll_until("the listener to close", |s| !s.answers_health());
+        let mut g = self.gateway();
+        g.kill();
+        g.wait_until("its port to close", Duration::from_secs(10), |g| {
+            TcpStream::connect(g.addr()).is_err()
+        });
     }
 
-    /// Brings the server back on the same port after [`S3Server::go_down`], with the
-    /// same buckets and objects. Returns once it answers.
+    /// Starts the test's gateway again on the same port after [`S3Server::go_down`].
+    /// Returns once it answers.
     pub fn come_up(&self) {
-        self.signal("USR2");
-        self.poll_until("the listener to reopen", |s| s.answers_health());
+        let mut g = self.gateway();
+        let port = g.port;
+        // The old one is reaped; replacing it drops nothing that runs.
+        *g = Gateway::start(Some(port));
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill -{sig} failed");
+    /// Stops the test's gateway with SIGSTOP: it keeps its port and connections but
+    /// answers nothing, as a hung store does.
+    pub fn hang(&self) {
+        self.gateway().signal("STOP");
     }
 
-    /// Bounded polling (10 s) of an observable condition.
-    fn poll_until(&self, what: &str, cond: impl Fn(&S3Server) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; logs:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+    /// Lets a gateway stopped by [`S3Server::hang`] run again (SIGCONT).
+    pub fn resume(&self) {
+        self.gateway().signal("CONT");
+    }
+
+    /// The store's requests for `bucket` that started at or after `since`, by
+    /// operation. Every request answered before this call is counted (a marker request
+    /// is sent through each gateway and awaited in the logs first).
+    pub fn requests(&self, bucket: &str, since: SystemTime) -> Requests {
+        let since = since
+            .duration_since(UNIX_EPOCH)
+            .expect("time after 1970")
+            .as_secs_f64();
+        let out = run(&[
+            "requests",
+            "--json",
+            "--bucket",
+            bucket,
+            "--since",
+            &format!("{since:.6}"),
+        ])
+        .unwrap_or_else(|(_, out)| panic!("run.sh requests: {out}"));
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("run.sh requests printed {out:?}: {e}"));
+        let by_operation = v["operations"]
+            .as_object()
+            .expect("operations")
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+            .collect();
+        Requests {
+            by_operation,
+            total: v["total"].as_u64().unwrap_or(0),
+            copied_bytes: v["copied_bytes"].as_u64().unwrap_or(0),
         }
     }
-
-    /// Whether `GET /_launcher/health` on a new connection answers 200.
-    fn answers_health(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(&self.addr) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = format!(
-            "GET /_launcher/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        if stream.write_all(req.as_bytes()).is_err() {
-            return false;
-        }
-        let mut resp = String::new();
-        let _ = stream.read_to_string(&mut resp);
-        resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
-    }
-}
-
-/// An HTTP client that sends [`ANY_AUTHORIZATION`] with every request.
-fn any_client() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_static(ANY_AUTHORIZATION),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .no_proxy()
-        .build()
-        .expect("reqwest client")
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(g) = self.gateway.take() {
+            drop(g.into_inner());
+        }
+        if let Some(bucket) = self.bucket.take() {
+            self.drop_bucket(&bucket);
         }
     }
+}
+
+async fn create(client: &S3Client, url: &str) {
+    let resp = client.put(url).send().await.expect("CreateBucket");
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "create bucket {url}: {body}");
+}
+
+/// Every text of `<tag>…</tag>` in an XML document, unescaped.
+fn xml_texts(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        out.push(
+            after[..end]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[end + close.len()..];
+    }
+    out
+}
+
+fn encode_key(key: &str) -> String {
+    key.split('/')
+        .map(|s| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn get_text(client: &S3Client, url: &str) -> Option<String> {
+    let resp = client.get(url).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// Empties and deletes the bucket at `base` (`http://host:port/bucket`).
+async fn empty_and_delete(client: &S3Client, base: &str) -> bool {
+    // Multipart uploads first: a completion racing the sweep then fails instead of
+    // publishing into a bucket being emptied.
+    for _ in 0..100 {
+        let Some(body) = get_text(client, &format!("{base}?uploads")).await else {
+            return false;
+        };
+        let uploads: Vec<(String, String)> = xml_texts(&body, "Upload")
+            .iter()
+            .filter_map(|u| Some((xml_texts(u, "Key").pop()?, xml_texts(u, "UploadId").pop()?)))
+            .collect();
+        if uploads.is_empty() {
+            break;
+        }
+        for (key, id) in uploads {
+            let url = format!("{base}/{}?uploadId={id}", encode_key(&key));
+            let _ = client.delete(url).send().await;
+        }
+    }
+    for _ in 0..1000 {
+        let Some(body) = get_text(client, &format!("{base}?list-type=2")).await else {
+            return false;
+        };
+        let keys = xml_texts(&body, "Key");
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            let _ = client
+                .delete(format!("{base}/{}", encode_key(&key)))
+                .send()
+                .await;
+        }
+    }
+    matches!(client.delete(base).send().await, Ok(r) if r.status().is_success())
 }

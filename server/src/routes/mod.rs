@@ -142,6 +142,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .route("/", get(page::index))
         .route("/app.js", get(page::app_js))
         .route("/style.css", get(page::style_css))
+        .route("/upload-worker.js", get(page::worker_js))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1", get(native::capabilities))

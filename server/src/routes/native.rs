@@ -6,8 +6,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::api::{
-    Capabilities, ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload,
-    Problem, UploadStatus,
+    ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload, Problem,
+    ServerCapabilities, UploadStatus,
 };
 use common::UploadId;
 use storage::Completion;
@@ -23,18 +23,22 @@ fn location(id: common::UploadId) -> HeaderValue {
     HeaderValue::from_str(&format!("/v1/uploads/{id}")).unwrap_or(HeaderValue::from_static("/"))
 }
 
-/// `GET /v1`: what this server accepts.
+/// `GET /v1`: what this server accepts, and whether it needs a token.
 #[utoipa::path(
     get,
     path = "/v1",
     tag = "uploads",
     security(()),
     responses(
-        (status = 200, description = "What this server accepts.", body = Capabilities),
+        (status = 200, description = "What this server accepts.", body = ServerCapabilities),
     )
 )]
 pub async fn capabilities(State(state): State<AppState>) -> Response {
-    Json(state.uploads.capabilities()).into_response()
+    Json(ServerCapabilities {
+        capabilities: state.uploads.capabilities(),
+        token_required: state.auth.enabled(),
+    })
+    .into_response()
 }
 
 /// `POST /v1/uploads`: creates an upload (idempotently with `Idempotency-Key`).

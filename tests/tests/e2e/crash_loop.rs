@@ -498,7 +498,7 @@ fn three_servers_on_one_bucket_survive_kill_9_of_one() {
         let _ = std::fs::remove_file(&file);
     }
     let report = format!(
-        "| three servers on one S3 bucket (moto), one kill -9'd a round | value |\n\
+        "| three servers on one S3 bucket (Ceph RGW), one kill -9'd a round | value |\n\
          | --- | --- |\n\
          | rounds survived / run | {rounds} / {rounds} |\n\
          | file per round | {} MiB in 5 MiB chunks, 8 in flight |\n\

@@ -1,32 +1,41 @@
 //! The built-in upload page (`GET /`) in a real browser: headless Chromium driven by
 //! `scripts/webclients/page.mjs` (playwright-core) against the real `upload-server`.
 //!
-//! - a 50 MiB file is uploaded, the page is reloaded once the server holds ≥ 40% of it, the
-//!   same file is chosen again and the page resumes the SAME upload, sending only the missing
-//!   chunks; the SHA-256 the page shows, the file's and the server's agree; a screenshot of
-//!   the page mid-upload is kept in `target/test-artifacts/page-mid-upload.png`;
+//! - a 256 MiB file goes up and is verified: the SHA-256 the page shows is the file's and
+//!   the server's, every chunk PUT carried a `Content-Digest`, the page says how the file
+//!   was checked, and it asks for no token from a server that needs none;
+//! - Pause (pressed with the keyboard) stops the upload, a reload lists it as unfinished,
+//!   and choosing the same file again resumes the SAME upload, sending only what is missing;
+//!   a screenshot of the page mid-upload is kept in `target/test-artifacts/page-mid-upload.png`;
+//! - a wrong token fails the card with words that name the token field; the right one and
+//!   Retry finish the upload, whose download link is then a signed URL;
+//! - a chunk damaged on the way (by the fault proxy) is refused by the server, whose check
+//!   of the page's digest fails; the card says so, and Retry finishes the upload;
+//! - several files chosen at once are listed, and uploaded, in the order chosen;
 //! - Cancel (pressed with the keyboard) makes the server answer 410 for the upload.
 //!
-//! The driver also checks the page's incremental SHA-256 against known vectors and WebCrypto.
-//! Needs `scripts/webclients/setup.sh install` (playwright-core, Debian chromium); without it
-//! the tests print `SKIPPED …` and pass, unless `WEBCLIENTS_REQUIRED=1`.
+//! Buttons are found by the names a screen reader announces. Needs
+//! `scripts/webclients/setup.sh install` (playwright-core, Debian chromium); without it the
+//! tests print `SKIPPED …` and pass, unless `WEBCLIENTS_REQUIRED=1`.
 
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tests::proxy::{Fault, Faults, Proxy};
 use tests::{random_bytes, sha256_hex, write_file, Server};
 
 const MIB: usize = 1 << 20;
 /// Bound on one driver run (the driver's own watchdog is shorter).
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One browser at a time: the machine is small and the reload test is about timing.
+/// One browser at a time: the machine is small and the pause test is about timing.
 static BROWSER: Mutex<()> = Mutex::new(());
 
 fn repo_root() -> PathBuf {
@@ -134,39 +143,47 @@ fn run_driver(server_url: &str, file: &Path, extra: &[&str]) -> Value {
     json
 }
 
-/// A 50 MiB random file in `dir`, and its SHA-256.
-fn big_file(dir: &Path, seed: u64) -> (PathBuf, String) {
-    let data = random_bytes(50 * MIB, seed);
+/// A random file of `len` bytes in `dir`, and its SHA-256.
+fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, String) {
+    let data = random_bytes(len, seed);
     let sha = sha256_hex(&data);
-    (write_file(dir, "page-50MiB.bin", &data), sha)
+    (write_file(dir, name, &data), sha)
 }
 
-/// `GET /v1/uploads/{id}`: status code and JSON body.
-fn native_status(server: &Server, id: &str) -> (reqwest::StatusCode, Value) {
-    let url = format!("{}/v1/uploads/{id}", server.url());
+/// `GET {url}` with an optional bearer token: status code and JSON body.
+fn get_json(url: &str, token: Option<&str>) -> (reqwest::StatusCode, Value) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async {
-        let resp = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
-            .expect("client")
-            .get(url)
-            .send()
-            .await
-            .expect("GET status");
+            .expect("client");
+        let mut req = client.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("GET");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     })
 }
 
-/// Distinct requests (by request id) the server logged for `path_prefix`.
-fn logged_requests(server: &Server, path_prefix: &str) -> usize {
+/// `GET /v1/uploads/{id}`: status code and JSON body.
+fn native_status(server: &Server, id: &str) -> (reqwest::StatusCode, Value) {
+    get_json(&format!("{}/v1/uploads/{id}", server.url()), None)
+}
+
+/// Distinct requests (by request id) the server logged for `path_prefix`, with `status` if
+/// given.
+fn logged_requests(server: &Server, path_prefix: &str, status: Option<u16>) -> usize {
     let needle = format!("path={path_prefix}");
+    let status = status.map(|s| format!("status={s} "));
     server
         .logs()
         .lines()
         .filter(|l| l.contains(&needle))
+        .filter(|l| status.as_ref().is_none_or(|s| l.contains(s.as_str())))
         .filter_map(|l| l.split("request_id=").nth(1))
         .map(|rest| {
             rest.split(['}', ' ', ','])
@@ -178,62 +195,132 @@ fn logged_requests(server: &Server, path_prefix: &str) -> usize {
         .len()
 }
 
+/// The upload `r` reports is completed on the server with the file's SHA-256, which the
+/// page showed.
+fn assert_verified(server: &Server, r: &Value, sha: &str, size: usize, token: Option<&str>) {
+    assert_eq!(r["sha256"], sha, "the page shows the file's SHA-256: {r:#}");
+    let id = r["id"].as_str().expect("upload id");
+    let (code, status) = get_json(&format!("{}/v1/uploads/{id}", server.url()), token);
+    assert_eq!(code, reqwest::StatusCode::OK, "{status:#}");
+    assert_eq!(status["state"], "completed", "{status:#}");
+    assert_eq!(status["sha256"], sha, "{status:#}");
+    assert_eq!(status["size"], size, "{status:#}");
+    assert_eq!(
+        r["put_without_digest"], 0,
+        "a chunk PUT without Content-Digest: {r:#}"
+    );
+}
+
 #[test]
-fn page_uploads_50mib_resumes_the_same_upload_after_a_reload() {
-    if !webclients_or_skip("page_uploads_50mib_resumes_the_same_upload_after_a_reload") {
+fn page_uploads_256mib_verified_by_its_own_chunk_digests() {
+    if !webclients_or_skip("page_uploads_256mib_verified_by_its_own_chunk_digests") {
         return;
     }
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let (server, _data) = Server::start(&[]);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (file, sha) = big_file(tmp.path(), 6);
+    let (file, sha) = random_file(tmp.path(), "page-256MiB.bin", 256 * MIB, 5);
+
+    let r = run_driver(&server.url(), &file, &[]);
+    eprintln!("page.mjs: {r}");
+
+    // Served from the binary under a policy that allows this origin's worker and nothing
+    // more: no eval, no WebAssembly.
+    assert_eq!(r["page_content_type"], "text/html; charset=utf-8", "{r:#}");
+    let csp = r["page_csp"].as_str().expect("Content-Security-Policy");
+    assert!(csp.contains("worker-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(r["secure_context"], true, "crypto.subtle needs it: {r:#}");
+
+    // A server that needs no token says so, and the page asks for none.
+    let (_, caps) = get_json(&format!("{}/v1", server.url()), None);
+    assert_eq!(caps["token_required"], false, "{caps:#}");
+    assert_eq!(r["token_field_visible"], false, "{r:#}");
+
+    assert_verified(&server, &r, &sha, 256 * MIB, None);
+    let id = r["id"].as_str().expect("upload id");
+    assert_eq!(r["link"], format!("/v1/uploads/{id}/content"), "{r:#}");
+    let (_, status) = native_status(&server, id);
+    let chunks = status["chunk_count"].as_u64().expect("chunk_count");
+    assert_eq!(chunks, 32, "{status:#}");
+    assert_eq!(r["put_requests"][0], chunks, "one PUT per chunk: {r:#}");
+    assert_eq!(
+        logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(201)),
+        chunks as usize
+    );
+    // It says, in words, how the file was checked.
+    let how = r["verification"].as_str().expect("verification text");
+    assert!(
+        how.contains("this browser computed its SHA-256")
+            && how.contains("the server recomputed it")
+            && how.contains("SHA-256 of the whole file"),
+        "{how}"
+    );
+    assert_eq!(
+        r["buttons_when_done"],
+        serde_json::json!(["dismiss"]),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn page_pauses_reloads_and_resumes_the_same_upload() {
+    if !webclients_or_skip("page_pauses_reloads_and_resumes_the_same_upload") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, _data) = Server::start(&[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (file, sha) = random_file(tmp.path(), "page-50MiB.bin", 50 * MIB, 6);
     let shot = repo_root().join("target/test-artifacts/page-mid-upload.png");
     let _ = std::fs::remove_file(&shot);
 
     let args = [
-        "--reload-at",
+        "--pause-reload-at",
         "0.4",
         "--screenshot",
         shot.to_str().expect("utf-8 path"),
     ];
     let r = run_driver(&server.url(), &file, &args);
     eprintln!("page.mjs: {r}");
-
-    // The page is served from the binary, and its own SHA-256 passed its self-test.
-    assert_eq!(r["page_content_type"], "text/html; charset=utf-8", "{r:#}");
-    assert_eq!(r["sha256_selftest"]["ok"], true, "{r:#}");
-    assert_eq!(r["secure_context"], true, "crypto.subtle needs it: {r:#}");
-
-    // The SHA-256 shown on the page is the file's, and the server's.
-    assert_eq!(r["sha256"], sha.as_str(), "{r:#}");
+    assert_verified(&server, &r, &sha, 50 * MIB, None);
     let id = r["id"].as_str().expect("upload id").to_string();
-    let (code, status) = native_status(&server, &id);
-    assert_eq!(code, reqwest::StatusCode::OK, "{status:#}");
-    assert_eq!(status["state"], "completed", "{status:#}");
-    assert_eq!(status["sha256"], sha.as_str(), "{status:#}");
-    assert_eq!(status["size"], 50 * MIB, "{status:#}");
-    assert_eq!(r["link"], format!("/v1/uploads/{id}/content"), "{r:#}");
+    let (_, status) = native_status(&server, &id);
+
+    // Paused: the card offers Resume (focused) and Cancel, and the server holds what the
+    // card says is stored.
+    assert_eq!(
+        r["paused"]["buttons"],
+        serde_json::json!(["resume", "cancel"]),
+        "{r:#}"
+    );
+    let file_name = file.file_name().expect("name").to_string_lossy();
+    assert_eq!(
+        r["focused_after_pause"],
+        format!("Resume the upload of {file_name}"),
+        "{r:#}"
+    );
+    let confirmed = r["paused"]["confirmed"].as_u64().expect("confirmed");
+    assert!(
+        confirmed as f64 >= 0.4 * (50 * MIB) as f64,
+        "paused too early: {r:#}"
+    );
+    assert_eq!(r["server_received_at_pause"], confirmed, "{r:#}");
 
     // After the reload the page resumed the same upload and sent only what was missing.
     assert_eq!(r["resumed"], true, "{r:#}");
     assert_eq!(r["resumed_id"], id.as_str(), "{r:#}");
     let chunk_size = status["chunk_size"].as_u64().expect("chunk_size");
     let chunk_count = status["chunk_count"].as_u64().expect("chunk_count");
-    let confirmed = r["confirmed_at_reload"]
-        .as_u64()
-        .expect("confirmed_at_reload");
-    assert!(
-        confirmed as f64 >= 0.4 * (50 * MIB) as f64,
-        "reloaded too early: {r:#}"
-    );
-    let stored_before_reload = confirmed / chunk_size;
+    let stored_before = confirmed / chunk_size;
     let second = r["put_requests"][1].as_u64().expect("put_requests");
     assert!(
-        second >= 1 && second <= chunk_count - stored_before_reload,
-        "the second session sent {second} chunk PUTs; {stored_before_reload} of {chunk_count} \
+        second >= 1 && second <= chunk_count - stored_before,
+        "the second session sent {second} chunk PUTs; {stored_before} of {chunk_count} \
          chunks were already stored: {r:#}"
     );
-    let puts = logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"));
+    let puts = logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), None);
     assert!(
         puts < chunk_count as usize + 4,
         "{puts} chunk PUTs in the server log for {chunk_count} chunks"
@@ -257,7 +344,7 @@ fn page_cancel_makes_the_server_answer_410() {
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let (server, _data) = Server::start(&[]);
     let tmp = tempfile::tempdir().expect("temp dir");
-    let (file, _) = big_file(tmp.path(), 7);
+    let (file, _) = random_file(tmp.path(), "page-50MiB.bin", 50 * MIB, 7);
 
     let r = run_driver(&server.url(), &file, &["--cancel"]);
     eprintln!("page.mjs: {r}");
@@ -269,11 +356,12 @@ fn page_cancel_makes_the_server_answer_410() {
     assert_eq!(problem["status"], 410, "{problem:#}");
 }
 
-/// With authentication on, the page sends the token typed in its field, and its download
-/// link is a signed URL that works without one.
+/// With authentication on, the page shows its token field; a wrong token fails the cards
+/// with words that name the field; one is dismissed, and the right token plus Retry finishes
+/// the other, whose download link is a signed URL that works without a token.
 #[test]
-fn page_uploads_with_a_token_and_links_a_signed_url() {
-    if !webclients_or_skip("page_uploads_with_a_token_and_links_a_signed_url") {
+fn page_wrong_token_then_the_right_one() {
+    if !webclients_or_skip("page_wrong_token_then_the_right_one") {
         return;
     }
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
@@ -284,13 +372,52 @@ fn page_uploads_with_a_token_and_links_a_signed_url() {
         &tmp.path().join("data"),
         &["--tokens-file", tokens.to_str().expect("utf-8 path")],
     );
-    let data = random_bytes(3 * MIB + 17, 8);
-    let sha = sha256_hex(&data);
-    let file = write_file(tmp.path(), "with-token.bin", &data);
-    let r = run_driver(&server.url(), &file, &["--token", "page-token"]);
+    let (_, caps) = get_json(&format!("{}/v1", server.url()), None);
+    assert_eq!(caps["token_required"], true, "{caps:#}");
+    let (file, sha) = random_file(tmp.path(), "with-token.bin", 3 * MIB + 17, 8);
+    let (other, _) = random_file(tmp.path(), "dismissed.bin", MIB, 10);
+
+    let r = run_driver(
+        &server.url(),
+        &file,
+        &[
+            "--wrong-token",
+            "not-the-token",
+            "--token",
+            "page-token",
+            "--more-files",
+            other.to_str().expect("utf-8 path"),
+        ],
+    );
     eprintln!("page.mjs: {r}");
-    assert_eq!(r["sha256"], sha.as_str(), "{r:#}");
-    assert_eq!(r["server_state"], "completed", "{r:#}");
+    assert_eq!(r["token_field_visible"], true, "{r:#}");
+    // The other file's card failed too; Dismiss took it off the list.
+    assert_eq!(
+        r["after_dismiss"]["cards"],
+        serde_json::json!(["with-token.bin"]),
+        "{r:#}"
+    );
+
+    // The failure names the field, without header syntax, and offers Retry and Dismiss.
+    let error = r["failure"]["error"].as_str().expect("failure message");
+    assert!(error.contains("“Access token” field"), "{error}");
+    assert!(
+        !error.contains("Authorization") && !error.contains("Bearer"),
+        "{error}"
+    );
+    assert_eq!(r["token_invalid_marked"], true, "{r:#}");
+    assert_eq!(
+        r["failure"]["buttons"],
+        serde_json::json!(["retry", "dismiss"]),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["failure"]["id"],
+        Value::Null,
+        "nothing was created: {r:#}"
+    );
+
+    assert_verified(&server, &r, &sha, 3 * MIB + 17, Some("page-token"));
     let id = r["id"].as_str().expect("upload id").to_string();
     // Without the token the upload does not exist...
     let (code, _) = native_status(&server, &id);
@@ -316,4 +443,83 @@ fn page_uploads_with_a_token_and_links_a_signed_url() {
             .expect("body")
     });
     assert_eq!(sha256_hex(&body), sha);
+}
+
+/// A chunk damaged between the browser and the server (one byte flipped by the fault
+/// proxy) is refused by the server, whose check of the page's own digest fails; the card
+/// says so and offers Retry, which sends the rest and finishes with the file's SHA-256.
+#[test]
+fn page_retries_a_damaged_chunk_from_the_card() {
+    if !webclients_or_skip("page_retries_a_damaged_chunk_from_the_card") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, _data) = Server::start(&[]);
+    let proxy = Proxy::start(
+        &server.addr,
+        Faults {
+            rate: 1.0,
+            matching: "/chunks/".into(),
+            kinds: vec![Fault::Corrupt],
+            ..Faults::none()
+        },
+    );
+    proxy.limit_faults(1);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (file, sha) = random_file(tmp.path(), "damaged.bin", 20 * MIB + 5, 9);
+
+    let r = run_driver(&proxy.url(), &file, &["--expect-failure"]);
+    eprintln!("page.mjs: {r}");
+    assert_eq!(proxy.stats().corrupted.load(Ordering::Relaxed), 1);
+    let error = r["failure"]["error"].as_str().expect("failure message");
+    assert!(
+        error.contains("arrived damaged") && error.contains("Retry"),
+        "{error}"
+    );
+    assert_eq!(
+        r["failure"]["buttons"],
+        serde_json::json!(["retry", "dismiss"]),
+        "{r:#}"
+    );
+    let id = r["id"].as_str().expect("upload id");
+    assert_eq!(
+        r["failure"]["id"], id,
+        "Retry went on with the same upload: {r:#}"
+    );
+    assert!(
+        logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(400)) >= 1,
+        "the server refused the damaged chunk"
+    );
+    assert_verified(&server, &r, &sha, 20 * MIB + 5, None);
+}
+
+/// Files chosen together are listed in the order chosen, each uploaded and verified.
+#[test]
+fn page_lists_files_in_the_order_chosen() {
+    if !webclients_or_skip("page_lists_files_in_the_order_chosen") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, _data) = Server::start(&[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let files: Vec<(PathBuf, String)> = ["b-second.bin", "a-first.bin", "c-third.bin", "d.bin"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| random_file(tmp.path(), name, (i + 1) * MIB + i, 20 + i as u64))
+        .collect();
+    let more = files[1..]
+        .iter()
+        .map(|(p, _)| p.to_str().expect("utf-8 path"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = run_driver(&server.url(), &files[0].0, &["--more-files", &more]);
+    eprintln!("page.mjs: {r}");
+    let cards = r["cards"].as_array().expect("cards");
+    assert_eq!(cards.len(), files.len(), "{r:#}");
+    for (card, (path, sha)) in cards.iter().zip(&files) {
+        let name = path.file_name().expect("name").to_string_lossy();
+        assert_eq!(card["name"], name.as_ref(), "{r:#}");
+        assert_eq!(card["state"], "done", "{r:#}");
+        assert_eq!(card["sha256"], sha.as_str(), "{r:#}");
+    }
 }

@@ -1,15 +1,15 @@
-//! End-to-end tests of `upload-server --storage s3` against a real
-//! S3-compatible server (moto behind `scripts/s3-server/launcher.py`, see `tests::s3`).
+//! End-to-end tests of `upload-server --storage s3` against a real S3 server (Ceph RGW,
+//! see `tests::s3`).
 //!
-//! Each test starts its own S3 server (own port, own in-memory state) with one bucket and
-//! one or more `upload-server` processes on it, speaks the native API to them, and checks
+//! Each test gets a bucket of its own on the shared store (and, where it takes the store
+//! down, a gateway of its own) and one or more `upload-server` processes on it, speaks the native API to them, and checks
 //! the bucket's objects and multipart uploads directly with raw S3 requests. The object
 //! layout is the one documented in `storage/src/backend/s3.rs`:
 //! `uploads/{id}/record.json`, `uploads/{id}/chunks/{index:05}/…`, `uploads/{id}/hash.json`,
 //! `uploads/{id}/staging` (the multipart upload's key), `files/{id}`, `idempotency/…`.
 //!
-//! S3 parts are at least 5 MiB (but the last), so uploads here use 5 MiB chunks; moto
-//! keeps everything in memory, so files stay small (≤ ~26 MiB per test).
+//! S3 parts are at least 5 MiB (but the last), so uploads here use 5 MiB chunks; files
+//! stay small (≤ ~26 MiB per test).
 //!
 //! Skipped (with a message) when the S3 test server is not installed, unless
 //! `S3_REQUIRED=1`. Build the binaries first (`cargo build -p server`; `make test` does).
@@ -31,17 +31,19 @@ use tokio::io::AsyncWriteExt;
 const MIB: usize = 1 << 20;
 /// The smallest chunk S3 allows (every part but the last).
 const CS: usize = 5 * MIB;
-const BUCKET: &str = "uploads-test";
 
 // ---------------------------------------------------------------------------------------
 // Set-up: an S3 server with a bucket, upload servers on it.
 // ---------------------------------------------------------------------------------------
 
-/// An S3 server with [`BUCKET`] created, or `None` when the test is skipped.
+/// The S3 store with a bucket of the test's own, or `None` when the test is skipped.
 async fn s3_or_skip(test: &str) -> Option<S3Server> {
-    let s3 = S3Server::start_or_skip(test)?;
-    s3.create_bucket(BUCKET).await;
-    Some(s3)
+    S3Server::start_or_skip(test)
+}
+
+/// [`s3_or_skip`] with a gateway of the test's own, for tests that take the store down.
+async fn s3_with_gateway_or_skip(test: &str) -> Option<S3Server> {
+    S3Server::with_gateway_or_skip(test)
 }
 
 /// An `upload-server` on the test bucket, with `extra` flags.
@@ -56,7 +58,7 @@ fn upload_server_via(s3: &S3Server, endpoint: &str, extra: &[&str]) -> (Server, 
         "--storage",
         "s3",
         "--s3-bucket",
-        BUCKET,
+        s3.bucket(),
         "--s3-endpoint",
         endpoint,
         "--s3-allow-http",
@@ -103,7 +105,7 @@ async fn s3_get_text(s3: &S3Server, path: &str) -> String {
 
 /// Keys under `prefix` (ListObjectsV2), sorted.
 async fn list_keys(s3: &S3Server, prefix: &str) -> Vec<String> {
-    let body = s3_get_text(s3, &format!("/{BUCKET}?list-type=2&prefix={prefix}")).await;
+    let body = s3_get_text(s3, &format!("/{}?list-type=2&prefix={prefix}", s3.bucket())).await;
     assert!(
         !body.contains("<IsTruncated>true</IsTruncated>"),
         "listing truncated: {body}"
@@ -126,7 +128,7 @@ async fn receipt_keys(s3: &S3Server, id: UploadId) -> Vec<String> {
 
 /// Keys of the multipart uploads in progress under `prefix` (ListMultipartUploads).
 async fn multipart_uploads(s3: &S3Server, prefix: &str) -> Vec<String> {
-    let body = s3_get_text(s3, &format!("/{BUCKET}?uploads&prefix={prefix}")).await;
+    let body = s3_get_text(s3, &format!("/{}?uploads&prefix={prefix}", s3.bucket())).await;
     xml_all(&body, "Upload")
         .iter()
         .flat_map(|u| xml_all(u, "Key"))
@@ -137,7 +139,7 @@ async fn multipart_uploads(s3: &S3Server, prefix: &str) -> Vec<String> {
 async fn get_object(s3: &S3Server, key: &str) -> (StatusCode, Bytes) {
     let resp = s3
         .client()
-        .get(s3.url(&format!("/{BUCKET}/{key}")))
+        .get(s3.url(&format!("/{}/{key}", s3.bucket())))
         .send()
         .await
         .expect("GetObject");
@@ -968,12 +970,14 @@ async fn expiry_aborts_the_multipart_upload() {
         "only the tombstone record stays"
     );
     problem(api.put(id, 1, chunks[1].clone()).await, 410).await;
-    let logs = synced_logs(&server).await;
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("upload expired") && l.contains(&id.to_string())),
-        "no expiry log line"
-    );
+    // Logged once the sweep's discard returned, which may be after the last object went.
+    wait_until(Duration::from_secs(10), "the expiry log line", || async {
+        synced_logs(&server)
+            .await
+            .lines()
+            .any(|l| l.contains("upload expired") && l.contains(&id.to_string()))
+    })
+    .await;
     eprintln!("expiry: 410 after {expired_after:?} (ttl 2s)");
 }
 
@@ -992,7 +996,7 @@ async fn put_in_order(api: &Api, id: UploadId, chunks: &[Bytes], order: &[usize]
 async fn published_etag(s3: &S3Server, id: UploadId) -> String {
     let head = s3
         .client()
-        .head(s3.url(&format!("/{BUCKET}/{}", file_key(id))))
+        .head(s3.url(&format!("/{}/{}", s3.bucket(), file_key(id))))
         .send()
         .await
         .unwrap();
@@ -1203,7 +1207,7 @@ async fn concurrent_idempotent_creates_on_two_servers() {
 /// nothing acknowledged is lost, and once the store is back the upload completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_outage_mid_upload() {
-    let Some(s3) = s3_or_skip("store_outage_mid_upload").await else {
+    let Some(s3) = s3_with_gateway_or_skip("store_outage_mid_upload").await else {
         return;
     };
     let (server, _dir) = upload_server(&s3, &[]);
@@ -1287,7 +1291,7 @@ async fn store_outage_mid_upload() {
 /// the store is back. Requests before it opens are reported (they answer 500 or 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_outage_opens_the_circuit_breaker() {
-    let Some(s3) = s3_or_skip("store_outage_opens_the_circuit_breaker").await else {
+    let Some(s3) = s3_with_gateway_or_skip("store_outage_opens_the_circuit_breaker").await else {
         return;
     };
     let (server, _dir) = upload_server(&s3, &[]);
@@ -1576,7 +1580,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_outlasts_the_store_down_for_ten_seconds() {
     use std::io::BufRead;
-    let Some(s3) = s3_or_skip("the_cli_outlasts_the_store_down_for_ten_seconds").await else {
+    let Some(s3) = s3_with_gateway_or_skip("the_cli_outlasts_the_store_down_for_ten_seconds").await
+    else {
         return;
     };
     let (server, dir) = upload_server(&s3, &[]);
@@ -1703,7 +1708,7 @@ async fn a_retry_of_a_stored_chunk_ignores_a_lease_left_behind() {
         .unwrap()
         .as_secs()
         + 3600;
-    let lease = format!("/{BUCKET}/{}00000/lease", chunks_prefix(id));
+    let lease = format!("/{}/{}00000/lease", s3.bucket(), chunks_prefix(id));
     let put = s3
         .client()
         .put(s3.url(&lease))
@@ -1752,7 +1757,8 @@ async fn upload_part(
 ) -> Response {
     s3.client()
         .put(s3.url(&format!(
-            "/{BUCKET}/{}?partNumber={number}&uploadId={multipart}",
+            "/{}/{}?partNumber={number}&uploadId={multipart}",
+            s3.bucket(),
             staging_key(id)
         )))
         .body(bytes)
@@ -1783,7 +1789,7 @@ async fn a_part_landing_after_its_lease_was_taken_over_changes_nothing() {
         .create(json!({"size": file.len(), "chunk_size": CS}))
         .await
         .id;
-    let lease = format!("/{BUCKET}/{}00001/lease", chunks_prefix(id));
+    let lease = format!("/{}/{}00001/lease", s3.bucket(), chunks_prefix(id));
     let put = s3
         .client()
         .put(s3.url(&lease))
@@ -1889,7 +1895,7 @@ async fn a_file_over_the_copy_limit_is_published_in_parts() {
 async fn begin_multipart(s3: &S3Server, key: &str) {
     let resp = s3
         .client()
-        .post(s3.url(&format!("/{BUCKET}/{key}?uploads")))
+        .post(s3.url(&format!("/{}/{key}?uploads", s3.bucket())))
         .send()
         .await
         .expect("CreateMultipartUpload");

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
-use tests::s3::{S3Server, ANY_AUTHORIZATION};
+use tests::s3::S3Server;
 use tests::webclients::{self, DriverResult};
 use tests::{random_bytes, sha256_hex, write_file, Server};
 
@@ -542,13 +542,13 @@ async fn tuspy_stops_after_two_chunks_then_resumes_from_the_stored_url() {
 // held as "piece" objects (`uploads/{id}/chunks/{index:05}/pieces/…`) until their chunk (an
 // S3 multipart part, at least 5 MiB; 8 MiB by default) is whole, then written as its part
 // and the pieces removed. Concatenation (parallelUploads) appends the parts' bytes the same
-// way. One moto server for the test binary (`S3Server::shared_or_skip`), a bucket per test.
+// way. The shared S3 store (`S3Server::shared_or_skip`), a bucket per test.
 // ---------------------------------------------------------------------------------------
 
 /// The server's chunk size when a tus client names none.
 const DEFAULT_CHUNK: u64 = 8 * MIB as u64;
 
-/// A test bucket of the shared S3 test server, removed (freeing moto's memory) on drop.
+/// A test bucket of the shared S3 store, emptied and removed on drop.
 struct Bucket {
     s3: &'static S3Server,
     name: String,
@@ -618,9 +618,11 @@ impl S3Upload {
             "/{}?list-type=2&prefix={prefix}",
             self.bucket.name
         ));
-        let resp = client()
+        let resp = self
+            .bucket
+            .s3
+            .client()
             .get(&url)
-            .header(reqwest::header::AUTHORIZATION, ANY_AUTHORIZATION)
             .send()
             .await
             .expect("ListObjectsV2");

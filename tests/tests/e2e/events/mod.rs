@@ -583,7 +583,7 @@ async fn sse_stream_follows_progress_and_resumes_without_repeats() {
     problem(bob.events(&id, None).await, StatusCode::NOT_FOUND).await;
 }
 
-/// Removes a test bucket (and frees the S3 server's memory) when dropped.
+/// Empties and removes a test bucket when dropped.
 struct Bucket(&'static S3Server, String);
 
 impl Drop for Bucket {

@@ -22,7 +22,7 @@ pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
 
 /// Where the servers of a test binary keep uploads: `server` tests them on local disk,
-/// `server_s3` the same tests on S3 (one moto server per binary, a bucket per test).
+/// `server_s3` the same tests on S3 (the shared Ceph store, a bucket per test).
 /// Each binary names its storage in a `STORAGE` constant at its root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(dead_code)] // each test binary names one of them
@@ -61,7 +61,6 @@ pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> 
                     storage: Storage::Local,
                     dir,
                     s3: None,
-                    http: client(),
                 },
             ))
         }
@@ -87,7 +86,6 @@ pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> 
                     storage: Storage::S3,
                     dir,
                     s3: Some((s3, bucket)),
-                    http: any_auth_client(),
                 },
             ))
         }
@@ -95,14 +93,13 @@ pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> 
 }
 
 /// One test's storage, and what the test may look at inside it. On S3 its bucket is
-/// removed (freeing the S3 server's memory) when it is dropped.
+/// emptied and removed when it is dropped.
 pub struct Store {
     /// Which storage.
     pub storage: Storage,
     /// The server's data directory (on S3 it holds nothing of the uploads).
     pub dir: tempfile::TempDir,
     s3: Option<(&'static S3Server, String)>,
-    http: Client,
 }
 
 impl Store {
@@ -135,7 +132,7 @@ impl Store {
     }
 
     /// How many chunks a test sends where it would send `local` on local disk: at most 4
-    /// on S3, where chunks are 5 MiB and the test server keeps every byte in memory.
+    /// on S3, where chunks are 5 MiB.
     pub fn count(&self, local: usize) -> usize {
         match self.storage {
             Storage::Local => local,
@@ -151,8 +148,8 @@ impl Store {
     /// Keys of the test's bucket under `prefix` (ListObjectsV2, one page).
     async fn keys(&self, prefix: &str) -> Vec<String> {
         let (s3, bucket) = self.bucket();
-        let resp = self
-            .http
+        let resp = s3
+            .client()
             .get(s3.url(&format!("/{bucket}?list-type=2&prefix={prefix}")))
             .send()
             .await
@@ -170,8 +167,8 @@ impl Store {
     /// Whether `key` is an object of the test's bucket.
     async fn object_exists(&self, key: &str) -> bool {
         let (s3, bucket) = self.bucket();
-        let resp = self
-            .http
+        let resp = s3
+            .client()
             .head(s3.url(&format!("/{bucket}/{key}")))
             .send()
             .await
@@ -217,8 +214,8 @@ impl Store {
             Storage::S3 => {
                 let (s3, bucket) = self.bucket();
                 let staging = format!("uploads/{id}/staging");
-                let resp = self
-                    .http
+                let resp = s3
+                    .client()
                     .get(s3.url(&format!("/{bucket}?uploads&prefix={staging}")))
                     .send()
                     .await
@@ -260,21 +257,6 @@ impl Drop for Store {
             s3.drop_bucket(bucket);
         }
     }
-}
-
-/// A client for raw S3 requests to the test server (it wants an `Authorization` header).
-fn any_auth_client() -> Client {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_static(tests::s3::ANY_AUTHORIZATION),
-    );
-    Client::builder()
-        .default_headers(headers)
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("reqwest client")
 }
 
 /// A client that never goes through a proxy and never waits forever. It keeps connections

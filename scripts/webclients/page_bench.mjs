@@ -1,0 +1,175 @@
+#!/usr/bin/env node
+// One timed browser upload for bench/page.sh, in headless Chromium (playwright-core).
+// Prints ONE JSON line; exit 0 on success, non-zero on failure.
+//
+//   node page_bench.mjs --client page|tusjs|uppy --url SERVER_URL --file PATH
+//                       [--chunk-size BYTES] [--timeout SECONDS] [--chromium PATH]
+//
+// - page:  the server's built-in page (GET /), the file put in its <input type=file>.
+// - tusjs: tus-js-client in the browser, one upload (no parallelUploads), --chunk-size PATCHes
+//          (default 8 MiB), to SERVER_URL/files/.
+// - uppy:  Uppy (@uppy/core + @uppy/tus), same chunk size, same endpoint.
+// tusjs and uppy run in uppy_page/bench.html, served by uppy_page/serve.mjs on another port, so
+// their uploads are cross-origin: start the server with `--cors-origin '*'`.
+//
+// Time: in the page, from the file input's `change` event to the client saying the upload is
+// complete (the page's card turning `done`, after the server verified the whole file; tus
+// clients' success callbacks). CPU: user + system time of every Chromium process (the
+// descendants of this Node process, read from /proc, children's reaped time included) between
+// just before the file is chosen and just after completion, also by process type.
+// Output: {ok, client, bytes, seconds, mb_s, cpu_s, cpu_s_per_gb, browser_version, ...}; the
+// page adds `long_tasks` (main-thread tasks over 50 ms during the upload: count, longest ms) and
+// the page's own transfer figures (`stats`).
+import fs from 'node:fs'
+import path from 'node:path'
+import { emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
+import { startPageServer } from './uppy_page/serve.mjs'
+
+const usage = 'usage: page_bench.mjs --client page|tusjs|uppy --url SERVER_URL --file PATH [--chunk-size BYTES] [--timeout SECONDS] [--chromium PATH]'
+const args = parseArgs(process.argv.slice(2), {
+  client: 'string', url: 'string', file: 'string', 'chunk-size': 'number', timeout: 'number', chromium: 'string',
+}, usage)
+if (!args.url || !args.file || !['page', 'tusjs', 'uppy'].includes(args.client)) fail(usage, 2)
+const base = args.url.replace(/\/+$/, '')
+const file = path.resolve(args.file)
+if (!fs.existsSync(file)) fail(`no such file: ${file}`, 2)
+const chromium = args.chromium || process.env.CHROMIUM || '/usr/bin/chromium'
+if (!fs.existsSync(chromium)) fail(`${chromium} not found; run scripts/webclients/setup.sh install`, 2)
+const bytes = fs.statSync(file).size
+const timeoutMs = (args.timeout ?? 300) * 1000
+const chunkSize = args['chunk-size'] ?? 8 << 20
+
+const clientName = {
+  page: 'built-in page',
+  tusjs: `tus-js-client@${version('tus-js-client')}`,
+  uppy: `@uppy/core@${version('@uppy/core')} @uppy/tus@${version('@uppy/tus')}`,
+}[args.client]
+const result = { client: args.client, client_name: clientName, url: base, file, bytes }
+const consoleLines = []
+watchdog(timeoutMs + 30000, `${args.client} upload`, () => ({ ...result, console: consoleLines.slice(-20) }))
+
+const TICK = 100 // USER_HZ: /proc/PID/stat times are in 1/100 s on Linux
+// CPU seconds (utime + stime + cutime + cstime) of every process descending from this one, in
+// all and by Chromium process type (`--type=renderer`, `utility`…; `browser` without one).
+function browserCpu () {
+  const stats = []
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const s = fs.readFileSync(`/proc/${d}/stat`, 'utf8')
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ') // f[0] is field 3 (state)
+      stats.push({ pid: Number(d), ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]) })
+    } catch {} // gone meanwhile
+  }
+  const mine = new Set([process.pid])
+  let grew = true
+  while (grew) {
+    grew = false
+    for (const p of stats) if (!mine.has(p.pid) && mine.has(p.ppid)) { mine.add(p.pid); grew = true }
+  }
+  const out = { total: 0 }
+  for (const p of stats) {
+    if (p.pid === process.pid || !mine.has(p.pid)) continue
+    let type = 'other'
+    try {
+      const cmd = fs.readFileSync(`/proc/${p.pid}/cmdline`, 'utf8')
+      if (/chrom/.test(cmd.split('\0')[0])) type = (cmd.match(/--type=([a-z-]+)/) || [null, 'browser'])[1]
+      if (type === 'utility') type = (cmd.match(/--utility-sub-type=[a-z_]+\.mojom\.(\w+)/) || [null, 'utility'])[1]
+    } catch {}
+    out[type] = (out[type] || 0) + p.ticks / TICK
+    out.total += p.ticks / TICK
+  }
+  return out
+}
+const cpuDelta = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, Number((b[k] - (a[k] || 0)).toFixed(2))]))
+
+let browser = null
+let pageServer = null
+try {
+  const { chromium: pw } = await load('playwright-core')
+  browser = await pw.launch({
+    executablePath: chromium,
+    headless: true,
+    timeout: 30000,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  })
+  result.browser_version = browser.version()
+  const ctx = await browser.newContext({ viewport: { width: 900, height: 640 } })
+  const page = await ctx.newPage()
+  page.setDefaultTimeout(timeoutMs)
+  page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`.slice(0, 400)))
+  page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`.slice(0, 400)))
+
+  if (args.client === 'page') {
+    if (process.env.PAGE_ASSETS) {
+      // Trying changes to the page without rebuilding the server: its assets from this directory.
+      const csp = (await (await fetch(`${base}/`)).headers.get('content-security-policy'))
+      await page.route(/\/(app\.js|upload-worker\.js|style\.css)?$/, (route) => {
+        const name = new URL(route.request().url()).pathname.slice(1) || 'index.html'
+        const type = name.endsWith('.js') ? 'text/javascript' : name.endsWith('.css') ? 'text/css' : 'text/html'
+        route.fulfill({ body: fs.readFileSync(path.join(process.env.PAGE_ASSETS, name)), headers: { 'content-type': type, 'content-security-policy': csp } })
+      })
+    }
+    await page.goto(`${base}/`, { waitUntil: 'load', timeout: 30000 })
+    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 30000 })
+    if (process.env.PAGE_ASSETS) {
+      await page.waitForTimeout(500) // the worker script
+      await page.unrouteAll()
+    }
+    // Marks taken in the page: the input's change, the card turning done, long main-thread tasks.
+    await page.evaluate(() => {
+      const b = window.benchMarks = { t0: 0, t1: 0, long: [] }
+      document.querySelector('#file').addEventListener('change', () => { b.t0 = performance.now() }, { capture: true })
+      new MutationObserver(() => {
+        const s = document.querySelector('#uploads .upload')?.dataset.state
+        if (!b.t1 && (s === 'done' || s === 'error')) { b.t1 = performance.now(); b.state = s }
+      }).observe(document.querySelector('#uploads'), { subtree: true, attributes: true, attributeFilter: ['data-state'], childList: true })
+      new PerformanceObserver((l) => { for (const e of l.getEntries()) if (b.t0 && !b.t1) b.long.push(e.duration) })
+        .observe({ type: 'longtask', buffered: false })
+    })
+  } else {
+    pageServer = await startPageServer({ log: (m) => consoleLines.push(`[server] ${m}`) })
+    await page.goto(`${pageServer.url}bench.html`, { waitUntil: 'load', timeout: 30000 })
+    await page.waitForFunction(() => window.bench, null, { timeout: 30000 })
+    await page.evaluate((o) => window.bench.start(o), { client: args.client, endpoint: `${base}/files/`, chunkSize })
+  }
+
+  const cpu0 = browserCpu()
+  await page.setInputFiles('#file', file)
+  let seconds
+  if (args.client === 'page') {
+    await page.waitForFunction(() => window.benchMarks.t1 > 0, null, { timeout: timeoutMs, polling: 100 })
+    result.cpu_by_process = cpuDelta(cpu0, browserCpu())
+    const m = await page.evaluate(() => {
+      const el = document.querySelector('#uploads .upload')
+      return {
+        ...window.benchMarks,
+        error: el.querySelector('.err')?.textContent || '',
+        sha256: el.dataset.sha256 || null,
+      }
+    })
+    m.stats = await page.evaluate(async () => (await window.uploadPage?.stats?.()) ?? null)
+    if (m.state !== 'done') throw new Error(`the page's upload failed: ${m.error}`)
+    seconds = (m.t1 - m.t0) / 1000
+    result.sha256 = m.sha256
+    result.long_tasks = { count: m.long.length, longest_ms: Math.round(Math.max(0, ...m.long)) }
+    result.stats = m.stats
+  } else {
+    const out = await page.evaluate(() => window.bench.done())
+    result.cpu_by_process = cpuDelta(cpu0, browserCpu())
+    if (!out.ok) throw new Error(`${args.client}: ${out.error}`)
+    seconds = out.seconds
+    result.upload_url = out.url
+  }
+  result.seconds = Number(seconds.toFixed(3))
+  result.mb_s = Number((bytes / 1e6 / seconds).toFixed(1))
+  result.cpu_s = result.cpu_by_process.total
+  result.cpu_s_per_gb = Number((result.cpu_s / (bytes / 1e9)).toFixed(2))
+  result.ok = true
+} catch (e) {
+  Object.assign(result, { ok: false, error: String(e && e.message || e).split('\n')[0], console: consoleLines.slice(-20) })
+}
+try { if (browser) await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5000))]) } catch {}
+try { if (pageServer) pageServer.close() } catch {}
+emit(result)
