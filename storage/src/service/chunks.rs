@@ -48,7 +48,7 @@ impl Uploads {
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         let up = self.registry.get(id, Purpose::ChunkWrite).await?;
         let _busy = up.busy_guard();
         let _op = up.op.read().await;

@@ -147,7 +147,7 @@ impl Registry {
     /// look: an expiry waits longer than that after storing "expired" before it looks for
     /// new chunks, and undoes itself when it finds one. Here (storage this process owns),
     /// its own locks already keep the two apart.
-    pub async fn confirm_open(&self, id: UploadId, began: std::time::Instant) -> Result<()> {
+    pub async fn confirm_open(&self, id: UploadId, began: tokio::time::Instant) -> Result<()> {
         if !self.shared || began.elapsed() < self.quick {
             return Ok(());
         }
