@@ -154,10 +154,15 @@ pub struct Config {
     #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_S3_ALLOW_HTTP")]
     pub s3_allow_http: bool,
 
-    /// The largest file published with one CopyObject; a larger one is copied in parts of
-    /// this size (UploadPartCopy). S3's limit, 5 GiB, is the most allowed.
-    #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_S3_MAX_COPY_SIZE", default_value = "5GiB", value_parser = parse_size)]
-    pub s3_max_copy_size: u64,
+    /// Time the S3 store has to answer a small request (a record, a claim, a listing); a
+    /// store that hangs is then a failure in seconds, and requests get 503 + Retry-After.
+    #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_S3_REQUEST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub s3_request_timeout: Duration,
+
+    /// A part (or a download) the S3 store stops taking (or sending) bytes of for this long
+    /// is cut, however long it takes in all.
+    #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_S3_STALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub s3_stall_timeout: Duration,
 
     /// How old a multipart upload in the bucket that no upload names (left by a crash
     /// during a create or a publishing copy) must be before a sweep aborts it.

@@ -330,8 +330,11 @@ fn s3_config(config: &Config) -> S3Config {
         endpoint: config.s3_endpoint.clone(),
         region: config.s3_region.clone(),
         allow_http: config.s3_allow_http,
-        max_copy_size: config.s3_max_copy_size,
         leftover_grace: Some(config.s3_leftover_grace),
+        deadlines: Some(storage::backend::s3::deadline::Deadlines {
+            request: config.s3_request_timeout,
+            stall: config.s3_stall_timeout,
+        }),
     }
 }
 

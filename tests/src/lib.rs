@@ -247,7 +247,9 @@ impl Server {
         }
     }
 }
+pub mod fixture;
 pub mod fs_replay;
+pub mod http;
 pub mod nginx;
 pub mod proxy;
 pub mod s3;

@@ -37,8 +37,8 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 use super::{
-    journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, IdempotencyClaim, Loaded,
-    Receipt, StoredChunk,
+    journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, Coverage, IdempotencyClaim,
+    Loaded, Receipt, StoredChunk, Written,
 };
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -320,7 +320,12 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>> {
+    async fn writer_at(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        _digest: Option<Sha256Digest>,
+    ) -> Result<Box<dyn ChunkWriter>> {
         let path = self.dir(record.id).join("data");
         let file = blocking(move || Ok(OpenOptions::new().write(true).open(path)?)).await?;
         Ok(Box::new(LocalChunkWriter {
@@ -331,7 +336,13 @@ impl Backend for LocalBackend {
         }))
     }
 
-    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64> {
+    async fn commit(
+        &self,
+        record: &UploadRecord,
+        _written: Written,
+        receipts: &[Receipt],
+        _coverage: Coverage,
+    ) -> Result<u64> {
         let dir = self.dir(record.id);
         let receipts = receipts.to_vec();
         let (journals, id) = (self.journals.clone(), record.id);
@@ -562,8 +573,9 @@ impl ChunkWriter for LocalChunkWriter {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<()> {
+    async fn finish(mut self: Box<Self>) -> Result<Written> {
         self.flush().await?;
-        self.wait_pending().await
+        self.wait_pending().await?;
+        Ok(Written::nothing())
     }
 }

@@ -13,7 +13,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::{Completion, Uploads};
-use crate::backend::{Receipt, StoredChunk};
+use crate::backend::{Coverage, Receipt, StoredChunk, Written};
 use crate::error::{Error, Result};
 use crate::lifecycle::Step;
 use crate::metrics;
@@ -28,6 +28,15 @@ impl Uploads {
     /// SHA-256, compares it with the declared one and publishes the file. Repeating a
     /// successful complete answers the same status.
     pub async fn complete(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+    ) -> Result<Completion> {
+        let completed = self.complete_checked(id, declared).await;
+        self.registry.settle(completed)
+    }
+
+    async fn complete_checked(
         self: &Arc<Self>,
         id: UploadId,
         declared: Option<Sha256Digest>,
@@ -164,6 +173,7 @@ impl Uploads {
             }
             Err(e) => return Err(e),
         }
+        self.hash.adopt_progress(up);
         let at_completion = self.hash.catch_up(up).await?;
         let actual = up.prefix().digest();
         let read_back = up.read_back.load(Ordering::Relaxed);
@@ -231,7 +241,10 @@ impl Uploads {
             let record = up.record();
             up.chunks().truncate(record.chunk_count());
             tracing::info!(%id, size = length, "upload length declared");
-            if offset == length && offset % record.chunk_size != 0 {
+            // The last chunk, partly appended, is whole now; unless the bytes filled it
+            // already (the length said is the ceiling the upload was sized to).
+            let last = record.chunk_count().saturating_sub(1);
+            if offset == length && length > 0 && up.chunks().get(last).is_none() {
                 self.close_last_chunk(&up, &record, offset).await?;
             }
             offset
@@ -257,8 +270,21 @@ impl Uploads {
             size: end - from,
             sha256: Sha256Digest(hasher.finalize().into()),
         };
+        // The whole-file hash at the chunk's end, where storage keeps it with the chunk.
+        let coverage = {
+            let p = up.prefix();
+            match p.hashed_bytes == end {
+                true => self.hash.append_coverage(end, &p.hasher),
+                false => Coverage::Readable,
+            }
+        };
         self.backend
-            .commit(record, &[Receipt::Chunk(chunk)])
+            .commit(
+                record,
+                Written::nothing(),
+                &[Receipt::Chunk(chunk)],
+                coverage,
+            )
             .await?;
         up.chunks().set(index, chunk.size, chunk.sha256);
         Ok(())

@@ -189,13 +189,10 @@ impl Uploads {
     }
 
     async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
-        let breaker = self.registry.breaker();
-        breaker.check()?;
         let holder = Holder::current(record.owner.as_deref());
         self.ledger
             .reserve(holder, record.id, record.reserved_bytes())?;
         let created = self.backend.create(&record).await;
-        breaker.record(&created);
         if created.is_err() {
             self.ledger.release(record.id);
         } else {
