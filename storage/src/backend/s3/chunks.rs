@@ -131,16 +131,16 @@ impl S3Backend {
         }
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
-        // A chunk this process saw claimed is not sent again: a retry of its bytes is
-        // answered from the claim, other bytes are refused before they replace its part.
+        // A chunk this process saw claimed: bytes that may differ from the claimed ones
+        // are not sent (the caller reads them, and refuses other bytes, or a digest that
+        // does not match them, before they replace its part); bytes declared to be the
+        // claimed ones are sent again, which restores a part that a write of other bytes
+        // replaced (completion then asks for the chunk again).
         let known = super::lock(&self.claimed)
             .get(&record.id)
             .and_then(|c| c.get(&index).copied());
-        if let Some(stored) = known {
-            return Err(match digest {
-                Some(d) if d != stored => Error::ChunkConflict { index, stored },
-                _ => Error::StoredMeanwhile { index, stored },
-            });
+        if let Some(stored) = known.filter(|s| digest != Some(*s)) {
+            return Err(Error::StoredMeanwhile { index, stored });
         }
         let multipart_id = self.multipart_id(record.id).await?;
         let number = part_number(index);
@@ -290,6 +290,12 @@ impl S3Backend {
             }
         }
         if !changed.is_empty() {
+            // Sent again, they must reach the store: this process forgets it saw them.
+            if let Some(seen) = super::lock(&self.claimed).get_mut(&id) {
+                for index in &changed {
+                    seen.remove(index);
+                }
+            }
             return Err(Error::MissingChunks(common::ranges::to_ranges(changed)));
         }
         Ok(parts)
