@@ -174,7 +174,10 @@ impl OrderedHashing {
         offset: u64,
     ) -> Result<Option<Sha256>> {
         let deadline = Instant::now() + WAIT_FOR_TURN;
-        let mut next_poll = Instant::now();
+        // Storage is asked only after a first wait: the chunk before this one, when it is
+        // being sent here (in-order chunks a few at a time), usually gets the hash here
+        // first and says so with no store request.
+        let mut next_poll = Instant::now() + POLL;
         loop {
             let changed = p.changed.notified();
             tokio::pin!(changed);

@@ -55,12 +55,14 @@ pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> 
     match super::STORAGE {
         Storage::Local => {
             let server = Server::start_in(dir.path(), args);
+            let url = server.url();
             Some((
                 server,
                 Store {
                     storage: Storage::Local,
                     dir,
                     s3: None,
+                    server: url,
                 },
             ))
         }
@@ -80,12 +82,14 @@ pub async fn start_server(test: &str, args: &[&str]) -> Option<(Server, Store)> 
             ];
             all.extend_from_slice(args);
             let server = Server::start_with_env(dir.path(), &all, &s3.aws_env());
+            let url = server.url();
             Some((
                 server,
                 Store {
                     storage: Storage::S3,
                     dir,
                     s3: Some((s3, bucket)),
+                    server: url,
                 },
             ))
         }
@@ -100,6 +104,8 @@ pub struct Store {
     /// The server's data directory (on S3 it holds nothing of the uploads).
     pub dir: tempfile::TempDir,
     s3: Option<(&'static S3Server, String)>,
+    /// The server's base URL (it stays the same across restarts).
+    server: String,
 }
 
 impl Store {
@@ -205,7 +211,7 @@ impl Store {
 
     /// Whether any bytes or chunk receipts of upload `id` are stored (before or after
     /// completion): the data file and journal on disk; on S3 the multipart upload, its
-    /// chunk objects, the staging object or the published file.
+    /// chunk objects (claims, spills, pieces) or the published file.
     pub async fn has_bytes(&self, id: UploadId) -> bool {
         match self.storage {
             Storage::Local => ["data", "chunks.journal", "content"]
@@ -213,18 +219,17 @@ impl Store {
                 .any(|name| upload_file(self.dir.path(), id, name).exists()),
             Storage::S3 => {
                 let (s3, bucket) = self.bucket();
-                let staging = format!("uploads/{id}/staging");
+                let file = format!("files/{id}");
                 let resp = s3
                     .client()
-                    .get(s3.url(&format!("/{bucket}?uploads&prefix={staging}")))
+                    .get(s3.url(&format!("/{bucket}?uploads&prefix={file}")))
                     .send()
                     .await
                     .expect("ListMultipartUploads");
                 let body = resp.text().await.expect("listing");
                 body.contains("<UploadId>")
                     || !self.keys(&format!("uploads/{id}/chunks/")).await.is_empty()
-                    || self.object_exists(&staging).await
-                    || self.object_exists(&format!("files/{id}")).await
+                    || self.object_exists(&file).await
             }
         }
     }
@@ -239,13 +244,42 @@ impl Store {
 
     /// Whether the server is storing chunk `index` of `id` (not yet acknowledged), whose
     /// bytes from the chunk's start are `first`: on disk they are in the data file at
-    /// `offset`; on S3 the chunk's lease is taken (the part streams to the store).
+    /// `offset`; on S3, where a part cannot be seen before it is joined, the chunk is not
+    /// claimed, the server handles a request besides this look, and it has begun more
+    /// parts (its `upload_store_requests_total{op="upload_part"}`) than the upload has
+    /// claimed chunks.
     pub async fn writing(&self, id: UploadId, index: u64, offset: u64, first: &[u8]) -> bool {
         match self.storage {
             Storage::Local => data_holds(self.dir.path(), id, offset, first),
             Storage::S3 => {
-                self.object_exists(&format!("uploads/{id}/chunks/{index:05}/lease"))
+                let Ok(resp) = client()
+                    .get(format!("{}/metrics", self.server))
+                    .send()
                     .await
+                else {
+                    return false;
+                };
+                let text = resp.text().await.unwrap_or_default();
+                let series = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                let parts = series(r#"upload_store_requests_total{op="upload_part"}"#);
+                let in_flight = series("upload_http_requests_in_flight");
+                let chunks = format!("uploads/{id}/chunks/");
+                let claims: Vec<String> = self
+                    .keys(&chunks)
+                    .await
+                    .into_iter()
+                    .filter(|k| {
+                        k.strip_prefix(&chunks)
+                            .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .collect();
+                in_flight >= 2.0
+                    && parts > claims.len() as f64
+                    && !claims.contains(&format!("{chunks}{index:05}"))
             }
         }
     }
@@ -347,8 +381,7 @@ impl Api {
     }
 
     /// [`Api::put_ok`], after waiting out 503 answers as a client honouring `Retry-After`
-    /// does (at most 30 s): on S3 a chunk that a killed server was sending stays leased
-    /// to it for a few seconds.
+    /// does (at most 30 s): on S3 the store may be briefly away.
     pub async fn put_ok_retrying(&self, id: UploadId, index: u64, bytes: &[u8]) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
