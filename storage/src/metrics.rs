@@ -42,6 +42,8 @@ pub const STORAGE_ERRORS: &str = "upload_storage_errors_total";
 pub const CIRCUIT_OPEN: &str = "upload_storage_circuit_open";
 /// Counter: requests made to an S3-compatible store, by `op` (`upload_part`, `put`, ...).
 pub const STORE_REQUESTS: &str = "upload_store_requests_total";
+/// Gauge: requests to an S3-compatible store under way, by `op`.
+pub const STORE_REQUESTS_IN_FLIGHT: &str = "upload_store_requests_in_flight";
 /// Counter: bytes of chunks written to the store a second time, readable until
 /// completion, because the whole-file hash could not reach them as they passed.
 pub const SPILLED_BYTES: &str = "upload_spilled_bytes_total";
@@ -86,6 +88,10 @@ pub fn describe() {
     describe_counter!(
         STORE_REQUESTS,
         "Requests made to the S3-compatible store, by operation."
+    );
+    describe_gauge!(
+        STORE_REQUESTS_IN_FLIGHT,
+        "Requests to the S3-compatible store under way, by operation."
     );
     describe_counter!(
         WEBHOOK_DELIVERIES,
@@ -183,9 +189,21 @@ pub fn storage_error(e: &Error) {
     counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
 }
 
-/// One request to an S3-compatible store, of operation `op`.
-pub fn store_request(op: &'static str) {
+/// One request to an S3-compatible store, of operation `op`, under way until the guard
+/// drops.
+pub fn store_request(op: &'static str) -> InFlight {
     counter!(STORE_REQUESTS, "op" => op).increment(1);
+    gauge!(STORE_REQUESTS_IN_FLIGHT, "op" => op).increment(1.0);
+    InFlight(op)
+}
+
+/// See [`store_request`].
+pub struct InFlight(&'static str);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(STORE_REQUESTS_IN_FLIGHT, "op" => self.0).decrement(1.0);
+    }
 }
 
 /// `bytes` of a chunk were spilled (see [`SPILLED_BYTES`]).

@@ -178,6 +178,10 @@ impl OrderedHashing {
         // being sent here (in-order chunks a few at a time), usually gets the hash here
         // first and says so with no store request.
         let mut next_poll = Instant::now() + POLL;
+        // Storage is asked only while the hash here makes no progress: while it does, the
+        // chunks before this one are being hashed here and the turn comes with no request.
+        let hashed_here = |p: &Progress| lock(&p.hash).as_ref().map_or(0, |h| h.hashed_bytes);
+        let mut seen = hashed_here(p);
         loop {
             let changed = p.changed.notified();
             tokio::pin!(changed);
@@ -191,6 +195,10 @@ impl OrderedHashing {
             {
                 // Hashed past this chunk already (another request of the same chunk).
                 return Ok(None);
+            }
+            if Instant::now() >= next_poll && hashed_here(p) > seen {
+                seen = hashed_here(p);
+                next_poll = Instant::now() + POLL;
             }
             if Instant::now() >= next_poll {
                 if let Some(saved) = self.backend.midstate_at(record, offset).await? {

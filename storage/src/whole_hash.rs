@@ -177,7 +177,11 @@ impl WholeHash {
     /// (after a restart); elsewhere (S3) the midstate is stored with the bytes, so it is
     /// always there.
     pub async fn before_append(&self, up: &Upload, start: u64) -> Result<bool> {
-        if !self.readable {
+        // Where storage keeps a midstate at `start` (S3: with the pieces or the claim the
+        // append continues), it is the one to continue: this process's own progress may
+        // describe bytes that are not the ones stored there (an append of this process
+        // that outlived its lease, beside another appender's).
+        if !self.readable && up.prefix().hashed_bytes != start {
             if let Some(h) = self
                 .ordered
                 .current(up.id)

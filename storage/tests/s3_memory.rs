@@ -438,3 +438,59 @@ async fn a_hung_store_is_unavailable_in_seconds_and_service_resumes() {
     up.complete(id, None).await.unwrap();
     assert_eq!(content(&store, &up, id).await, file);
 }
+
+/// A deferred-length upload over S3 grows in appends up to the ceiling and completes once
+/// its length is said, by an empty append or by the last bytes.
+#[tokio::test]
+async fn deferred_length_completes_when_said() {
+    let store = MemoryStore::new();
+    let config = UploadsConfig {
+        max_upload_size: MIB as u64,
+        ..Default::default()
+    };
+    let up = server(&store, config).await;
+    let file = data(MIB, 9);
+    for (i, ends) in [[300_000, 700_001, MIB], [1000, 2000, MIB]]
+        .iter()
+        .enumerate()
+    {
+        let new = NewStream {
+            defer_length: true,
+            ..Default::default()
+        };
+        let id = up
+            .create_stream(Dialect::Tus, new, Append::default(), body(&[]), |_| {})
+            .await
+            .unwrap()
+            .status
+            .id;
+        let mut at = 0;
+        for &end in ends {
+            let req = Append {
+                offset: at as u64,
+                body_len: Some((end - at) as u64),
+                has_body: true,
+                length: (i == 1 && end == MIB).then_some(MIB as u64),
+                ..Default::default()
+            };
+            up.append_stream(id, Dialect::Tus, req, body(&file[at..end]))
+                .await
+                .unwrap();
+            at = end;
+        }
+        if i == 0 {
+            let req = Append {
+                offset: MIB as u64,
+                length: Some(MIB as u64),
+                ..Default::default()
+            };
+            up.append_stream(id, Dialect::Tus, req, body(&[]))
+                .await
+                .unwrap();
+        }
+        let st = up.status(id).await.unwrap();
+        assert_eq!(st.state, UploadState::Completed);
+        assert_eq!(st.sha256, Some(sha(&file)));
+        assert_eq!(content(&store, &up, id).await, file);
+    }
+}

@@ -467,7 +467,11 @@ impl LocalChunkWriter {
 impl ChunkWriter for LocalChunkWriter {
     async fn write(&mut self, bytes: Bytes) -> Result<()> {
         self.buf.extend_from_slice(&bytes);
-        if self.buf.len() >= IO_BUF {
+        // Past 1 MiB, not at it: pieces that divide 1 MiB (HTTP/2 frames, browsers' 16 KiB
+        // writes) would otherwise make every write exactly 1 MiB at a 1 MiB-aligned offset,
+        // which costs ext4 on Linux 6.18 (large folios) two to three times the system time
+        // of a slightly larger, unaligned write: measured 2.5 s against 0.9 s per GiB.
+        if self.buf.len() > IO_BUF {
             self.flush().await?;
         }
         Ok(())

@@ -48,7 +48,7 @@ impl Uploads {
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         let up = self.registry.get(id, Purpose::ChunkWrite).await?;
         let _busy = up.busy_guard();
         let _op = up.op.read().await;
@@ -60,7 +60,8 @@ impl Uploads {
                 "the body is {d} bytes, but chunk {index} must be exactly {len} bytes"
             )));
         }
-        let writer_slot = up.writers.enter(index, self.config.stall_takeover).await;
+        let writers = self.registry.writers(&up);
+        let writer_slot = writers.enter(index, self.config.stall_takeover).await;
         let slot = &writer_slot.slot;
         // The next piece of the body, unless a newer request took over.
         macro_rules! next_piece {

@@ -235,7 +235,10 @@ impl Uploads {
             self.ledger
                 .recount(record.owner.as_deref(), id, record.size);
             tracing::info!(%id, size = length, "upload length declared");
-            if offset == length && offset % record.chunk_size != 0 {
+            // The last chunk, partly appended, is whole now; unless the bytes filled it
+            // already (the length said is the ceiling the upload was sized to).
+            let last = record.chunk_count().saturating_sub(1);
+            if offset == length && length > 0 && up.chunks().get(last).is_none() {
                 self.close_last_chunk(&up, &record, offset).await?;
             }
             offset

@@ -265,7 +265,12 @@ impl Uploads {
         let up = self.get(id).await?;
         let status = self.status_of(&up)?;
         let record = up.record();
-        let offset = up.chunks().contiguous_bytes(&record);
+        // A completed upload holds every byte; on shared storage its chunk receipts are
+        // not loaded any more (they are gone once its parts are joined).
+        let offset = match record.state {
+            StoredState::Completed => record.size,
+            _ => up.chunks().contiguous_bytes(&record),
+        };
         Ok(Position {
             record,
             offset,

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::principal;
 use crate::record::{StoredState, UploadRecord};
 use crate::upload::Upload;
+use crate::writers::Writers;
 
 /// What a handle is loaded for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,9 @@ pub struct Registry {
     /// See [`Registry::confirm_open`].
     quick: Duration,
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
+    /// On shared storage, the chunk writers of this process by upload (see
+    /// [`Registry::writers`]).
+    writers: Mutex<HashMap<UploadId, std::sync::Weak<Writers>>>,
 }
 
 impl Registry {
@@ -47,7 +51,27 @@ impl Registry {
             shared: backend.info().shared,
             backend,
             open: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The chunk writers in flight for `up` in this process: the handle's own where handles
+    /// are kept; on shared storage, where each request loads a handle of its own, one set
+    /// per upload for the whole process, so that two requests of this process for the same
+    /// chunk still take turns (the second finds the chunk stored instead of sending its part
+    /// again) and a stalled one is still taken over.
+    pub fn writers(&self, up: &Upload) -> Arc<Writers> {
+        if !self.shared {
+            return up.writers.clone();
+        }
+        let mut all = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = all.get(&up.id).and_then(std::sync::Weak::upgrade) {
+            return w;
+        }
+        all.retain(|_, w| w.strong_count() > 0);
+        let w = Arc::new(Writers::default());
+        all.insert(up.id, Arc::downgrade(&w));
+        w
     }
 
     /// The handle of an upload the caller may see, loading it from storage when it is not
@@ -123,7 +147,7 @@ impl Registry {
     /// look: an expiry waits longer than that after storing "expired" before it looks for
     /// new chunks, and undoes itself when it finds one. Here (storage this process owns),
     /// its own locks already keep the two apart.
-    pub async fn confirm_open(&self, id: UploadId, began: std::time::Instant) -> Result<()> {
+    pub async fn confirm_open(&self, id: UploadId, began: tokio::time::Instant) -> Result<()> {
         if !self.shared || began.elapsed() < self.quick {
             return Ok(());
         }

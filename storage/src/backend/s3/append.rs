@@ -401,9 +401,21 @@ impl S3Backend {
             .await
         {
             Ok(_) => Ok(0),
-            // One appender at a time: a claim already there is this same chunk, written
-            // by an append whose answer was lost.
-            Err(Error::Conflict) => Ok(1),
+            // A claim already there is this same chunk written by an append whose answer
+            // was lost, unless this append outlived its lease and another appender
+            // claimed other bytes meanwhile: those must not be acknowledged as these.
+            Err(Error::Conflict) => {
+                let first = self.read_claim(record.id, c.index).await?.ok_or_else(|| {
+                    Error::Corrupt(format!("the claim of chunk {} vanished", c.index))
+                })?;
+                if first.sha256 != c.sha256 {
+                    return Err(Error::ChunkConflict {
+                        index: c.index,
+                        stored: first.sha256,
+                    });
+                }
+                Ok(1)
+            }
             Err(e) => Err(e),
         }
     }

@@ -113,10 +113,18 @@ impl S3Backend {
             .map_err(|e| Error::Corrupt(format!("claim of chunk {index}: {e}")))
     }
 
-    /// Where a spilled chunk's bytes are: one object per part, so that a write that lost
-    /// the claim never replaces the bytes of the one that won it.
-    pub(super) fn spill_of(&self, id: common::UploadId, index: u64, part: u64) -> String {
-        format!("{}{index:05}.{part}.spill", self.chunks_prefix(id))
+    /// Where a spilled chunk's bytes are: one object per part and content (its ETag), so
+    /// that a write that lost the claim never replaces the bytes of the one that won it,
+    /// even when both picked the same part number.
+    pub(super) fn spill_of(
+        &self,
+        id: common::UploadId,
+        index: u64,
+        part: u64,
+        etag: &str,
+    ) -> String {
+        let etag = normalize_etag(etag);
+        format!("{}{index:05}.{part}.{etag}.spill", self.chunks_prefix(id))
     }
 
     /// A writer of the chunk at `offset`, streaming into its part.
@@ -188,7 +196,7 @@ impl S3Backend {
             Coverage::Spill(bytes) => {
                 self.store
                     .put(
-                        &self.spill_of(id, c.index, part.number),
+                        &self.spill_of(id, c.index, claim.part, &claim.etag),
                         bytes,
                         Put::Overwrite,
                     )

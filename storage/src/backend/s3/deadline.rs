@@ -77,7 +77,7 @@ impl<S: Store> Deadlined<S> {
         request: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         self.breaker.check()?;
-        metrics::store_request(what);
+        let _in_flight = metrics::store_request(what);
         let r = match tokio::time::timeout(limit, request).await {
             Ok(r) => r,
             Err(_) => Err(timed_out(format!(
@@ -199,7 +199,7 @@ impl<S: Store> Store for Deadlined<S> {
         body: PartBody,
     ) -> Result<String> {
         self.breaker.check()?;
-        metrics::store_request(op::UPLOAD_PART);
+        let _in_flight = metrics::store_request(op::UPLOAD_PART);
         let meter = Arc::new(Mutex::new(Meter {
             last_taken: Instant::now(),
             waiting_for_client: false,

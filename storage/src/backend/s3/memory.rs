@@ -3,9 +3,12 @@
 //! sent again replaces the earlier one), checks a part's SHA-256 when one is given,
 //! completes only with the ETags its parts have, and is gone once completed or aborted.
 //! Every request is counted, and faults can be injected: a store that refuses every
-//! request, or one that never answers.
+//! request, or one that never answers. For the model check, its whole content can be
+//! copied out at any moment ([`MemoryStore::snapshot`]), and the passing of wall-clock time
+//! stood for ([`MemoryStore::backdate`], [`MemoryStore::edit_in_place`]); multipart
+//! uploads are kept in id order, so that listing them is deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,7 +48,7 @@ struct Multipart {
 #[derive(Default)]
 struct Bucket {
     objects: BTreeMap<String, Object>,
-    uploads: HashMap<String, Multipart>,
+    uploads: BTreeMap<String, Multipart>,
     next: u64,
 }
 
@@ -110,6 +113,63 @@ impl MemoryStore {
         self.bucket.lock().unwrap().uploads.len()
     }
 
+    /// A copy of every object and every multipart upload in progress (a few small objects
+    /// in tests: nothing is copied but reference counts).
+    pub fn snapshot(&self) -> Snapshot {
+        let b = self.bucket.lock().unwrap();
+        Snapshot {
+            objects: b
+                .objects
+                .iter()
+                .map(|(k, o)| {
+                    let seen = SnapshotObject {
+                        bytes: o.bytes.clone(),
+                        etag: o.etag.clone(),
+                        modified: o.modified,
+                    };
+                    (k.clone(), seen)
+                })
+                .collect(),
+            uploads: b
+                .uploads
+                .iter()
+                .map(|(id, u)| {
+                    let parts = u
+                        .parts
+                        .iter()
+                        .map(|(n, p)| (*n, (p.bytes.clone(), p.etag.clone())))
+                        .collect();
+                    let seen = SnapshotUpload {
+                        key: u.key.clone(),
+                        parts,
+                    };
+                    (id.clone(), seen)
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes the objects under `prefix` look written `by` earlier (their `LastModified`):
+    /// the wall clock does not move under a test's paused time.
+    pub fn backdate(&self, prefix: &str, by: std::time::Duration) {
+        let mut b = self.bucket.lock().unwrap();
+        for (_, o) in b.objects.iter_mut().filter(|(k, _)| k.starts_with(prefix)) {
+            o.modified -= by;
+        }
+    }
+
+    /// Rewrites the object at `key` in place, keeping its ETag: for a test that stands for
+    /// time passing (a record's own timestamps aged), not for a write anyone made. Answers
+    /// whether the object exists.
+    pub fn edit_in_place(&self, key: &str, edit: impl FnOnce(&[u8]) -> Vec<u8>) -> bool {
+        let mut b = self.bucket.lock().unwrap();
+        let Some(o) = b.objects.get_mut(key) else {
+            return false;
+        };
+        o.bytes = Bytes::from(edit(&o.bytes));
+        true
+    }
+
     async fn enter(&self, what: &'static str) -> Result<()> {
         *self.requests.lock().unwrap().entry(what).or_default() += 1;
         while self.hanging.load(Ordering::SeqCst) {
@@ -129,6 +189,35 @@ impl MemoryStore {
             last_modified: o.modified,
         }
     }
+}
+
+/// What [`MemoryStore::snapshot`] copies out.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every object, by key.
+    pub objects: BTreeMap<String, SnapshotObject>,
+    /// Every multipart upload in progress, by id.
+    pub uploads: BTreeMap<String, SnapshotUpload>,
+}
+
+/// An object in a [`Snapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotObject {
+    /// Its bytes.
+    pub bytes: Bytes,
+    /// Its ETag, unquoted.
+    pub etag: String,
+    /// When it was last written.
+    pub modified: OffsetDateTime,
+}
+
+/// A multipart upload in a [`Snapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotUpload {
+    /// The key it completes to.
+    pub key: String,
+    /// Its parts by number: bytes and ETag.
+    pub parts: BTreeMap<u64, (Bytes, String)>,
 }
 
 #[async_trait]
@@ -229,7 +318,7 @@ impl Store for MemoryStore {
         self.enter(op::CREATE_MULTIPART).await?;
         let mut b = self.bucket.lock().unwrap();
         b.next += 1;
-        let id = format!("mp-{}", b.next);
+        let id = format!("mp-{:06}", b.next);
         b.uploads.insert(
             id.clone(),
             Multipart {

@@ -9,7 +9,8 @@
 //!                                 and ETag, and the whole-file hash midstate after it, or
 //!                                 "spilled"; created If-None-Match: * by the first write
 //!                                 of the chunk to finish
-//! uploads/{id}/chunks/{i:05}.spill  the chunk's bytes, readable until completion (spilled)
+//! uploads/{id}/chunks/{i:05}.{part}.{etag}.spill  the chunk's bytes, readable until
+//!                                 completion (spilled)
 //! uploads/{id}/chunks/{i:05}.pieces/{start:012}.{len}.{chunk midstate}.{file midstate}
 //!                                 a short in-order append's bytes, held until the chunk is
 //!                                 whole (see [`append`])
@@ -752,7 +753,9 @@ impl S3Backend {
         let mut keys = Vec::with_capacity(ranges.len());
         for ((index, range), claim) in ranges.into_iter().zip(claims) {
             match claim {
-                Some(c) if c.spilled => keys.push((self.spill_of(id, index, c.part), range)),
+                Some(c) if c.spilled => {
+                    keys.push((self.spill_of(id, index, c.part, &c.etag), range))
+                }
                 _ => {
                     return Err(Error::Corrupt(format!(
                         "chunk {index} of {id} is neither hashed nor spilled: the whole-file \

@@ -8,7 +8,7 @@
 //! layout is the one documented in `storage/src/backend/s3/mod.rs`:
 //! `uploads/{id}/record.json`; per chunk its claim `uploads/{id}/chunks/{index:05}` (JSON:
 //! size, sha256, part, etag, the whole-file midstate after it or `spilled`), its spill
-//! `…/{index:05}.{part}.spill`, the pieces of a partly appended chunk
+//! `…/{index:05}.{part}.{etag}.spill`, the pieces of a partly appended chunk
 //! `…/{index:05}.pieces/{start:012}.{len}.{chunk midstate}.{file midstate}` and the append
 //! lease `…/chunks/append-lease`; `files/{id}`, the multipart upload's key (chunk `i` is
 //! part `i + 1`), where the file appears only once verified; `idempotency/…`.
@@ -141,7 +141,7 @@ async fn claim_keys(s3: &S3Server, id: UploadId) -> Vec<String> {
         .collect()
 }
 
-/// The spilled chunks of an upload (`…/chunks/{index:05}.{part}.spill`).
+/// The spilled chunks of an upload (`…/chunks/{index:05}.{part}.{etag}.spill`).
 async fn spill_keys(s3: &S3Server, id: UploadId) -> Vec<String> {
     list_keys(s3, &chunks_prefix(id))
         .await

@@ -119,7 +119,7 @@ async fn publication_joins_the_parts_after_verification_and_copies_nothing() {
 
 /// A chunk whose turn in the whole-file hash does not come (here the last, sent first on
 /// its own: the chunks before it are not being sent anywhere) is acknowledged with its
-/// bytes spilled (`…/chunks/{index:05}.{part}.spill`, its claim says `spilled`), while
+/// bytes spilled (`…/chunks/{index:05}.{part}.{etag}.spill`, its claim says `spilled`), while
 /// its part holds the same bytes for the join. The others, sent in order, are hashed as
 /// they pass; completion reads back exactly the spilled bytes, the file verifies, and no
 /// spill or claim is left.
@@ -138,15 +138,23 @@ async fn a_chunk_whose_turn_does_not_come_is_spilled_and_read_back() {
         .await
         .id;
     api.put_ok(id, 2, chunks[2].clone()).await;
-    assert_eq!(
-        spill_keys(&s3, id).await,
-        vec![format!("{}00002.3.spill", chunks_prefix(id))]
-    );
     let spilled = claim(&s3, id, 2).await;
     assert_eq!(spilled["spilled"], true, "{spilled}");
     assert_eq!(spilled["part"], 3, "{spilled}");
     assert_eq!(spilled["size"], chunks[2].len(), "{spilled}");
-    let (code, bytes) = get_object(&s3, &format!("{}00002.3.spill", chunks_prefix(id))).await;
+    // The spill is named by the part it stands for (number and ETag, as the claim says),
+    // so that no later write of the chunk replaces it.
+    let etag = spilled["etag"]
+        .as_str()
+        .expect("the part's ETag in the claim");
+    assert!(!etag.is_empty(), "{spilled}");
+    let spill = format!(
+        "{}00002.3.{}.spill",
+        chunks_prefix(id),
+        etag.trim_matches('"').to_ascii_lowercase()
+    );
+    assert_eq!(spill_keys(&s3, id).await, vec![spill.clone()]);
+    let (code, bytes) = get_object(&s3, &spill).await;
     assert_eq!(code, StatusCode::OK);
     assert!(bytes == chunks[2], "the spill holds the chunk's bytes");
 
