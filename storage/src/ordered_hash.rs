@@ -199,8 +199,12 @@ impl OrderedHashing {
         offset: u64,
     ) -> Result<Option<Sha256>> {
         let deadline = Instant::now() + WAIT_FOR_TURN;
-        let mut next_poll = Instant::now();
-        let mut front = lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
+        // Storage is asked only after a first wait, and only while the hash here makes no
+        // progress: while it does (the chunks before this one are being sent here, a few
+        // at a time), the turn comes with no store request.
+        let mut next_poll = Instant::now() + POLL;
+        let hashed_here = |p: &Progress| lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
+        let mut seen = hashed_here(p);
         let mut moved = Instant::now();
         loop {
             let changed = p.changed.notified();
@@ -216,6 +220,12 @@ impl OrderedHashing {
                 // Hashed past this chunk already (another request of the same chunk).
                 return Ok(None);
             }
+            let here = hashed_here(p);
+            if here != seen || p.streaming.load(Ordering::SeqCst) > 0 {
+                seen = here;
+                moved = Instant::now();
+                next_poll = Instant::now() + POLL;
+            }
             if Instant::now() >= next_poll {
                 if let Some(saved) = self.backend.midstate_at(record, offset).await? {
                     if let Some(h) = PrefixHash::restore(&saved) {
@@ -228,11 +238,6 @@ impl OrderedHashing {
                     }
                 }
                 next_poll = Instant::now() + POLL;
-            }
-            let now_front = lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
-            if now_front != front || p.streaming.load(Ordering::SeqCst) > 0 {
-                front = now_front;
-                moved = Instant::now();
             }
             if Instant::now() >= deadline || moved.elapsed() >= QUIET {
                 return Ok(None);

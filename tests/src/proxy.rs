@@ -19,6 +19,11 @@
 //! [`Proxy::limit_faults`] stops injecting after a number of faults, so that a client's
 //! retry of the damaged request goes through.
 //!
+//! [`Proxy::black_hole`] makes it a network black hole for as long as it lasts: it keeps
+//! accepting connections and reading request heads, but forwards and answers nothing (nor
+//! reads the bodies, so senders stall once the socket buffers are full); when it ends, the
+//! connections it held are closed.
+//!
 //! With [`Faults::tamper_complete`], the SHA-256 declared in `POST .../complete` is
 //! replaced by another one, so the real server reports a verification mismatch.
 //!
@@ -58,11 +63,12 @@ pub enum Fault {
 /// Which requests get a fault.
 #[derive(Clone, Debug)]
 pub struct Faults {
-    /// Probability that a request whose path (with its query) contains `matching` gets
-    /// a fault (0.0 to 1.0).
+    /// Probability that a request that `matching` selects gets a fault (0.0 to 1.0).
     pub rate: f64,
-    /// Which requests may get a fault: those whose path and query contain this
-    /// (`/v1/uploads` for the upload server; e.g. `partNumber=` for S3 UploadPart).
+    /// Which requests may get a fault: those whose method and path (with its query),
+    /// `"{method} {path}"`, contain this (`/v1/uploads` for the upload server; e.g.
+    /// `partNumber=` for S3 UploadPart). A `*` stands for anything: the pieces between
+    /// must appear in that order (`POST *?uploadId=` for S3 CompleteMultipartUpload).
     pub matching: String,
     /// The faults to pick from, uniformly.
     pub kinds: Vec<Fault>,
@@ -139,6 +145,8 @@ pub struct Stats {
     pub corrupted: AtomicU64,
     /// Client connections accepted (few, when the client keeps connections alive).
     pub connections: AtomicU64,
+    /// Requests held unanswered by a black hole.
+    pub held: AtomicU64,
 }
 
 impl Stats {
@@ -162,6 +170,8 @@ struct Shared {
     stop: AtomicBool,
     /// Faults still to inject.
     budget: AtomicU64,
+    /// A black hole is on (see [`Proxy::black_hole`]).
+    black_hole: AtomicBool,
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -182,6 +192,7 @@ impl Proxy {
             stats: Stats::default(),
             stop: AtomicBool::new(false),
             budget: AtomicU64::new(u64::MAX),
+            black_hole: AtomicBool::new(false),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -214,6 +225,27 @@ impl Proxy {
     pub fn limit_faults(&self, n: u64) {
         self.shared.budget.store(n, Ordering::Relaxed);
     }
+
+    /// Starts (`true`) or ends a black hole: while it lasts, every request whose head
+    /// arrives, on a new connection or a kept-alive one, is held with no answer and its
+    /// body left unread; when it ends, the connections held are closed (their requests
+    /// never reached the upstream).
+    pub fn black_hole(&self, on: bool) {
+        self.shared.black_hole.store(on, Ordering::SeqCst);
+    }
+}
+
+/// Whether `line` (`"{method} {path}"`) holds the pieces of `pattern` between its `*`s,
+/// in order.
+fn matches(line: &str, pattern: &str) -> bool {
+    let mut rest = line;
+    for piece in pattern.split('*') {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 impl Drop for Proxy {
@@ -334,8 +366,9 @@ fn copy_chunked(
 }
 
 fn pick_fault(s: &Shared, first_line: &str) -> Option<Fault> {
-    let path = first_line.split_whitespace().nth(1).unwrap_or("");
-    if !path.contains(s.faults.matching.as_str())
+    let mut words = first_line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if !matches(&format!("{method} {path}"), &s.faults.matching)
         || s.faults.kinds.is_empty()
         || s.faults.rate <= 0.0
     {
@@ -367,6 +400,17 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
         stats
             .bytes_up
             .fetch_add(head.raw.len() as u64, Ordering::Relaxed);
+        if s.black_hole.load(Ordering::SeqCst) {
+            stats.held.fetch_add(1, Ordering::Relaxed);
+            while s.black_hole.load(Ordering::SeqCst) && !s.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = client_w.shutdown(Shutdown::Both);
+            if let Some((up, _)) = &upstream {
+                let _ = up.shutdown(Shutdown::Both);
+            }
+            return Ok(());
+        }
         let method = head
             .first_line
             .split_whitespace()

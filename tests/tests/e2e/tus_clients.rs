@@ -665,7 +665,7 @@ impl S3Upload {
             .keys("uploads/")
             .await
             .into_iter()
-            .filter(|k| k.contains("/pieces/"))
+            .filter(|k| k.contains(".pieces/"))
             .collect();
         assert!(
             anywhere.is_empty(),
@@ -679,14 +679,12 @@ impl S3Upload {
     }
 }
 
-/// Whether `key` is `{chunks}{index:05}/pieces/{name}`.
+/// Whether `key` is `{chunks}{index:05}.pieces/{name}`.
 fn is_piece(key: &str, chunks: &str) -> bool {
     key.strip_prefix(chunks)
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(index, rest)| {
-            index.len() == 5
-                && index.bytes().all(|b| b.is_ascii_digit())
-                && rest.strip_prefix("pieces/").is_some_and(|n| !n.is_empty())
+        .and_then(|rest| rest.split_once(".pieces/"))
+        .is_some_and(|(index, name)| {
+            index.len() == 5 && index.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty()
         })
 }
 
@@ -807,7 +805,7 @@ async fn tuspy_on_s3_stops_with_two_pieces_held_then_resumes() {
             match (num(parts.next()), num(parts.next()), parts.next()) {
                 (Some(start), Some(len), Some(state)) if !state.is_empty() => {
                     assert!(
-                        k.starts_with(&format!("{prefix}00000/pieces/")),
+                        k.starts_with(&format!("{prefix}00000.pieces/")),
                         "a piece outside chunk 0: {k}"
                     );
                     (start, len)

@@ -139,8 +139,11 @@ impl S3Backend {
         }
         let index = offset / record.chunk_size;
         let len = record.chunk_len(index)?;
-        // A chunk this process saw claimed is not sent again: the request is answered from
-        // the claim (same bytes, or a conflict), and other bytes never replace its part.
+        // A chunk this process saw claimed: bytes that may differ from the claimed ones
+        // are not sent (the caller reads them, and refuses other bytes, or a digest that
+        // does not match them, before they replace its part); bytes declared to be the
+        // claimed ones are sent again, which restores a part that a write of other bytes
+        // replaced (completion then asks for the chunk again).
         let known = super::lock(&self.claimed)
             .get(&record.id)
             .and_then(|c| c.get(&index).copied());
@@ -318,6 +321,10 @@ impl S3Backend {
             }
         }
         if !changed.is_empty() {
+            // Sent again, they must reach the store: this process forgets it saw them.
+            for &index in &changed {
+                self.forget_claim(id, index);
+            }
             // An in-order upload's position is its claimed prefix: it cannot step back.
             if record.mode == crate::record::UploadMode::Chunks {
                 for &index in &changed {

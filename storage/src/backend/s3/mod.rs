@@ -287,6 +287,21 @@ impl S3Backend {
             .multipart_id)
     }
 
+    /// Writes a record object under `condition`. A write whose answer was lost is sent
+    /// again by the store client, and that retry is refused (the version it was
+    /// conditioned on is gone: the first write changed it); when the object holds exactly
+    /// `body` then, the write took effect.
+    async fn put_record(&self, key: &str, body: Vec<u8>, condition: Put) -> Result<String> {
+        let body = Bytes::from(body);
+        match self.store.put(key, vec![body.clone()], condition).await {
+            Err(Error::Conflict) => match self.store.get(key).await? {
+                Some(got) if got.bytes == body => Ok(got.etag),
+                _ => Err(Error::Conflict),
+            },
+            written => written,
+        }
+    }
+
     /// Removes every object whose key starts with `prefix`.
     async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let listed = self.store.list(prefix).await?;
@@ -343,12 +358,7 @@ impl Backend for S3Backend {
         };
         let body = serde_json::to_vec(&object).map_err(|e| Error::Corrupt(e.to_string()))?;
         match self
-            .store
-            .put(
-                &self.record_key(record.id),
-                vec![Bytes::from(body)],
-                Put::Create,
-            )
+            .put_record(&self.record_key(record.id), body, Put::Create)
             .await
         {
             Ok(etag) => {
@@ -383,7 +393,17 @@ impl Backend for S3Backend {
         let mut receipts = Vec::new();
         let mut prefix_hash = None;
         let mut append_cursor = None;
-        if !record.state.is_tombstone() && record.state != StoredState::Completed {
+        if record.state == StoredState::Completed {
+            // Every chunk of a completed upload is stored (its claims are gone: the parts
+            // are joined).
+            receipts.extend((0..record.chunk_count()).filter_map(|index| {
+                Some(Receipt::Chunk(StoredChunk {
+                    index,
+                    size: record.chunk_len(index).ok()?,
+                    sha256: chunks::UNREAD,
+                }))
+            }));
+        } else if !record.state.is_tombstone() {
             // One listing gives which chunks are stored and the latest activity.
             let listed = self.store.list(&self.chunks_prefix(id)).await?;
             if let Some(newest) = listed.iter().map(|o| o.last_modified).max() {
@@ -450,12 +470,7 @@ impl Backend for S3Backend {
             None => Put::Overwrite,
         };
         let written = self
-            .store
-            .put(
-                &self.record_key(record.id),
-                vec![Bytes::from(body)],
-                condition,
-            )
+            .put_record(&self.record_key(record.id), body, condition)
             .await;
         if written.is_err() {
             lock(&self.records).remove(&record.id);

@@ -257,8 +257,9 @@ async fn retry_takes_over_a_stalled_chunk_write() {
         let resp = api.put(id, 0, &chunk, true).await;
         assert_eq!(resp.status(), StatusCode::CREATED);
     } else {
-        // On S3 the stalled write holds the chunk's lease until it expires (15 s): the
-        // retry is told 503 + Retry-After meanwhile, then takes over.
+        // On S3 each request of a chunk sends its part: the retry's (the same bytes) is
+        // claimed while the stalled one waits for its body (503 only if the store is
+        // briefly away).
         api.put_ok_retrying(id, 0, &chunk).await;
     }
     assert!(
@@ -268,8 +269,7 @@ async fn retry_takes_over_a_stalled_chunk_write() {
     );
     if store.storage == Storage::Local {
         // One process: the stalled request is told at once. On S3 the retry may have
-        // reached another server, and the stalled one learns it at its next byte (its
-        // lease is gone) or at its body timeout.
+        // reached another server, and the stalled one ends at its body timeout.
         let answer = read_answer(&mut stalled, Duration::from_secs(10)).await;
         assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
         assert!(answer.contains("superseded"), "{answer}");
