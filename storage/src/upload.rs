@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 use crate::backend::{Loaded, Receipt, StoredChunk};
+use crate::error::{Error, Result};
 use crate::hash::PrefixHash;
 use crate::record::UploadRecord;
 use crate::writers::Writers;
@@ -24,6 +25,11 @@ pub struct ChunkTable {
     /// `(index, len)`: the first `len` bytes of chunk `index` are stored (in-order appends).
     partial: Option<(u64, u64)>,
     received_bytes: u64,
+    /// Bytes per chunk, to tell a shorter one.
+    chunk_size: u64,
+    /// `(index, len)`: the stored chunk shorter than the chunk size, which is the last one
+    /// (or, while the length is deferred, says it will be).
+    short: Option<(u64, u64)>,
 }
 
 impl ChunkTable {
@@ -37,6 +43,8 @@ impl ChunkTable {
             digests: vec![None; count as usize],
             partial: None,
             received_bytes: 0,
+            chunk_size: record.chunk_size,
+            short: None,
         };
         for r in receipts {
             match *r {
@@ -91,6 +99,9 @@ impl ChunkTable {
         if let Some(slot) = self.digests.get_mut(index as usize) {
             if slot.replace(digest).is_none() {
                 self.received_bytes += size;
+                if size < self.chunk_size {
+                    self.short = Some((index, size));
+                }
                 if let Some((i, len)) = self.partial {
                     if i == index {
                         self.received_bytes -= len;
@@ -99,6 +110,57 @@ impl ChunkTable {
                 }
             }
         }
+    }
+
+    /// The stored chunk shorter than the chunk size, `(index, len)`, if any.
+    pub fn short(&self) -> Option<(u64, u64)> {
+        self.short
+    }
+
+    /// The highest index stored, if any.
+    pub fn highest(&self) -> Option<u64> {
+        self.digests
+            .iter()
+            .rposition(Option::is_some)
+            .map(|i| i as u64)
+    }
+
+    /// Where the stored bytes of chunk `index` end, when it is stored (a chunk stored short
+    /// ends before the record's geometry says, while the length is deferred).
+    pub fn stored_end(&self, record: &UploadRecord, index: u64) -> Option<u64> {
+        self.get(index)?;
+        Some(match self.short {
+            Some((i, len)) if i == index => record.chunk_offset(index) + len,
+            _ => record.chunk_end(index),
+        })
+    }
+
+    /// The rules for chunk `index` of `len` bytes while the length is deferred: every chunk
+    /// is the chunk size but the last, which may be shorter; so a shorter chunk is the last,
+    /// only one can be, and none is taken after it. (Completion checks them again against
+    /// the length it declares.)
+    pub fn check_deferred(&self, index: u64, len: u64) -> Result<()> {
+        let short = self.short.filter(|(i, _)| *i != index);
+        if len < self.chunk_size {
+            if let Some((s, _)) = short {
+                return Err(Error::InconsistentLength(format!(
+                    "chunk {s} is already shorter than the chunk size of {}, so it is the last; \
+                     chunk {index} cannot be shorter too",
+                    self.chunk_size
+                )));
+            }
+            if let Some(h) = self.highest().filter(|h| *h > index) {
+                return Err(Error::InconsistentLength(format!(
+                    "chunk {index} of {len} bytes would be the last, but chunk {h} is stored"
+                )));
+            }
+        } else if let Some((s, _)) = short.filter(|(s, _)| *s < index) {
+            return Err(Error::InconsistentLength(format!(
+                "chunk {s} is shorter than the chunk size, so it is the last; no chunk after \
+                 it is taken"
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes durably stored.
@@ -127,6 +189,7 @@ impl ChunkTable {
     pub fn clear(&mut self) {
         self.digests.clear();
         self.partial = None;
+        self.short = None;
         self.received_bytes = 0;
     }
 }

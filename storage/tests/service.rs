@@ -47,7 +47,7 @@ async fn parallel_out_of_order_chunks_then_restart_keeps_every_ack() {
         let created = uploads
             .create(
                 CreateUpload {
-                    size: file.len() as u64,
+                    size: Some(file.len() as u64),
                     chunk_size: Some(CHUNK as u64),
                     sha256: Some(sha(&file)),
                     ..Default::default()
@@ -112,7 +112,7 @@ async fn in_order_upload_is_hashed_in_flight_without_reading_back() {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(CHUNK as u64),
                 ..Default::default()
             },
@@ -143,7 +143,7 @@ async fn retries_conflicts_and_bad_bodies_change_nothing() {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(CHUNK as u64),
                 ..Default::default()
             },
@@ -244,7 +244,7 @@ async fn concurrent_completes_complete_once() {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(CHUNK as u64),
                 sha256: Some(sha(&file)),
                 ..Default::default()
@@ -281,14 +281,17 @@ async fn idempotent_create_and_cancel() {
     let dir = tempfile::tempdir().unwrap();
     let uploads = open(dir.path(), UploadsConfig::default()).await;
     let req = CreateUpload {
-        size: 10,
+        size: Some(10),
         ..Default::default()
     };
     let a = uploads.create(req.clone(), Some("k1")).await.unwrap();
     let b = uploads.create(req.clone(), Some("k1")).await.unwrap();
     assert!(a.new && !b.new);
     assert_eq!(a.status.id, b.status.id);
-    let other = CreateUpload { size: 11, ..req };
+    let other = CreateUpload {
+        size: Some(11),
+        ..req
+    };
     assert!(matches!(
         uploads.create(other, Some("k1")).await.unwrap_err(),
         Error::IdempotencyConflict
@@ -317,7 +320,7 @@ async fn idle_uploads_expire_busy_ones_do_not() {
     let id = uploads
         .create(
             CreateUpload {
-                size: 10,
+                size: Some(10),
                 ..Default::default()
             },
             None,

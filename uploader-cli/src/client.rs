@@ -295,6 +295,7 @@ impl Client {
             .timeout(self.timeout)
             .json(&CompleteUpload {
                 sha256: Some(sha256),
+                size: None,
             })
             .send()
             .await

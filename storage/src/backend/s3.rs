@@ -22,6 +22,8 @@
 //!                                               yet verified
 //! files/{id}                                    the verified file (copied from staging)
 //! idempotency/{sha256(key)}.json                which upload an Idempotency-Key created (If-None-Match: *)
+//! index/{owner}/{day}/{rank}.{id}               the listing index: an empty object per upload
+//!                                               (see `crate::index`)
 //! ```
 //! Each chunk is one part of one multipart upload per upload, streamed from the request
 //! body with the request's length (through a presigned UploadPart URL, so no chunk is held
@@ -1383,6 +1385,46 @@ impl Backend for S3Backend {
             .iter()
             .filter_map(|p| p.filename()?.parse().ok())
             .collect())
+    }
+
+    async fn index_put(&self, key: &str) -> Result<()> {
+        self.store
+            .put(&self.key(&format!("index/{key}")), PutPayload::default())
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn index_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let root = format!("{}/", self.key("index"));
+        let base = self.key(&format!("index/{prefix}"));
+        let mut listed = match after {
+            Some(a) => self
+                .store
+                .list_with_offset(Some(&base), &self.key(&format!("index/{a}"))),
+            None => self.store.list(Some(&base)),
+        };
+        let mut keys = Vec::new();
+        while keys.len() < limit {
+            let Some(meta) = listed.next().await else {
+                break;
+            };
+            let location = meta.map_err(store_err)?.location.to_string();
+            if let Some(key) = location.strip_prefix(&root) {
+                keys.push(key.to_string());
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn index_delete(&self, key: &str) -> Result<()> {
+        self.delete_if_exists(&self.key(&format!("index/{key}")))
+            .await
     }
 
     async fn claim_idempotency_key(
