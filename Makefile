@@ -5,8 +5,9 @@ export CARGO_TERM_COLOR ?= never
 CEPH := bash scripts/ceph/run.sh
 WEBCLIENTS := bash scripts/webclients/setup.sh
 API_TOOLS := bash scripts/api-tools/setup.sh
+NGINX := bash scripts/nginx/setup.sh
 
-.PHONY: all build release run install install-files test test-deps lint fuzz bench clean ceph-install ceph-start ceph-stop ceph-status ceph-wipe webclients-install api-tools-install torture
+.PHONY: all build release run install install-files test test-deps lint fuzz bench clean ceph-install ceph-start ceph-stop ceph-status ceph-wipe webclients-install api-tools-install nginx-install torture
 
 all: build
 
@@ -60,9 +61,9 @@ fuzz:
 ## What the tests need beyond Rust, installed when missing (idempotent): tmux for the
 ## terminal test, strace for the power-cut test, the S3 store (Ceph RGW in a Debian sid
 ## chroot, target/tools/ceph-root), the real web clients (tus-js-client, Uppy,
-## playwright-core, tuspy, Debian's chromium), and the API checkers (promtool,
-## Schemathesis).
-test-deps: ceph-install webclients-install api-tools-install
+## playwright-core, tuspy, Debian's chromium), the API checkers (promtool,
+## Schemathesis) and Debian's nginx (the reverse-proxy tests).
+test-deps: ceph-install webclients-install api-tools-install nginx-install
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; }
 	@command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 
@@ -72,7 +73,7 @@ test-deps: ceph-install webclients-install api-tools-install
 test: lint build test-deps
 	@$(CEPH) start >/dev/null
 	@trap '$(CEPH) stop >/dev/null' EXIT INT TERM; \
-	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 $(CARGO) test --workspace
+	S3_REQUIRED=1 WEBCLIENTS_REQUIRED=1 API_TOOLS_REQUIRED=1 STRACE_REQUIRED=1 NGINX_REQUIRED=1 $(CARGO) test --workspace
 
 ## Real web clients for the browser and tus tests: ~30 s once, then a no-op.
 webclients-install:
@@ -82,6 +83,11 @@ webclients-install:
 ## ~15 s once, then a no-op.
 api-tools-install:
 	@$(API_TOOLS) install
+
+## Debian's nginx, unpacked (not installed) under target/tools/nginx for the reverse-proxy
+## tests: ~5 s once, then a no-op.
+nginx-install:
+	@$(NGINX) install
 
 ## The S3 store: Ceph RGW on a one-node Ceph cluster (scripts/ceph/run.sh). Installed
 ## once (~1.1 GB download, ~1-2 min, needs root), then a no-op; CEPH_ROOT=DIR shares one

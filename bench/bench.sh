@@ -10,6 +10,7 @@
 #   (f) S3: upload-server into the S3 store (Ceph RGW) vs aws s3 cp, and store requests
 #       per chunk (bench/s3.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
+#   (j, k) the CLI over https, HTTP/2 and HTTP/1.1, vs plain http (bench/tls.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
@@ -121,6 +122,7 @@ if [ "${BENCH_TUS:-1}" = 1 ]; then
 | (h) tus end to end with tus-js-client | $toj | vs @tus/server ($trj MB/s) = **$(python3 -c "print(f'{$toj/$trj:.2f}')")** | |"
 fi
 [ "${BENCH_PAGE:-1}" = 1 ] && table="$table"$'\n'"$(bash bench/page.sh)"
+if [ "${BENCH_TLS:-1}" = 1 ]; then table="$table"$'\n'"$(bash bench/tls.sh "$FILE")"; fi
 table="$table
 
 Measured $(date -u +%Y-%m-%d) by \`make bench\` on $(nproc) cores, ${SIZE_MIB} MiB random file, load average $load."

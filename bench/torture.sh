@@ -4,7 +4,8 @@
 # torture markers) and target/torture/.
 #
 #   CRASH_ROUNDS (default 200), CRASH_S3_ROUNDS (20), CRASH_SIZE_MIB (256), CRASH_SEED (the
-#   time), POWER_CUT_SEEDS (5000), RACE_ROUNDS (20), SOAK_SECS (600) as for the tests.
+#   time), POWER_CUT_SEEDS (5000), RACE_ROUNDS (20), SOAK_SECS (600), MODEL_SCHEDULES
+#   (50000), MODEL_FIRST_SEED (the time) as for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CRASH_ROUNDS=${CRASH_ROUNDS:-200} CRASH_S3_ROUNDS=${CRASH_S3_ROUNDS:-20}
@@ -24,6 +25,9 @@ S3_REQUIRED=1 cargo test -q -p tests --test e2e -- $races a_failed_fsync
 S3_REQUIRED=1 cargo test -q -p tests --test e2e -- store_faults_are_survived the_cli_outlasts
 cargo test -q -p tests --test e2e -- cli::faults::upload_survives_
 cargo test -q -p tests --test e2e -- limits::a_full_disk
+# The model check of the S3 protocol: 50,000 schedules a scenario from a fresh first seed.
+MODEL_SCHEDULES=${MODEL_SCHEDULES:-50000} MODEL_FIRST_SEED=${MODEL_FIRST_SEED:-$(date +%s)} \
+  cargo test -q -p storage --test model -- --nocapture
 table=""
 for r in $reports; do
   [ -f "target/torture/$r.md" ] || { echo "torture: no report target/torture/$r.md" >&2; exit 1; }

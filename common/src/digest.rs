@@ -28,6 +28,19 @@ impl Sha256Digest {
         hex::encode(self.0)
     }
 
+    /// The digest as standard base64 (S3's `x-amz-checksum-sha256`).
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    /// Reads a digest in standard base64.
+    pub fn from_base64(value: &str) -> Result<Self, DigestError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .map_err(|_| DigestError::BadHex)?;
+        bytes.try_into().map(Self).map_err(|_| DigestError::BadHex)
+    }
+
     /// The value of a `Content-Digest` (or `Repr-Digest`) header carrying this digest.
     pub fn to_header(&self) -> String {
         format!(

@@ -77,3 +77,44 @@ export function watchdog(ms, what, extra = () => ({})) {
   t.unref()
   return t
 }
+
+// Chromium flags for a test server whose certificate a throwaway CA signed: trust exactly that
+// certificate's key (base64 SHA-256 of its SubjectPublicKeyInfo), as a real CA would be trusted.
+export function spkiFlags(spki) {
+  return spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : []
+}
+
+// { requests, protocols: { h2: n, ... }, max_in_flight } of requests given as { protocol, start,
+// end } (Resource Timing entries, or what recordRequests saw).
+export function timingStats(all) {
+  const protocols = {}
+  for (const r of all) protocols[r.protocol || 'none'] = (protocols[r.protocol || 'none'] || 0) + 1
+  const edges = all.flatMap((r) => [[r.start, 1], [r.end ?? Infinity, -1]]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+  let now = 0
+  let max = 0
+  for (const [, d] of edges) { now += d; max = Math.max(max, now) }
+  return { requests: all.length, protocols, max_in_flight: max }
+}
+
+// Records, through the DevTools protocol, the requests `match(request)` selects: the protocol
+// and the connection each went over, and when it was in flight (sent until its answer ended).
+// stats() -> { requests, protocols: { h2: n, ... }, connections, max_in_flight }.
+export async function recordRequests(ctx, page, match) {
+  const cdp = await ctx.newCDPSession(page)
+  await cdp.send('Network.enable')
+  const reqs = new Map()
+  cdp.on('Network.requestWillBeSent', (e) => { if (match(e.request)) reqs.set(e.requestId, { start: e.timestamp }) })
+  cdp.on('Network.responseReceived', (e) => {
+    const r = reqs.get(e.requestId)
+    if (r) Object.assign(r, { protocol: e.response.protocol, connection: e.response.connectionId })
+  })
+  const end = (e) => { const r = reqs.get(e.requestId); if (r && r.end === undefined) r.end = e.timestamp }
+  cdp.on('Network.loadingFinished', end)
+  cdp.on('Network.loadingFailed', end)
+  return {
+    stats () {
+      const all = [...reqs.values()]
+      return { ...timingStats(all), connections: new Set(all.map((r) => r.connection).filter((c) => c !== undefined)).size }
+    },
+  }
+}

@@ -5,7 +5,7 @@
 //   node page.mjs --url SERVER_URL --file PATH [--pause-reload-at FRACTION] [--cancel]
 //                 [--token TOKEN] [--wrong-token TOKEN] [--expect-failure] [--screenshot PATH]
 //                 [--more-files PATH,PATH...]
-//                 [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium /usr/bin/chromium]
+//                 [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium /usr/bin/chromium] [--spki HASH]
 //
 // Puts the file in the page's <input type=file> and, by default, waits until the page shows the
 // upload done and reads the SHA-256 it shows and what it says about how the file was checked.
@@ -34,17 +34,21 @@
 // Output: {ok, mode, id, sha256 (shown on the page), file_sha256, server_state, server_sha256,
 // chunk_size, chunk_count, token_field_visible, verification (what the card says), put_requests,
 // put_without_digest, marks, ...}. Failures (or PAGE_DEBUG=1) add the console and failed requests.
+// --spki HASH: trust the https server's certificate key (base64 SHA-256 of its
+// SubjectPublicKeyInfo; the tests' throwaway CA is not in Chromium's store). The chunk PUTs'
+// Resource Timing entries (in the upload Worker, which sends them) give `chunk_network`: the
+// protocol each went over (nextHopProtocol) and how many were in flight at once.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { emit, fail, load, parseArgs, watchdog } from './lib.mjs'
+import { emit, fail, load, parseArgs, spkiFlags, timingStats, watchdog } from './lib.mjs'
 
-const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--pause-reload-at FRACTION] [--cancel] [--token TOKEN] [--wrong-token TOKEN] [--expect-failure] [--screenshot PATH] [--more-files PATH,...] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH]'
+const usage = 'usage: page.mjs --url SERVER_URL --file PATH [--pause-reload-at FRACTION] [--cancel] [--token TOKEN] [--wrong-token TOKEN] [--expect-failure] [--screenshot PATH] [--more-files PATH,...] [--throttle MIB_PER_S] [--timeout SECONDS] [--chromium PATH] [--spki HASH]'
 const args = parseArgs(process.argv.slice(2), {
   url: 'string', file: 'string', 'pause-reload-at': 'number', cancel: 'bool', screenshot: 'string',
   throttle: 'number', timeout: 'number', chromium: 'string', token: 'string', 'wrong-token': 'string',
-  'expect-failure': 'bool', 'more-files': 'string',
+  'expect-failure': 'bool', 'more-files': 'string', spki: 'string',
 }, usage)
 if (!args.url || !args.file) fail(usage, 2)
 // The driver's own status requests send the right token too.
@@ -150,7 +154,7 @@ try {
     timeout: 30000,
     viewport: { width: 900, height: 640 },
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', ...spkiFlags(args.spki)],
   })
   result.browser_version = ctx.browser()?.version() ?? null
   const page = ctx.pages()[0] || await ctx.newPage()
@@ -278,6 +282,10 @@ try {
       })))
     }
     result.local_storage_entries = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('upload-page:')).length)
+    const worker = page.workers()[0]
+    result.chunk_network = timingStats(worker ? await worker.evaluate(() => performance.getEntriesByType('resource')
+      .filter((e) => e.name.includes('/chunks/'))
+      .map((e) => ({ protocol: e.nextHopProtocol, start: e.startTime, end: e.responseEnd }))) : [])
     const problems = []
     if (done.shown_sha256 !== result.file_sha256) problems.push(`page shows ${done.shown_sha256}, file is ${result.file_sha256}`)
     if (st.state !== 'completed' || st.sha256 !== result.file_sha256) problems.push(`server: ${st.state} ${st.sha256}`)

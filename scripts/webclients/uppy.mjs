@@ -3,7 +3,15 @@
 // Prints ONE JSON line; exit 0 on success, non-zero on failure.
 //
 //   node uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS]
-//                 [--chromium /usr/bin/chromium] [--upload-twice] [--page-port N]
+//                 [--chromium /usr/bin/chromium] [--upload-twice] [--page-port N] [--parallel N] [--spki HASH]
+//                 [--throttle MIB_PER_S]
+//
+// --parallel N: tus-js-client's parallelUploads (N partial uploads at once, then a final
+// concatenation). --spki HASH: trust the https endpoint's certificate key (base64 SHA-256 of its
+// SubjectPublicKeyInfo). The requests to the endpoint are recorded through the DevTools protocol:
+// `network` says which protocol and how many connections they used, and how many PATCHes were in
+// flight at once. --throttle limits the browser's upload bandwidth (DevTools network emulation), so
+// that requests last long enough on loopback to be seen in flight together.
 //
 // --upload-twice: after the first upload, a NEW Uppy instance in the same page (as after a reload)
 // uploads the same file again: tus-js-client finds the URL in localStorage (Uppy keeps fingerprints
@@ -21,13 +29,13 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
+import { emit, fail, load, parseArgs, recordRequests, spkiFlags, version, watchdog } from './lib.mjs'
 import { startPageServer } from './uppy_page/serve.mjs'
 
-const usage = 'usage: uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS] [--chromium PATH] [--upload-twice] [--page-port N]'
+const usage = 'usage: uppy.mjs --endpoint URL --file PATH [--screenshot PATH] [--chunk-size N] [--timeout SECONDS] [--chromium PATH] [--upload-twice] [--page-port N] [--parallel N] [--spki HASH] [--throttle MIB_PER_S]'
 const args = parseArgs(process.argv.slice(2), {
   endpoint: 'string', file: 'string', screenshot: 'string', 'chunk-size': 'number', timeout: 'number', chromium: 'string',
-  'upload-twice': 'bool', 'page-port': 'number',
+  'upload-twice': 'bool', 'page-port': 'number', parallel: 'number', spki: 'string', throttle: 'number',
 }, usage)
 if (!args.endpoint || !args.file) fail(usage, 2)
 const file = path.resolve(args.file)
@@ -67,11 +75,19 @@ try {
     headless: true,
     timeout: 30000,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', ...spkiFlags(args.spki)],
   })
   browser = ctx
   result.browser_version = ctx.browser()?.version() ?? null
   const page = ctx.pages()[0] || await ctx.newPage()
+  const network = await recordRequests(ctx, page, (r) => r.url.startsWith(args.endpoint) && r.method === 'PATCH')
+  if (args.throttle) {
+    const cdp = await ctx.newCDPSession(page)
+    await cdp.send('Network.enable')
+    await cdp.send('Network.emulateNetworkConditions', {
+      offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: args.throttle * 1048576,
+    })
+  }
   page.setDefaultTimeout(timeoutS * 1000)
   page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`.slice(0, 400)))
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`.slice(0, 400)))
@@ -83,7 +99,7 @@ try {
   await page.goto(server.url, { waitUntil: 'load', timeout: 30000 })
   await page.waitForFunction(() => window.uppyTest, null, { timeout: 30000 })
   result.page_versions = await page.evaluate(() => window.uppyTest.versions)
-  await page.evaluate((o) => window.uppyTest.start(o), { endpoint: args.endpoint, chunkSize: args['chunk-size'] || null })
+  await page.evaluate((o) => window.uppyTest.start(o), { endpoint: args.endpoint, chunkSize: args['chunk-size'] || null, parallel: args.parallel || null })
   await page.setInputFiles('#file', file)
   const t0 = performance.now()
   const out = await page.evaluate(() => window.uppyTest.done())
@@ -94,6 +110,7 @@ try {
     result.screenshot = path.resolve(args.screenshot)
   }
   Object.assign(result, out)
+  result.network = network.stats()
   if (result.ok) result.url = out.uploadURL
   else { result.console = consoleLines.slice(-10); result.failed_requests = failedRequests }
   if (result.ok && result.elapsed_s) result.mib_per_s = Number((size / 1048576 / result.elapsed_s).toFixed(1))

@@ -3,6 +3,10 @@
 //! head of an interim response (`104 Upload Resumption Supported`). It goes out before
 //! anything hyper writes on the connection, and as soon as the connection reads again
 //! (a handler sends it just before it reads the body).
+//!
+//! HTTP/1.1 only: hyper's HTTP/2 server has no way to send one, so the accept loop gives
+//! this handle only to HTTP/1.1 requests that reach the server directly (see
+//! [`crate::forwarded`]); handlers take it as optional.
 
 use std::io;
 use std::pin::Pin;
@@ -11,6 +15,8 @@ use std::task::{Context, Poll, Waker};
 
 use axum::http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::forwarded::PublicBase;
 
 /// What a connection's handlers queued, and who to wake to write it.
 #[derive(Default)]
@@ -21,9 +27,21 @@ struct Shared {
 
 /// Sends interim responses on the connection of the request whose extensions hold it.
 #[derive(Clone)]
-pub struct Interim(Arc<Shared>);
+pub struct Interim {
+    shared: Arc<Shared>,
+    /// Makes a relative `Location` absolute, as in the final answer.
+    base: PublicBase,
+}
 
 impl Interim {
+    /// The same connection's handle, for a request whose URLs go under `base`.
+    pub fn with_base(&self, base: PublicBase) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            base,
+        }
+    }
+
     /// Queues the 1xx `status` (`reason` its phrase) with `headers`, ahead of the final
     /// response.
     pub fn send(&self, status: u16, reason: &str, headers: &HeaderMap) {
@@ -32,15 +50,17 @@ impl Interim {
             "not an interim status: {status}"
         );
         let mut head = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
-        for (name, value) in headers {
+        let mut headers = headers.clone();
+        self.base.absolutize(&mut headers);
+        for (name, value) in &headers {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        lock(&self.0.queue).extend_from_slice(&head);
-        if let Some(w) = lock(&self.0.waker).take() {
+        lock(&self.shared.queue).extend_from_slice(&head);
+        if let Some(w) = lock(&self.shared.waker).take() {
             w.wake();
         }
     }
@@ -61,7 +81,10 @@ impl<S> InterimIo<S> {
                 inner,
                 shared: shared.clone(),
             },
-            Interim(shared),
+            Interim {
+                shared,
+                base: PublicBase::default(),
+            },
         )
     }
 }

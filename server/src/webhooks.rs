@@ -15,6 +15,9 @@
 //!   outbox, so it survives restarts and is shared by every server on a bucket.
 //! - **One deliverer.** Before sending, a server takes the event's claim in the outbox
 //!   (a conditional write on S3), valid for longer than a delivery can take.
+//! - **Transport.** `http` and `https` receivers; `https` ones are checked against the
+//!   system's trust roots (or `SSL_CERT_FILE`). Redirects are not followed: a `3xx` is a
+//!   failed attempt, so the signed body never goes to a host that was not configured.
 //! - **Signature.** `X-Upload-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //!   "<t>.<body>" under the webhook secret>`; receivers recompute it and reject old `t`s.
 
@@ -50,13 +53,15 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// `--public-url`: makes the events' `content_url` absolute.
+    pub public_url: Option<String>,
     /// How often the outbox is read when nothing announces an event (other servers'
     /// events on a shared bucket, expired claims).
     pub poll: Duration,
 }
 
 /// The webhook settings of `config`: `None` without `--webhook-url`; an error for a URL
-/// that is not plain `http`/`https`, or without a secret.
+/// that is not `http`/`https`, or without a secret.
 pub fn settings(config: &crate::Config) -> Result<Option<WebhookSettings>, String> {
     if config.webhook_urls.is_empty() {
         return Ok(None);
@@ -65,10 +70,9 @@ pub fn settings(config: &crate::Config) -> Result<Option<WebhookSettings>, Strin
         .webhook_urls
         .iter()
         .map(|u| match reqwest::Url::parse(u) {
-            Ok(url) if url.scheme() == "http" => Ok(url),
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
             Ok(_) => Err(format!(
-                "--webhook-url {u}: only http:// URLs are supported (put a TLS-terminating \
-                 proxy in front of an https receiver)"
+                "--webhook-url {u}: expected an http:// or https:// URL"
             )),
             Err(e) => Err(format!("--webhook-url {u}: {e}")),
         })
@@ -87,6 +91,7 @@ pub fn settings(config: &crate::Config) -> Result<Option<WebhookSettings>, Strin
         retry_max: config.webhook_retry_max.max(config.webhook_retry_base),
         timeout: config.webhook_timeout,
         concurrency: config.webhook_concurrency.max(1),
+        public_url: config.public_url.clone(),
         poll: match config.storage {
             crate::config::StorageKind::Local => Duration::from_secs(5),
             crate::config::StorageKind::S3 => Duration::from_secs(1),
@@ -104,14 +109,20 @@ pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The JSON body sent for `event`: the event, plus where a completed file is downloaded.
-pub fn body(event: &Event) -> Vec<u8> {
+/// The JSON body sent for `event`: the event, plus where a completed file is downloaded
+/// (under `public_url` when there is one, else as a path).
+pub fn body(event: &Event, public_url: Option<&str>) -> Vec<u8> {
     let mut v = serde_json::to_value(event).unwrap_or_default();
     if event.kind == EventKind::Completed {
         if let Some(map) = v.as_object_mut() {
             map.insert(
                 "content_url".into(),
-                format!("/v1/uploads/{}/content", event.upload.id).into(),
+                format!(
+                    "{}/v1/uploads/{}/content",
+                    public_url.unwrap_or_default(),
+                    event.upload.id
+                )
+                .into(),
             );
         }
     }
@@ -138,6 +149,7 @@ pub async fn count_dead_letters(outbox: &dyn Outbox) -> storage::Result<()> {
 pub async fn deliver_forever(outbox: Arc<dyn Outbox>, signal: Arc<Notify>, s: WebhookSettings) {
     let client = match reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(s.timeout)
         .user_agent(concat!("upload-server/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -267,7 +279,7 @@ impl Deliverer {
         if q.delivery.next_attempt_at.is_some_and(|t| t > now) {
             return Ok(());
         }
-        let body = body(&q.event);
+        let body = body(&q.event, self.s.public_url.as_deref());
         let mut errors = Vec::new();
         for url in &self.s.urls {
             if q.delivery.accepted_by.iter().any(|u| u == url.as_str()) {
@@ -330,6 +342,15 @@ impl Deliverer {
         let status = resp.status();
         if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            Err(format!(
+                "answered {status} to {to}; redirects are not followed (configure the final URL)"
+            ))
         } else {
             Err(format!("answered {status}"))
         }

@@ -1,10 +1,13 @@
-//! A circuit breaker in front of shared storage: when the store keeps failing, requests are
-//! answered at once ("unavailable, retry after N s") instead of each waiting out the store
-//! client's retries, and the breaker lets one request through now and then to notice that
-//! the store is back.
+//! A circuit breaker in front of a shared store (it counts the outcome of every store
+//! request, see [`crate::backend::s3::deadline`]): when the store keeps failing, requests
+//! are answered at once ("unavailable, retry after N s") instead of each waiting out its
+//! deadline, and the breaker lets one request through now and then to notice that the
+//! store is back.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 

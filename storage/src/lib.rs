@@ -10,7 +10,8 @@
 //! - [`lifecycle`]: the state machine every state change goes through.
 //! - [`hash`]: hashing while streaming; the whole-file hash midstate.
 //! - [`whole_hash`]: every path by which the whole-file hash advances, behind one type.
-//! - [`ordered_hash`]: hashing chunks that arrive ahead of the prefix, on S3.
+//! - [`ordered_hash`]: the whole-file hash in file order on storage that cannot read an
+//!   unfinished upload back (S3): chunks kept until their turn, or spilled.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
 //! - [`index`]: the per-owner listing index, newest first, read a page at a time.
@@ -20,11 +21,16 @@
 //! - [`service`]: the [`Uploads`] service, a file per operation; [`service::stream`] holds
 //!   the rules of tus and the IETF draft, [`service::list`] the listing of an owner's
 //!   uploads.
-//! - [`breaker`]: the circuit breaker in front of shared storage.
+//! - [`breaker`]: the circuit breaker in front of a shared store.
 //! - [`faults`]: injected storage faults, for tests only.
 //! - [`events`]: upload events, their durable outbox (webhooks) and live announcements.
 //! - [`metrics`]: the service's metrics (the `metrics` facade; exported by the server).
-//! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk.
+//! - [`backend`]: the [`Backend`] trait; [`backend::local`] stores on local disk (with its
+//!   receipts [`backend::journal`]); [`backend::s3`] in an S3-compatible bucket, written
+//!   against the narrow [`backend::s3::store::Store`] trait, with a real implementation
+//!   ([`backend::s3::aws`], every request under [`backend::s3::deadline`]) and one in
+//!   memory ([`backend::s3::memory`]); its chunks, appends and append lease are in
+//!   `chunks`, `append` and `lease`.
 
 pub mod backend;
 pub mod breaker;

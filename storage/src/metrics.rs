@@ -40,6 +40,13 @@ pub const VERIFICATION_SECONDS: &str = "upload_verification_duration_seconds";
 pub const STORAGE_ERRORS: &str = "upload_storage_errors_total";
 /// Gauge: 1 while the circuit breaker in front of the storage refuses requests, else 0.
 pub const CIRCUIT_OPEN: &str = "upload_storage_circuit_open";
+/// Counter: requests made to an S3-compatible store, by `op` (`upload_part`, `put`, ...).
+pub const STORE_REQUESTS: &str = "upload_store_requests_total";
+/// Gauge: requests to an S3-compatible store under way, by `op`.
+pub const STORE_REQUESTS_IN_FLIGHT: &str = "upload_store_requests_in_flight";
+/// Counter: bytes of chunks written to the store a second time, readable until
+/// completion, because the whole-file hash could not reach them as they passed.
+pub const SPILLED_BYTES: &str = "upload_spilled_bytes_total";
 /// Counter: webhook delivery attempts, by `outcome` (`delivered`, `retry`, `dead`).
 pub const WEBHOOK_DELIVERIES: &str = "upload_webhook_deliveries_total";
 /// Gauge: events in the webhook dead-letter set.
@@ -62,6 +69,10 @@ pub fn describe() {
             READ_BACK_AT_COMPLETION_BYTES,
             "Bytes read back from storage at completion to finish whole-file hashes.",
         ),
+        (
+            SPILLED_BYTES,
+            "Bytes of chunks also written readable to an S3 store, because the whole-file hash could not reach them as they passed.",
+        ),
     ] {
         describe_counter!(name, help);
         counter!(name).absolute(0);
@@ -73,6 +84,14 @@ pub fn describe() {
     describe_counter!(
         STORAGE_ERRORS,
         "Failed storage operations, by kind (io, full, corrupt, unavailable)."
+    );
+    describe_counter!(
+        STORE_REQUESTS,
+        "Requests made to the S3-compatible store, by operation."
+    );
+    describe_gauge!(
+        STORE_REQUESTS_IN_FLIGHT,
+        "Requests to the S3-compatible store under way, by operation."
     );
     describe_counter!(
         WEBHOOK_DELIVERIES,
@@ -168,6 +187,28 @@ pub fn storage_error(e: &Error) {
         _ => return,
     };
     counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// One request to an S3-compatible store, of operation `op`, under way until the guard
+/// drops.
+pub fn store_request(op: &'static str) -> InFlight {
+    counter!(STORE_REQUESTS, "op" => op).increment(1);
+    gauge!(STORE_REQUESTS_IN_FLIGHT, "op" => op).increment(1.0);
+    InFlight(op)
+}
+
+/// See [`store_request`].
+pub struct InFlight(&'static str);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(STORE_REQUESTS_IN_FLIGHT, "op" => self.0).decrement(1.0);
+    }
+}
+
+/// `bytes` of a chunk were spilled (see [`SPILLED_BYTES`]).
+pub fn spilled(bytes: u64) {
+    counter!(SPILLED_BYTES).increment(bytes);
 }
 
 /// The circuit breaker opened (`true`) or closed.

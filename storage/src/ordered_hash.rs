@@ -1,46 +1,43 @@
-//! Whole-file hashing of chunks that arrive ahead of the hashed prefix, on storage that
-//! cannot read an unfinished upload back (S3 multipart parts).
+//! Whole-file hashing on storage that cannot read an unfinished upload back (S3, whose
+//! parts are joined only once the file is verified): every chunk must be hashed in file
+//! order as it passes, or kept readable (spilled) until completion.
 //!
-//! With several chunks in flight, only the one right at the prefix can be hashed as it
-//! streams; the others would have to be read back from the store at completion. Instead, a
-//! chunk that arrives ahead keeps its bytes (once, in memory, for a bounded number of
-//! chunks) after it is acknowledged, waits until the stored midstate reaches its offset,
-//! and continues it. So an upload sent in order over several connections needs no
-//! read-back at all. The midstate is saved with conditional writes, so this is only ever an
-//! optimisation: when a chunk cannot be kept (too many buffered) or its turn does not come
-//! in time, completion reads it back instead.
+//! This process keeps, per upload, how far the whole-file hash has got here. A chunk that
+//! arrives right at that point is hashed as it streams. One that arrives ahead keeps its
+//! bytes (once, in memory, within a bound) until the hash reaches it: through the chunks
+//! before it, streaming here now, or through the midstate storage keeps with a chunk
+//! another server acknowledged ([`Backend::midstate_at`]). Only then is it acknowledged,
+//! with the midstate after it; if its turn does not come in time, its bytes are spilled.
+//! So an upload sent in order over several connections needs neither a read-back nor a
+//! spill, and nothing acknowledged depends on this process's memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use common::UploadId;
-use sha2::Digest;
+use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hash::PrefixHash;
-use crate::record::StoredState;
+use crate::record::UploadRecord;
 
-/// How long a kept chunk waits for its turn.
-const WAIT_FOR_TURN: Duration = Duration::from_secs(30);
+/// How long a kept chunk waits for the hash to reach it before it is spilled.
+const WAIT_FOR_TURN: Duration = Duration::from_secs(20);
+/// How often a kept chunk asks storage whether another server got the hash to it.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a chunk waits for memory to be kept in before it is refused (retry soon).
+const WAIT_FOR_MEMORY: Duration = Duration::from_secs(10);
+/// Progress of an upload nobody touched for this long is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
-/// How long a completion waits for kept chunks while none of them makes progress.
-const QUIET: Duration = Duration::from_secs(2);
-
-/// See the module documentation.
-pub struct OrderedHashing {
-    backend: Arc<dyn Backend>,
-    permits: Arc<Semaphore>,
-    /// Wakes kept chunks of an upload when its midstate was saved here.
-    events: Mutex<HashMap<UploadId, Arc<Notify>>>,
-    /// Kept chunks still waiting, per upload.
-    pending: Mutex<HashMap<UploadId, usize>>,
-}
-
-/// A chunk's bytes kept for hashing later.
+/// A chunk's bytes kept until the hash reaches them.
 pub struct Kept {
     pieces: Vec<Bytes>,
     _permit: OwnedSemaphorePermit,
@@ -51,141 +48,189 @@ impl Kept {
     pub fn push(&mut self, piece: Bytes) {
         self.pieces.push(piece);
     }
+
+    /// The chunk's bytes.
+    pub fn into_pieces(self) -> Vec<Bytes> {
+        self.pieces
+    }
+}
+
+/// One upload's hash progress in this process.
+struct Progress {
+    hash: Mutex<Option<PrefixHash>>,
+    changed: Notify,
+    /// Kept chunks of the upload waiting here.
+    waiting: AtomicUsize,
+    touched: Mutex<Instant>,
+}
+
+/// See the module documentation.
+pub struct OrderedHashing {
+    backend: Arc<dyn Backend>,
+    memory: Arc<Semaphore>,
+    /// MiB of `memory` in all: a chunk larger than that takes all of it.
+    capacity: u32,
+    uploads: Mutex<HashMap<UploadId, Arc<Progress>>>,
 }
 
 impl OrderedHashing {
     /// Keeps at most `max_mib` MiB of chunks at once.
     pub fn new(backend: Arc<dyn Backend>, max_mib: usize) -> Self {
+        let capacity = u32::try_from(max_mib.max(1)).unwrap_or(u32::MAX >> 4);
         Self {
             backend,
-            permits: Arc::new(Semaphore::new(max_mib)),
-            events: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            memory: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            uploads: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Room to keep a chunk of `len` bytes, if the memory bound allows.
-    pub fn keep(&self, len: u64) -> Option<Kept> {
-        let mib = u32::try_from(len.div_ceil(1 << 20)).ok()?;
-        let permit = self.permits.clone().try_acquire_many_owned(mib).ok()?;
-        Some(Kept {
+    fn progress(&self, id: UploadId) -> Arc<Progress> {
+        let mut all = lock(&self.uploads);
+        all.retain(|_, p| Arc::strong_count(p) > 1 || lock(&p.touched).elapsed() < FORGET_AFTER);
+        let p = all.entry(id).or_insert_with(|| {
+            Arc::new(Progress {
+                hash: Mutex::new(None),
+                changed: Notify::new(),
+                waiting: AtomicUsize::new(0),
+                touched: Mutex::new(Instant::now()),
+            })
+        });
+        *lock(&p.touched) = Instant::now();
+        p.clone()
+    }
+
+    /// The hash as it stands here, if this process has hashed any of the upload.
+    pub fn current(&self, id: UploadId) -> Option<PrefixHash> {
+        lock(&self.progress(id).hash).clone()
+    }
+
+    /// The hash of the bytes before `offset`, if it stands exactly there (from the start
+    /// of the file when `offset` is 0).
+    pub fn at(&self, id: UploadId, offset: u64) -> Option<Sha256> {
+        let p = self.progress(id);
+        let hash = lock(&p.hash);
+        match &*hash {
+            Some(h) if h.hashed_bytes == offset => Some(h.hasher.clone()),
+            None if offset == 0 => Some(Sha256::new()),
+            _ => None,
+        }
+    }
+
+    /// Room to keep a chunk of `len` bytes; waits a while for memory, then answers
+    /// "retry soon".
+    pub async fn keep(&self, len: u64) -> Result<Kept> {
+        let mib = u32::try_from(len.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        let permit =
+            tokio::time::timeout(WAIT_FOR_MEMORY, self.memory.clone().acquire_many_owned(mib))
+                .await
+                .ok()
+                .and_then(|p| p.ok())
+                .ok_or(Error::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                })?;
+        Ok(Kept {
             pieces: Vec::new(),
             _permit: permit,
         })
     }
 
-    fn event(&self, id: UploadId) -> Arc<Notify> {
-        lock(&self.events).entry(id).or_default().clone()
-    }
-
-    /// Says that the midstate of `id` was saved (here), waking chunks waiting for it.
-    pub fn saved(&self, id: UploadId) {
-        if let Some(n) = lock(&self.events).get(&id) {
-            n.notify_waiters();
+    /// The hash now stands at `to` (`hasher`), having been at `from`: what a chunk (or an
+    /// append) whose midstate was stored with it moved it to.
+    pub fn advanced(&self, id: UploadId, from: u64, to: u64, hasher: Sha256) {
+        let p = self.progress(id);
+        {
+            let mut hash = lock(&p.hash);
+            let stands = hash.as_ref().map_or(0, |h| h.hashed_bytes);
+            if stands != from && stands >= to {
+                return;
+            }
+            *hash = Some(PrefixHash {
+                hashed_bytes: to,
+                hasher,
+            });
         }
+        p.changed.notify_waiters();
     }
 
-    /// Continues the stored midstate of `id` with `kept` once it reaches `offset`, in the
-    /// background.
-    pub fn continue_later(self: &Arc<Self>, id: UploadId, offset: u64, kept: Kept) {
-        *lock(&self.pending).entry(id).or_default() += 1;
-        let this = self.clone();
-        tokio::spawn(async move {
-            match this.continue_at(id, offset, &kept.pieces).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!(%id, offset, "kept chunk not hashed; completion reads it back")
-                }
-                Err(e) => tracing::warn!(%id, offset, error = %e, "kept chunk not hashed"),
-            }
-            drop(kept);
-            let mut pending = lock(&this.pending);
-            if let Some(n) = pending.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    pending.remove(&id);
-                    lock(&this.events).remove(&id);
-                }
-            }
-            drop(pending);
-            this.saved(id);
-        });
+    /// Waits until the hash stands at `offset`, here or in what storage keeps, for at most
+    /// [`WAIT_FOR_TURN`]; answers the hash there, or `None` when its turn did not come.
+    pub async fn wait_for(&self, record: &UploadRecord, offset: u64) -> Result<Option<Sha256>> {
+        let id = record.id;
+        let p = self.progress(id);
+        p.waiting.fetch_add(1, Ordering::SeqCst);
+        let waited = self.wait_inner(record, &p, offset).await;
+        p.waiting.fetch_sub(1, Ordering::SeqCst);
+        p.changed.notify_waiters();
+        waited
     }
 
-    async fn continue_at(&self, id: UploadId, offset: u64, pieces: &[Bytes]) -> Result<bool> {
+    async fn wait_inner(
+        &self,
+        record: &UploadRecord,
+        p: &Progress,
+        offset: u64,
+    ) -> Result<Option<Sha256>> {
         let deadline = Instant::now() + WAIT_FOR_TURN;
-        let event = self.event(id);
+        let mut next_poll = Instant::now();
         loop {
-            let notified = event.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let saved = self.backend.load_prefix_hash(id).await?;
-            let hashed = saved.as_ref().map_or(0, |s| s.hashed_bytes);
-            if hashed > offset {
-                return Ok(false);
+            let changed = p.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(h) = self.at(record.id, offset) {
+                return Ok(Some(h));
             }
-            if hashed == offset {
-                let mut p = match &saved {
-                    Some(s) => match PrefixHash::restore(s) {
-                        Some(p) => p,
-                        None => return Ok(false),
-                    },
-                    None => PrefixHash::default(),
-                };
-                for b in pieces {
-                    p.hasher.update(b);
-                    p.hashed_bytes += b.len() as u64;
+            if lock(&p.hash)
+                .as_ref()
+                .is_some_and(|h| h.hashed_bytes > offset)
+            {
+                // Hashed past this chunk already (another request of the same chunk).
+                return Ok(None);
+            }
+            if Instant::now() >= next_poll {
+                if let Some(saved) = self.backend.midstate_at(record, offset).await? {
+                    if let Some(h) = PrefixHash::restore(&saved) {
+                        let hasher = h.hasher.clone();
+                        let mut hash = lock(&p.hash);
+                        if hash.as_ref().is_none_or(|cur| cur.hashed_bytes < offset) {
+                            *hash = Some(h);
+                        }
+                        return Ok(Some(hasher));
+                    }
                 }
-                let out = p.save_as(saved.and_then(|s| s.version));
-                self.backend.save_prefix_hash(id, &out).await?;
-                self.saved(id);
-                return Ok(true);
+                next_poll = Instant::now() + POLL;
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
-            if tokio::time::timeout(Duration::from_millis(500), notified)
-                .await
-                .is_err()
-            {
-                // A quiet while: a cancelled or expired upload has no turn to wait for.
-                match self.backend.load_record(id).await? {
-                    Some(r)
-                        if r.state == StoredState::Uploading
-                            || r.state == StoredState::Completing => {}
-                    _ => return Ok(false),
-                }
-            }
+            let _ = tokio::time::timeout(POLL, changed).await;
         }
     }
 
-    /// Waits (at most `limit`) until no kept chunk of `id` is waiting here, so that a
-    /// completion finds as much hashed as possible. Gives up as soon as nothing moved for
-    /// [`QUIET`]: a kept chunk can also wait for a gap whose bytes no process holds any
-    /// more (the server that received them was restarted), and then completion reads the
-    /// gap back instead.
-    pub async fn wait_idle(&self, id: UploadId, limit: Duration) {
+    /// Hashes a kept chunk's bytes onto `hasher`.
+    pub fn hash_kept(hasher: &mut Sha256, kept: &Kept) {
+        for piece in &kept.pieces {
+            hasher.update(piece);
+        }
+    }
+
+    /// Waits (at most `limit`) until no kept chunk of `id` waits here, so that a completion
+    /// finds as much hashed as possible.
+    pub async fn settle(&self, id: UploadId, limit: Duration) {
+        let p = self.progress(id);
         let deadline = Instant::now() + limit;
-        let mut moved = Instant::now();
-        while lock(&self.pending).contains_key(&id)
-            && Instant::now() < deadline
-            && moved.elapsed() < QUIET
-        {
-            let event = self.event(id);
-            let notified = event.notified();
-            if !lock(&self.pending).contains_key(&id) {
+        while p.waiting.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            let changed = p.changed.notified();
+            if p.waiting.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            if tokio::time::timeout(Duration::from_millis(100), notified)
-                .await
-                .is_ok()
-            {
-                moved = Instant::now();
-            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
         }
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

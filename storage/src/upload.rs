@@ -204,7 +204,7 @@ pub struct Upload {
     chunks: Mutex<ChunkTable>,
     prefix: Mutex<PrefixHash>,
     /// One writer per chunk (and one appender), with takeover of stalled ones.
-    pub writers: Writers,
+    pub writers: Arc<Writers>,
     /// One in-order writer at a time; holds the hash of the partly appended chunk (`None`
     /// when it must be rebuilt from storage, e.g. after a restart).
     pub stream: tokio::sync::Mutex<Option<sha2::Sha256>>,
@@ -246,7 +246,7 @@ impl Upload {
             record: Mutex::new(loaded.record),
             chunks: Mutex::new(chunks),
             prefix: Mutex::new(prefix),
-            writers: Writers::default(),
+            writers: Arc::default(),
             stream: tokio::sync::Mutex::new(cursor),
             hash_runner: tokio::sync::Mutex::new(()),
             hash_wanted: AtomicBool::new(false),

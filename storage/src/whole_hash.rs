@@ -22,8 +22,9 @@ use common::UploadId;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, StoredChunk};
+use crate::backend::{Backend, Coverage, StoredChunk};
 use crate::error::{Error, Result};
+use crate::hash::{PrefixHash, SavedPrefixHash};
 use crate::metrics;
 use crate::ordered_hash::{Kept, OrderedHashing};
 use crate::record::UploadRecord;
@@ -33,8 +34,8 @@ use crate::upload::Upload;
 pub struct ChunkPlan {
     /// The prefix hash to continue in flight, when the chunk sits right at the prefix.
     pub prefix: Option<Sha256>,
-    /// Room to keep the chunk's bytes until the prefix reaches it (storage that cannot
-    /// read it back before completion).
+    /// The chunk's bytes, kept until the prefix reaches them (storage that cannot read
+    /// them back before completion).
     pub kept: Option<Kept>,
 }
 
@@ -76,63 +77,124 @@ impl WholeHash {
     }
 
     /// How chunk `index` of `len` bytes will take part, decided before its bytes arrive.
-    pub fn plan_chunk(
+    pub async fn plan_chunk(
         &self,
         up: &Upload,
         record: &UploadRecord,
         index: u64,
         len: u64,
-    ) -> ChunkPlan {
-        let prefix = {
+    ) -> Result<ChunkPlan> {
+        let offset = record.chunk_offset(index);
+        if self.readable {
             let p = up.prefix();
-            (p.hashed_bytes == record.chunk_offset(index)).then(|| p.hasher.clone())
-        };
-        let kept = if prefix.is_none() && !self.readable {
-            self.ordered.keep(len)
-        } else {
-            None
-        };
-        ChunkPlan { prefix, kept }
+            let prefix = (p.hashed_bytes == offset).then(|| p.hasher.clone());
+            return Ok(ChunkPlan { prefix, kept: None });
+        }
+        match self.ordered.at(record.id, offset) {
+            Some(h) => Ok(ChunkPlan {
+                prefix: Some(h),
+                kept: None,
+            }),
+            None => Ok(ChunkPlan {
+                prefix: None,
+                kept: Some(self.ordered.keep(len).await?),
+            }),
+        }
     }
 
-    /// After chunk `chunk` was stored: the prefix hash advanced in flight (if it did) is
-    /// adopted, and the hash goes on over what it can reach.
-    pub async fn chunk_stored(
+    /// What the whole-file hash keeps with chunk `chunk` once its bytes are in: nothing
+    /// where storage reads them back; elsewhere the midstate after it (hashed in flight,
+    /// or once the hash reached its kept bytes), or its bytes to spill when it did not.
+    /// Answers the coverage and the hash after the chunk, if there is one.
+    pub async fn cover(
+        &self,
+        record: &UploadRecord,
+        chunk: &StoredChunk,
+        advanced: Option<Sha256>,
+        kept: Option<Kept>,
+    ) -> Result<(Coverage, Option<Sha256>)> {
+        if self.readable {
+            return Ok((Coverage::Readable, advanced));
+        }
+        let end = record.chunk_offset(chunk.index) + chunk.size;
+        let saved = |h: &Sha256| {
+            Coverage::Midstate(SavedPrefixHash {
+                hashed_bytes: end,
+                state: PrefixHash {
+                    hashed_bytes: end,
+                    hasher: h.clone(),
+                }
+                .save()
+                .state,
+                version: None,
+            })
+        };
+        if let Some(h) = advanced {
+            return Ok((saved(&h), Some(h)));
+        }
+        let kept = kept.ok_or_else(|| Error::Corrupt("a chunk neither hashed nor kept".into()))?;
+        let offset = record.chunk_offset(chunk.index);
+        match self.ordered.wait_for(record, offset).await? {
+            Some(mut h) => {
+                OrderedHashing::hash_kept(&mut h, &kept);
+                Ok((saved(&h), Some(h)))
+            }
+            None => {
+                tracing::info!(id = %record.id, index = chunk.index, "the whole-file hash did not reach a chunk in time: it is spilled");
+                metrics::spilled(chunk.size);
+                Ok((Coverage::Spill(kept.into_pieces()), None))
+            }
+        }
+    }
+
+    /// After chunk `chunk` was stored (by this request: not a retry answered from an
+    /// earlier write), with the hash after it when there is one.
+    pub fn chunk_stored(
         &self,
         up: &Arc<Upload>,
         record: &UploadRecord,
         chunk: &StoredChunk,
-        advanced: Option<Sha256>,
-        plan_kept: Option<Kept>,
+        after: Option<Sha256>,
     ) {
-        let in_flight = advanced.is_some();
-        if in_flight {
-            metrics::hashed_in_flight(chunk.size);
-        }
-        up.commit(chunk, advanced);
         if self.readable {
+            if after.is_some() {
+                metrics::hashed_in_flight(chunk.size);
+            }
+            up.commit(chunk, after);
             self.schedule_catch_up(up);
-        } else if in_flight {
-            // Another process may continue the hash from here.
-            self.save(up).await;
-            self.ordered.saved(up.id);
+            return;
         }
-        if let Some(k) = plan_kept {
-            self.ordered
-                .continue_later(up.id, record.chunk_offset(chunk.index), k);
+        up.commit(chunk, None);
+        if let Some(h) = after {
+            metrics::hashed_in_flight(chunk.size);
+            let from = record.chunk_offset(chunk.index);
+            self.ordered.advanced(record.id, from, from + chunk.size, h);
         }
     }
 
     /// Before an in-order append at `start`: whether it can continue the whole-file hash in
     /// flight. Where stored bytes can be read back, the hash first catches up with them
-    /// (after a restart); elsewhere (S3), when the saved midstate is behind them (its save
-    /// failed), the hash is left to the completion, which reads back what was not hashed.
+    /// (after a restart); elsewhere (S3) the midstate is stored with the bytes, so it is
+    /// always there.
     pub async fn before_append(&self, up: &Upload, start: u64) -> Result<bool> {
+        // Where storage keeps a midstate at `start` (S3: with the pieces or the claim the
+        // append continues), it is the one to continue: this process's own progress may
+        // describe bytes that are not the ones stored there (an append of this process
+        // that outlived its lease, beside another appender's).
+        if !self.readable && up.prefix().hashed_bytes != start {
+            if let Some(h) = self
+                .ordered
+                .current(up.id)
+                .filter(|h| h.hashed_bytes == start)
+            {
+                *up.prefix() = h;
+            }
+        }
         if up.prefix().hashed_bytes != start && self.readable {
             self.catch_up(up).await?;
         }
         let in_flight = up.prefix().hashed_bytes == start;
-        if !in_flight && self.readable {
+        if !in_flight {
             return Err(Error::Corrupt(
                 "whole-file hash is behind the stored bytes".into(),
             ));
@@ -140,26 +202,57 @@ impl WholeHash {
         Ok(in_flight)
     }
 
-    /// After an append advanced the hash in flight to `prefix` at `end`.
-    pub async fn append_stored(&self, up: &Upload, end: u64, prefix: Sha256) {
+    /// The coverage an append ending at `end` with the hash `prefix` commits with.
+    pub fn append_coverage(&self, end: u64, prefix: &Sha256) -> Coverage {
+        if self.readable {
+            return Coverage::Readable;
+        }
+        Coverage::Midstate(
+            PrefixHash {
+                hashed_bytes: end,
+                hasher: prefix.clone(),
+            }
+            .save(),
+        )
+    }
+
+    /// After an append from `start` advanced the hash in flight to `prefix` at `end`.
+    pub async fn append_stored(&self, up: &Upload, start: u64, end: u64, prefix: Sha256) {
         {
             let mut p = up.prefix();
             p.hashed_bytes = end;
-            p.hasher = prefix;
+            p.hasher = prefix.clone();
         }
-        self.save(up).await;
+        if self.readable {
+            self.save(up).await;
+        } else {
+            self.ordered.advanced(up.id, start, end, prefix);
+        }
     }
 
     /// Before a completion: chunks acknowledged here may still be continuing the hash.
     pub async fn settle(&self, id: UploadId) {
         if !self.readable {
-            self.ordered.wait_idle(id, Duration::from_secs(30)).await;
+            self.ordered.settle(id, Duration::from_secs(30)).await;
         }
     }
 
     /// Whether a completion should wait for [`Self::settle`] first.
     pub fn needs_settling(&self) -> bool {
         !self.readable
+    }
+
+    /// The furthest of what `up` was loaded with and what this process hashed.
+    pub fn adopt_progress(&self, up: &Upload) {
+        if self.readable {
+            return;
+        }
+        if let Some(h) = self.ordered.current(up.id) {
+            let mut p = up.prefix();
+            if h.hashed_bytes > p.hashed_bytes {
+                *p = h;
+            }
+        }
     }
 
     /// Saves the midstate; advisory (losing it costs a re-hash).

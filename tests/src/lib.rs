@@ -34,6 +34,8 @@ pub struct Server {
     child: Option<Child>,
     /// Address it listens on.
     pub addr: String,
+    /// `http`, or `https` when started with a certificate.
+    pub scheme: String,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Extra arguments it was started with (reused by [`Server::restart`]).
@@ -91,18 +93,21 @@ impl Server {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let addr: String = addr
+                    // `listening on http://ADDR` (or `https://` with TLS).
+                    if let Some(url) = line.split("listening on ").nth(1) {
+                        let url: String = url
                             .chars()
                             .take_while(|c| !c.is_whitespace() && *c != '"')
                             .collect();
-                        let _ = tx.send(addr);
+                        if let Some((scheme, addr)) = url.split_once("://") {
+                            let _ = tx.send((scheme.to_string(), addr.to_string()));
+                        }
                     }
                     logs.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let (scheme, addr) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -115,6 +120,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            scheme,
             data_dir: data_dir.to_path_buf(),
             args,
             env,
@@ -122,9 +128,9 @@ impl Server {
         }
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:PORT`.
+    /// Base URL, e.g. `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// PID of the server process.
@@ -241,10 +247,14 @@ impl Server {
         }
     }
 }
+pub mod fixture;
 pub mod fs_replay;
+pub mod http;
+pub mod nginx;
 pub mod proxy;
 pub mod s3;
 pub mod sigv4;
+pub mod tls;
 pub mod webclients;
 
 // Servers with extra environment variables (tests/tests/e2e/s3.rs: `AWS_*` for S3 storage).

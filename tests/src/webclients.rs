@@ -237,8 +237,20 @@ impl std::fmt::Display for DriverResult {
 /// JSON. `timeout` bounds the whole process; drivers are also given their own, shorter
 /// `--timeout` by the wrappers below so that they report a timeout themselves first.
 pub fn run(program: &str, args: &[String], timeout: Duration) -> DriverResult {
+    run_env(program, args, &[], timeout)
+}
+
+/// [`run`] with extra environment variables (e.g. `NODE_EXTRA_CA_CERTS` for a test CA).
+pub fn run_env(
+    program: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> DriverResult {
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(repo_root());
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(repo_root());
     let out = run_with_timeout(&mut cmd, timeout).unwrap_or_else(|e| panic!("{e}"));
     let line = out
         .stdout
@@ -283,10 +295,15 @@ fn total_timeout() -> Duration {
 
 /// `node scripts/webclients/tusjs.mjs ARGS --timeout …` (tus-js-client in Node).
 pub fn tusjs(args: &[&str]) -> DriverResult {
+    tusjs_env(args, &[])
+}
+
+/// [`tusjs`] with extra environment variables.
+pub fn tusjs_env(args: &[&str], env: &[(&str, &str)]) -> DriverResult {
     let script = scripts_dir().join("tusjs.mjs");
     let mut all = vec![script.display().to_string()];
     all.extend(with_timeout(args));
-    run("node", &all, total_timeout())
+    run_env("node", &all, env, total_timeout())
 }
 
 /// `tus-venv/bin/python scripts/webclients/tuspy_client.py ARGS --timeout …` (tuspy).

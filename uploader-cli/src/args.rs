@@ -14,7 +14,7 @@ Exit codes:
   0    success
   1    failure (file unreadable or changed while sent, server refusing or unreachable
        beyond --give-up-after, retries exhausted)
-  2    usage error (bad option or argument)
+  2    usage error (bad option or argument), or a server certificate that is not trusted
   3    verification mismatch: the server's SHA-256 differs from the file's
   130  interrupted (Ctrl-C); the upload is paused, run the same command to resume";
 
@@ -22,7 +22,8 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "uploader", version, about, after_help = EXIT_CODES_HELP, propagate_version = true)]
 pub struct Cli {
-    /// Server base URL, e.g. http://127.0.0.1:8080.
+    /// Server base URL: https:// (HTTP/2 when the server offers it) or http://, e.g.
+    /// http://127.0.0.1:8080.
     #[arg(
         long,
         global = true,
@@ -36,6 +37,11 @@ pub struct Cli {
     /// tokens file, or a signed JWT minted by your application).
     #[arg(long, global = true, env = "UPLOADER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Also trust the certificate authorities in this PEM file (a private CA). The
+    /// system's trust roots are used too; `SSL_CERT_FILE` replaces those.
+    #[arg(long, global = true, env = "UPLOADER_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 
     /// Where unfinished and completed uploads are remembered (default: the platform state
     /// directory, e.g. ~/.local/state/uploader).
@@ -267,6 +273,10 @@ impl Cli {
             let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
             opt("--state-dir", abs.to_string_lossy().into_owned());
         }
+        if let Some(ca) = &self.cacert {
+            let abs = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+            opt("--cacert", abs.to_string_lossy().into_owned());
+        }
         if a.parallel != DEFAULT_PARALLEL {
             opt("-j", a.parallel.to_string());
         }
@@ -343,6 +353,17 @@ mod tests {
         assert!(Cli::try_parse_from(["uploader", "upload", "a", "-j", "0"]).is_err());
         assert!(Cli::try_parse_from(["uploader", "--server", "nope", "list"]).is_err());
         assert!(Cli::try_parse_from(["uploader", "--server", "ftp://h", "list"]).is_err());
+        let tls = Cli::try_parse_from([
+            "uploader",
+            "list",
+            "--server",
+            "https://h:9/",
+            "--cacert",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert_eq!(tls.server, "https://h:9");
+        assert_eq!(tls.cacert.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert!(Cli::try_parse_from(["uploader", "upload", "a", "--chunk-size", "0"]).is_err());
         assert!(Cli::try_parse_from(["uploader", "download", "x", "-o", "f", "-C", "d"]).is_err());
     }

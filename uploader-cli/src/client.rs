@@ -5,8 +5,9 @@
 //! reused. Retrying is the caller's business ([`crate::retry`]); this module only says
 //! whether an error is worth a retry.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -53,7 +54,7 @@ pub struct SendOptions {
     pub on_sent: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
-/// Parses and checks `--server`: an `http://` URL (this build has no TLS).
+/// Parses and checks `--server`: an `http://` or `https://` URL.
 pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
     if !s.contains("://") {
         return Err(format!(
@@ -62,18 +63,11 @@ pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
         ));
     }
     let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "{s}: https is not supported by this build of uploader (plain http only)"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "{s}: unsupported scheme {other:?}, expected http://"
-            ))
-        }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{s}: unsupported scheme {:?}, expected https:// or http://",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s}: the URL has no host"));
@@ -84,6 +78,27 @@ pub fn parse_server_url(s: &str) -> std::result::Result<String, String> {
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// Trust roots added by `--cacert`, process-wide like `SSL_CERT_FILE`.
+static EXTRA_ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+
+/// Trusts the certificates of the PEM file `path` (`--cacert`: a private CA) besides the
+/// system's, for every client made afterwards. A file that cannot be read or holds no
+/// certificate is a usage error naming it.
+pub fn trust_ca_file(path: &Path) -> Result<()> {
+    let flag = || format!("--cacert {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| Error::Usage(format!("{}: {e}", flag())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Usage(format!("{}: not PEM certificates: {e}", flag())))?;
+    if certs.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: no certificate in the file (expected PEM `-----BEGIN CERTIFICATE-----`)",
+            flag()
+        )));
+    }
+    let _ = EXTRA_ROOTS.set(certs);
+    Ok(())
 }
 
 impl Client {
@@ -99,12 +114,26 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = reqwest::Client::builder()
+        let extra = EXTRA_ROOTS.get().cloned().unwrap_or_default();
+        let builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .user_agent(concat!("uploader/", env!("CARGO_PKG_VERSION")))
+            // Downloads over HTTP/2: windows that keep a fast link full.
+            .http2_initial_stream_window_size(8 << 20)
+            .http2_initial_connection_window_size(32 << 20);
+        let builder = if base.scheme() == "https" {
+            // The system's roots (or SSL_CERT_FILE's) and --cacert's; HTTP/2 when the
+            // server offers it (ALPN). Never a request in clear text, redirects included.
+            builder.tls_certs_merge(extra).https_only(true)
+        } else {
+            // Plain http needs no roots: none are loaded, so that a machine without any
+            // can still talk to a local server.
+            builder.tls_certs_only(extra)
+        };
+        let http = builder
             .build()
             .map_err(|e| Error::Usage(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -150,9 +179,12 @@ impl Client {
             .timeout(self.timeout)
             .send()
             .await
-            .map_err(|e| Error::Unreachable {
-                url: self.display.clone(),
-                reason: describe(&e),
+            .map_err(|e| match tls_failure(&e) {
+                Some(usage) => usage,
+                None => Error::Unreachable {
+                    url: self.display.clone(),
+                    reason: describe(&e),
+                },
             })?;
         let status = resp.status();
         if is_retryable(status) || status == StatusCode::UNAUTHORIZED {
@@ -480,8 +512,13 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     crate::retry::parse_retry_after(v, SystemTime::now())
 }
 
-/// A transport error as a one-line reason ("connection refused", "timed out", ...).
+/// A transport error as a one-line reason ("connection refused", "timed out", ...). A
+/// TLS failure (an untrusted certificate, a server that does not speak TLS) is a usage
+/// error instead: no retry can mend it.
 pub(crate) fn transport(ctx: &str, e: &reqwest::Error) -> Error {
+    if let Some(usage) = tls_failure(e) {
+        return usage;
+    }
     Error::Transport {
         context: ctx.to_string(),
         reason: describe(e),
@@ -509,4 +546,62 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     } else {
         text
     }
+}
+
+/// The TLS failure among `e`'s causes, as a usage error of one line naming the host and
+/// the reason; `None` when TLS is not what failed.
+pub(crate) fn tls_failure(e: &reqwest::Error) -> Option<Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut found = None;
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            found = Some(tls);
+            break;
+        }
+        // An `io::Error` (rustls' error travels in one, sometimes in two) hides what it
+        // wraps from `source`.
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    let tls = found?;
+    let host = e
+        .url()
+        .map(|u| match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => u.to_string(),
+        })
+        .unwrap_or_else(|| "the server".into());
+    use rustls::CertificateError as C;
+    let reason = match tls {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "its certificate is not signed by an authority this machine trusts (for a private \
+             CA, pass --cacert FILE or set SSL_CERT_FILE)"
+                .to_string()
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("its certificate has expired ({tls})")
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            format!("its certificate is not valid yet ({tls})")
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            format!("its certificate is for another name ({tls})")
+        }
+        rustls::Error::InvalidCertificate(_) => format!("its certificate is refused ({tls})"),
+        rustls::Error::InvalidMessage(_) => {
+            format!("it does not answer in TLS; is it an http:// server? ({tls})")
+        }
+        _ => format!("the TLS handshake failed ({tls})"),
+    };
+    Some(Error::Usage(format!(
+        "TLS: cannot connect securely to {host}: {reason}"
+    )))
 }

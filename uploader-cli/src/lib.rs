@@ -78,6 +78,9 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
         }
         _ => {}
     }
+    if let Some(ca) = &cli.cacert {
+        client::trust_ca_file(ca)?;
+    }
     let store = Store::open(cli.state_dir.as_deref())?;
     match &cli.command {
         Command::Upload(a) => Ok(batch::run(&cli, a, &store, &cancel).await),

@@ -1,5 +1,5 @@
 // The Uppy test page's script. Bare imports are rewritten by serve.mjs to the installed packages.
-// The driver (uppy.mjs) calls window.uppyTest.start({ endpoint, chunkSize }) then sets the file input;
+// The driver (uppy.mjs) calls window.uppyTest.start({ endpoint, chunkSize, parallel }) then sets the file input;
 // window.uppyTest.done() resolves with { ok, uploadURL, events, ... } on `complete` or `upload-error`.
 // start() may be called again: a new Uppy instance, as after a page reload (the tus fingerprint ->
 // upload URL map stays in localStorage, so the same file resumes via HEAD).
@@ -13,13 +13,13 @@ let resolveDone
 let done = null
 let uppy = null
 
-function start({ endpoint, chunkSize }) {
+function start({ endpoint, chunkSize, parallel }) {
   $('endpoint').textContent = endpoint
   if (uppy) uppy.destroy()
   events = []
   done = new Promise((r) => { resolveDone = r })
   uppy = new Uppy({ autoProceed: false, debug: false })
-  uppy.use(Tus, { endpoint, retryDelays: [], ...(chunkSize ? { chunkSize } : {}) })
+  uppy.use(Tus, { endpoint, retryDelays: [], ...(chunkSize ? { chunkSize } : {}), ...(parallel ? { parallelUploads: parallel } : {}) })
   const t0 = performance.now()
   let success = null
   uppy.on('upload-progress', (file, p) => {

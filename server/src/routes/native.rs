@@ -19,6 +19,7 @@ use crate::extract::{
     content_digest, content_length, digits, idempotency_key, IdPath, IndexPath, JsonBody,
     OptionalJsonBody, UploadBody,
 };
+use crate::forwarded::PublicBase;
 use crate::state::AppState;
 
 fn location(id: common::UploadId) -> HeaderValue {
@@ -416,16 +417,17 @@ pub async fn cancel(
 pub async fn content_url(
     State(state): State<AppState>,
     IdPath(id): IdPath,
+    base: PublicBase,
     OptionalJsonBody(req): OptionalJsonBody<CreateContentUrl>,
 ) -> Result<Response, ApiError> {
     // The owner check and "completed" come from the domain, as for a download.
     state.uploads.content(id).await?;
     let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 7 * 24 * 3600);
     let exp = crate::auth::now() + ttl as i64;
-    let url = format!(
+    let url = base.absolute(&format!(
         "/v1/uploads/{id}/content?{}",
         state.auth.sign_content(&id.to_string(), exp)
-    );
+    ));
     let expires_at = time::OffsetDateTime::from_unix_timestamp(exp)
         .map_err(|_| ApiError::BadRequest("ttl_s is out of range".into()))?;
     Ok(Json(ContentUrl { url, expires_at }).into_response())

@@ -106,13 +106,52 @@ pub struct IdempotencyClaim {
     pub fingerprint: Sha256Digest,
 }
 
+/// What a finished writer hands to [`Backend::commit`]: whatever the backend needs to
+/// record the bytes it put in place (on S3, the part numbers and ETags it sent), so that no
+/// backend-wide table carries it from one call to the other.
+#[derive(Default)]
+pub struct Written(pub Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Written {
+    /// Nothing to hand over (a backend that needs nothing, or a receipt with no writer).
+    pub fn nothing() -> Self {
+        Self(None)
+    }
+
+    /// Hands `value` over.
+    pub fn of<T: std::any::Any + Send + Sync>(value: T) -> Self {
+        Self(Some(Box::new(value)))
+    }
+
+    /// Takes the value back, if it is a `T`.
+    pub fn take<T: std::any::Any>(self) -> Option<T> {
+        self.0?.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+/// How the whole-file hash covers bytes being committed. Storage that cannot read an
+/// unfinished upload back (S3, whose parts are joined only once verified) keeps it with
+/// them, so that whatever is acknowledged can still be verified after a crash.
+#[derive(Clone, Debug, Default)]
+pub enum Coverage {
+    /// Nothing to keep: storage reads the bytes back when the hash needs them (local disk).
+    #[default]
+    Readable,
+    /// The whole-file hash midstate right after the committed bytes.
+    Midstate(SavedPrefixHash),
+    /// The committed chunk's bytes, kept readable until the upload completes (they arrived
+    /// where the whole-file hash could not reach them in time).
+    Spill(Vec<Bytes>),
+}
+
 /// Receives one chunk's bytes, in order, and puts them in place.
 #[async_trait]
 pub trait ChunkWriter: Send {
     /// Stores the next bytes of the chunk (not yet durable).
     async fn write(&mut self, bytes: Bytes) -> Result<()>;
-    /// Every byte has been handed to storage; [`Backend::commit`] makes it durable.
-    async fn finish(self: Box<Self>) -> Result<()>;
+    /// Every byte has been handed to storage; [`Backend::commit`] makes it durable, given
+    /// what this returns.
+    async fn finish(self: Box<Self>) -> Result<Written>;
     /// Where the bytes written end that storage keeps, when a body that ended early left
     /// some of them unstorable (on S3, a part cut short): those must be sent again.
     /// `None`: every byte written is kept. Asked before [`ChunkWriter::finish`].
@@ -163,9 +202,15 @@ pub trait Backend: Send + Sync + 'static {
     /// version.
     async fn save_record(&self, record: &UploadRecord) -> Result<Option<String>>;
 
-    /// Opens a writer of the upload's bytes from `offset` on. The caller guarantees one
-    /// writer per byte range at a time and never rewrites acknowledged bytes.
-    async fn writer_at(&self, record: &UploadRecord, offset: u64) -> Result<Box<dyn ChunkWriter>>;
+    /// Opens a writer of the chunk at `offset`, whose SHA-256 the client declared as
+    /// `digest` when it did (storage may check the bytes against it). The caller guarantees
+    /// one writer per chunk in this process and never rewrites acknowledged bytes.
+    async fn writer_at(
+        &self,
+        record: &UploadRecord,
+        offset: u64,
+        digest: Option<Sha256Digest>,
+    ) -> Result<Box<dyn ChunkWriter>>;
 
     /// Opens a writer of an in-order append (tus, IETF) at `offset`, of `len` bytes when
     /// the request said. The caller guarantees one appender per upload in this process.
@@ -175,16 +220,33 @@ pub trait Backend: Send + Sync + 'static {
         offset: u64,
         _len: Option<u64>,
     ) -> Result<Box<dyn ChunkWriter>> {
-        self.writer_at(record, offset).await
+        self.writer_at(record, offset, None).await
     }
 
-    /// Makes written bytes durable and records their receipts. After `Ok` they may be
-    /// acknowledged: they survive a crash. A chunk receipt is write-once: when another
-    /// request stored the same chunk first, `Ok` if it has the same digest, else
-    /// [`crate::Error::ChunkConflict`]. Returns how many of the chunk receipts another
-    /// request (on shared storage, maybe another server) had stored first with the same
-    /// bytes, so that exactly one of racing identical writes reports a new chunk.
-    async fn commit(&self, record: &UploadRecord, receipts: &[Receipt]) -> Result<u64>;
+    /// Makes written bytes durable and records their receipts, with how the whole-file
+    /// hash covers them. After `Ok` they may be acknowledged: they survive a crash. A chunk
+    /// receipt is write-once: when another request stored the same chunk first, `Ok` if it
+    /// has the same digest, else [`crate::Error::ChunkConflict`]. Returns how many of the
+    /// chunk receipts another request (on shared storage, maybe another server) had
+    /// stored first with the same bytes, so that exactly one of racing identical writes
+    /// reports a new chunk.
+    async fn commit(
+        &self,
+        record: &UploadRecord,
+        written: Written,
+        receipts: &[Receipt],
+        coverage: Coverage,
+    ) -> Result<u64>;
+
+    /// The whole-file hash midstate at exactly `offset`, where storage keeps one with the
+    /// bytes before it (see [`Coverage`]); `None` where it keeps none there (yet).
+    async fn midstate_at(
+        &self,
+        _record: &UploadRecord,
+        _offset: u64,
+    ) -> Result<Option<SavedPrefixHash>> {
+        Ok(None)
+    }
 
     /// Before verification: joins the stored chunks into one readable whole. Nothing to do
     /// on local disk; on S3, checks each part against its receipt and completes the

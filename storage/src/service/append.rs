@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{MutexGuard, RwLockReadGuard};
 
 use super::Uploads;
-use crate::backend::{Receipt, StoredChunk};
+use crate::backend::{Coverage, Receipt, StoredChunk};
 use crate::checksum::BodyChecksum;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -91,6 +91,17 @@ impl Uploads {
         let id = record.id;
         let in_flight = self.hash.before_append(up, start).await?;
         let chunk_start = |pos: u64| pos - pos % record.chunk_size;
+        if start == record.size {
+            // Nothing fits after the last byte (an empty append saying the length of an
+            // upload already full): there is nothing to write, and only an empty body.
+            while let Some(piece) = body.next().await {
+                let len = piece?.len() as u64;
+                if len > 0 {
+                    return Err(past_end(record, start.saturating_add(len)));
+                }
+            }
+            return Ok(start);
+        }
         if app.cursor.is_none() {
             *app.cursor = Some(
                 self.hash
@@ -130,17 +141,8 @@ impl Uploads {
                         "the body goes past the length of {l} bytes the request says"
                     )));
                 }
-                if end > record.size && record.length_deferred {
-                    return Err(Error::TooLarge {
-                        size: end,
-                        max: record.size,
-                    });
-                }
                 if end > record.size {
-                    return Err(Error::InconsistentLength(format!(
-                        "the body goes past the upload's length of {} bytes",
-                        record.size
-                    )));
+                    return Err(past_end(record, end));
                 }
                 if let Some(h) = &mut body_hash {
                     h.update(&piece);
@@ -186,7 +188,7 @@ impl Uploads {
             return Err(e);
         }
         let kept = writer.kept();
-        writer.finish().await?;
+        let written = writer.finish().await?;
         if let Some(end) = kept.filter(|end| *end < pos) {
             let (at, p, c, n) = marks
                 .into_iter()
@@ -204,7 +206,14 @@ impl Uploads {
                     len: pos - chunk_start(pos),
                 });
             }
-            self.backend.commit(record, &receipts).await?;
+            let coverage = if in_flight {
+                self.hash.append_coverage(pos, &prefix)
+            } else {
+                Coverage::Readable
+            };
+            self.backend
+                .commit(record, written, &receipts, coverage)
+                .await?;
             metrics::received(pos - start);
             if in_flight {
                 metrics::hashed_in_flight(pos - start);
@@ -221,7 +230,7 @@ impl Uploads {
             }
             *app.cursor = Some(chunk);
             if in_flight {
-                self.hash.append_stored(up, pos, prefix).await;
+                self.hash.append_stored(up, start, pos, prefix).await;
             }
         }
         match cut {
@@ -229,4 +238,19 @@ impl Uploads {
             None => Ok(pos),
         }
     }
+}
+
+/// A body that would end at `end`, past the upload's last byte: past the ceiling of an
+/// upload whose length is not known yet, or past the length said.
+fn past_end(record: &UploadRecord, end: u64) -> Error {
+    if record.length_deferred {
+        return Error::TooLarge {
+            size: end,
+            max: record.size,
+        };
+    }
+    Error::InconsistentLength(format!(
+        "the body goes past the upload's length of {} bytes",
+        record.size
+    ))
 }

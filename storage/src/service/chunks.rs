@@ -26,11 +26,29 @@ impl Uploads {
         index: u64,
         declared_len: Option<u64>,
         digest: Option<Sha256Digest>,
+        body: S,
+    ) -> Result<ChunkStored>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
+        let stored = self
+            .store_chunk(id, index, declared_len, digest, body)
+            .await;
+        self.registry.settle(stored)
+    }
+
+    async fn store_chunk<S>(
+        &self,
+        id: UploadId,
+        index: u64,
+        declared_len: Option<u64>,
+        digest: Option<Sha256Digest>,
         mut body: S,
     ) -> Result<ChunkStored>
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
+        let began = tokio::time::Instant::now();
         let up = self.registry.get(id, Purpose::ChunkWrite).await?;
         let _busy = up.busy_guard();
         let _op = up.op.read().await;
@@ -55,7 +73,8 @@ impl Uploads {
                 "the body is {d} bytes, but chunk {index} must be exactly {len} bytes"
             )));
         }
-        let writer_slot = up.writers.enter(index, self.config.stall_takeover).await;
+        let writers = self.registry.writers(&up);
+        let writer_slot = writers.enter(index, self.config.stall_takeover).await;
         let slot = &writer_slot.slot;
         // The next piece of the body, unless a newer request took over.
         macro_rules! next_piece {
@@ -78,7 +97,7 @@ impl Uploads {
             }
             match self
                 .backend
-                .writer_at(&ends_here, record.chunk_offset(index))
+                .writer_at(&ends_here, record.chunk_offset(index), digest)
                 .await
             {
                 Ok(w) => writer = Some(w),
@@ -108,7 +127,7 @@ impl Uploads {
             });
         }
 
-        let mut plan = self.hash.plan_chunk(&up, &record, index, len);
+        let mut plan = self.hash.plan_chunk(&up, &record, index, len).await?;
         let mut h = ChunkHasher::new(len, plan.prefix.take());
         let mut writer = writer.ok_or_else(|| Error::Corrupt("no chunk writer".into()))?;
         while let Some(b) = next_piece!() {
@@ -122,23 +141,25 @@ impl Uploads {
         // it is refused for what it is and stores nothing.
         let (actual, advanced) = h.finish()?;
         check_digest(digest, actual)?;
-        writer.finish().await?;
+        let written = writer.finish().await?;
         let chunk = StoredChunk {
             index,
             size: len,
             sha256: actual,
         };
+        let (coverage, after) = self
+            .hash
+            .cover(&record, &chunk, advanced, plan.kept)
+            .await?;
         let stored_first = self
             .backend
-            .commit(&record, &[Receipt::Chunk(chunk)])
+            .commit(&record, written, &[Receipt::Chunk(chunk)], coverage)
             .await?;
-        self.registry.confirm_open(id).await?;
+        self.registry.confirm_open(id, began).await?;
         if stored_first == 0 {
             metrics::received(len);
+            self.hash.chunk_stored(&up, &record, &chunk, after);
         }
-        self.hash
-            .chunk_stored(&up, &record, &chunk, advanced, plan.kept)
-            .await;
         self.events.changed(id);
         Ok(ChunkStored {
             receipt: receipt(actual),

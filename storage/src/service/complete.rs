@@ -13,7 +13,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::{Completion, Uploads};
-use crate::backend::{Receipt, StoredChunk};
+use crate::backend::{Coverage, Receipt, StoredChunk, Written};
 use crate::error::{Error, Result};
 use crate::lifecycle::Step;
 use crate::metrics;
@@ -39,6 +39,16 @@ impl Uploads {
     /// length was deferred (it is declared here, checked against the chunks stored), and for
     /// any other it must be the size it has.
     pub async fn complete_sized(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+        size: Option<u64>,
+    ) -> Result<Completion> {
+        let completed = self.complete_checked(id, declared, size).await;
+        self.registry.settle(completed)
+    }
+
+    async fn complete_checked(
         self: &Arc<Self>,
         id: UploadId,
         declared: Option<Sha256Digest>,
@@ -193,6 +203,7 @@ impl Uploads {
             }
             Err(e) => return Err(e),
         }
+        self.hash.adopt_progress(up);
         let at_completion = self.hash.catch_up(up).await?;
         let actual = up.prefix().digest();
         let read_back = up.read_back.load(Ordering::Relaxed);
@@ -254,7 +265,10 @@ impl Uploads {
             self.ledger
                 .recount(record.owner.as_deref(), id, record.size);
             tracing::info!(%id, size = length, "upload length declared");
-            if offset == length && offset % record.chunk_size != 0 {
+            // The last chunk, partly appended, is whole now; unless the bytes filled it
+            // already (the length said is the ceiling the upload was sized to).
+            let last = record.chunk_count().saturating_sub(1);
+            if offset == length && length > 0 && up.chunks().get(last).is_none() {
                 self.close_last_chunk(&up, &record, offset).await?;
             }
             offset
@@ -334,8 +348,21 @@ impl Uploads {
             size: end - from,
             sha256: Sha256Digest(hasher.finalize().into()),
         };
+        // The whole-file hash at the chunk's end, where storage keeps it with the chunk.
+        let coverage = {
+            let p = up.prefix();
+            match p.hashed_bytes == end {
+                true => self.hash.append_coverage(end, &p.hasher),
+                false => Coverage::Readable,
+            }
+        };
         self.backend
-            .commit(record, &[Receipt::Chunk(chunk)])
+            .commit(
+                record,
+                Written::nothing(),
+                &[Receipt::Chunk(chunk)],
+                coverage,
+            )
             .await?;
         up.chunks().set(index, chunk.size, chunk.sha256);
         Ok(())

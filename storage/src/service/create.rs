@@ -193,8 +193,6 @@ impl Uploads {
     }
 
     pub(super) async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
-        let breaker = self.registry.breaker();
-        breaker.check()?;
         self.ledger
             .reserve(record.owner.as_deref(), record.id, record.reserved_bytes())?;
         // The listing entry first: one without its upload is skipped (see `crate::index`).
@@ -202,7 +200,6 @@ impl Uploads {
             Ok(()) => self.backend.create(&record).await,
             Err(e) => Err(e),
         };
-        breaker.record(&created);
         if created.is_err() {
             self.ledger.release(record.id);
         } else {

@@ -64,7 +64,6 @@ impl Uploads {
             .as_deref()
             .map(|c| index::after(&prefix, c))
             .transpose()?;
-        self.registry.breaker().check()?;
         let mut uploads = Vec::new();
         let mut examined = 0;
         loop {

@@ -180,7 +180,7 @@ impl Uploads {
         };
         let this = Arc::new(Self {
             hash: WholeHash::new(backend.clone(), config.hash_ahead_memory),
-            registry: Registry::new(backend.clone()),
+            registry: Registry::new(backend.clone(), expiry_grace(config.upload_ttl) / 2),
             ledger: Ledger::new(config.quota),
             backend,
             config,
@@ -276,13 +276,7 @@ impl Uploads {
 
     /// Checks the storage.
     pub async fn health(&self) -> Result<()> {
-        let breaker = self.registry.breaker();
-        if breaker.is_open() {
-            breaker.check()?;
-        }
-        let r = self.backend.health().await;
-        breaker.record(&r);
-        r
+        self.registry.settle(self.backend.health().await)
     }
 
     /// The status document of an upload.
@@ -297,7 +291,12 @@ impl Uploads {
         let up = self.get(id).await?;
         let status = self.status_of(&up)?;
         let record = up.record();
-        let offset = up.chunks().contiguous_bytes(&record);
+        // A completed upload holds every byte; on shared storage its chunk receipts are
+        // not loaded any more (they are gone once its parts are joined).
+        let offset = match record.state {
+            StoredState::Completed => record.size,
+            _ => up.chunks().contiguous_bytes(&record),
+        };
         Ok(Position {
             record,
             offset,
@@ -341,7 +340,7 @@ impl Uploads {
             s if s.is_tombstone() => return Err(Error::Gone(s.name())),
             s => return Err(Error::WrongState(s.name())),
         }
-        let content = self.backend.content(&record).await?;
+        let content = self.registry.settle(self.backend.content(&record).await)?;
         Ok((record, content))
     }
 
@@ -353,7 +352,8 @@ impl Uploads {
         offset: u64,
         len: u64,
     ) -> Result<ByteStream> {
-        self.backend.read_range(record, offset, len).await
+        self.registry
+            .settle(self.backend.read_range(record, offset, len).await)
     }
 
     /// Applies a life-cycle step: the new record is stored (on shared storage conditionally
@@ -422,6 +422,11 @@ impl Uploads {
     async fn get(&self, id: UploadId) -> Result<Arc<Upload>> {
         self.registry.get(id, Purpose::Whole).await
     }
+}
+
+/// See [`Uploads::expiry_grace`].
+fn expiry_grace(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// What [`Uploads::step`] left to do.

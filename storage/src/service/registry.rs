@@ -14,11 +14,11 @@ use std::time::Duration;
 use common::UploadId;
 
 use crate::backend::{Backend, Loaded};
-use crate::breaker::Breaker;
 use crate::error::{Error, Result};
 use crate::principal;
 use crate::record::{StoredState, UploadRecord};
 use crate::upload::Upload;
+use crate::writers::Writers;
 
 /// What a handle is loaded for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,24 +34,44 @@ pub enum Purpose {
 pub struct Registry {
     backend: Arc<dyn Backend>,
     shared: bool,
-    breaker: Breaker,
+    /// See [`Registry::confirm_open`].
+    quick: Duration,
     open: Mutex<HashMap<UploadId, Arc<Upload>>>,
+    /// On shared storage, the chunk writers of this process by upload (see
+    /// [`Registry::writers`]).
+    writers: Mutex<HashMap<UploadId, std::sync::Weak<Writers>>>,
 }
 
 impl Registry {
-    /// The registry over `backend`.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
+    /// The registry over `backend`; a chunk request quicker than `quick` is acknowledged
+    /// without a second look at the record (see [`Registry::confirm_open`]).
+    pub fn new(backend: Arc<dyn Backend>, quick: Duration) -> Self {
         Self {
+            quick,
             shared: backend.info().shared,
             backend,
-            breaker: Breaker::new(Duration::from_secs(2)),
             open: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The circuit breaker in front of the storage.
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
+    /// The chunk writers in flight for `up` in this process: the handle's own where handles
+    /// are kept; on shared storage, where each request loads a handle of its own, one set
+    /// per upload for the whole process, so that two requests of this process for the same
+    /// chunk still take turns (the second finds the chunk stored instead of sending its part
+    /// again) and a stalled one is still taken over.
+    pub fn writers(&self, up: &Upload) -> Arc<Writers> {
+        if !self.shared {
+            return up.writers.clone();
+        }
+        let mut all = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = all.get(&up.id).and_then(std::sync::Weak::upgrade) {
+            return w;
+        }
+        all.retain(|_, w| w.strong_count() > 0);
+        let w = Arc::new(Writers::default());
+        all.insert(up.id, Arc::downgrade(&w));
+        w
     }
 
     /// The handle of an upload the caller may see, loading it from storage when it is not
@@ -69,15 +89,11 @@ impl Registry {
         if let Some(up) = self.lock().get(&id) {
             return Ok(up.clone());
         }
-        // Every request starts here, and on shared storage it reads the store: the place
-        // to notice a failing store and refuse at once while it stays down.
-        self.breaker.check()?;
         let loaded = if self.shared && purpose == Purpose::ChunkWrite {
             self.backend.load_for_write(id).await
         } else {
             self.backend.load(id).await
         };
-        self.breaker.record(&loaded);
         let up = Arc::new(Upload::from_loaded(
             self.store_failure(loaded)?.ok_or(Error::NotFound)?,
         ));
@@ -124,18 +140,35 @@ impl Registry {
         });
     }
 
-    /// After a chunk's receipt was stored: whether the upload is still open. On shared
-    /// storage another process may have expired or cancelled it while the chunk was sent,
-    /// and a chunk of an ended upload is not acknowledged; here, this process's own locks
-    /// already kept the two apart.
-    pub async fn confirm_open(&self, id: UploadId) -> Result<()> {
-        if !self.shared {
+    /// After a chunk's receipt was stored by a request that loaded the upload at `began`:
+    /// whether the upload is still open. On shared storage another process may have
+    /// expired it while the chunk was sent, and a chunk of an ended upload is not
+    /// acknowledged. A request that took less than [`Registry::quick`] needs no second
+    /// look: an expiry waits longer than that after storing "expired" before it looks for
+    /// new chunks, and undoes itself when it finds one. Here (storage this process owns),
+    /// its own locks already keep the two apart.
+    pub async fn confirm_open(&self, id: UploadId, began: tokio::time::Instant) -> Result<()> {
+        if !self.shared || began.elapsed() < self.quick {
             return Ok(());
         }
         match self.backend.load_record(id).await? {
             Some(now) if now.state.is_tombstone() => Err(Error::Gone(now.state.name())),
             _ => Ok(()),
         }
+    }
+
+    /// Whether other processes share the storage.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// What an operation that used the store came to: on shared storage a failure of the
+    /// store is "retry soon" for the client (see [`Registry::store_failure`]).
+    pub fn settle<T>(&self, r: Result<T>) -> Result<T> {
+        if !self.shared {
+            return r;
+        }
+        self.store_failure(r)
     }
 
     /// A failing shared store is a passing condition for clients ("retry soon"), not a

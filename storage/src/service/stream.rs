@@ -181,6 +181,20 @@ impl Uploads {
     where
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
+        let appended = self.append_checked(id, dialect, req, body).await;
+        self.registry.settle(appended)
+    }
+
+    async fn append_checked<S>(
+        self: &Arc<Self>,
+        id: UploadId,
+        dialect: Dialect,
+        req: Append,
+        body: S,
+    ) -> Result<Appended>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Unpin,
+    {
         let up = self.get(id).await?;
         // A final upload is made of its parts: it takes no appends of its own.
         if matches!(up.record().concat, Some(Concat::Final { .. })) {

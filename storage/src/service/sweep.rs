@@ -3,46 +3,67 @@
 //! bytes are all stored and removes storage leftovers no upload names).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::UploadId;
 use time::OffsetDateTime;
 
 use super::registry::Purpose;
-use super::{SweepReport, Uploads};
+use super::{Stepped, SweepReport, Uploads};
 use crate::error::{Error, Result};
 use crate::lifecycle::Step;
 use crate::record::{StoredState, UploadMode};
 use crate::upload::Upload;
+
+/// An upload the sweep stored as "expired", until it looks again.
+struct Expiring {
+    _op: tokio::sync::OwnedRwLockWriteGuard<()>,
+    up: Arc<Upload>,
+    marks: Vec<String>,
+    stepped: Stepped,
+}
 
 impl Uploads {
     /// Cancels an upload: its bytes are removed and later requests answer "gone".
     pub async fn cancel(&self, id: UploadId) -> Result<()> {
         let up = self.get(id).await?;
         let _op = up.op.write().await;
-        self.step_and_carry_out(&up, Step::Cancel).await?;
+        let cancelled = self.step_and_carry_out(&up, Step::Cancel).await;
+        self.registry.settle(cancelled)?;
         tracing::info!(%id, "upload cancelled");
         Ok(())
     }
 
-    /// Expires an idle upload, unless a chunk write began meanwhile. On shared storage
-    /// another process's chunk request may have loaded the upload before this sweep
-    /// stored "expired": its marks then differ from `marks` (taken before the idle check),
-    /// and the expiry is undone before anything is discarded; a request that stores its
-    /// chunk later finds "expired" when it checks again and acknowledges nothing (see
-    /// [`super::registry::Registry::confirm_open`]). Where one process owns the storage,
-    /// chunk writes leave no marks and its own locks keep the two apart. Returns whether
-    /// the upload expired. Caller holds `op`.
-    async fn expire(&self, up: &Upload, marks: &[String]) -> Result<bool> {
-        let stepped = self.step(up, Step::Expire).await?;
+    /// Ends an expiry begun by the sweep (the upload is stored as "expired"), unless a
+    /// chunk write began meanwhile. On shared storage another process's chunk request may
+    /// have loaded the upload before "expired" was stored: what it stores then differs from
+    /// `marks` (taken before the idle check), and the expiry is undone before anything is
+    /// discarded. The sweep waits [`Uploads::expiry_grace`] before this look, longer than a
+    /// chunk request may take without looking at the record again before it answers (see
+    /// [`super::registry::Registry::confirm_open`]), so such a request is either seen here
+    /// or finds "expired" itself and acknowledges nothing. Where one process owns the
+    /// storage, chunk writes leave no marks and its own locks keep the two apart. Returns
+    /// whether the upload expired. Caller holds `op`.
+    async fn finish_expiry(
+        &self,
+        up: &Upload,
+        marks: &[String],
+        stepped: &Stepped,
+    ) -> Result<bool> {
         let now = self.backend.write_marks(up.id).await?;
         if now.iter().any(|m| !marks.contains(m)) {
             tracing::info!(id = %up.id, "expiry undone: a chunk write began meanwhile");
             self.step(up, Step::UndoExpiry).await?;
             return Ok(false);
         }
-        self.carry_out(up, &stepped).await?;
+        self.carry_out(up, stepped).await?;
         Ok(true)
+    }
+
+    /// How long an expiry waits, on shared storage, between storing "expired" and looking
+    /// for chunk writes that began meanwhile.
+    pub(super) fn expiry_grace(&self) -> Duration {
+        super::expiry_grace(self.config.upload_ttl)
     }
 
     /// Expires idle unfinished uploads and purges old tombstones. Uploads with a request
@@ -52,9 +73,26 @@ impl Uploads {
         let began = Instant::now();
         let mut open = Vec::new();
         let mut report = SweepReport::default();
+        let mut expiring = Vec::new();
         for id in self.backend.list().await? {
-            if let Err(e) = self.sweep_one(id, &mut open, &mut report).await {
+            if let Err(e) = self
+                .sweep_one(id, &mut open, &mut report, &mut expiring)
+                .await
+            {
                 tracing::warn!(%id, error = %e, "sweep skipped an upload");
+            }
+        }
+        if !expiring.is_empty() && self.registry.shared() {
+            tokio::time::sleep(self.expiry_grace()).await;
+        }
+        for e in expiring {
+            match self.finish_expiry(&e.up, &e.marks, &e.stepped).await {
+                Ok(true) => {
+                    tracing::info!(id = %e.up.id, "upload expired");
+                    report.expired += 1;
+                }
+                Ok(false) | Err(Error::Conflict) => {}
+                Err(err) => tracing::warn!(id = %e.up.id, error = %err, "expiry failed"),
             }
         }
         match self.backend.sweep_leftovers().await {
@@ -73,6 +111,7 @@ impl Uploads {
         id: UploadId,
         open: &mut Vec<(Option<String>, UploadId, u64)>,
         report: &mut SweepReport,
+        expiring: &mut Vec<Expiring>,
     ) -> Result<()> {
         let now = OffsetDateTime::now_utc();
         let cached = self.registry.cached(id);
@@ -103,20 +142,23 @@ impl Uploads {
             if up.is_busy() || now - up.last_activity() <= self.config.upload_ttl {
                 return Ok(());
             }
-            let Ok(_op) = up.op.try_write() else {
+            let Ok(op) = up.op.clone().try_write_owned() else {
                 return Ok(());
             };
             if up.is_busy() || up.record().state != StoredState::Uploading {
                 return Ok(());
             }
-            match self.expire(&up, &marks).await {
-                Ok(true) => {}
+            match self.step(&up, Step::Expire).await {
+                Ok(stepped) => expiring.push(Expiring {
+                    _op: op,
+                    up,
+                    marks,
+                    stepped,
+                }),
                 // Another request changed it (a chunk began, a complete or a cancel).
-                Ok(false) | Err(Error::Conflict) => return Ok(()),
+                Err(Error::Conflict) => {}
                 Err(e) => return Err(e),
             }
-            tracing::info!(%id, "upload expired");
-            report.expired += 1;
         } else if ended && now - record.updated_at > self.config.tombstone_ttl {
             let up = handle(cached).await?;
             let Ok(_op) = up.op.try_write() else {

@@ -124,14 +124,11 @@ impl Uploads {
         S: Stream<Item = Result<Bytes>> + Send + Unpin,
     {
         let started = Instant::now();
-        let breaker = self.registry.breaker();
-        breaker.check()?;
         let key = index::key(&record);
         let opened = match self.backend.index_put(&key).await {
             Ok(()) => self.backend.whole_writer(&record).await,
             Err(e) => Err(e),
         };
-        breaker.record(&opened);
         let Some(writer) = self.registry.store_failure(opened)? else {
             return self.whole_in_chunks(record, body).await;
         };
@@ -214,7 +211,6 @@ impl Uploads {
         };
         writer.finish().await?;
         let committed = self.backend.commit_whole(&done).await;
-        self.registry.breaker().record(&committed);
         done.version = self.registry.store_failure(committed)?;
         Ok(done)
     }

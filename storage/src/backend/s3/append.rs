@@ -7,57 +7,46 @@
 //! does not (a short append, or the last bytes of a long one), its bytes of that chunk are
 //! held in memory until the request ends, then stored as a *piece*, a small object of the
 //! chunk, when the append is committed: held durably in the bucket, not in memory, until a
-//! later append completes the chunk and its part is written; then the pieces are removed.
-//! A body with no `Content-Length` is held the same way, up to one chunk.
+//! later append completes the chunk and its part is written; then the pieces go.
 //!
-//! A piece's name carries its offset in the chunk, its length, and the chunk's SHA-256
-//! midstate after it, so one LIST of the upload gives the partial chunk's length and lets
-//! any server continue the chunk's hash without reading anything back; the pieces are
-//! checked against that chain whenever they are read.
+//! A piece's name carries its offset in the chunk, its length, the chunk's SHA-256 midstate
+//! after it and the whole file's, so one LIST of the upload gives where the next append
+//! goes and lets any server continue both hashes without reading anything back; the pieces
+//! are checked against the chunk's midstate chain whenever they are read.
 //!
-//! One appender per upload across servers: the upload's `chunks/append-lease` (taken and
-//! renewed as a chunk's lease is, and released when the append is committed), whose
-//! generation also fences the part numbers of appended chunks. A concurrent append is told
-//! the upload is locked.
+//! One appender per upload across servers: the upload's append lease.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::UploadId;
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3;
-use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::chunks::{answered, part_number, Claim, Listing, SentPart};
 use super::lease::HeldLease;
-use super::{lock, part, part_number, store_err, Pending, S3Backend};
-use crate::backend::{ChunkWriter, Receipt, StoredChunk};
+use super::store::{PartBody, Put, Store};
+use super::S3Backend;
+use crate::backend::{ChunkWriter, Coverage, Receipt, StoredChunk, Written};
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
 use crate::record::UploadRecord;
 
-/// A chunk's bytes on their way into its part, as a request body.
-type BodyTx = mpsc::Sender<std::result::Result<Bytes, std::io::Error>>;
-
-/// What an append hands to its commit, by upload: the bytes of a partial chunk to store as
-/// a piece, and the lease to release.
-pub(super) type Handoffs = Arc<Mutex<HashMap<UploadId, Handoff>>>;
-
-/// See [`Handoffs`].
+/// What an append hands to its commit: the parts it sent, the bytes of a partial chunk
+/// to store as a piece, and the lease to release.
 pub(super) struct Handoff {
+    sent: HashMap<u64, SentPart>,
+    /// The partial chunk, its bytes stored before this append, and its midstate after them.
     index: u64,
-    /// Bytes of the chunk stored before this append.
     within: u64,
-    /// The chunk's hash midstate after them (hex), if any.
     state: Option<String>,
     tail: Vec<Bytes>,
     tail_len: u64,
-    lease: HeldLease,
+    lease: Option<HeldLease>,
 }
 
 /// One piece of a partly appended chunk (see the module documentation).
@@ -68,35 +57,25 @@ pub(super) struct Piece {
     len: u64,
     /// The chunk's SHA-256 midstate after this piece, hex.
     state: String,
-    key: Path,
+    /// The whole file's SHA-256 midstate after this piece, hex.
+    whole: String,
+    key: String,
 }
 
-/// `{start:012}.{len}.{state}`: a piece's name in `chunks/{index:05}/pieces/`.
-fn piece_name(start: u64, len: u64, state: &str) -> String {
-    format!("{start:012}.{len}.{state}")
-}
-
-/// Reads a piece back from its key: `(chunk index, piece)`.
-fn parse_piece(location: &Path) -> Option<(u64, Piece)> {
-    let parts: Vec<_> = location.parts().collect();
-    let [.., index, dir, name] = parts.as_slice() else {
-        return None;
-    };
-    if dir.as_ref() != "pieces" {
-        return None;
-    }
-    let index = index.as_ref().parse().ok()?;
-    let mut it = name.as_ref().split('.');
+fn parse_piece(index: u64, name: &str, key: String) -> Option<(u64, Piece)> {
+    let mut it = name.split('.');
     let start = it.next()?.parse().ok()?;
     let len = it.next()?.parse().ok()?;
     let state = it.next()?.to_string();
+    let whole = it.next()?.to_string();
     Some((
         index,
         Piece {
             start,
             len,
             state,
-            key: location.clone(),
+            whole,
+            key,
         },
     ))
 }
@@ -129,74 +108,79 @@ fn state_of(h: &Sha256) -> String {
     hex::encode(h.serialize().as_slice())
 }
 
-/// The partly appended chunks found in one listing of an upload's chunk objects (chunks
-/// with pieces and no receipt), and the hash midstate of the last of them.
+/// The partly appended chunks of a listing (chunks with pieces and no claim): their
+/// receipts, the chunk midstate of the last (the append cursor), and the whole file's.
 pub(super) fn partials(
     record: &UploadRecord,
-    metas: &[ObjectMeta],
-    whole: &[u64],
-) -> (Vec<Receipt>, Option<SavedPrefixHash>) {
+    found: &Listing,
+) -> (
+    Vec<Receipt>,
+    Option<SavedPrefixHash>,
+    Option<SavedPrefixHash>,
+) {
     let mut by_index: HashMap<u64, Vec<Piece>> = HashMap::new();
-    for (index, piece) in metas.iter().filter_map(|m| parse_piece(&m.location)) {
-        if !whole.contains(&index) {
-            by_index.entry(index).or_default().push(piece);
+    for (index, name) in &found.pieces {
+        if found.claimed.contains(index) {
+            continue;
+        }
+        if let Some((i, p)) = parse_piece(*index, name, String::new()) {
+            by_index.entry(i).or_default().push(p);
         }
     }
     let mut receipts = Vec::new();
-    let mut cursor: Option<SavedPrefixHash> = None;
+    let (mut cursor, mut whole) = (None, None);
     let mut indexes: Vec<u64> = by_index.keys().copied().collect();
     indexes.sort_unstable();
     for index in indexes {
         let run = contiguous(by_index.remove(&index).unwrap_or_default());
         let Some(last) = run.last() else { continue };
         let len = last.start + last.len;
+        let at = record.chunk_offset(index) + len;
         receipts.push(Receipt::Partial { index, len });
         cursor = Some(SavedPrefixHash {
-            hashed_bytes: record.chunk_offset(index) + len,
+            hashed_bytes: at,
             state: last.state.clone(),
             version: None,
         });
+        whole = Some(SavedPrefixHash {
+            hashed_bytes: at,
+            state: last.whole.clone(),
+            version: None,
+        });
     }
-    (receipts, cursor)
+    (receipts, cursor, whole)
 }
 
 /// The bytes of `pieces`, read back and checked against their midstate chain (and
 /// against `digest` at the end, when given), for the start of a part's body.
 fn piece_stream(
-    store: Arc<AmazonS3>,
+    store: Arc<dyn Store>,
     pieces: Vec<Piece>,
     digest: Option<common::Sha256Digest>,
-) -> impl futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static {
-    let (tx, rx) = mpsc::channel(4);
+) -> PartBody {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
         let fail = |why: String| Err(std::io::Error::other(why));
         let mut h = Sha256::new();
         for p in pieces {
-            let mut got = match store.get(&p.key).await {
-                Ok(g) => g.into_stream(),
+            let got = match store.get(&p.key).await {
+                Ok(Some(g)) => g.bytes,
+                Ok(None) => {
+                    let _ = tx.send(fail(format!("piece {} is gone", p.key))).await;
+                    return;
+                }
                 Err(e) => {
                     let _ = tx.send(fail(format!("piece {}: {e}", p.key))).await;
                     return;
                 }
             };
-            let mut read = 0u64;
-            while let Some(b) = got.next().await {
-                let b = match b {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(fail(format!("piece {}: {e}", p.key))).await;
-                        return;
-                    }
-                };
-                read += b.len() as u64;
-                h.update(&b);
-                if tx.send(Ok(b)).await.is_err() {
-                    return;
-                }
-            }
-            if read != p.len || state_of(&h) != p.state {
+            h.update(&got);
+            if got.len() as u64 != p.len || state_of(&h) != p.state {
                 let why = format!("piece {} does not hold the bytes it was stored with", p.key);
                 let _ = tx.send(fail(why)).await;
+                return;
+            }
+            if tx.send(Ok(got)).await.is_err() {
                 return;
             }
         }
@@ -208,44 +192,38 @@ fn piece_stream(
             }
         }
     });
-    part::body_of(rx)
+    channel_body(rx)
+}
+
+fn channel_body(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> PartBody {
+    futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|b| (b, rx)) }).boxed()
 }
 
 impl S3Backend {
-    fn pieces_dir(&self, id: UploadId, index: u64) -> Path {
-        self.chunk_dir(id, index).join("pieces")
+    fn pieces_dir(&self, id: UploadId, index: u64) -> String {
+        format!("{}{index:05}.pieces/", self.chunks_prefix(id))
     }
 
     /// The pieces of chunk `index` that run contiguously from its start.
     async fn pieces(&self, id: UploadId, index: u64) -> Result<Vec<Piece>> {
-        let metas: Vec<ObjectMeta> = futures_util::TryStreamExt::try_collect(
-            self.store.list(Some(&self.pieces_dir(id, index))),
-        )
-        .await
-        .map_err(store_err)?;
+        let dir = self.pieces_dir(id, index);
+        let listed = self.store.list(&dir).await?;
         Ok(contiguous(
-            metas
-                .iter()
-                .filter_map(|m| parse_piece(&m.location))
+            listed
+                .into_iter()
+                .filter_map(|o| {
+                    let name = o.key.strip_prefix(&dir)?.to_string();
+                    parse_piece(index, &name, o.key)
+                })
                 .map(|(_, p)| p)
                 .collect(),
         ))
     }
 
     async fn take_append_lease(&self, id: UploadId) -> Result<HeldLease> {
-        let key = self.key(&format!("uploads/{id}/chunks/append-lease"));
+        let key = format!("{}append-lease", self.chunks_prefix(id));
         let holder = format!("{}-{}", self.process, uuid::Uuid::new_v4().simple());
-        let (tag, generation) = match self.take_lease(&key, &holder).await {
-            Err(Error::Conflict) => return Err(Error::Locked),
-            other => other?,
-        };
-        Ok(HeldLease::new(
-            self.store.clone(),
-            key,
-            holder,
-            tag,
-            generation,
-        ))
+        HeldLease::take(self.store.clone(), key, holder).await
     }
 
     /// The pieces of the chunk at `offset` and the upload's multipart upload, once it is
@@ -256,10 +234,7 @@ impl S3Backend {
         let within = offset - record.chunk_offset(index);
         let pieces = self.pieces(id, index).await?;
         let end = pieces.last().map_or(0, |p| p.start + p.len);
-        let claimed = self
-            .read_claim(&self.chunk_dir(id, index), index)
-            .await?
-            .is_some();
+        let claimed = self.store.head(&self.claim_key(id, index)).await?.is_some();
         if claimed || end != within {
             let expected = if claimed {
                 record.chunk_end(index)
@@ -283,10 +258,6 @@ impl S3Backend {
     ) -> Result<Box<dyn ChunkWriter>> {
         let id = record.id;
         let lease = self.take_append_lease(id).await?;
-        // Holding the lease, what an earlier append of this process left here is stale
-        // (its commit never came): it goes (its lease's release, of an older version,
-        // changes nothing).
-        drop(lock(&self.handoffs).remove(&id));
         let index = offset / record.chunk_size;
         let within = offset - record.chunk_offset(index);
         let (pieces, multipart_id) = match self.appendable(record, offset).await {
@@ -297,11 +268,10 @@ impl S3Backend {
                 return Err(e);
             }
         };
-        Ok(Box::new(S3AppendWriter {
+        Ok(Box::new(AppendWriter {
             store: self.store.clone(),
-            http: self.http.clone(),
             record: record.clone(),
-            staging: self.staging_key(id),
+            file: self.file_key(id),
             multipart_id,
             index,
             within,
@@ -312,23 +282,26 @@ impl S3Backend {
             tail: Vec::new(),
             start: offset,
             kept: offset,
-            pending: self.pending.clone(),
-            handoffs: self.handoffs.clone(),
+            sent: HashMap::new(),
             lease: Some(lease),
         }))
     }
 
-    /// Makes an append durable: each whole chunk's part is claimed and receipted (its
-    /// pieces then go), and the bytes of a partial chunk are stored as a piece.
+    /// Makes an append durable: each whole chunk's part is claimed (its pieces then go),
+    /// and the bytes of a partial chunk are stored as a piece, named with both midstates.
     pub(super) async fn commit_appends(
         &self,
         record: &UploadRecord,
+        written: Written,
         receipts: &[Receipt],
+        coverage: Coverage,
     ) -> Result<u64> {
-        let handoff = lock(&self.handoffs).remove(&record.id);
-        let committed = self.commit_held(record, receipts, handoff.as_ref()).await;
-        if let Some(h) = handoff {
-            h.lease.release().await;
+        let mut handoff = written.take::<Handoff>();
+        let committed = self
+            .commit_held(record, handoff.as_mut(), receipts, coverage)
+            .await;
+        if let Some(lease) = handoff.and_then(|mut h| h.lease.take()) {
+            lease.release().await;
         }
         committed
     }
@@ -336,31 +309,34 @@ impl S3Backend {
     async fn commit_held(
         &self,
         record: &UploadRecord,
+        mut handoff: Option<&mut Handoff>,
         receipts: &[Receipt],
-        handoff: Option<&Handoff>,
+        coverage: Coverage,
     ) -> Result<u64> {
         let id = record.id;
-        if receipts
-            .iter()
-            .any(|r| matches!(r, Receipt::Partial { .. }))
-            && handoff.is_none()
-        {
-            return Err(Error::Corrupt("no bytes held for a partial chunk".into()));
-        }
+        let whole = match coverage {
+            Coverage::Midstate(m) => Some(m),
+            _ => None,
+        };
         let mut stored_first = 0;
         for r in receipts {
             match *r {
                 Receipt::Chunk(c) => {
-                    let sent = lock(&self.pending).remove(&(id, c.index));
-                    let (etag, number) = match sent {
+                    let sent = handoff.as_mut().and_then(|h| h.sent.remove(&c.index));
+                    let part = match sent {
                         Some(s) => s,
                         None => self.part_from_pieces(record, &c).await?,
                     };
-                    stored_first += self.claim(id, &c, etag, number).await?;
+                    // Only the append's last chunk has the file's midstate: before it, the
+                    // midstate after the append is stored with what follows.
+                    let end = record.chunk_offset(c.index) + c.size;
+                    let after = whole.clone().filter(|w| w.hashed_bytes == end);
+                    stored_first += self.claim_appended(record, &c, part, after).await?;
                     self.delete_prefix(&self.pieces_dir(id, c.index)).await?;
                 }
                 Receipt::Partial { index, len } => {
                     let h = handoff
+                        .as_deref()
                         .filter(|h| h.index == index && h.within + h.tail_len == len)
                         .ok_or_else(|| {
                             Error::Corrupt(format!("no bytes held for chunk {index}'s append"))
@@ -368,27 +344,28 @@ impl S3Backend {
                     if h.tail_len == 0 {
                         continue;
                     }
+                    let whole = whole
+                        .as_ref()
+                        .filter(|w| w.hashed_bytes == record.chunk_offset(index) + len)
+                        .ok_or_else(|| {
+                            Error::Corrupt("an append on S3 needs the file's midstate".into())
+                        })?;
                     let mut hasher = hasher_of(h.state.as_deref())?;
                     for b in &h.tail {
                         hasher.update(b);
                     }
-                    let name = piece_name(h.within, h.tail_len, &state_of(&hasher));
-                    let payload: PutPayload = h.tail.iter().cloned().collect();
-                    match self
-                        .store
-                        .put_opts(
-                            &self.pieces_dir(id, index).join(name.as_str()),
-                            payload,
-                            PutOptions::from(PutMode::Create),
-                        )
-                        .await
-                    {
+                    let name = format!(
+                        "{:012}.{}.{}.{}",
+                        h.within,
+                        h.tail_len,
+                        state_of(&hasher),
+                        whole.state
+                    );
+                    let key = format!("{}{name}", self.pieces_dir(id, index));
+                    match self.store.put(&key, h.tail.clone(), Put::Create).await {
                         Ok(_) => {}
-                        Err(object_store::Error::AlreadyExists { .. })
-                        | Err(object_store::Error::Precondition { .. }) => {
-                            return Err(Error::Conflict)
-                        }
-                        Err(e) => return Err(store_err(e)),
+                        Err(Error::Conflict) => return Err(Error::Conflict),
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -396,15 +373,58 @@ impl S3Backend {
         Ok(stored_first)
     }
 
-    /// Writes chunk `c`'s part from its pieces alone (the last chunk of an upload whose
-    /// length was declared after its bytes were stored).
-    async fn part_from_pieces(
+    /// Claims an appended chunk, with the file's midstate after it when the append ended
+    /// there.
+    async fn claim_appended(
         &self,
         record: &UploadRecord,
         c: &StoredChunk,
-    ) -> Result<(String, u64)> {
+        part: SentPart,
+        whole: Option<SavedPrefixHash>,
+    ) -> Result<u64> {
+        let claim = Claim {
+            size: c.size,
+            sha256: c.sha256,
+            part: part.number,
+            etag: part.etag,
+            whole,
+            spilled: false,
+        };
+        let body = serde_json::to_vec(&claim).map_err(|e| Error::Corrupt(e.to_string()))?;
+        match self
+            .store
+            .put(
+                &self.claim_key(record.id, c.index),
+                vec![Bytes::from(body)],
+                Put::Create,
+            )
+            .await
+        {
+            Ok(_) => Ok(0),
+            // A claim already there is this same chunk written by an append whose answer
+            // was lost, unless this append outlived its lease and another appender
+            // claimed other bytes meanwhile: those must not be acknowledged as these.
+            Err(Error::Conflict) => {
+                let first = self.read_claim(record.id, c.index).await?.ok_or_else(|| {
+                    Error::Corrupt(format!("the claim of chunk {} vanished", c.index))
+                })?;
+                if first.sha256 != c.sha256 {
+                    return Err(Error::ChunkConflict {
+                        index: c.index,
+                        stored: first.sha256,
+                    });
+                }
+                Ok(1)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes chunk `c`'s part from its pieces alone (the last chunk of an upload whose
+    /// length was declared after its bytes were stored).
+    async fn part_from_pieces(&self, record: &UploadRecord, c: &StoredChunk) -> Result<SentPart> {
         let lease = self.take_append_lease(record.id).await?;
-        let number = part_number(record, c.index, lease.generation());
+        let number = part_number(c.index);
         let sent = async {
             let pieces = self.pieces(record.id, c.index).await?;
             let len = pieces.last().map_or(0, |p| p.start + p.len);
@@ -415,21 +435,23 @@ impl S3Backend {
                 )));
             }
             let body = piece_stream(self.store.clone(), pieces, Some(c.sha256));
-            let sending = part::send_part(
-                &self.http,
-                &self.store,
-                &self.staging_key(record.id),
-                &self.multipart_id(record.id).await?,
-                number,
-                len,
-                body,
-            )
-            .await;
-            part::answered(sending).await
+            self.store
+                .upload_part(
+                    &self.file_key(record.id),
+                    &self.multipart_id(record.id).await?,
+                    number,
+                    len,
+                    Some(c.sha256),
+                    body,
+                )
+                .await
         }
         .await;
         lease.release().await;
-        Ok((sent?, number))
+        Ok(SentPart {
+            number,
+            etag: sent?,
+        })
     }
 }
 
@@ -437,7 +459,7 @@ impl S3Backend {
 enum Current {
     /// Streamed into the chunk's part (the append reaches the chunk's end).
     Streaming {
-        tx: BodyTx,
+        tx: mpsc::Sender<std::io::Result<Bytes>>,
         response: tokio::task::JoinHandle<Result<String>>,
         number: u64,
     },
@@ -446,11 +468,10 @@ enum Current {
 }
 
 /// See the module documentation.
-struct S3AppendWriter {
-    store: Arc<AmazonS3>,
-    http: reqwest::Client,
+struct AppendWriter {
+    store: Arc<dyn Store>,
     record: UploadRecord,
-    staging: Path,
+    file: String,
     multipart_id: String,
     /// The chunk at hand, its bytes stored before this append, and their pieces.
     index: u64,
@@ -466,41 +487,35 @@ struct S3AppendWriter {
     start: u64,
     /// Where the bytes this append has stored (or holds for its commit) end.
     kept: u64,
-    pending: Pending,
-    handoffs: Handoffs,
+    sent: HashMap<u64, SentPart>,
     lease: Option<HeldLease>,
 }
 
-impl S3AppendWriter {
+impl AppendWriter {
     /// Starts sending the chunk at hand's part: `body`, of `len` bytes.
-    async fn send<B>(&self, len: u64, body: B) -> (tokio::task::JoinHandle<Result<String>>, u64)
-    where
-        B: futures_util::Stream<Item = std::result::Result<Bytes, std::io::Error>> + Send + 'static,
-    {
-        let generation = self.lease.as_ref().map_or(0, HeldLease::generation);
-        let number = part_number(&self.record, self.index, generation);
-        let sending = part::send_part(
-            &self.http,
-            &self.store,
-            &self.staging,
-            &self.multipart_id,
-            number,
-            len,
-            body,
-        )
-        .await;
-        (sending, number)
+    fn send(&self, len: u64, body: PartBody) -> (tokio::task::JoinHandle<Result<String>>, u64) {
+        let number = part_number(self.index);
+        let store = self.store.clone();
+        let (file, multipart_id) = (self.file.clone(), self.multipart_id.clone());
+        let response = tokio::spawn(async move {
+            store
+                .upload_part(&file, &multipart_id, number, len, None, body)
+                .await
+        });
+        (response, number)
     }
 
-    async fn begin_chunk(&mut self) -> Result<()> {
+    fn begin_chunk(&mut self) -> Result<()> {
         let len = self.record.chunk_len(self.index)?;
         let room = len - self.within;
         if self.remaining.is_some_and(|r| r >= room) {
             // The pieces first, then the request's bytes.
             let pieces = std::mem::take(&mut self.pieces);
             let (tx, rx) = mpsc::channel(4);
-            let body = piece_stream(self.store.clone(), pieces, None).chain(part::body_of(rx));
-            let (response, number) = self.send(len, body).await;
+            let body = piece_stream(self.store.clone(), pieces, None)
+                .chain(channel_body(rx))
+                .boxed();
+            let (response, number) = self.send(len, body);
             self.current = Some(Current::Streaming {
                 tx,
                 response,
@@ -527,12 +542,13 @@ impl S3AppendWriter {
                 let pieces = std::mem::take(&mut self.pieces);
                 let tail = std::mem::take(&mut self.tail).into_iter().map(Ok);
                 let body = piece_stream(self.store.clone(), pieces, None)
-                    .chain(futures_util::stream::iter(tail));
-                self.send(len, body).await
+                    .chain(futures_util::stream::iter(tail))
+                    .boxed();
+                self.send(len, body)
             }
         };
-        let etag = part::answered(response).await?;
-        lock(&self.pending).insert((self.record.id, self.index), (etag, number));
+        let etag = answered(response).await?;
+        self.sent.insert(self.index, SentPart { number, etag });
         self.kept = self.record.chunk_end(self.index);
         self.index += 1;
         self.within = 0;
@@ -543,14 +559,14 @@ impl S3AppendWriter {
 }
 
 #[async_trait]
-impl ChunkWriter for S3AppendWriter {
+impl ChunkWriter for AppendWriter {
     async fn write(&mut self, mut bytes: Bytes) -> Result<()> {
         if let Some(lease) = &mut self.lease {
             lease.renew_if_due().await?;
         }
         while !bytes.is_empty() {
             if self.current.is_none() {
-                self.begin_chunk().await?;
+                self.begin_chunk()?;
             }
             let room = self.record.chunk_len(self.index)? - self.within - self.held;
             let seg = bytes.split_to((room as usize).min(bytes.len()));
@@ -584,7 +600,7 @@ impl ChunkWriter for S3AppendWriter {
         }
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<()> {
+    async fn finish(mut self: Box<Self>) -> Result<Written> {
         let (tail_len, tail) = match self.current.take() {
             Some(Current::Streaming { response, .. }) => {
                 response.abort();
@@ -592,27 +608,24 @@ impl ChunkWriter for S3AppendWriter {
             }
             _ => (self.held, std::mem::take(&mut self.tail)),
         };
-        let Some(lease) = self.lease.take() else {
-            return Ok(());
-        };
+        let lease = self.lease.take();
         if self.kept + tail_len == self.start {
             // Nothing to commit (an empty body, or a part cut short at once).
-            lease.release().await;
-            return Ok(());
+            if let Some(lease) = lease {
+                lease.release().await;
+            }
+            return Ok(Written::nothing());
         }
         let state = self.pieces.last().map(|p| p.state.clone());
-        lock(&self.handoffs).insert(
-            self.record.id,
-            Handoff {
-                index: self.index,
-                within: self.within,
-                state,
-                tail,
-                tail_len,
-                lease,
-            },
-        );
-        Ok(())
+        Ok(Written::of(Handoff {
+            sent: std::mem::take(&mut self.sent),
+            index: self.index,
+            within: self.within,
+            state,
+            tail,
+            tail_len,
+            lease,
+        }))
     }
 
     async fn abandon(mut self: Box<Self>) {
@@ -625,7 +638,7 @@ impl ChunkWriter for S3AppendWriter {
     }
 }
 
-impl Drop for S3AppendWriter {
+impl Drop for AppendWriter {
     fn drop(&mut self) {
         if let Some(Current::Streaming { response, .. }) = &self.current {
             response.abort();

@@ -1,24 +1,50 @@
-//! A lease held by one write (a chunk's part, or an upload's append): renewed while the
-//! write goes on, and released when it is abandoned, so that the next writer takes it
-//! over one generation up instead of waiting for it to expire.
+//! The append lease: one appender per upload across servers. A lease object names the
+//! write holding it and until when; it is renewed while the append goes on and released
+//! when it ends, so the next append takes it over at once instead of waiting for it to
+//! expire. Taking it over is a conditional write of the version read, so two servers never
+//! both hold it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use object_store::aws::AmazonS3;
-use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use bytes::Bytes;
 use time::OffsetDateTime;
 
-use super::{lease_err, Lease, LEASE_RENEW, LEASE_SECS};
-use crate::error::Result;
+use super::store::{Put, Store};
+use crate::error::{Error, Result};
 
-/// See the module documentation.
+/// How long a lease holds off other appenders; a live appender renews it every
+/// [`LEASE_RENEW`], so a crashed server's upload is free again within this time.
+const LEASE_SECS: i64 = 15;
+/// How often an appender renews its lease.
+const LEASE_RENEW: Duration = Duration::from_secs(5);
+
+/// A lease as stored: `{holder} {unix expiry}`.
+struct Lease {
+    holder: String,
+    until: i64,
+}
+
+impl Lease {
+    fn parse(text: &str) -> Self {
+        let mut it = text.split_whitespace();
+        Self {
+            holder: it.next().unwrap_or_default().to_string(),
+            until: it.next().and_then(|u| u.parse().ok()).unwrap_or(0),
+        }
+    }
+
+    fn body(&self) -> Vec<Bytes> {
+        vec![Bytes::from(format!("{} {}", self.holder, self.until))]
+    }
+}
+
+/// A lease a write holds (see the module documentation).
 pub(super) struct HeldLease {
-    store: Arc<AmazonS3>,
-    key: Path,
-    /// Version of the lease as last written, for renewals and the release.
-    tag: Option<String>,
+    store: Arc<dyn Store>,
+    key: String,
+    /// ETag of the lease as last written, for renewals and the release.
+    tag: String,
     held: Lease,
     renewed: Instant,
     /// Released on drop.
@@ -26,31 +52,39 @@ pub(super) struct HeldLease {
 }
 
 impl HeldLease {
-    /// The lease at `key`, just taken by `holder` (see `S3Backend::take_lease`).
-    pub(super) fn new(
-        store: Arc<AmazonS3>,
-        key: Path,
-        holder: String,
-        tag: Option<String>,
-        generation: u64,
-    ) -> Self {
-        Self {
+    /// Takes the lease at `key` for `holder`: creates it, or takes over an expired or
+    /// released one. [`Error::Locked`] while another write holds it.
+    pub(super) async fn take(store: Arc<dyn Store>, key: String, holder: String) -> Result<Self> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mine = Lease {
+            holder,
+            until: now + LEASE_SECS,
+        };
+        let tag = match store.put(&key, mine.body(), Put::Create).await {
+            Ok(tag) => tag,
+            Err(Error::Conflict) => {
+                // Released meanwhile: the caller's retry will take it.
+                let held = store.get(&key).await?.ok_or(Error::Locked)?;
+                let current = Lease::parse(&String::from_utf8_lossy(&held.bytes));
+                if current.holder != mine.holder && current.until > now {
+                    return Err(Error::Locked);
+                }
+                match store.put(&key, mine.body(), Put::Update(held.etag)).await {
+                    Ok(tag) => tag,
+                    Err(Error::Conflict | Error::NotFound) => return Err(Error::Locked),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
             store,
             key,
             tag,
-            held: Lease {
-                holder,
-                until: 0,
-                generation,
-            },
+            held: mine,
             renewed: Instant::now(),
             armed: true,
-        }
-    }
-
-    /// Each takeover raises it: part numbers are fenced by it.
-    pub(super) fn generation(&self) -> u64 {
-        self.held.generation
+        })
     }
 
     /// Extends the lease when a renewal is due; fails if another server took it.
@@ -59,12 +93,15 @@ impl HeldLease {
             return Ok(());
         }
         self.held.until = OffsetDateTime::now_utc().unix_timestamp() + LEASE_SECS;
-        let put = self
+        self.tag = match self
             .store
-            .put_opts(&self.key, self.held.body(), self.replacing())
+            .put(&self.key, self.held.body(), Put::Update(self.tag.clone()))
             .await
-            .map_err(lease_err)?;
-        self.tag = put.e_tag;
+        {
+            Ok(tag) => tag,
+            Err(Error::Conflict | Error::NotFound) => return Err(Error::Locked),
+            Err(e) => return Err(e),
+        };
         self.renewed = Instant::now();
         Ok(())
     }
@@ -75,34 +112,20 @@ impl HeldLease {
         self.armed = false;
         if let Err(e) = self
             .store
-            .put_opts(&self.key, self.released(), self.replacing())
+            .put(&self.key, self.released(), Put::Update(self.tag.clone()))
             .await
         {
             tracing::debug!(error = %e, "lease not released; it will expire");
         }
     }
 
-    /// Hands the lease to whoever removes it (a chunk's commit): not released on drop.
-    pub(super) fn disarm(mut self) {
-        self.armed = false;
-    }
-
-    /// The released lease: free, at the generation it reached.
-    fn released(&self) -> PutPayload {
+    /// The released lease: free.
+    fn released(&self) -> Vec<Bytes> {
         Lease {
             holder: "released".into(),
             until: 0,
-            generation: self.held.generation,
         }
         .body()
-    }
-
-    /// A write that replaces the lease as this write last wrote it.
-    fn replacing(&self) -> PutOptions {
-        PutOptions::from(PutMode::Update(UpdateVersion {
-            e_tag: self.tag.clone(),
-            version: None,
-        }))
     }
 }
 
@@ -111,12 +134,11 @@ impl Drop for HeldLease {
         if !self.armed {
             return;
         }
-        // Released, not deleted: a part sent in full may still land, so the next writer
-        // takes the lease over one generation up, onto a part number of its own.
+        // Released, not deleted: the next appender takes it over by a conditional write.
         let (store, key) = (self.store.clone(), self.key.clone());
-        let (body, options) = (self.released(), self.replacing());
+        let (body, tag) = (self.released(), self.tag.clone());
         tokio::spawn(async move {
-            let _ = store.put_opts(&key, body, options).await;
+            let _ = store.put(&key, body, Put::Update(tag)).await;
         });
     }
 }

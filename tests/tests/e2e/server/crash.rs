@@ -82,7 +82,7 @@ async fn kill9_mid_chunk_counts_nothing() {
     wait_until(
         Duration::from_secs(10),
         "the chunk being stored",
-        || async { store.writing(id, 0, 0, &file[..64 * KIB]).await },
+        || async { store.writing(&server, id, 0, &file[..64 * KIB]).await },
     )
     .await;
     server.kill9();
@@ -176,7 +176,11 @@ async fn stalled_and_abandoned_bodies_count_nothing() {
     wait_until(
         Duration::from_secs(10),
         "the chunk being stored",
-        || async { store.writing(id, 1, cs as u64, &file[cs..cs + 4096]).await },
+        || async {
+            store
+                .writing(&server, id, cs as u64, &file[cs..cs + 4096])
+                .await
+        },
     )
     .await;
     drop(conn);
@@ -245,7 +249,7 @@ async fn retry_takes_over_a_stalled_chunk_write() {
     wait_until(
         Duration::from_secs(10),
         "the stalled write to begin",
-        || async { store.writing(id, 0, 0, &chunk[..MIB]).await },
+        || async { store.writing(&server, id, 0, &chunk[..MIB]).await },
     )
     .await;
     let started = Instant::now();

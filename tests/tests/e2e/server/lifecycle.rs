@@ -151,7 +151,7 @@ async fn sigterm_lets_an_inflight_chunk_finish() {
     wait_until(
         Duration::from_secs(10),
         "the chunk being stored",
-        || async { store.writing(id, 0, 0, &file[..4096]).await },
+        || async { store.writing(&server, id, 0, &file[..4096]).await },
     )
     .await;
 
@@ -206,7 +206,7 @@ async fn shutdown_is_bounded_by_its_timeout() {
     wait_until(
         Duration::from_secs(10),
         "the chunk being stored",
-        || async { store.writing(st.id, 0, 0, &file[..4096]).await },
+        || async { store.writing(&server, st.id, 0, &file[..4096]).await },
     )
     .await;
     let started = Instant::now();

@@ -9,7 +9,16 @@ use bytes::Bytes;
 use common::api::{UploadState, UploadStatus};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use sha2::{Digest, Sha256};
+use tests::fixture::Storage;
+use tests::http::wait_until;
 use tests::{random_bytes, sha256_hex, Server};
+
+/// Starts a server on this suite's storage (`super::STORAGE`: local disk or S3).
+macro_rules! start {
+    ($args:expr) => {
+        tests::start_or_skip!(super::STORAGE, $args)
+    };
+}
 
 const MIB: usize = 1 << 20;
 const OCTETS: &str = "application/offset+octet-stream";
@@ -153,23 +162,11 @@ impl Tus {
     }
 }
 
-/// Waits (bounded) until the server has written `expected` at the start of the upload's
-/// data file: proof that a PATCH is being handled, though not acknowledged.
-async fn wait_for_bytes_on_disk(dir: &std::path::Path, path: &str, expected: &[u8]) {
-    let id = path.trim_start_matches("/files/");
-    let file = dir.join("uploads").join(id).join("data");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let on_disk = std::fs::read(&file).unwrap_or_default();
-        if on_disk.len() >= expected.len() && &on_disk[..expected.len()] == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the PATCH's bytes never reached the disk"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The upload id of a tus path.
+fn tus_id(path: &str) -> common::UploadId {
+    path.trim_start_matches("/files/")
+        .parse()
+        .expect("an upload id")
 }
 
 /// Starts a PATCH at offset 0 whose body is fed by the returned sender.
@@ -206,7 +203,7 @@ fn header(resp: &Response, name: &str) -> String {
 
 #[tokio::test]
 async fn options_advertises_the_protocol() {
-    let (server, _dir) = Server::start(&["--max-upload-size", "5GiB"]);
+    let (server, _store) = start!(&["--max-upload-size", "5GiB"]);
     let tus = Tus::new(&server);
     let resp = client()
         .request(Method::OPTIONS, format!("{}/files/", server.url()))
@@ -239,7 +236,7 @@ async fn options_advertises_the_protocol() {
 
 #[tokio::test]
 async fn version_media_type_and_header_errors() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let url = format!("{}/files/", server.url());
     // No Tus-Resumable, and an unknown version: 412 with the version we speak.
@@ -337,7 +334,7 @@ async fn version_media_type_and_header_errors() {
 
 #[tokio::test]
 async fn uneven_patches_across_chunks_complete_and_verify() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(20 * MIB + 12_345, 11);
     let meta = format!(
@@ -397,7 +394,7 @@ async fn uneven_patches_across_chunks_complete_and_verify() {
 
 #[tokio::test]
 async fn offsets_checksums_and_lengths() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(300_000, 12);
     let path = tus.create(file.len(), "").await;
@@ -469,7 +466,7 @@ async fn offsets_checksums_and_lengths() {
 /// last PATCH, and never changes; the upload completes with the file's SHA-256.
 #[tokio::test]
 async fn a_deferred_length_is_said_by_the_last_patch() {
-    let (server, _dir) = Server::start(&["--max-upload-size", "3MiB"]);
+    let (server, _store) = start!(&["--max-upload-size", "3MiB"]);
     let tus = Tus::new(&server);
     let bytes = random_bytes(2 * MIB + 4_321, 41);
     let resp = tus
@@ -571,7 +568,7 @@ async fn a_deferred_length_is_said_by_the_last_patch() {
 /// the offset completes it with the file's SHA-256.
 #[tokio::test]
 async fn a_deferred_upload_grows_to_the_ceiling_and_completes_only_once_said() {
-    let (server, _dir) = Server::start(&["--max-upload-size", "1MiB"]);
+    let (server, _store) = start!(&["--max-upload-size", "1MiB"]);
     let tus = Tus::new(&server);
     let bytes = random_bytes(MIB, 43);
     let loc = tus.create_deferred().await;
@@ -627,7 +624,7 @@ async fn a_deferred_upload_grows_to_the_ceiling_and_completes_only_once_said() {
 /// whose length was known at creation takes its own length on a PATCH and refuses another.
 #[tokio::test]
 async fn a_deferred_length_said_mid_upload_is_kept() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let bytes = random_bytes(6 * MIB + 777, 44);
     let len = bytes.len();
@@ -698,7 +695,7 @@ async fn a_deferred_length_said_mid_upload_is_kept() {
 /// restart.
 #[tokio::test]
 async fn a_deferred_upload_resumes_after_kill9_and_is_said_after() {
-    let (mut server, _dir) = Server::start(&["--max-upload-size", "32GiB"]);
+    let (mut server, _store) = start!(&["--max-upload-size", "32GiB"]);
     let bytes = random_bytes(17 * MIB + 4_321, 45);
     let len = bytes.len();
     let loc = {
@@ -762,7 +759,7 @@ async fn a_deferred_upload_resumes_after_kill9_and_is_said_after() {
 
 #[tokio::test]
 async fn creation_with_upload_zero_length_and_termination() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(1_000_000, 13);
     // creation-with-upload: part of the file in the POST.
@@ -808,7 +805,7 @@ async fn creation_with_upload_zero_length_and_termination() {
 
 #[tokio::test]
 async fn one_writer_at_a_time() {
-    let (server, dir) = Server::start(&[]);
+    let (server, store) = start!(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(2 * MIB, 14);
     let path = tus.create(file.len(), "").await;
@@ -818,7 +815,13 @@ async fn one_writer_at_a_time() {
     tx.send(Ok(Bytes::copy_from_slice(&file[..MIB + 1000])))
         .await
         .unwrap();
-    wait_for_bytes_on_disk(dir.path(), &path, &file[..MIB]).await;
+    let id = tus_id(&path);
+    wait_until(
+        Duration::from_secs(10),
+        "the PATCH's bytes being stored",
+        || store.writing(&server, id, 0, &file[..MIB]),
+    )
+    .await;
     let second = tus.patch(&path, 0, file.clone()).await;
     assert_eq!(second.status(), StatusCode::LOCKED);
     tx.send(Ok(Bytes::copy_from_slice(&file[MIB + 1000..])))
@@ -835,7 +838,7 @@ async fn one_writer_at_a_time() {
 
 #[tokio::test]
 async fn resumes_after_kill9_with_partial_chunks() {
-    let (mut server, _dir) = Server::start(&[]);
+    let (mut server, _store) = start!(&[]);
     let file = random_bytes(10 * MIB + 333, 15);
     let path = {
         let tus = Tus::new(&server);
@@ -860,7 +863,7 @@ async fn resumes_after_kill9_with_partial_chunks() {
 
 #[tokio::test]
 async fn protocols_do_not_mix_writes() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let http = client();
     // A tus upload takes no native chunk...
@@ -889,7 +892,7 @@ async fn protocols_do_not_mix_writes() {
 
 #[tokio::test]
 async fn cors_for_configured_origins_only() {
-    let (server, _dir) = Server::start(&["--cors-origin", "http://app.example"]);
+    let (server, _store) = start!(&["--cors-origin", "http://app.example"]);
     let http = client();
     let preflight = |origin: &'static str| {
         http.request(Method::OPTIONS, format!("{}/files/", server.url()))
@@ -939,7 +942,7 @@ async fn cors_for_configured_origins_only() {
 
 #[tokio::test]
 async fn concatenation_joins_parallel_parts() {
-    let (server, _dir) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let tus = Tus::new(&server);
     let file = random_bytes(9 * MIB + 77, 16);
     let bounds = [0, 3 * MIB + 1, 3 * MIB + 1, 9 * MIB + 77];
@@ -1029,7 +1032,12 @@ async fn concatenation_joins_parallel_parts() {
 
 #[tokio::test]
 async fn a_stalled_patch_is_taken_over_and_keeps_what_arrived() {
-    let (server, dir) = Server::start(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
+    let (server, store) = start!(&["--stall-takeover", "1s", "--body-timeout", "60s"]);
+    if store.storage == Storage::S3 {
+        // On S3 the PATCH streams its chunk into a part, which a cut does not keep, and
+        // another server may hold the append lease: the S3 suite covers a cut PATCH.
+        return;
+    }
     let tus = Tus::new(&server);
     let file = random_bytes(2 * MIB, 17);
     let path = tus.create(file.len(), "").await;
@@ -1037,7 +1045,13 @@ async fn a_stalled_patch_is_taken_over_and_keeps_what_arrived() {
     tx.send(Ok(Bytes::copy_from_slice(&file[..MIB + 1000])))
         .await
         .unwrap();
-    wait_for_bytes_on_disk(dir.path(), &path, &file[..MIB]).await;
+    let id = tus_id(&path);
+    wait_until(
+        Duration::from_secs(10),
+        "the PATCH's bytes being stored",
+        || store.writing(&server, id, 0, &file[..MIB]),
+    )
+    .await;
     // The first PATCH now stalls. A new one takes over once it has moved nothing for 1 s:
     // the stalled one keeps what arrived (tus semantics) and the new one learns the offset.
     // Until then it is answered 423, which clients retry (as tus-js-client does).

@@ -11,6 +11,13 @@ use serde_json::Value;
 use tests::webclients::{self, DriverResult};
 use tests::{random_bytes, sha256_hex, write_file, Server};
 
+/// Starts a server on this suite's storage (`super::STORAGE`: local disk or S3).
+macro_rules! start {
+    ($args:expr) => {
+        tests::start_or_skip!(super::STORAGE, $args)
+    };
+}
+
 const MIB: usize = 1 << 20;
 const PARTIAL: &str = "application/partial-upload";
 const TYPES: &str = "https://iana.org/assignments/http-problem-types#";
@@ -217,7 +224,7 @@ async fn problem(resp: Response) -> Value {
 
 #[tokio::test]
 async fn create_complete_in_one_request() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(300_001, 1);
     let resp = c
@@ -268,7 +275,7 @@ async fn create_complete_in_one_request() {
 
 #[tokio::test]
 async fn create_incomplete_then_uneven_appends_then_complete() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     // Past the 8 MiB chunk size, so appends straddle a chunk boundary.
     let bytes = random_bytes(9 * MIB + 4_321, 2);
@@ -319,7 +326,7 @@ async fn create_incomplete_then_uneven_appends_then_complete() {
 
 #[tokio::test]
 async fn offset_mismatch_is_409_with_expected_and_provided_offsets() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(1_000, 3);
     let loc = c.start(bytes.len(), &bytes[..100]).await;
@@ -347,7 +354,7 @@ async fn offset_mismatch_is_409_with_expected_and_provided_offsets() {
 
 #[tokio::test]
 async fn appending_to_a_completed_upload_is_refused() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(2_000, 4);
     // Created with ?0, but the whole length arrives: the upload is complete.
@@ -396,7 +403,7 @@ async fn appending_to_a_completed_upload_is_refused() {
 
 #[tokio::test]
 async fn inconsistent_lengths_are_refused_and_append_nothing() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     // Upload-Length against the length a completing creation implies.
     let resp = c.create(true, Some(10), vec![7u8; 5]).await;
@@ -450,7 +457,7 @@ async fn inconsistent_lengths_are_refused_and_append_nothing() {
 /// the draft's inconsistent-upload-length and appends nothing.
 #[tokio::test]
 async fn a_length_unknown_at_creation_is_learnt_from_the_appends() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(700_003, 31);
     let resp = c.create(false, None, bytes[..200_000].to_vec()).await;
@@ -521,7 +528,7 @@ async fn a_length_unknown_at_creation_is_learnt_from_the_appends() {
 /// `?1` completes another upload at its offset, and an empty file at 0.
 #[tokio::test]
 async fn an_upload_without_a_length_is_completed_by_its_last_append() {
-    let (server, _d) = Server::start(&["--max-upload-size", "32GiB"]);
+    let (server, _store) = start!(&["--max-upload-size", "32GiB"]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(17 * MIB + 5, 32);
     let len = bytes.len();
@@ -581,7 +588,7 @@ async fn an_upload_without_a_length_is_completed_by_its_last_append() {
 /// completes it with the right SHA-256.
 #[tokio::test]
 async fn upload_length_on_an_append_is_said_once() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(5_000, 33);
     let loc = c.start_unknown(&bytes[..1_000]).await;
@@ -642,7 +649,7 @@ async fn upload_length_on_an_append_is_said_once() {
 /// upload then completes with a consistent `?1` append.
 #[tokio::test]
 async fn a_refused_append_says_no_length() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(3_000, 34);
     let loc = c.start_unknown(&bytes[..1_000]).await;
@@ -681,7 +688,7 @@ async fn a_refused_append_says_no_length() {
 /// nothing; one that ends at the limit with `?1` completes it.
 #[tokio::test]
 async fn an_append_past_the_limit_of_an_unknown_length_is_413() {
-    let (server, _d) = Server::start(&["--max-upload-size", "1MiB"]);
+    let (server, _store) = start!(&["--max-upload-size", "1MiB"]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(MIB, 35);
     let loc = c.start_unknown(&bytes[..1_000]).await;
@@ -708,7 +715,7 @@ async fn an_append_past_the_limit_of_an_unknown_length_is_413() {
 
 #[tokio::test]
 async fn requests_the_endpoint_does_not_take() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     // No Upload-Complete; an interop version this server does not speak.
     let resp = c
@@ -797,7 +804,7 @@ async fn requests_the_endpoint_does_not_take() {
 
 #[tokio::test]
 async fn delete_cancels_the_upload() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let loc = c.start(1_000, &[9u8; 300]).await;
     let resp = c.req(Method::DELETE, &loc).send().await.unwrap();
@@ -811,7 +818,7 @@ async fn delete_cancels_the_upload() {
 
 #[tokio::test]
 async fn repr_digest_is_verified_against_the_whole_file() {
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(200_000, 6);
     let wrong = repr_digest(b"something else");
@@ -894,7 +901,7 @@ async fn repr_digest_is_verified_against_the_whole_file() {
 
 #[tokio::test]
 async fn a_restart_mid_upload_resumes_from_head() {
-    let (mut server, _d) = Server::start(&[]);
+    let (mut server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(5 * MIB + 3, 7);
     let loc = c.start(bytes.len(), &bytes[..MIB + 7]).await;
@@ -943,7 +950,7 @@ async fn tusjs_single(protocol: &'static str, seed: u64) {
     if !webclients::available_or_skip(&name) {
         return;
     }
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let dir = tempfile::tempdir().unwrap();
     let bytes = random_bytes(9 * MIB + 123, seed);
     let file = write_file(dir.path(), "ietf.bin", &bytes)
@@ -990,7 +997,7 @@ async fn tusjs_ietf_draft_05_interrupted_upload_resumes() {
     if !webclients::available_or_skip("tusjs_ietf_draft_05_interrupted_upload_resumes") {
         return;
     }
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let dir = tempfile::tempdir().unwrap();
     let len = 16 * MIB + 1_000;
     let bytes = random_bytes(len, 13);
@@ -1042,7 +1049,7 @@ async fn tusjs_ietf_draft_05_stream_with_its_length_deferred() {
     if !webclients::available_or_skip("tusjs_ietf_draft_05_stream_with_its_length_deferred") {
         return;
     }
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let dir = tempfile::tempdir().unwrap();
     let bytes = random_bytes(9 * MIB + 4_567, 14);
     let file = write_file(dir.path(), "unknown.bin", &bytes)
@@ -1114,7 +1121,7 @@ fn head_value(head: &str, name: &str) -> Option<String> {
 #[tokio::test]
 async fn creation_is_answered_104_before_its_body_ends() {
     use tokio::io::AsyncWriteExt;
-    let (server, _d) = Server::start(&[]);
+    let (server, _store) = start!(&[]);
     let c = Ietf::new(&server);
     let bytes = random_bytes(3 * MIB + 11, 104);
     let addr = server.url().trim_start_matches("http://").to_string();
