@@ -30,6 +30,11 @@ pub struct Capabilities {
     pub storage: String,
     /// Digest algorithms verified, as RFC 9530 names.
     pub checksums: Vec<String>,
+    /// Largest file `POST /v1/uploads` takes as its body (`application/octet-stream`):
+    /// created, stored, verified and completed in that one request. Absent: the server
+    /// takes no bytes in its create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_request_max: Option<u64>,
 }
 
 /// `GET /v1`: [`Capabilities`] (the storage's), flattened, plus what the HTTP layer asks of

@@ -450,7 +450,10 @@ async fn deferred_length_completes_when_said() {
     };
     let up = server(&store, config).await;
     let file = data(MIB, 9);
-    for (i, ends) in [[300_000, 700_001, MIB], [1000, 2000, MIB]].iter().enumerate() {
+    for (i, ends) in [[300_000, 700_001, MIB], [1000, 2000, MIB]]
+        .iter()
+        .enumerate()
+    {
         let new = NewStream {
             defer_length: true,
             ..Default::default()

@@ -259,6 +259,7 @@ impl Uploads {
             max_chunks: l.max_chunks,
             storage: self.backend.info().name.into(),
             checksums: vec!["sha-256".into()],
+            one_request_max: Some(l.chunk_size.max.min(l.max_upload_size)),
         }
     }
 

@@ -13,6 +13,7 @@ mod crash_loop;
 mod events;
 mod ietf;
 mod limits;
+mod listing;
 mod observability;
 mod page;
 mod power_cut;

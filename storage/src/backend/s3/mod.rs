@@ -640,7 +640,11 @@ impl Backend for S3Backend {
 
     async fn index_put(&self, key: &str) -> Result<()> {
         self.store
-            .put(&self.key(&format!("index/{key}")), Vec::new(), Put::Overwrite)
+            .put(
+                &self.key(&format!("index/{key}")),
+                Vec::new(),
+                Put::Overwrite,
+            )
             .await
             .map(drop)
     }
