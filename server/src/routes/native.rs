@@ -150,8 +150,14 @@ async fn create_whole(
             ),
             None => metadata.as_ref().and_then(|m| m.get("filename").cloned()),
         };
+        // Without Content-Length and Transfer-Encoding a request has no body (RFC 9112
+        // section 6.3): an empty file.
+        let size = match content_length(headers)? {
+            None if !headers.contains_key(header::TRANSFER_ENCODING) => Some(0),
+            other => other,
+        };
         let req = CreateUpload {
-            size: content_length(headers)?,
+            size,
             sha256: content_digest(headers)?,
             filename,
             metadata,

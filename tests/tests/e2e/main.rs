@@ -22,6 +22,7 @@ mod s3;
 mod s3_server;
 mod server;
 mod slots;
+mod small_files;
 mod soak;
 mod tls;
 mod tus;
