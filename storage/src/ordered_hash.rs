@@ -30,6 +30,11 @@ use crate::record::UploadRecord;
 
 /// How long a kept chunk waits for the hash to reach it before it is spilled.
 const WAIT_FOR_TURN: Duration = Duration::from_secs(20);
+/// A kept chunk stops waiting sooner when the hash has not moved here for this long and no
+/// chunk streams at it here: nothing in sight brings its turn (a client sending chunks out
+/// of order one at a time waits for each answer). Another server's chunk ahead of it is
+/// seen only once stored, so this is also how long that one may take.
+const QUIET: Duration = Duration::from_secs(2);
 /// How often a kept chunk asks storage whether another server got the hash to it.
 const POLL: Duration = Duration::from_millis(200);
 /// How long a chunk waits for memory to be kept in before it is refused (retry soon).
@@ -61,7 +66,19 @@ struct Progress {
     changed: Notify,
     /// Kept chunks of the upload waiting here.
     waiting: AtomicUsize,
+    /// Chunks of the upload streaming at the hash here.
+    streaming: AtomicUsize,
     touched: Mutex<Instant>,
+}
+
+/// A chunk streaming at the hash (see [`OrderedHashing::streaming`]).
+pub struct Streaming(Arc<Progress>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.streaming.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// See the module documentation.
@@ -93,6 +110,7 @@ impl OrderedHashing {
                 hash: Mutex::new(None),
                 changed: Notify::new(),
                 waiting: AtomicUsize::new(0),
+                streaming: AtomicUsize::new(0),
                 touched: Mutex::new(Instant::now()),
             })
         });
@@ -115,6 +133,13 @@ impl OrderedHashing {
             None if offset == 0 => Some(Sha256::new()),
             _ => None,
         }
+    }
+
+    /// Says that a chunk streams at the hash of `id` until the answer is dropped.
+    pub fn streaming(&self, id: UploadId) -> Streaming {
+        let p = self.progress(id);
+        p.streaming.fetch_add(1, Ordering::SeqCst);
+        Streaming(p)
     }
 
     /// Room to keep a chunk of `len` bytes; waits a while for memory, then answers
@@ -175,6 +200,8 @@ impl OrderedHashing {
     ) -> Result<Option<Sha256>> {
         let deadline = Instant::now() + WAIT_FOR_TURN;
         let mut next_poll = Instant::now();
+        let mut front = lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
+        let mut moved = Instant::now();
         loop {
             let changed = p.changed.notified();
             tokio::pin!(changed);
@@ -202,7 +229,12 @@ impl OrderedHashing {
                 }
                 next_poll = Instant::now() + POLL;
             }
-            if Instant::now() >= deadline {
+            let now_front = lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
+            if now_front != front || p.streaming.load(Ordering::SeqCst) > 0 {
+                front = now_front;
+                moved = Instant::now();
+            }
+            if Instant::now() >= deadline || moved.elapsed() >= QUIET {
                 return Ok(None);
             }
             let _ = tokio::time::timeout(POLL, changed).await;

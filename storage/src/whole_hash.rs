@@ -26,7 +26,7 @@ use crate::backend::{Backend, Coverage, StoredChunk};
 use crate::error::{Error, Result};
 use crate::hash::{PrefixHash, SavedPrefixHash};
 use crate::metrics;
-use crate::ordered_hash::{Kept, OrderedHashing};
+use crate::ordered_hash::{Kept, OrderedHashing, Streaming};
 use crate::record::UploadRecord;
 use crate::upload::Upload;
 
@@ -37,6 +37,8 @@ pub struct ChunkPlan {
     /// The chunk's bytes, kept until the prefix reaches them (storage that cannot read
     /// them back before completion).
     pub kept: Option<Kept>,
+    /// Held while the chunk streams at the prefix: chunks kept behind it wait for it.
+    pub streaming: Option<Streaming>,
 }
 
 impl ChunkPlan {
@@ -88,16 +90,22 @@ impl WholeHash {
         if self.readable {
             let p = up.prefix();
             let prefix = (p.hashed_bytes == offset).then(|| p.hasher.clone());
-            return Ok(ChunkPlan { prefix, kept: None });
+            return Ok(ChunkPlan {
+                prefix,
+                kept: None,
+                streaming: None,
+            });
         }
         match self.ordered.at(record.id, offset) {
             Some(h) => Ok(ChunkPlan {
                 prefix: Some(h),
                 kept: None,
+                streaming: Some(self.ordered.streaming(record.id)),
             }),
             None => Ok(ChunkPlan {
                 prefix: None,
                 kept: Some(self.ordered.keep(len).await?),
+                streaming: None,
             }),
         }
     }

@@ -126,9 +126,9 @@ async fn in_order_chunks_cost_three_requests_and_no_copy() {
     assert_eq!(n("upload_part"), 9, "{by_op:?}");
     assert_eq!(n("copy"), 0, "{by_op:?}");
     // Per chunk: its part and its claim while it is sent, its claim read at completion;
-    // then a handful for the whole upload (its record read and written, one listing, one
-    // ListParts, the join, the clean-up).
-    let per_upload = 14;
+    // then a handful for the whole upload (its record read and written, the listings of
+    // its chunks, one ListParts, the join, the clean-up).
+    let per_upload = 16;
     assert!(
         requests <= 9 * 3 + per_upload,
         "{requests} requests for 9 chunks: {by_op:?}"
@@ -140,7 +140,8 @@ async fn in_order_chunks_cost_three_requests_and_no_copy() {
 /// A retry of a stored chunk with the same bytes is 200 (not new); with other bytes it is
 /// a conflict (409). On the server that saw the chunk stored, the other bytes never reach
 /// the store; on another server they replace the part, and completion asks for the chunk
-/// again (409 with it missing), takes only the acknowledged bytes, and publishes them.
+/// again (409 with it missing, and missing in the status), takes only the acknowledged
+/// bytes, and publishes them.
 #[tokio::test]
 async fn retries_are_answered_and_conflicts_refused() {
     let store = MemoryStore::new();
@@ -179,10 +180,12 @@ async fn retries_are_answered_and_conflicts_refused() {
         Err(Error::MissingChunks(m)) => assert_eq!(m, vec![[0, 0]]),
         other => panic!("{other:?}"),
     }
+    // The status asks for it again, on every server, also the one that saw it claimed.
     let resent = server(&store, UploadsConfig::default()).await;
+    assert_eq!(resent.status(id).await.unwrap().missing, vec![[0, 0]]);
     assert!(
-        !put(&resent, id, &file, 0).await.unwrap(),
-        "the claimed bytes again"
+        put(&up, id, &file, 0).await.unwrap(),
+        "the acknowledged bytes, stored again"
     );
     up.complete(id, None).await.unwrap();
     assert_eq!(content(&store, &up, id).await, file);

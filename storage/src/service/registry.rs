@@ -74,6 +74,13 @@ impl Registry {
         w
     }
 
+    /// Whether a chunk write of this process is under way for the upload: on a shared
+    /// backend each request has a handle of its own, so a sweep asks here, not the handle.
+    pub fn writing(&self, id: UploadId) -> bool {
+        let all = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(&id).is_some_and(|w| w.strong_count() > 0)
+    }
+
     /// The handle of an upload the caller may see, loading it from storage when it is not
     /// in memory. A tombstone is returned as a handle; callers turn it into "gone".
     pub async fn get(&self, id: UploadId, purpose: Purpose) -> Result<Arc<Upload>> {

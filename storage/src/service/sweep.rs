@@ -139,13 +139,14 @@ impl Uploads {
             if record.mode == UploadMode::Stream {
                 self.finish_if_stored(&up);
             }
-            if up.is_busy() || now - up.last_activity() <= self.config.upload_ttl {
+            let busy = || up.is_busy() || self.registry.writing(id);
+            if busy() || now - up.last_activity() <= self.config.upload_ttl {
                 return Ok(());
             }
             let Ok(op) = up.op.clone().try_write_owned() else {
                 return Ok(());
             };
-            if up.is_busy() || up.record().state != StoredState::Uploading {
+            if busy() || up.record().state != StoredState::Uploading {
                 return Ok(());
             }
             match self.step(&up, Step::Expire).await {

@@ -134,9 +134,15 @@ impl<'a> View<'a> {
     /// The bytes chunk `index` has in the bucket by its claim, if they are there as the
     /// claim says: `Err` tells what is wrong.
     pub fn claimed_bytes(&self, index: u64) -> Result<(Claim, Vec<u8>), String> {
-        let claim = self
-            .claim(index)
-            .ok_or_else(|| format!("chunk {index} has no claim"))?;
+        let Some(claim) = self.claim(index) else {
+            let aside = format!("{}{index:05}.resend", self.w.chunks_prefix());
+            return Err(if self.snap.objects.contains_key(&aside) {
+                // Set aside by a completion that found its part replaced: asked for again.
+                format!("part of chunk {index} was replaced after its claim (set aside)")
+            } else {
+                format!("chunk {index} has no claim")
+            });
+        };
         let (bytes, etag) = self
             .parts()
             .and_then(|p| p.get(&claim.part))
@@ -185,6 +191,12 @@ impl<'a> View<'a> {
             };
         }
         let (claim, _) = self.claimed_bytes(index)?;
+        let aside = format!("{}{index:05}.resend", self.w.chunks_prefix());
+        if claim.sha256 != digest && self.snap.objects.contains_key(&aside) {
+            return Err(format!(
+                "part of chunk {index} was replaced after its claim (set aside, sent again with other bytes)"
+            ));
+        }
         if claim.sha256 != digest {
             return Err(format!("the claim of chunk {index} names other bytes"));
         }
@@ -606,7 +618,8 @@ pub fn end(w: &World) {
             ));
         }
         e.1 += usize::from(a.new);
-        if e.1 > 1 {
+        // A chunk whose acknowledged part was replaced is set aside and stored again.
+        if e.1 > 1 && !lock(&w.log).replaced_part {
             w.violation(format!(
                 "I1: two requests both stored chunk {} first",
                 a.index

@@ -459,8 +459,20 @@ impl World {
 
     pub fn violation(&self, what: impl Into<String>) {
         let what = what.into();
+        let mut log = lock(&self.log);
+        if log.replaced_part {
+            // What follows an acknowledged part replaced by a conflicting writer is that
+            // known gap's consequence (the acknowledged bytes are gone), counted with it.
+            drop(log);
+            self.note(|| format!("GAP (after a replaced part) {what}"));
+            lock(&self.log)
+                .gaps
+                .push(format!("{}: {what}", crate::check::REPLACED));
+            return;
+        }
+        log.violations.push(what.clone());
+        drop(log);
         self.note(|| format!("VIOLATION {what}"));
-        lock(&self.log).violations.push(what);
     }
 
     /// Starts server `server` (again, after a crash): a new process over the same bucket.

@@ -145,7 +145,17 @@ impl S3Backend {
             .get(&record.id)
             .and_then(|c| c.get(&index).copied());
         if let Some(stored) = known {
-            return Err(Error::StoredMeanwhile { index, stored });
+            // Unless a completion set it aside meanwhile (its part was replaced): then it is
+            // sent again. One small request, on retries only.
+            if self
+                .store
+                .head(&self.claim_key(record.id, index))
+                .await?
+                .is_some()
+            {
+                return Err(Error::StoredMeanwhile { index, stored });
+            }
+            self.forget_claim(record.id, index);
         }
         let multipart_id = self.multipart_id(record.id).await?;
         let number = part_number(index);
@@ -259,11 +269,24 @@ impl S3Backend {
     /// The parts to join, checked against their claims: each claimed part must be in the
     /// store with the ETag its claim names. A chunk without a claim is missing; so is one
     /// whose part changed after it was acknowledged (a write of other bytes replaced it):
-    /// its claim stays, so only the acknowledged bytes are taken again, and the whole-file
-    /// midstates kept after it stay true.
+    /// its claim is moved aside to `{i:05}.resend`, so the status asks for the chunk again,
+    /// and only the acknowledged bytes are taken again (other bytes fail the upload), so
+    /// that the whole-file midstates kept after it stay true.
     pub(super) async fn checked_parts(&self, record: &UploadRecord) -> Result<Vec<(u64, String)>> {
         let id = record.id;
         let claims = self.claims(record).await?;
+        for (index, expected) in self.resends(record).await? {
+            let Some(claim) = &claims[index as usize] else {
+                continue;
+            };
+            if claim.sha256 != expected {
+                // The acknowledged bytes are gone from the store (their part was replaced)
+                // and other bytes came back: the file cannot be the one acknowledged.
+                return Err(Error::Corrupt(format!(
+                    "chunk {index} was sent again with other bytes than the ones acknowledged"
+                )));
+            }
+        }
         let missing: Vec<u64> = claims
             .iter()
             .enumerate()
@@ -295,9 +318,64 @@ impl S3Backend {
             }
         }
         if !changed.is_empty() {
+            // An in-order upload's position is its claimed prefix: it cannot step back.
+            if record.mode == crate::record::UploadMode::Chunks {
+                for &index in &changed {
+                    self.set_aside(id, index).await?;
+                }
+            }
             return Err(Error::MissingChunks(common::ranges::to_ranges(changed)));
         }
         Ok(parts)
+    }
+
+    fn resend_key(&self, id: common::UploadId, index: u64) -> String {
+        format!("{}{index:05}.resend", self.chunks_prefix(id))
+    }
+
+    /// Moves chunk `index`'s claim aside (its part was replaced): the chunk is missing
+    /// again, and must come back with the bytes the claim names.
+    async fn set_aside(&self, id: common::UploadId, index: u64) -> Result<()> {
+        if let Some(got) = self.store.get(&self.claim_key(id, index)).await? {
+            self.store
+                .put(&self.resend_key(id, index), vec![got.bytes], Put::Overwrite)
+                .await?;
+            self.store.delete(&self.claim_key(id, index)).await?;
+        }
+        self.forget_claim(id, index);
+        Ok(())
+    }
+
+    /// The chunks set aside, with the SHA-256 they must come back with.
+    async fn resends(&self, record: &UploadRecord) -> Result<Vec<(u64, Sha256Digest)>> {
+        let prefix = self.chunks_prefix(record.id);
+        let mut found = Vec::new();
+        for o in self.store.list(&prefix).await? {
+            let Some(index) = o
+                .key
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".resend"))
+                .and_then(|i| i.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if index >= record.chunk_count() {
+                continue;
+            }
+            if let Some(got) = self.store.get(&o.key).await? {
+                let claim: Claim = serde_json::from_slice(&got.bytes).map_err(|e| {
+                    Error::Corrupt(format!("set-aside claim of chunk {index}: {e}"))
+                })?;
+                found.push((index, claim.sha256));
+            }
+        }
+        Ok(found)
+    }
+
+    fn forget_claim(&self, id: common::UploadId, index: u64) {
+        if let Some(c) = super::lock(&self.claimed).get_mut(&id) {
+            c.remove(&index);
+        }
     }
 
     /// The whole-file midstate covering the most bytes, from the claims: read from the
