@@ -287,7 +287,10 @@ async fn idempotent_create_and_cancel(b: Backends) {
     let again = uploads.create(req.clone(), Some("k1")).await.unwrap();
     assert!(a.new && !again.new);
     assert_eq!(a.status.id, again.status.id);
-    let other = CreateUpload { size: Some(11), ..req };
+    let other = CreateUpload {
+        size: Some(11),
+        ..req
+    };
     assert!(matches!(
         uploads.create(other, Some("k1")).await.unwrap_err(),
         Error::IdempotencyConflict
