@@ -4,7 +4,7 @@
 //! `GET /v1` → [`ServerCapabilities`]; `POST /v1/uploads` [`CreateUpload`] → [`UploadStatus`];
 //! `GET /v1/uploads/{id}` → [`UploadStatus`]; `PUT /v1/uploads/{id}/chunks/{index}` →
 //! [`ChunkReceipt`]; `POST /v1/uploads/{id}/complete` [`CompleteUpload`] → [`UploadStatus`];
-//! errors → [`Problem`].
+//! `GET /v1/uploads` → [`UploadList`]; errors → [`Problem`].
 
 use std::collections::BTreeMap;
 
@@ -30,6 +30,11 @@ pub struct Capabilities {
     pub storage: String,
     /// Digest algorithms verified, as RFC 9530 names.
     pub checksums: Vec<String>,
+    /// Largest file `POST /v1/uploads` takes as its body (`application/octet-stream`):
+    /// created, stored, verified and completed in that one request. Absent: the server
+    /// takes no bytes in its create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_request_max: Option<u64>,
 }
 
 /// `GET /v1`: [`Capabilities`] (the storage's), flattened, plus what the HTTP layer asks of
@@ -61,8 +66,14 @@ pub struct ChunkSizeBounds {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateUpload {
-    /// Total size in bytes; 0 is a valid upload.
-    pub size: u64,
+    /// Total size in bytes; 0 is a valid upload. Required unless `defer_length` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The size is not known yet (a stream): it is declared at completion, as `size` in
+    /// `POST /v1/uploads/{id}/complete` (tus's `Upload-Defer-Length`). Every chunk but
+    /// the last is then exactly `chunk_size` bytes and is sent with `Content-Length`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub defer_length: bool,
     /// Bytes per chunk; the server chooses when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u64>,
@@ -157,6 +168,23 @@ pub struct CompleteUpload {
     /// Expected SHA-256 of the whole file, if not declared at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Sha256Digest>,
+    /// The size, for an upload created with `defer_length` (required there); for any
+    /// other upload it must be the size it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// `GET /v1/uploads`: one page of the caller's uploads, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadList {
+    /// The uploads of this page, each as its status document. A page may hold fewer than
+    /// `limit` (even none) while `next` says more follow: a filtered page stops after a
+    /// bounded number of uploads examined.
+    pub uploads: Vec<UploadStatus>,
+    /// Opaque cursor of the next page (pass it as `?cursor=`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// An RFC 9457 problem document: every error answer of the API.

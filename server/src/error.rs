@@ -192,6 +192,16 @@ impl ApiError {
                     Ours("upload-too-large"),
                     "Upload too large",
                 ),
+                E::BodyTooLarge { .. } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Ours("body-too-large"),
+                    "Body too large for one request",
+                ),
+                E::LengthRequired(_) => (
+                    StatusCode::LENGTH_REQUIRED,
+                    Ours("length-required"),
+                    "Length required",
+                ),
                 E::ChunkDigestMismatch { .. } => (
                     StatusCode::BAD_REQUEST,
                     Ours("chunk-digest-mismatch"),

@@ -273,6 +273,14 @@ impl UploadBody {
         Ok(result?)
     }
 
+    /// Reads and drops what is left of a body the domain did not need (a repeated
+    /// request answered from what the first one stored), so the answer reaches a client
+    /// that is still sending.
+    pub async fn discard(mut self) {
+        self.drain_after(&storage::Error::Invalid(String::new()))
+            .await;
+    }
+
     /// Refuses the request with `error` before its body is read: drains the body first.
     pub async fn refuse<T>(mut self, error: ApiError) -> Result<T, ApiError> {
         if self.len.is_some_and(|l| l > 0) {

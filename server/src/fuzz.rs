@@ -158,19 +158,23 @@ fn json() -> impl Strategy<Value = serde_json::Value> {
 
 fn create_upload() -> impl Strategy<Value = CreateUpload> {
     (
-        any::<u64>(),
+        any::<Option<u64>>(),
+        any::<bool>(),
         any::<Option<u64>>(),
         any::<Option<[u8; 32]>>(),
         any::<Option<String>>(),
         prop::option::of(prop::collection::btree_map(".{0,6}", ".{0,6}", 0..3)),
     )
-        .prop_map(|(size, chunk_size, sha, filename, metadata)| CreateUpload {
-            size,
-            chunk_size,
-            sha256: sha.map(Sha256Digest),
-            filename,
-            metadata,
-        })
+        .prop_map(
+            |(size, defer_length, chunk_size, sha, filename, metadata)| CreateUpload {
+                size,
+                defer_length,
+                chunk_size,
+                sha256: sha.map(Sha256Digest),
+                filename,
+                metadata,
+            },
+        )
 }
 
 /// An HS256 JWT over `claims`, as a web app's backend would mint it.
@@ -479,7 +483,7 @@ proptest! {
     ) {
         let bytes = serde_json::to_vec(&c).unwrap();
         prop_assert_eq!(parse_object::<CreateUpload>(&bytes).unwrap(), c.clone());
-        let array = format!("[{}]", c.size);
+        let array = format!("[{}]", c.size.unwrap_or(0));
         prop_assert!(serde_json::from_str::<CreateUpload>(&array).is_ok());
         prop_assert!(parse_object::<CreateUpload>(array.as_bytes()).is_err());
         if parse_object::<CreateUpload>(&junk).is_ok() {

@@ -27,6 +27,7 @@ use crate::routes::native;
     paths(
         native::capabilities,
         native::create,
+        native::list,
         native::status,
         native::put_chunk,
         native::complete,

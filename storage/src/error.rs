@@ -27,6 +27,18 @@ pub enum Error {
         /// Configured maximum.
         max: u64,
     },
+    /// A body larger than one request may carry (an upload sent in one request holds at
+    /// most one chunk).
+    #[error(
+        "a body of {size} bytes is above the {max} bytes one request may carry; create the \
+         upload and send it in chunks"
+    )]
+    BodyTooLarge {
+        /// The body's length.
+        size: u64,
+        /// The most one request carries.
+        max: u64,
+    },
     /// Lengths that contradict each other: a length said that is not the upload's, a body
     /// longer than what remains, a length below the bytes stored.
     #[error("{0}")]
@@ -165,6 +177,10 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// The body's length must be said up front (`Content-Length`) and was not: a body of
+    /// unknown length cannot be told from one cut short.
+    #[error("{0}")]
+    LengthRequired(&'static str),
     /// The storage has no room left for these bytes.
     #[error("storage is full")]
     StorageFull,

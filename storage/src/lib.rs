@@ -14,12 +14,14 @@
 //!   unfinished upload back (S3): chunks kept until their turn, or spilled.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
+//! - [`index`]: the per-owner listing index, newest first, read a page at a time.
 //! - [`quota`]: per-owner (per-address when anonymous) limits on open uploads and
 //!   reserved bytes, uploads of unknown length counted as they grow.
 //! - [`upload`]: the in-memory handle of one upload, with its locks.
 //! - [`writers`]: one writer per chunk, and takeover of stalled ones.
 //! - [`service`]: the [`Uploads`] service, a file per operation; [`service::stream`] holds
-//!   the rules of tus and the IETF draft.
+//!   the rules of tus and the IETF draft, [`service::list`] the listing of an owner's
+//!   uploads.
 //! - [`breaker`]: the circuit breaker in front of a shared store.
 //! - [`faults`]: injected storage faults, for tests only.
 //! - [`events`]: upload events, their durable outbox (webhooks) and live announcements.
@@ -38,6 +40,7 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod hash;
+pub mod index;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ordered_hash;
@@ -54,6 +57,7 @@ pub use backend::{Backend, Content};
 pub use checksum::BodyChecksum;
 pub use error::{Error, Result};
 pub use record::{Concat, UploadMode};
+pub use service::list::{ListQuery, Page};
 pub use service::stream::{Append, Appended, Dialect, NewStream};
 pub use service::{
     ChunkStored, Completion, Created, Position, Stats, SweepReport, Uploads, UploadsConfig,

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! `Cancelled` and `Expired` are tombstones: the bytes are gone; only an expiry that a
-//! concurrent chunk write overtook is undone.
+//! concurrent chunk write overtook is undone. An upload whose bytes all came in its
+//! creating request goes from `Uploading` (never stored) straight to `Completed`, its
+//! bytes hashed as they were written.
 
 use common::Sha256Digest;
 use time::OffsetDateTime;
@@ -47,6 +49,12 @@ pub enum Step {
     TakeOverVerification,
     /// The whole-file hash is known and matches what was declared (if anything was).
     Verified {
+        /// The file's SHA-256.
+        sha256: Sha256Digest,
+    },
+    /// Every byte of an upload created with them in one request is written and hashed
+    /// (and matches what was declared, if anything was): it is stored completed at once.
+    StoredWhole {
         /// The file's SHA-256.
         sha256: Sha256Digest,
     },
@@ -145,6 +153,18 @@ pub fn apply(record: &UploadRecord, step: Step, now: OffsetDateTime) -> Result<T
             next.state = S::Completed;
             next.sha256 = Some(sha256);
             vec![Effect::Publish, Effect::Emit(EventKind::Completed)]
+        }
+        (S::Uploading, Step::StoredWhole { sha256 }) => {
+            if let Some(expected) = record.declared_sha256.filter(|e| *e != sha256) {
+                return Err(Error::Sha256Mismatch {
+                    expected,
+                    actual: sha256,
+                });
+            }
+            next.state = S::Completed;
+            next.sha256 = Some(sha256);
+            // Published by the write that stores the record.
+            vec![Effect::Emit(EventKind::Completed)]
         }
         (S::Completing, Step::Mismatched { actual }) => {
             let expected = record
@@ -260,6 +280,7 @@ mod tests {
             Step::AskCompletion { sha256: None },
             Step::TakeOverVerification,
             Step::Verified { sha256: A },
+            Step::StoredWhole { sha256: A },
             Step::Mismatched { actual: B },
             Step::AssemblyMissing,
             Step::AssemblyCorrupt { reason: "x".into() },
@@ -278,6 +299,9 @@ mod tests {
             (S::Uploading, Step::DeclareLength { .. }) => (S::Uploading, vec![]),
             (S::Uploading, Step::AskCompletion { .. }) => (S::Completing, vec![Verify]),
             (S::Uploading, Step::Expire) => (S::Expired, vec![Discard, Emit(EventKind::Expired)]),
+            (S::Uploading, Step::StoredWhole { .. }) => {
+                (S::Completed, vec![Emit(EventKind::Completed)])
+            }
             (S::Completing, Step::TakeOverVerification) => (S::Completing, vec![Verify]),
             (S::Completing, Step::Verified { .. }) => {
                 (S::Completed, vec![Publish, Emit(EventKind::Completed)])

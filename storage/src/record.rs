@@ -232,14 +232,15 @@ impl Limits {
 
     /// Checks a create request and settles its chunk size.
     pub fn validate(&self, req: &CreateUpload) -> Result<u64> {
-        if req.size > self.max_upload_size {
+        let size = req.size.unwrap_or(0);
+        if size > self.max_upload_size {
             return Err(Error::TooLarge {
-                size: req.size,
+                size,
                 max: self.max_upload_size,
             });
         }
         let chunk_size = match req.chunk_size {
-            None => self.default_chunk_size(req.size),
+            None => self.default_chunk_size(size),
             Some(c) if c < self.chunk_size.min || c > self.chunk_size.max => {
                 return Err(Error::Invalid(format!(
                     "chunk_size {c} is outside the accepted range {}..={}",
@@ -248,7 +249,7 @@ impl Limits {
             }
             Some(c) => c,
         };
-        let count = chunk_count(req.size, chunk_size);
+        let count = chunk_count(size, chunk_size);
         if count > self.max_chunks {
             return Err(Error::Invalid(format!(
                 "{count} chunks of {chunk_size} bytes are more than the maximum of {}; choose a larger chunk_size",
@@ -330,7 +331,7 @@ mod tests {
 
     fn req(size: u64, chunk_size: Option<u64>) -> CreateUpload {
         CreateUpload {
-            size,
+            size: Some(size),
             chunk_size,
             ..Default::default()
         }

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
 use crate::backend::{Loaded, Receipt, StoredChunk};
+use crate::error::{Error, Result};
 use crate::hash::PrefixHash;
 use crate::record::{Concat, UploadRecord};
 use crate::writers::Writers;
@@ -32,6 +33,11 @@ pub struct ChunkTable {
     /// `(index, len)`: the first `len` bytes of chunk `index` are stored (in-order appends).
     partial: Option<(u64, u64)>,
     received_bytes: u64,
+    /// Bytes per chunk, to tell a shorter one.
+    chunk_size: u64,
+    /// `(index, len)`: the stored chunk shorter than the chunk size, which is the last one
+    /// (or, while the length is deferred, says it will be).
+    short: Option<(u64, u64)>,
 }
 
 /// Consecutive stored chunks from `start`, with their digests in order.
@@ -58,6 +64,8 @@ impl ChunkTable {
             runs: Vec::new(),
             partial: None,
             received_bytes: 0,
+            chunk_size: record.chunk_size,
+            short: None,
         };
         for r in receipts {
             match *r {
@@ -165,12 +173,63 @@ impl ChunkTable {
             ),
         }
         self.received_bytes += size;
+        if size < self.chunk_size {
+            self.short = Some((index, size));
+        }
         if let Some((i, len)) = self.partial {
             if i == index {
                 self.received_bytes -= len;
                 self.partial = None;
             }
         }
+    }
+
+    /// The stored chunk shorter than the chunk size, `(index, len)`, if any.
+    pub fn short(&self) -> Option<(u64, u64)> {
+        self.short
+    }
+
+    /// The highest index stored, if any.
+    pub fn highest(&self) -> Option<u64> {
+        self.runs.last().map(|r| r.end() - 1)
+    }
+
+    /// Where the stored bytes of chunk `index` end, when it is stored (a chunk stored short
+    /// ends before the record's geometry says, while the length is deferred).
+    pub fn stored_end(&self, record: &UploadRecord, index: u64) -> Option<u64> {
+        self.get(index)?;
+        Some(match self.short {
+            Some((i, len)) if i == index => record.chunk_offset(index) + len,
+            _ => record.chunk_end(index),
+        })
+    }
+
+    /// The rules for chunk `index` of `len` bytes while the length is deferred: every chunk
+    /// is the chunk size but the last, which may be shorter; so a shorter chunk is the last,
+    /// only one can be, and none is taken after it. (Completion checks them again against
+    /// the length it declares.)
+    pub fn check_deferred(&self, index: u64, len: u64) -> Result<()> {
+        let short = self.short.filter(|(i, _)| *i != index);
+        if len < self.chunk_size {
+            if let Some((s, _)) = short {
+                return Err(Error::InconsistentLength(format!(
+                    "chunk {s} is already shorter than the chunk size of {}, so it is the last; \
+                     chunk {index} cannot be shorter too",
+                    self.chunk_size
+                )));
+            }
+            if let Some(h) = self.highest().filter(|h| *h > index) {
+                return Err(Error::InconsistentLength(format!(
+                    "chunk {index} of {len} bytes would be the last, but chunk {h} is stored"
+                )));
+            }
+        } else if let Some((s, _)) = short.filter(|(s, _)| *s < index) {
+            return Err(Error::InconsistentLength(format!(
+                "chunk {s} is shorter than the chunk size, so it is the last; no chunk after \
+                 it is taken"
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes durably stored.
@@ -209,6 +268,7 @@ impl ChunkTable {
         self.count = 0;
         self.runs = Vec::new();
         self.partial = None;
+        self.short = None;
         self.received_bytes = 0;
     }
 

@@ -338,7 +338,9 @@ async fn catch_up(backend: &dyn Backend, up: &Upload, total: &AtomicU64) -> Resu
         let to = {
             let t = up.chunks();
             match t.partial() {
-                _ if t.get(index).is_some() => record.chunk_end(index),
+                _ if t.get(index).is_some() => t
+                    .stored_end(&record, index)
+                    .unwrap_or(record.chunk_end(index)),
                 Some((i, len)) if i == index => record.chunk_offset(index) + len,
                 _ => break,
             }

@@ -121,7 +121,7 @@ proptest! {
         runtime().block_on(async {
             let uploads = service(dir.path()).await;
             let req = common::api::CreateUpload {
-                size: 100,
+                size: Some(100),
                 chunk_size: Some(65536),
                 ..Default::default()
             };

@@ -42,7 +42,7 @@ async fn parallel_out_of_order_chunks_then_restart_keeps_every_ack(b: Backends) 
         let created = uploads
             .create(
                 CreateUpload {
-                    size: file.len() as u64,
+                    size: Some(file.len() as u64),
                     chunk_size: Some(chunk_size as u64),
                     sha256: Some(sha(&file)),
                     ..Default::default()
@@ -106,7 +106,7 @@ async fn in_order_upload_is_hashed_in_flight_without_reading_back(b: Backends) {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(chunk_size as u64),
                 ..Default::default()
             },
@@ -136,7 +136,7 @@ async fn retries_conflicts_and_bad_bodies_change_nothing(b: Backends) {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(chunk_size as u64),
                 ..Default::default()
             },
@@ -236,7 +236,7 @@ async fn concurrent_completes_complete_once(b: Backends) {
     let id = uploads
         .create(
             CreateUpload {
-                size: file.len() as u64,
+                size: Some(file.len() as u64),
                 chunk_size: Some(chunk_size as u64),
                 sha256: Some(sha(&file)),
                 ..Default::default()
@@ -280,14 +280,17 @@ async fn concurrent_completes_complete_once(b: Backends) {
 async fn idempotent_create_and_cancel(b: Backends) {
     let uploads = b.open(UploadsConfig::default()).await;
     let req = CreateUpload {
-        size: 10,
+        size: Some(10),
         ..Default::default()
     };
     let a = uploads.create(req.clone(), Some("k1")).await.unwrap();
     let again = uploads.create(req.clone(), Some("k1")).await.unwrap();
     assert!(a.new && !again.new);
     assert_eq!(a.status.id, again.status.id);
-    let other = CreateUpload { size: 11, ..req };
+    let other = CreateUpload {
+        size: Some(11),
+        ..req
+    };
     assert!(matches!(
         uploads.create(other, Some("k1")).await.unwrap_err(),
         Error::IdempotencyConflict
@@ -313,7 +316,7 @@ async fn idle_uploads_expire_busy_ones_do_not(b: Backends) {
     let id = uploads
         .create(
             CreateUpload {
-                size: 10,
+                size: Some(10),
                 ..Default::default()
             },
             None,

@@ -74,12 +74,32 @@ pub enum Command {
         /// An upload id, or a file uploaded (or being uploaded) from this machine.
         target: String,
     },
-    /// List the unfinished uploads this machine knows, with their progress.
+    /// List the unfinished uploads this machine knows, with their progress; with
+    /// `--remote`, your uploads on the server (from any machine), newest first.
     #[command(after_help = EXIT_CODES_HELP)]
     List {
         /// Also list the files this machine uploaded completely.
-        #[arg(short, long, env = "UPLOADER_LIST_ALL")]
+        #[arg(short, long, env = "UPLOADER_LIST_ALL", conflicts_with = "remote")]
         all: bool,
+        /// List the uploads on the server instead (yours, when the server authenticates).
+        #[arg(short, long, env = "UPLOADER_LIST_REMOTE")]
+        remote: bool,
+        /// With --remote: only uploads in this state.
+        #[arg(
+            long,
+            env = "UPLOADER_LIST_STATE",
+            requires = "remote",
+            value_parser = ["uploading", "completing", "completed", "failed"]
+        )]
+        state: Option<String>,
+        /// With --remote: show at most this many (default: all).
+        #[arg(
+            long,
+            env = "UPLOADER_LIST_LIMIT",
+            requires = "remote",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        limit: Option<u64>,
     },
     /// Cancel an upload on the server and forget it locally.
     #[command(after_help = EXIT_CODES_HELP)]

@@ -222,11 +222,12 @@ impl Uploader<'_> {
             std::iter::once((common::relpath::RELATIVE_PATH_KEY.to_string(), rel.clone())).collect()
         });
         let body = CreateUpload {
-            size: ident.size,
+            size: Some(ident.size),
             chunk_size: self.opts.chunk_size,
             sha256: None,
             filename: path.file_name().map(|n| n.to_string_lossy().into_owned()),
             metadata,
+            defer_length: false,
         };
         let key = uuid::Uuid::new_v4().to_string();
         let status = self

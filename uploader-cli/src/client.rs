@@ -15,7 +15,8 @@ use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, RANGE, RETRY_AFTE
 use reqwest::{StatusCode, Url};
 
 use common::api::{
-    Capabilities, ChunkReceipt, CompleteUpload, CreateUpload, Problem, UploadStatus,
+    Capabilities, ChunkReceipt, CompleteUpload, CreateUpload, Problem, UploadList, UploadState,
+    UploadStatus,
 };
 use common::{headers, Sha256Digest, UploadId};
 
@@ -229,6 +230,54 @@ impl Client {
         self.json_or_error(ctx, resp).await
     }
 
+    /// `POST /v1/uploads` with the whole file as the body (at most one chunk): the server
+    /// creates, stores, verifies (against `digest`, sent as `Content-Digest`) and completes
+    /// the upload in this one request. The name travels in `Content-Disposition`, the
+    /// metadata as tus writes it (`Upload-Metadata`).
+    pub async fn create_whole(
+        &self,
+        data: Bytes,
+        digest: &Sha256Digest,
+        filename: Option<&str>,
+        metadata: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<UploadStatus> {
+        use base64::Engine;
+        let ctx = "upload in one request";
+        let mut req = self
+            .http
+            .post(self.url("v1/uploads")?)
+            .header(headers::IDEMPOTENCY_KEY, idempotency_key)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, data.len())
+            .header(headers::CONTENT_DIGEST, digest.to_header());
+        if let Some(name) = filename {
+            let encoded =
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+            req = req.header(
+                reqwest::header::CONTENT_DISPOSITION,
+                format!("attachment; filename*=UTF-8''{encoded}"),
+            );
+        }
+        if !metadata.is_empty() {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let pairs: Vec<String> = metadata
+                .iter()
+                .map(|(k, v)| format!("{k} {}", b64.encode(v)))
+                .collect();
+            req = req.header("upload-metadata", pairs.join(","));
+        }
+        // The limit covers the sending of the body too: a second more per MiB.
+        let timeout = self.timeout + Duration::from_secs(data.len() as u64 >> 20);
+        let resp = req
+            .timeout(timeout)
+            .body(data)
+            .send()
+            .await
+            .map_err(|e| transport(ctx, &e))?;
+        self.json_or_error(ctx, resp).await
+    }
+
     /// `GET /v1/uploads/{id}`.
     pub async fn status(&self, id: &UploadId) -> Result<UploadStatus> {
         let ctx = format!("status of {id}");
@@ -240,6 +289,36 @@ impl Client {
             .await
             .map_err(|e| transport(&ctx, &e))?;
         self.json_or_error(&ctx, resp).await
+    }
+
+    /// `GET /v1/uploads`: one page of the caller's uploads, newest first, from `cursor`
+    /// (the previous page's `next`).
+    pub async fn list(
+        &self,
+        state: Option<UploadState>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UploadList> {
+        let ctx = "list of uploads";
+        let mut url = self.url("v1/uploads")?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("limit", &limit.to_string());
+            if let Some(s) = state {
+                q.append_pair("state", state_name(s));
+            }
+            if let Some(c) = cursor {
+                q.append_pair("cursor", c);
+            }
+        }
+        let resp = self
+            .http
+            .get(url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| transport(ctx, &e))?;
+        self.json_or_error(ctx, resp).await
     }
 
     /// `PUT /v1/uploads/{id}/chunks/{index}` with `Content-Digest`. The body is streamed in
@@ -327,6 +406,7 @@ impl Client {
             .timeout(self.timeout)
             .json(&CompleteUpload {
                 sha256: Some(sha256),
+                size: None,
             })
             .send()
             .await
@@ -603,4 +683,14 @@ pub(crate) fn tls_failure(e: &reqwest::Error) -> Option<Error> {
     Some(Error::Usage(format!(
         "TLS: cannot connect securely to {host}: {reason}"
     )))
+}
+
+/// A state as the API spells it.
+pub fn state_name(s: UploadState) -> &'static str {
+    match s {
+        UploadState::Uploading => "uploading",
+        UploadState::Completing => "completing",
+        UploadState::Completed => "completed",
+        UploadState::Failed => "failed",
+    }
 }

@@ -32,6 +32,7 @@ pub mod outage;
 pub mod progress;
 pub mod retry;
 pub mod upload;
+mod whole;
 
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +89,17 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> Result<u8, Error> {
             manage::status(target, &cli.server, cli.token.as_deref(), &store, cli.json).await?;
             Ok(EXIT_OK)
         }
-        Command::List { all } => {
+        Command::List {
+            remote: true,
+            state,
+            limit,
+            ..
+        } => {
+            let state = state.as_deref().map(manage::parse_state).transpose()?;
+            manage::list_remote(&cli, state, *limit).await?;
+            Ok(EXIT_OK)
+        }
+        Command::List { all, .. } => {
             manage::list(&store, cli.json, *all)?;
             Ok(EXIT_OK)
         }

@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use common::api::UploadStatus;
+use common::api::{UploadState, UploadStatus};
 use common::units::format_size;
 use common::UploadId;
 
-use crate::client::Client;
+use crate::args::Cli;
+use crate::client::{state_name, Client};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Store};
 
@@ -209,6 +210,85 @@ pub fn list(store: &Store, json: bool, all: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Uploads asked of the server a page at a time.
+const REMOTE_PAGE: u64 = 1000;
+
+/// Reads a state given on the command line (clap has checked the spelling).
+pub fn parse_state(s: &str) -> Result<UploadState> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| Error::Usage(format!("{s:?} is not an upload state")))
+}
+
+/// `uploader list --remote`: the caller's uploads on the server, newest first, read a page
+/// at a time and printed as they come (a table, or one status document a line with
+/// `--json`), up to `limit`.
+pub async fn list_remote(cli: &Cli, state: Option<UploadState>, limit: Option<u64>) -> Result<()> {
+    let client = Client::new(&cli.server, cli.token.as_deref())?;
+    let mut cursor: Option<String> = None;
+    let mut shown = 0u64;
+    let table = !cli.json && !cli.quiet;
+    loop {
+        let want = limit.map_or(REMOTE_PAGE, |l| (l - shown).min(REMOTE_PAGE));
+        let page = client.list(state, want as usize, cursor.as_deref()).await?;
+        for st in &page.uploads {
+            if table && shown == 0 {
+                println!(
+                    "{:<36}  {:<10}  {:>10}  {:>5}  {:<20}  NAME",
+                    "ID", "STATE", "SIZE", "DONE", "CREATED"
+                );
+            }
+            if cli.json {
+                let v = serde_json::to_string(st).map_err(|e| Error::Invalid(e.to_string()))?;
+                println!("{v}");
+            } else if cli.quiet {
+                println!("{}", st.id);
+            } else {
+                println!("{}", remote_row(st));
+            }
+            shown += 1;
+        }
+        cursor = page.next;
+        if cursor.is_none() || limit.is_some_and(|l| shown >= l) {
+            break;
+        }
+    }
+    if table && shown == 0 {
+        println!(
+            "no uploads on {}{}",
+            client.base(),
+            state.map_or(String::new(), |s| format!(" in state {}", state_name(s)))
+        );
+    }
+    Ok(())
+}
+
+/// One upload as a row of the remote listing: its name is the relative path it was sent
+/// with, else its file name.
+fn remote_row(st: &UploadStatus) -> String {
+    let name = st
+        .metadata
+        .get(common::relpath::RELATIVE_PATH_KEY)
+        .or(st.filename.as_ref())
+        .map_or("-", String::as_str);
+    let created = st
+        .created_at
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    format!(
+        "{:<36}  {:<10}  {:>10}  {:>4.0}%  {:<20}  {name}",
+        st.id,
+        state_name(st.state),
+        format_size(st.size),
+        percent(st.received_bytes, st.size),
+        created,
+    )
 }
 
 /// `uploader cancel`: DELETE on the server, then forget it locally. An upload the server

@@ -253,6 +253,10 @@ impl Uploader<'_> {
             return Ok(done);
         }
         self.check_chunk_size(path, ident.size)?;
+        if let Some(mut c) = self.upload_whole(job, &canon, &file, &ident).await? {
+            c.elapsed = started_at.elapsed();
+            return Ok(c);
+        }
         let mut fresh = false;
         loop {
             let chosen = self.choose_upload(job, &ident, fresh).await?;

@@ -147,7 +147,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1", get(native::capabilities))
-        .route("/v1/uploads", post(native::create))
+        .route("/v1/uploads", post(native::create).get(native::list))
         .route(
             "/v1/uploads/{id}",
             get(native::status).delete(native::cancel),

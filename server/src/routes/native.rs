@@ -1,21 +1,23 @@
 //! The native JSON API v1. Handlers parse, call the domain, and shape the answer.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::api::{
     ChunkReceipt, CompleteUpload, ContentUrl, CreateContentUrl, CreateUpload, Problem,
-    ServerCapabilities, UploadStatus,
+    ServerCapabilities, UploadList, UploadState, UploadStatus,
 };
 use common::UploadId;
-use storage::Completion;
+use serde::Deserialize;
+use storage::{Completion, Created, ListQuery};
 
 use crate::error::ApiError;
 use crate::extract::{
-    content_digest, content_length, idempotency_key, IdPath, IndexPath, JsonBody, OptionalJsonBody,
-    UploadBody,
+    content_digest, content_length, digits, idempotency_key, IdPath, IndexPath, JsonBody,
+    OptionalJsonBody, UploadBody,
 };
 use crate::forwarded::PublicBase;
 use crate::state::AppState;
@@ -42,42 +44,222 @@ pub async fn capabilities(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-/// `POST /v1/uploads`: creates an upload (idempotently with `Idempotency-Key`).
+/// `POST /v1/uploads`: creates an upload (idempotently with `Idempotency-Key`); with an
+/// `application/octet-stream` body, the upload's whole bytes: created, stored, verified and
+/// completed in one request.
 #[utoipa::path(
     post,
     path = "/v1/uploads",
     tag = "uploads",
-    request_body(content = CreateUpload, content_type = "application/json"),
+    request_body(
+        description = "JSON: the upload to create, whose chunks follow. Bytes \
+            (`application/octet-stream`, with `Content-Length`): the whole file, at most \
+            `chunk_size.max` bytes, stored and completed in this one request.",
+        content(
+            (CreateUpload = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        ),
+    ),
     params(
         ("Idempotency-Key" = Option<String>, Header,
          description = "1 to 255 visible ASCII characters: the same key and body return the same upload."),
+        ("Content-Digest" = Option<String>, Header,
+         description = "With bytes: RFC 9530 digest of the file, `sha-256=:<base64>:`; checked before anything is stored."),
+        ("Content-Disposition" = Option<String>, Header,
+         description = "With bytes: the file name, as `attachment; filename*=UTF-8''<name>` (RFC 6266)."),
+        ("Upload-Metadata" = Option<String>, Header,
+         description = "With bytes: metadata as tus writes it, `key base64,key base64`."),
     ),
     responses(
-        (status = 201, description = "Created.", body = UploadStatus,
+        (status = 201, description = "Created (with bytes: completed).", body = UploadStatus,
          headers(("Location" = String, description = "The upload's URL."))),
         (status = 200, description = "The upload an earlier request with this Idempotency-Key created.",
          body = UploadStatus, headers(("Location" = String, description = "The upload's URL."))),
-        (status = 400, description = "Malformed body, header, size or chunk size.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than the maximum upload size.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed body, header, size or chunk size; bytes shorter or longer than Content-Length.", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled; nothing was stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 411, description = "Bytes without Content-Length.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than the maximum upload size, or bytes above what one request may carry.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The upload this Idempotency-Key created was cancelled or expired.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The Idempotency-Key was used with another body.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key was used with another request, or the bytes' SHA-256 is not the Content-Digest (nothing is stored).", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left for the upload.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<CreateUpload>,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    if is_octet_stream(&headers) {
+        let body = UploadBody::from_request(req, &state).await?;
+        return create_whole(&state, &headers, body).await;
+    }
+    let JsonBody(body) = JsonBody::<CreateUpload>::from_request(req, &state).await?;
     let key = idempotency_key(&headers)?;
-    let created = state.uploads.create(req, key.as_deref()).await?;
+    let created = state.uploads.create(body, key.as_deref()).await?;
+    Ok(created_answer(created))
+}
+
+/// 201 for a new upload, 200 for the one an idempotent repeat found, with its URL.
+fn created_answer(created: Created) -> Response {
     let status = if created.new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     let loc = location(created.status.id);
-    Ok((status, [(header::LOCATION, loc)], Json(created.status)).into_response())
+    (status, [(header::LOCATION, loc)], Json(created.status)).into_response()
+}
+
+/// Whether the body is bytes rather than JSON.
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case(mime::APPLICATION_OCTET_STREAM.as_ref())
+        })
+}
+
+/// A whole upload in one request: its description from the headers, its bytes from the
+/// body.
+async fn create_whole(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: UploadBody,
+) -> Result<Response, ApiError> {
+    let described = (|| {
+        let metadata = match headers.get("upload-metadata") {
+            Some(v) => Some(super::tus::parse_metadata(v.to_str().map_err(|_| {
+                ApiError::BadRequest("Upload-Metadata is not ASCII".into())
+            })?)?),
+            None => None,
+        };
+        let filename = match headers.get(header::CONTENT_DISPOSITION) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(super::ietf::disposition_filename)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "Content-Disposition names no file name (attachment; filename*=UTF-8''<name>)"
+                                .into(),
+                        )
+                    })?,
+            ),
+            None => metadata.as_ref().and_then(|m| m.get("filename").cloned()),
+        };
+        // Without Content-Length and Transfer-Encoding a request has no body (RFC 9112
+        // section 6.3): an empty file.
+        let size = match content_length(headers)? {
+            None if !headers.contains_key(header::TRANSFER_ENCODING) => Some(0),
+            other => other,
+        };
+        let req = CreateUpload {
+            size,
+            sha256: content_digest(headers)?,
+            filename,
+            metadata,
+            ..CreateUpload::default()
+        };
+        Ok::<_, ApiError>((req, idempotency_key(headers)?))
+    })();
+    let (req, key) = match described {
+        Ok(d) => d,
+        Err(e) => return body.refuse(e).await,
+    };
+    let mut body = body;
+    let created = state
+        .uploads
+        .create_whole(req, key.as_deref(), &mut body)
+        .await;
+    let created = body.settle(created).await?;
+    Ok(created_answer(created))
+}
+
+/// The query of `GET /v1/uploads`, as text: each field is checked below, so that a bad
+/// one gets its own message.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /v1/uploads`: the caller's uploads, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/uploads",
+    tag = "uploads",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most uploads on the page, 1 to 1000 (default 100)."),
+        ("cursor" = Option<String>, Query, description = "Where the previous page's `next` said to go on."),
+        ("state" = Option<UploadState>, Query, description = "Only uploads in this state."),
+    ),
+    responses(
+        (status = 200, description = "One page, newest first; `next` (and a `Link: rel=\"next\"` header) when more may follow. A page may hold fewer than `limit` uploads, even none, while `next` is there.",
+         body = UploadList,
+         headers(("Link" = String, description = "The next page's URL, `<...>; rel=\"next\"` (RFC 8288)."))),
+        (status = 400, description = "A limit, cursor or state that is not one.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = params
+        .limit
+        .as_deref()
+        .map(|l| {
+            digits(l)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| ApiError::BadRequest(format!("limit {l:?} is not a number")))
+        })
+        .transpose()?;
+    let wanted = params
+        .state
+        .as_deref()
+        .map(|s| {
+            serde_json::from_value::<UploadState>(serde_json::Value::String(s.into())).map_err(
+                |_| {
+                    ApiError::BadRequest(format!(
+                        "state {s:?} is not one of uploading, completing, completed, failed"
+                    ))
+                },
+            )
+        })
+        .transpose()?;
+    let page = state
+        .uploads
+        .list(ListQuery {
+            state: wanted,
+            limit,
+            cursor: params.cursor.clone(),
+        })
+        .await?;
+    let mut resp = (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(UploadList {
+            uploads: page.uploads,
+            next: page.next.clone(),
+        }),
+    )
+        .into_response();
+    if let Some(next) = &page.next {
+        let mut url = format!("/v1/uploads?cursor={next}");
+        if let Some(l) = limit {
+            url.push_str(&format!("&limit={l}"));
+        }
+        if let Some(s) = &params.state {
+            url.push_str(&format!("&state={s}"));
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("<{url}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// `GET /v1/uploads/{id}`: the status document.
@@ -108,7 +290,7 @@ pub async fn status(
     path = "/v1/uploads/{id}/chunks/{index}",
     tag = "uploads",
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "Exactly the chunk's bytes (chunk_size, the last one shorter)."),
+        description = "Exactly the chunk's bytes (chunk_size, the last one shorter; while the size is deferred, the last one is the one shorter)."),
     params(
         ("id" = UploadId, Path, description = "The upload's id."),
         ("index" = u64, Path, description = "Chunk index, from 0."),
@@ -122,6 +304,7 @@ pub async fn status(
         (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body stalled; nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Other bytes are stored for this index, or the upload is completing.", body = Problem, content_type = "application/problem+json"),
+        (status = 411, description = "A chunk of an upload whose size is deferred, without Content-Length.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No room left; the upload stays resumable.", body = Problem, content_type = "application/problem+json"),
     )
@@ -159,7 +342,7 @@ pub async fn put_chunk(
     path = "/v1/uploads/{id}/complete",
     tag = "uploads",
     request_body(content = Option<CompleteUpload>, content_type = "application/json",
-        description = "May be empty."),
+        description = "May be empty; `size` is required for an upload created with `defer_length`."),
     params(
         ("id" = UploadId, Path, description = "The upload's id."),
     ),
@@ -167,7 +350,7 @@ pub async fn put_chunk(
         (status = 200, description = "Verified and published.", body = UploadStatus),
         (status = 202, description = "Verification continues in the background; poll the status.",
          body = UploadStatus, headers(("Location" = String, description = "The upload's URL."))),
-        (status = 400, description = "Malformed body, or a SHA-256 other than the declared one.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed body, a SHA-256 other than the declared one, or a size that is not the upload's (or that the chunks stored do not fit).", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Chunks are missing (listed in `missing`).", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Cancelled or expired.", body = Problem, content_type = "application/problem+json"),
@@ -179,15 +362,21 @@ pub async fn complete(
     IdPath(id): IdPath,
     OptionalJsonBody(req): OptionalJsonBody<CompleteUpload>,
 ) -> Result<Response, ApiError> {
-    Ok(match state.uploads.complete(id, req.sha256).await? {
-        Completion::Done(status) => (StatusCode::OK, Json(status)).into_response(),
-        Completion::Verifying(status) => (
-            StatusCode::ACCEPTED,
-            [(header::LOCATION, location(id))],
-            Json(status),
-        )
-            .into_response(),
-    })
+    Ok(
+        match state
+            .uploads
+            .complete_sized(id, req.sha256, req.size)
+            .await?
+        {
+            Completion::Done(status) => (StatusCode::OK, Json(status)).into_response(),
+            Completion::Verifying(status) => (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location(id))],
+                Json(status),
+            )
+                .into_response(),
+        },
+    )
 }
 
 /// `DELETE /v1/uploads/{id}`: cancels and frees the bytes.

@@ -10,6 +10,8 @@
 //! {root}/uploads/{id}/content        the verified file, renamed from `data` once completed
 //! {root}/idempotency/{sha256(key)}   which upload an Idempotency-Key created
 //! {root}/.reserve                    room kept for the records that free a full disk
+//! {root}/index/{owner}/{day}/{rank}.{id}  the listing index, one empty file per upload
+//!                                    (see `crate::index`)
 //! ```
 //! A chunk is written with positional writes into `data`, then `data` is fdatasync'd and
 //! a receipt appended to the journal and fdatasync'd; only then is it acknowledged. So the
@@ -21,6 +23,11 @@
 //! its bytes are freed, and a record is replaced through a new file. So a little room is
 //! kept in `.reserve`, given up when the record of an ended upload (cancelled, expired,
 //! failed) finds the disk full, and taken again once bytes are freed.
+//! An upload sent in one request (see [`Backend::whole_writer`]) skips `data` and the
+//! journal: its bytes go straight to `content` in a directory of its own, then `content`
+//! and `record.json` (saying completed) are fsync'd, the record renamed into place and the
+//! two directories fsync'd, the shared `uploads/` by group commit; a directory without a
+//! `record.json` is a creation a crash cut short, removed at start-up.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -36,9 +43,10 @@ use futures_util::StreamExt;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
+use super::group_sync::GroupSync;
 use super::{
-    journal, Backend, BackendInfo, ByteStream, ChunkWriter, Content, Coverage, IdempotencyClaim,
-    Loaded, Receipt, StoredChunk, Written,
+    journal, local_index, Backend, BackendInfo, ByteStream, ChunkWriter, Content, Coverage,
+    IdempotencyClaim, Loaded, Receipt, StoredChunk, Written,
 };
 use crate::error::{Error, Result};
 use crate::hash::SavedPrefixHash;
@@ -56,6 +64,8 @@ pub struct LocalBackend {
     /// Keeps the directory lock for the backend's lifetime.
     _lock: File,
     journals: Arc<JournalLocks>,
+    /// fsyncs of `uploads/`, shared by uploads created at once.
+    uploads_sync: GroupSync,
 }
 
 /// One writer at a time per journal (striped by upload id): an append may cut a fragment
@@ -85,6 +95,7 @@ impl LocalBackend {
         let root = root.into();
         fs::create_dir_all(root.join("uploads"))?;
         fs::create_dir_all(root.join("idempotency"))?;
+        fs::create_dir_all(root.join("index"))?;
         // The new names must survive a power cut as much as the files below them.
         fsync_dir(&root)?;
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -114,9 +125,15 @@ impl LocalBackend {
                     let _ = fs::remove_file(entry.path());
                 }
             }
+            // An upload whose record was never written was never acknowledged.
+            if dir != root.join("idempotency") && !dir.join("record.json").exists() {
+                tracing::info!(dir = %dir.display(), "removing an upload whose creation was cut short");
+                let _ = fs::remove_dir_all(&dir);
+            }
         }
         keep_reserve(&root);
         Ok(Self {
+            uploads_sync: GroupSync::new(root.join("uploads")),
             root,
             _lock: lock,
             journals: Arc::default(),
@@ -477,6 +494,62 @@ impl Backend for LocalBackend {
                 .collect())
         })
         .await
+    }
+
+    async fn index_put(&self, key: &str) -> Result<()> {
+        let (root, key) = (self.root.join("index"), key.to_string());
+        blocking(move || local_index::put(&root, &key)).await
+    }
+
+    async fn index_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let root = self.root.join("index");
+        let (prefix, after) = (prefix.to_string(), after.map(str::to_string));
+        blocking(move || local_index::list(&root, &prefix, after.as_deref(), limit)).await
+    }
+
+    async fn index_delete(&self, key: &str) -> Result<()> {
+        let (root, key) = (self.root.join("index"), key.to_string());
+        blocking(move || local_index::delete(&root, &key)).await
+    }
+
+    async fn whole_writer(&self, record: &UploadRecord) -> Result<Option<Box<dyn ChunkWriter>>> {
+        let dir = self.dir(record.id);
+        let file = blocking(move || {
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(Error::Conflict),
+                other => other?,
+            }
+            Ok(OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join("content"))?)
+        })
+        .await?;
+        Ok(Some(Box::new(LocalChunkWriter {
+            file: Arc::new(file),
+            offset: 0,
+            buf: BytesMut::with_capacity(IO_BUF),
+            pending: None,
+        })))
+    }
+
+    async fn commit_whole(&self, record: &UploadRecord) -> Result<Option<String>> {
+        let dir = self.dir(record.id);
+        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Corrupt(e.to_string()))?;
+        blocking(move || {
+            // The bytes first: the record says they are there.
+            crate::faults::check("data-fsync")?;
+            File::open(dir.join("content"))?.sync_all()?;
+            write_atomic(&dir.join("record.json"), &json, true)
+        })
+        .await?;
+        self.uploads_sync.sync().await?;
+        Ok(None)
     }
 
     async fn claim_idempotency_key(

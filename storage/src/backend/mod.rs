@@ -20,8 +20,10 @@ use crate::error::Result;
 use crate::hash::SavedPrefixHash;
 use crate::record::UploadRecord;
 
+mod group_sync;
 pub mod journal;
 pub mod local;
+mod local_index;
 pub mod s3;
 
 /// A stream of bytes read back from storage.
@@ -286,6 +288,43 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Ids of every upload stored, tombstones included.
     async fn list(&self) -> Result<Vec<UploadId>>;
+
+    /// Writes `key` into the listing index (see [`crate::index`] for the keys): an empty
+    /// entry; writing an existing one changes nothing. Durable once `Ok` on shared storage;
+    /// where one process owns the storage it need not be (start-up writes the entry of
+    /// every upload again).
+    async fn index_put(&self, key: &str) -> Result<()>;
+
+    /// Up to `limit` index keys under `prefix` (a whole first component of the keys), in
+    /// ascending byte order, each greater than `after` when given: one listing.
+    async fn index_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
+
+    /// Removes an index entry; an absent one is not an error.
+    async fn index_delete(&self, key: &str) -> Result<()>;
+
+    /// Opens the writer of an upload whose bytes all come in one request, before its record
+    /// exists: the bytes stay out of sight until [`Backend::commit_whole`], and
+    /// [`Backend::purge`] removes them when the request fails. Fails with
+    /// [`crate::Error::Conflict`] when the id exists. `None`: this backend has no such
+    /// shortcut, and the service creates the upload, stores its one chunk and completes it
+    /// as for any other.
+    async fn whole_writer(&self, _record: &UploadRecord) -> Result<Option<Box<dyn ChunkWriter>>> {
+        Ok(None)
+    }
+
+    /// Makes the bytes [`Backend::whole_writer`] wrote durable and stores `record` (which
+    /// says completed) with them, in as few durable writes as a crash allows: once `Ok`,
+    /// the upload is complete and its content published. Returns the record's version.
+    async fn commit_whole(&self, _record: &UploadRecord) -> Result<Option<String>> {
+        Err(crate::Error::Corrupt(
+            "this backend stores no upload in one write".into(),
+        ))
+    }
 
     /// Claims an idempotency key (by its digest) for `claim`. Returns the existing claim
     /// when the key was already taken, or `None` when this call took it.

@@ -54,8 +54,21 @@ impl Uploads {
         let _op = up.op.read().await;
         let record = up.record();
         self.step(&up, Step::StoreBytes(UploadMode::Chunks)).await?;
-        let len = record.chunk_len(index)?;
-        if let Some(d) = declared_len.filter(|d| *d != len) {
+        let mut len = record.chunk_len(index)?;
+        if record.length_deferred {
+            // Until the length is declared, only the request can say where a shorter last
+            // chunk ends: without it a short body could not be told from a cut one.
+            let d = declared_len.ok_or(Error::LengthRequired(
+                "a chunk of an upload whose size is not declared yet needs Content-Length",
+            ))?;
+            if d == 0 || d > len {
+                return Err(Error::Invalid(format!(
+                    "the body is {d} bytes, but chunk {index} holds 1 to {len} bytes"
+                )));
+            }
+            up.chunks().check_deferred(index, d)?;
+            len = d;
+        } else if let Some(d) = declared_len.filter(|d| *d != len) {
             return Err(Error::Invalid(format!(
                 "the body is {d} bytes, but chunk {index} must be exactly {len} bytes"
             )));
@@ -76,9 +89,15 @@ impl Uploads {
         let mut already = up.chunks().get(index);
         let mut writer = None;
         if already.is_none() {
+            // A shorter last chunk of an upload whose length is deferred: the writer sees
+            // an upload that ends with it (on S3, a part of its own length).
+            let mut ends_here = record.clone();
+            if len < record.chunk_len(index)? {
+                ends_here.size = record.chunk_offset(index) + len;
+            }
             match self
                 .backend
-                .writer_at(&record, record.chunk_offset(index), digest)
+                .writer_at(&ends_here, record.chunk_offset(index), digest)
                 .await
             {
                 Ok(w) => writer = Some(w),

@@ -32,7 +32,19 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
     ) -> Result<Completion> {
-        let completed = self.complete_checked(id, declared).await;
+        self.complete_sized(id, declared, None).await
+    }
+
+    /// [`Self::complete`], saying the upload's size: required for an upload of chunks whose
+    /// length was deferred (it is declared here, checked against the chunks stored), and for
+    /// any other it must be the size it has.
+    pub async fn complete_sized(
+        self: &Arc<Self>,
+        id: UploadId,
+        declared: Option<Sha256Digest>,
+        size: Option<u64>,
+    ) -> Result<Completion> {
+        let completed = self.complete_checked(id, declared, size).await;
         self.registry.settle(completed)
     }
 
@@ -40,6 +52,7 @@ impl Uploads {
         self: &Arc<Self>,
         id: UploadId,
         declared: Option<Sha256Digest>,
+        size: Option<u64>,
     ) -> Result<Completion> {
         let mut up = self.get(id).await?;
         if self.hash.needs_settling()
@@ -52,7 +65,24 @@ impl Uploads {
         }
         let _busy = up.busy_guard();
         let op = up.op.clone().write_owned().await;
-        let record = up.record();
+        let mut record = up.record();
+        let undeclared = record.length_deferred
+            && record.mode == UploadMode::Chunks
+            && record.state == StoredState::Uploading;
+        match size {
+            Some(size) if undeclared => {
+                self.declare_chunked_length(&up, &record, size).await?;
+                record = up.record();
+            }
+            Some(size) if !record.length_deferred => record.same_length(size)?,
+            None if undeclared => {
+                return Err(Error::InconsistentLength(
+                    "the upload's size is not declared yet: say it as `size` in the completion"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         let expected = match (record.declared_sha256, declared) {
             (Some(a), Some(b)) if a != b => {
                 return Err(Error::Invalid(format!(
@@ -253,6 +283,60 @@ impl Uploads {
             return Ok(None);
         }
         Ok(Some(self.complete(id, None).await?.status()))
+    }
+
+    /// Declares the length of an upload of chunks created without one, at its completion:
+    /// the chunks stored must fit it (none past its end, the last one exactly as long as
+    /// the length leaves it, the others whole). Caller holds `op` exclusively.
+    async fn declare_chunked_length(
+        &self,
+        up: &Upload,
+        record: &UploadRecord,
+        size: u64,
+    ) -> Result<()> {
+        let cs = record.chunk_size;
+        let count = common::geometry::chunk_count(size, cs);
+        let last_len = size - count.saturating_sub(1) * cs;
+        let stored = {
+            let t = up.chunks();
+            let inconsistent = |why: String| {
+                Err(Error::InconsistentLength(format!(
+                    "a size of {size} bytes does not fit the chunks stored: {why}"
+                )))
+            };
+            if let Some(h) = t.highest().filter(|h| *h >= count) {
+                return inconsistent(format!("chunk {h} is stored past its end"));
+            }
+            match t.short() {
+                Some((i, len)) if i + 1 != count || len != last_len => {
+                    return inconsistent(format!("chunk {i} holds {len} bytes"));
+                }
+                None if count > 0 && last_len < cs && t.get(count - 1).is_some() => {
+                    return inconsistent(format!(
+                        "chunk {} holds {cs} bytes, not {last_len}",
+                        count - 1
+                    ));
+                }
+                _ => {}
+            }
+            t.highest()
+                .and_then(|h| t.stored_end(record, h))
+                .unwrap_or(0)
+        };
+        self.step(
+            up,
+            Step::DeclareLength {
+                length: size,
+                stored,
+            },
+        )
+        .await?;
+        let record = up.record();
+        up.chunks().truncate(record.chunk_count());
+        self.ledger
+            .recount(record.owner.as_deref(), record.id, record.size);
+        tracing::info!(id = %record.id, size, "upload length declared at completion");
+        Ok(())
     }
 
     /// The partly appended chunk at `end`, now known to be the last one, becomes a whole

@@ -18,6 +18,7 @@ use super::{Created, Uploads, DEFERRED_CHUNKS};
 use crate::backend::IdempotencyClaim;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
+use crate::index;
 use crate::metrics;
 use crate::principal;
 use crate::quota::Holder;
@@ -57,13 +58,30 @@ impl Uploads {
     /// Creates an upload of chunks (the native API). With an idempotency key, a repeat of
     /// the same request returns the upload the first one created, and another request under
     /// the same key is refused.
+    /// Without a size (`defer_length`), the size is declared at completion.
     pub async fn create(
         &self,
         req: CreateUpload,
         idempotency_key: Option<&str>,
     ) -> Result<Created> {
-        self.create_shaped(req, idempotency_key, Shape::chunks())
-            .await
+        let shape = match (req.size, req.defer_length) {
+            (Some(_), false) => Shape::chunks(),
+            (None, true) => Shape {
+                length_deferred: true,
+                ..Shape::chunks()
+            },
+            (Some(_), true) => {
+                return Err(Error::InconsistentLength(
+                    "give size, or defer_length: true, not both".into(),
+                ))
+            }
+            (None, false) => {
+                return Err(Error::Invalid(
+                    "size is required (or defer_length: true, to declare it at completion)".into(),
+                ))
+            }
+        };
+        self.create_shaped(req, idempotency_key, shape).await
     }
 
     /// Creates an upload of the given shape. An upload whose length is deferred may grow to
@@ -77,11 +95,21 @@ impl Uploads {
         shape: Shape,
     ) -> Result<Created> {
         const MIB: u64 = 1 << 20;
-        if shape.length_deferred {
-            req.size = self.limits.max_upload_size;
+        if shape.length_deferred && shape.mode == UploadMode::Chunks {
+            // The client's chunk size (it holds the chunks in flight), and room for as
+            // many chunks of it as an upload may have.
+            let chunk_size = req.chunk_size.unwrap_or(self.limits.chunk_size.default);
+            req.size = Some(
+                self.limits
+                    .max_upload_size
+                    .min(chunk_size.saturating_mul(self.limits.max_chunks)),
+            );
+            req.chunk_size = Some(chunk_size);
+        } else if shape.length_deferred {
+            let size = self.limits.max_upload_size;
+            req.size = Some(size);
             req.chunk_size = Some(
-                req.size
-                    .div_ceil(DEFERRED_CHUNKS)
+                size.div_ceil(DEFERRED_CHUNKS)
                     .div_ceil(MIB)
                     .saturating_mul(MIB)
                     .clamp(self.limits.chunk_size.default, self.limits.chunk_size.max),
@@ -91,7 +119,7 @@ impl Uploads {
         let now = OffsetDateTime::now_utc();
         let record = UploadRecord {
             id: UploadId::new_random(),
-            size: req.size,
+            size: req.size.unwrap_or(0),
             chunk_size,
             mode: shape.mode,
             declared_sha256: req.sha256,
@@ -188,11 +216,15 @@ impl Uploads {
         }
     }
 
-    async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
+    pub(super) async fn insert_new(&self, mut record: UploadRecord) -> Result<Created> {
         let holder = Holder::current(record.owner.as_deref());
         self.ledger
             .reserve(holder, record.id, record.reserved_bytes())?;
-        let created = self.backend.create(&record).await;
+        // The listing entry first: one without its upload is skipped (see `crate::index`).
+        let created = match self.backend.index_put(&index::key(&record)).await {
+            Ok(()) => self.backend.create(&record).await,
+            Err(e) => Err(e),
+        };
         if created.is_err() {
             self.ledger.release(record.id);
         } else {
@@ -219,21 +251,11 @@ struct KeyClaim {
 
 impl KeyClaim {
     fn new(record: &UploadRecord, key: &str, req: &CreateUpload) -> Result<Self> {
-        // Keys are per owner: two owners may pick the same key.
-        let mut h = Sha256::new();
-        h.update(record.owner.as_deref().unwrap_or("").as_bytes());
-        h.update([0]);
-        h.update(key.as_bytes());
-        // The same request written differently (an empty metadata object or none) is the
-        // same request.
-        let mut canonical = req.clone();
-        canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
-        let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
         Ok(Self {
-            digest: Sha256Digest(h.finalize().into()),
+            digest: key_digest(record.owner.as_deref(), key),
             claim: IdempotencyClaim {
                 id: record.id,
-                fingerprint: Sha256Digest(Sha256::digest(&body).into()),
+                fingerprint: fingerprint("", req)?,
             },
         })
     }
@@ -277,4 +299,26 @@ impl Drop for KeyGuard<'_> {
             map.remove(&self.key);
         }
     }
+}
+
+/// An idempotency key's digest: keys are per owner, so two owners may pick the same key.
+pub(super) fn key_digest(owner: Option<&str>, key: &str) -> Sha256Digest {
+    let mut h = Sha256::new();
+    h.update(owner.unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    Sha256Digest(h.finalize().into())
+}
+
+/// The fingerprint of a creating request, told apart by `kind` (`""` for a create alone).
+/// The same request written differently (an empty metadata object or none) is the same
+/// request.
+pub(super) fn fingerprint(kind: &str, req: &CreateUpload) -> Result<Sha256Digest> {
+    let mut canonical = req.clone();
+    canonical.metadata = canonical.metadata.filter(|m| !m.is_empty());
+    let body = serde_json::to_vec(&canonical).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update(&body);
+    Ok(Sha256Digest(h.finalize().into()))
 }

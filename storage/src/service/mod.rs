@@ -31,9 +31,11 @@ mod append;
 mod chunks;
 mod complete;
 mod create;
+pub mod list;
 pub mod registry;
 pub mod stream;
 mod sweep;
+mod whole;
 
 use registry::{Purpose, Registry};
 
@@ -197,9 +199,15 @@ impl Uploads {
         let now = OffsetDateTime::now_utc();
         let began = Instant::now();
         let mut open = Vec::new();
+        let enter_all = this.enter_in_index_at_start().await?;
         for id in this.backend.list().await? {
             match this.backend.load_record(id).await {
                 Ok(Some(r)) => {
+                    if enter_all {
+                        if let Err(e) = this.backend.index_put(&crate::index::key(&r)).await {
+                            tracing::warn!(%id, error = %e, "could not enter the upload in the listing index");
+                        }
+                    }
                     if let Err(e) = this.events.reconcile(&r, now).await {
                         tracing::warn!(%id, error = %e, "could not reconcile the upload's events");
                     }
@@ -244,7 +252,25 @@ impl Uploads {
         }
         metrics::set_active(open.len() as u64);
         this.ledger.rebuild(open, began);
+        if enter_all && this.backend.info().shared {
+            this.backend.index_put(crate::index::BACKFILLED).await?;
+        }
         Ok(this)
+    }
+
+    /// Whether start-up enters every upload in the listing index: always where one process
+    /// owns the storage (entries are not made durable one by one there, so a crash may
+    /// have lost some); on shared storage, once, for uploads stored before the index
+    /// existed.
+    async fn enter_in_index_at_start(&self) -> Result<bool> {
+        if !self.backend.info().shared {
+            return Ok(true);
+        }
+        let (dir, _) = crate::index::BACKFILLED
+            .split_once('/')
+            .unwrap_or((crate::index::BACKFILLED, ""));
+        let marks = self.backend.index_list(dir, None, 10).await?;
+        Ok(!marks.iter().any(|k| k == crate::index::BACKFILLED))
     }
 
     /// What clients may send, for `GET /v1`.
@@ -261,6 +287,7 @@ impl Uploads {
             max_chunks: l.max_chunks,
             storage: self.backend.info().name.into(),
             checksums: vec!["sha-256".into()],
+            one_request_max: Some(l.chunk_size.max.min(l.max_upload_size)),
         }
     }
 

@@ -295,7 +295,7 @@ mod tests {
             max_chunks: 100_000,
         };
         let req = CreateUpload {
-            size: 100_000 * 65536,
+            size: Some(100_000 * 65536),
             chunk_size: Some(65536),
             ..Default::default()
         };
@@ -303,7 +303,7 @@ mod tests {
         let now = time::OffsetDateTime::now_utc();
         UploadRecord {
             id: UploadId::new_random(),
-            size: req.size,
+            size: req.size.unwrap_or_default(),
             chunk_size,
             mode: UploadMode::Chunks,
             declared_sha256: None,

@@ -135,11 +135,12 @@ impl Uploads {
             )));
         }
         let req = CreateUpload {
-            size: length.unwrap_or(0),
+            size: Some(length.unwrap_or(0)),
             chunk_size: None,
             sha256: new.sha256,
             filename: new.filename,
             metadata: Some(new.metadata),
+            defer_length: false,
         };
         let shape = Shape {
             concat: new.partial.then_some(Concat::Partial),
@@ -420,7 +421,7 @@ impl Uploads {
                 Error::Invalid("the parts are larger together than any upload".into())
             })?;
         let req = CreateUpload {
-            size,
+            size: Some(size),
             filename,
             metadata: Some(metadata),
             ..Default::default()

@@ -180,6 +180,10 @@ impl Uploads {
                 return Ok(());
             };
             self.backend.purge(id).await?;
+            // After the record: an entry left by a crash in between is removed by a listing.
+            self.backend
+                .index_delete(&crate::index::key(&record))
+                .await?;
             self.registry.forget(id);
             report.purged += 1;
         }

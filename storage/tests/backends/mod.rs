@@ -104,6 +104,8 @@ impl Backends {
                 .iter()
                 .filter(|p| p.is_file() && p.to_string_lossy().contains(&id))
                 .filter(|p| !p.ends_with("record.json"))
+                // A tombstone's listing entry stays with its record until the purge.
+                .filter(|p| !p.starts_with(dir.path().join("index")))
                 .count(),
             Self::Memory(store) => s3_leftovers(store.as_ref(), "", &id).await,
             Self::Ceph { config } => {
@@ -131,6 +133,7 @@ async fn s3_leftovers(store: &dyn Store, prefix: &str, id: &str) -> usize {
     objects
         .iter()
         .filter(|o| o.key.contains(id) && !o.key.ends_with("record.json"))
+        .filter(|o| !o.key.contains("index/"))
         .count()
         + multipart.iter().filter(|m| m.key.contains(id)).count()
 }

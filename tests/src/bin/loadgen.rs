@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let status: UploadStatus = client
         .post(format!("{url}/v1/uploads"))
         .json(&CreateUpload {
-            size: data.len() as u64,
+            size: Some(data.len() as u64),
             chunk_size: Some(chunk_size as u64),
             sha256: Some(whole),
             ..Default::default()

@@ -348,6 +348,24 @@ impl Store for AwsStore {
         .await
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        let dir = Path::from(prefix);
+        self.small(op::LIST, async {
+            let listed = match after {
+                Some(a) => self.s3.list_with_offset(Some(&dir), &Path::from(a)),
+                None => self.s3.list(Some(&dir)),
+            };
+            let found: Vec<_> = listed.take(limit).try_collect().await.map_err(store_err)?;
+            Ok(found.into_iter().map(info).collect())
+        })
+        .await
+    }
+
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = Path::from(prefix.trim_end_matches('/'));
         self.small(op::LIST, async {

@@ -180,6 +180,16 @@ impl<S: Store> Store for Deadlined<S> {
         self.small(op::LIST, self.inner.list(prefix)).await
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        self.small(op::LIST, self.inner.list_page(prefix, after, limit))
+            .await
+    }
+
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         self.small(op::LIST, self.inner.list_dirs(prefix)).await
     }

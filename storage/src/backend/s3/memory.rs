@@ -9,7 +9,7 @@
 //! uploads are kept in id order, so that listing them is deterministic.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -294,6 +294,27 @@ impl Store for MemoryStore {
         Ok(b.objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| Self::info(k, o))
+            .collect())
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        self.enter(op::LIST).await?;
+        let dir = format!("{prefix}/");
+        let b = self.bucket.lock().unwrap();
+        let from = match after {
+            Some(a) if a >= dir.as_str() => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(dir.clone()),
+        };
+        Ok(b.objects
+            .range((from, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&dir))
+            .take(limit)
             .map(|(k, o)| Self::info(k, o))
             .collect())
     }

@@ -18,6 +18,8 @@
 //! files/{id}                      the multipart upload's key: the file appears there only
 //!                                 when its parts are joined, after verification
 //! idempotency/{sha256(key)}.json  which upload an Idempotency-Key created
+//! index/{owner}/{day}/{rank}.{id} the listing index: an empty object per upload (see
+//!                                 [`crate::index`])
 //! ```
 //!
 //! # Words
@@ -649,6 +651,39 @@ impl Backend for S3Backend {
             .iter()
             .filter_map(|d| d.parse().ok())
             .collect())
+    }
+
+    async fn index_put(&self, key: &str) -> Result<()> {
+        self.store
+            .put(
+                &self.key(&format!("index/{key}")),
+                Vec::new(),
+                Put::Overwrite,
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn index_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let root = self.key("index/");
+        let after = after.map(|a| format!("{root}{a}"));
+        let listed = self
+            .store
+            .list_page(&format!("{root}{prefix}"), after.as_deref(), limit)
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&root).map(str::to_string))
+            .collect())
+    }
+
+    async fn index_delete(&self, key: &str) -> Result<()> {
+        self.store.delete(&self.key(&format!("index/{key}"))).await
     }
 
     async fn claim_idempotency_key(

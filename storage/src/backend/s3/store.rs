@@ -142,6 +142,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
 
+    /// Up to `limit` objects under the "directory" `prefix` (a key prefix ending at a `/`,
+    /// given without it), in key order, each after `after` when given: one listing request
+    /// (ListObjectsV2 with `start-after`) for a page of the listing index.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        let dir = format!("{prefix}/");
+        let mut found = self.list(&dir).await?;
+        found.retain(|o| after.is_none_or(|a| o.key.as_str() > a));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     /// The next level of "directories" under `prefix` (which ends with `/`): the distinct
     /// key segments after it, without the trailing `/`.
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;

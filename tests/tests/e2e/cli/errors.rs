@@ -171,6 +171,8 @@ fn unknown_upload_id_is_a_one_line_error() {
 
 /// The server's SHA-256 differs from the client's (here the proxy changes the hash the
 /// client declares at completion, so the real server refuses it): exit 3, with both hashes.
+/// Chunks of 1 MiB, so that the file goes in chunks and a completion rather than in one
+/// request.
 #[test]
 fn verification_mismatch_exits_3_with_both_hashes() {
     let (server, _data) = Server::start(&[]);
@@ -184,7 +186,14 @@ fn verification_mismatch_exits_3_with_both_hashes() {
     let cli = Cli::new();
     let dir = tempfile::tempdir().unwrap();
     let (file, sha) = random_file(dir.path(), "m.bin", 1_500_000, 13);
-    let run = cli.run(&["upload", file.to_str().unwrap(), "--server", &proxy.url()]);
+    let url = proxy.url();
+    let upload = |extra: &[&str]| {
+        let mut args = vec!["upload", file.to_str().unwrap(), "--server", &url];
+        args.extend_from_slice(&["--chunk-size", "1MiB"]);
+        args.extend_from_slice(extra);
+        cli.run(&args)
+    };
+    let run = upload(&[]);
     one_line_error(&run, 3, "SHA-256 mismatch");
     assert!(run.stderr.contains(&sha), "{}", run.dump());
     assert!(
@@ -192,13 +201,7 @@ fn verification_mismatch_exits_3_with_both_hashes() {
         "{}",
         run.dump()
     );
-    let run = cli.run(&[
-        "upload",
-        file.to_str().unwrap(),
-        "--server",
-        &proxy.url(),
-        "--json",
-    ]);
+    let run = upload(&["--json"]);
     run.expect_code(3);
     assert_eq!(run.one("failed")["exit_code"], 3);
 }

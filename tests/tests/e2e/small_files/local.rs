@@ -1,0 +1,7 @@
+//! The small-files suite on local disk.
+
+/// The storage these tests run on.
+const STORAGE: tests::fixture::Storage = tests::fixture::Storage::Local;
+
+#[path = "cases.rs"]
+mod cases;
