@@ -7,8 +7,9 @@
 #   (c) server:               loadgen -> upload-server, 8 MiB chunks, 4 in flight,
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
 #   (d) CLI end to end:       uploader -> upload-server, same shape
-#   (f) S3: upload-server into the S3 store (Ceph RGW) vs aws s3 cp, and store requests
-#       per chunk (bench/s3.sh)
+#   (f1-f3) S3: into the S3 store (Ceph RGW) vs aws s3 cp, with store requests per
+#       chunk: loadgen -> upload-server, uploader -> upload-server, loadgen round-robin
+#       over three upload-servers on one bucket (bench/s3.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
 #   (j, k) the CLI over https, HTTP/2 and HTTP/1.1, vs plain http (bench/tls.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
@@ -109,9 +110,15 @@ fi
 if [ "${BENCH_S3:-1}" = 1 ]; then
   s3out=$(bash bench/s3.sh "$FILE")
   echo "$s3out"
-  read -r _ s3o s3a s3rss s3rb s3req s3areq s3copied <<< "$(echo "$s3out" | grep '^S3 ')"
+  s3row() { # s3row ROW LABEL: one table row from bench/s3.sh's "S3 ROW ..." line
+    local o a rss rb req areq copied fin spilled
+    read -r _ _ o a rss rb req areq copied fin spilled <<< "$(echo "$s3out" | grep "^S3 $1 ")"
+    echo "| ($1) $2 | $o | vs \`aws s3 cp\` (8 MiB × 4, same store, same run: $a MB/s) = **$(python3 -c "print(f'{$o/$a:.2f}')")** | server $rss MiB; store requests per chunk $req (aws s3 cp: $areq per part); bytes copied in the store $copied; completion $fin s; read back at completion $rb, spilled $spilled |"
+  }
   table="$table
-| (f) upload-server → S3 store (Ceph RGW), 8 MiB × 4, verified | $s3o | vs \`aws s3 cp\` (8 MiB × 4, same store, same run: $s3a MB/s) = **$(python3 -c "print(f'{$s3o/$s3a:.2f}')")** | server $s3rss MiB; read back at completion (max) $s3rb; store requests per chunk $s3req (aws s3 cp: $s3areq per part); bytes copied in the store $s3copied |"
+$(s3row f1 'loadgen → upload-server → S3 store (Ceph RGW), 8 MiB × 4, verified')
+$(s3row f2 'uploader → upload-server → Ceph RGW, `-j 4`, 8 MiB')
+$(s3row f3 'loadgen → three upload-servers on one bucket, chunks round-robin → Ceph RGW')"
 fi
 if [ "${BENCH_TUS:-1}" = 1 ]; then
   tusout=$(bash bench/tus_bench.sh "$FILE")

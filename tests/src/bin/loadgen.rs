@@ -2,8 +2,14 @@
 //! chunks with `Content-Digest`, having read the file and computed every digest before the
 //! clock starts, so that the server is what is measured.
 //!
-//! Usage: `loadgen URL FILE [CHUNK_SIZE] [PARALLEL]`; prints one JSON line with the
-//! seconds from create to completed and whether the server's SHA-256 matched.
+//! Usage: `loadgen URL[,URL...] FILE [CHUNK_SIZE] [PARALLEL]`; prints one JSON line with
+//! the seconds from create to completed, the seconds of the completion alone (from the
+//! complete request to the completed state), and whether the server's SHA-256 matched.
+//!
+//! Several URLs (servers sharing one store) are used round-robin per chunk, as a client
+//! behind a round-robin balancer would: the upload is created on the first, chunk `i` goes
+//! to URL `i mod n`, and the completion to the one after the last chunk's, so that every
+//! step can land on another instance than the one before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,9 +24,18 @@ use sha2::{Digest, Sha256};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        return Err("usage: loadgen URL FILE [CHUNK_SIZE] [PARALLEL]".into());
+        return Err("usage: loadgen URL[,URL...] FILE [CHUNK_SIZE] [PARALLEL]".into());
     }
-    let url = args[1].trim_end_matches('/').to_string();
+    let urls: Arc<Vec<String>> = Arc::new(
+        args[1]
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect(),
+    );
+    if urls.is_empty() {
+        return Err("no server URL given".into());
+    }
     let data = Bytes::from(std::fs::read(&args[2])?);
     let chunk_size = match args.get(3) {
         Some(s) => common::units::parse_size(s)?,
@@ -43,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let status: UploadStatus = client
-        .post(format!("{url}/v1/uploads"))
+        .post(format!("{}/v1/uploads", urls[0]))
         .json(&CreateUpload {
             size: Some(data.len() as u64),
             chunk_size: Some(chunk_size as u64),
@@ -59,14 +74,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..parallel {
-        let (client, chunks, next, url) =
-            (client.clone(), chunks.clone(), next.clone(), url.clone());
+        let (client, chunks, next, urls) =
+            (client.clone(), chunks.clone(), next.clone(), urls.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some((body, digest)) = chunks.get(i) else {
                     return Ok::<_, reqwest::Error>(());
                 };
+                let url = &urls[i % urls.len()];
                 client
                     .put(format!("{url}/v1/uploads/{id}/chunks/{i}"))
                     .header("content-digest", digest)
@@ -80,6 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in tasks {
         t.await??;
     }
+    let url = &urls[chunks.len() % urls.len()];
+    let completing = Instant::now();
     let mut resp = client
         .post(format!("{url}/v1/uploads/{id}/complete"))
         .send()
@@ -96,9 +114,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         status = resp.json().await?;
     }
     let secs = start.elapsed().as_secs_f64();
+    let complete_secs = completing.elapsed().as_secs_f64();
     let ok = status.state == UploadState::Completed && status.sha256 == Some(whole);
     println!(
-        "{{\"id\":\"{id}\",\"seconds\":{secs:.3},\"mb_s\":{:.1},\"sha_ok\":{ok}}}",
+        "{{\"id\":\"{id}\",\"seconds\":{secs:.3},\"complete_seconds\":{complete_secs:.3},\"mb_s\":{:.1},\"sha_ok\":{ok}}}",
         data.len() as f64 / 1e6 / secs
     );
     if ok {
