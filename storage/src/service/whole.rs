@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::hash::ChunkHasher;
 use crate::lifecycle::{self, Step};
-use crate::record::{StoredState, UploadMode, UploadRecord};
 use crate::quota::Holder;
+use crate::record::{StoredState, UploadMode, UploadRecord};
 use crate::{index, metrics, principal};
 
 /// Tells an idempotency key's use by a one-request upload from its use by a create alone.
@@ -134,9 +134,9 @@ impl Uploads {
             return self.whole_in_chunks(record, body).await;
         };
         let id = record.id;
-        if let Err(e) = self
-            .ledger
-            .reserve(Holder::current(record.owner.as_deref()), id, record.size)
+        if let Err(e) =
+            self.ledger
+                .reserve(Holder::current(record.owner.as_deref()), id, record.size)
         {
             writer.abandon().await;
             self.forget_whole(id, &key).await;
