@@ -1,15 +1,16 @@
 //! Range and conditional requests on downloads, as RFC 9110 has them (§13.1.2
 //! If-None-Match compared weakly, §13.1.5 If-Range compared strongly, §14.1.2 a suffix
-//! range longer than the representation).
+//! range longer than the representation), with the same answers on both backends.
 
 use sha2::{Digest, Sha256};
+use tests::fixture::Storage;
 
 use super::*;
 
 /// A completed upload of `len` bytes: its id and bytes.
-async fn completed(api: &Api, len: usize) -> (String, Vec<u8>) {
+async fn completed(api: &Api, len: usize, chunk: usize) -> (String, Vec<u8>) {
     let file = tests::random_bytes(len, 14);
-    let id = api.create(len, 64 * KIB).await.id.to_string();
+    let id = api.create(len, chunk).await.id.to_string();
     assert_eq!(
         api.put_chunk(&id, 0, &file).await.status(),
         StatusCode::CREATED
@@ -33,9 +34,18 @@ async fn get(api: &Api, id: &str, headers: &[(&str, &str)]) -> Response {
 
 #[tokio::test]
 async fn ranges_and_conditions_follow_rfc_9110() {
-    let (server, _data) = Server::start(&[]);
+    ranges_and_conditions(Storage::Local).await;
+}
+
+#[tokio::test]
+async fn ranges_and_conditions_follow_rfc_9110_on_s3() {
+    ranges_and_conditions(Storage::S3).await;
+}
+
+async fn ranges_and_conditions(storage: Storage) {
+    let (server, store) = tests::start_or_skip!(storage, &[]);
     let api = Api::new(&server);
-    let (id, file) = completed(&api, 1000).await;
+    let (id, file) = completed(&api, 1000, store.chunk(64 * KIB)).await;
     let etag = format!("\"{}\"", hex::encode(Sha256::digest(&file)));
 
     // A suffix longer than the file: the whole file, as a range.
