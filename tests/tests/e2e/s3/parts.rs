@@ -45,6 +45,22 @@ async fn put_again(api: &Api, id: UploadId, index: u64, bytes: Bytes) {
     assert_eq!((receipt.index, receipt.sha256), (index, sha));
 }
 
+/// A chunk PUT after completion asked for the chunk again (its part was replaced): the
+/// acknowledged bytes are stored anew, 201.
+async fn put_asked_again(api: &Api, id: UploadId, index: u64, bytes: Bytes) {
+    let sha = digest(&bytes);
+    let resp = api.put(id, index, bytes).await;
+    let code = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(
+        code,
+        StatusCode::CREATED,
+        "PUT chunk {index} asked for again: {text}"
+    );
+    let receipt: ChunkReceipt = serde_json::from_str(&text).expect("receipt JSON");
+    assert_eq!((receipt.index, receipt.sha256), (index, sha));
+}
+
 /// The store's UploadPart requests for the test bucket since `since` (every request
 /// answered before the call is counted).
 fn parts_sent(s3: &S3Server, since: SystemTime) -> u64 {
@@ -95,7 +111,8 @@ async fn a_retry_of_a_stored_chunk_on_another_server_is_200() {
 /// stays the first writer's, so completion, which checks every part against its claim,
 /// answers 409 with that chunk missing instead of publishing other bytes; the claimed
 /// bytes sent again (through the second server, which learnt the claim from its
-/// conflict) are taken (200: they are the acknowledged ones), and the upload completes
+/// conflict) are stored anew (201: completion set the chunk aside, and the status asks
+/// for it), and the upload completes
 /// with the right SHA-256. Through the server that stored the chunk, other bytes never
 /// reach the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -138,7 +155,8 @@ async fn other_bytes_through_a_second_server_are_asked_for_again_at_completion()
     assert_eq!(list_keys(&s3, "files/").await, Vec::<String>::new());
     let st = api_a.status(id).await;
     assert_eq!(st.state, UploadState::Uploading);
-    put_again(&api_b, id, 1, chunks[1].clone()).await;
+    assert_eq!(st.missing, vec![[1, 1]]);
+    put_asked_again(&api_b, id, 1, chunks[1].clone()).await;
     let done = api_b.complete_ok(id, &file).await;
     assert_eq!(done.sha256, Some(digest(&file)));
     api_a.assert_content(id, &file).await;
@@ -176,10 +194,10 @@ async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
     assert_eq!(p.missing, Some(vec![[1, 1]]), "{p:?}");
     let st = api.status(id).await;
     assert_eq!(st.state, UploadState::Uploading);
-    // The status still counts the chunk (its claim stays, so that only the acknowledged
-    // bytes are taken again): only completion, which checks the parts, asks for it.
-    assert_eq!(st.received_bytes, file.len() as u64);
-    put_again(&api, id, 1, chunks[1].clone()).await;
+    // Completion, which checks the parts, set the chunk aside: the status asks for it too.
+    assert_eq!(st.missing, vec![[1, 1]]);
+    assert_eq!(st.received_bytes, (file.len() - CS) as u64);
+    put_asked_again(&api, id, 1, chunks[1].clone()).await;
     api.complete_ok(id, &file).await;
     api.assert_content(id, &file).await;
 }
