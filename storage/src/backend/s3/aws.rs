@@ -46,6 +46,33 @@ pub struct Endpoint {
     pub deadlines: Deadlines,
 }
 
+/// An `object_store` client of the bucket, its timeouts and retries within the request
+/// deadline; credentials come from the standard `AWS_*` environment variables.
+pub fn client(endpoint: &Endpoint) -> Result<AmazonS3> {
+    let d = endpoint.deadlines;
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(&endpoint.bucket)
+        .with_allow_http(endpoint.allow_http)
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(endpoint.allow_http)
+                .with_connect_timeout(d.request)
+                .with_timeout(d.request),
+        )
+        .with_retry(object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: d.request,
+            ..Default::default()
+        });
+    if let Some(e) = &endpoint.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(r) = &endpoint.region {
+        b = b.with_region(r);
+    }
+    b.build().map_err(io)
+}
+
 /// How long the URL of a signed request is good for.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
@@ -59,27 +86,7 @@ impl AwsStore {
     /// A client of the bucket; credentials come from the standard `AWS_*` variables.
     pub fn connect(endpoint: &Endpoint) -> Result<Self> {
         let d = endpoint.deadlines;
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(&endpoint.bucket)
-            .with_allow_http(endpoint.allow_http)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(endpoint.allow_http)
-                    .with_connect_timeout(d.request)
-                    .with_timeout(d.request),
-            )
-            .with_retry(object_store::RetryConfig {
-                max_retries: 2,
-                retry_timeout: d.request,
-                ..Default::default()
-            });
-        if let Some(e) = &endpoint.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(r) = &endpoint.region {
-            b = b.with_region(r);
-        }
-        let s3 = b.build().map_err(io)?;
+        let s3 = client(endpoint)?;
         let http = reqwest::Client::builder()
             .connect_timeout(d.request)
             .build()

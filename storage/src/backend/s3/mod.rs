@@ -134,28 +134,7 @@ impl S3Config {
     /// The bucket as an `object_store` client (for the events outbox); credentials come
     /// from the standard `AWS_*` environment variables.
     pub fn connect(&self) -> Result<object_store::aws::AmazonS3> {
-        let d = self.deadlines.unwrap_or_default();
-        let mut b = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(&self.bucket)
-            .with_allow_http(self.allow_http)
-            .with_client_options(
-                object_store::ClientOptions::new()
-                    .with_allow_http(self.allow_http)
-                    .with_connect_timeout(d.request)
-                    .with_timeout(d.request),
-            )
-            .with_retry(object_store::RetryConfig {
-                max_retries: 2,
-                retry_timeout: d.request,
-                ..Default::default()
-            });
-        if let Some(e) = &self.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(r) = &self.region {
-            b = b.with_region(r);
-        }
-        b.build().map_err(store::io)
+        aws::client(&self.endpoint())
     }
 }
 
