@@ -68,6 +68,8 @@ struct Progress {
     changed: Notify,
     /// Kept chunks of the upload waiting here.
     waiting: AtomicUsize,
+    /// Where the kept chunks waiting here begin.
+    waiting_at: Mutex<Vec<u64>>,
     /// Chunks of the upload streaming at the hash here.
     streaming: AtomicUsize,
     touched: Mutex<Instant>,
@@ -112,6 +114,7 @@ impl OrderedHashing {
                 hash: Mutex::new(None),
                 changed: Notify::new(),
                 waiting: AtomicUsize::new(0),
+                waiting_at: Mutex::new(Vec::new()),
                 streaming: AtomicUsize::new(0),
                 touched: Mutex::new(Instant::now()),
             })
@@ -188,7 +191,14 @@ impl OrderedHashing {
         let id = record.id;
         let p = self.progress(id);
         p.waiting.fetch_add(1, Ordering::SeqCst);
+        lock(&p.waiting_at).push(offset);
         let waited = self.wait_inner(record, &p, offset).await;
+        {
+            let mut at = lock(&p.waiting_at);
+            if let Some(i) = at.iter().position(|o| *o == offset) {
+                at.swap_remove(i);
+            }
+        }
         p.waiting.fetch_sub(1, Ordering::SeqCst);
         p.changed.notify_waiters();
         waited
@@ -223,7 +233,10 @@ impl OrderedHashing {
                 return Ok(None);
             }
             let here = hashed_here(p);
-            if here != seen || p.streaming.load(Ordering::SeqCst) > 0 {
+            // A chunk before this one streaming or waiting here brings the turn here.
+            let earlier_here = p.streaming.load(Ordering::SeqCst) > 0
+                || lock(&p.waiting_at).iter().any(|o| *o < offset);
+            if here != seen || earlier_here {
                 seen = here;
                 moved = Instant::now();
                 next_poll = Instant::now() + POLL;
