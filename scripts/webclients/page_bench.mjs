@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// One timed browser upload for bench/page.sh, in headless Chromium (playwright-core).
+// One timed browser upload for bench/page.sh, in headless Chromium driven over a bare DevTools
+// pipe (cdp.mjs: no Network or Fetch domain while measuring, as in a user's browser).
 // Prints ONE JSON line; exit 0 on success, non-zero on failure.
 //
 //   node page_bench.mjs --client page|tusjs|uppy --url SERVER_URL --file PATH
@@ -22,7 +23,8 @@
 // the page's own transfer figures (`stats`).
 import fs from 'node:fs'
 import path from 'node:path'
-import { emit, fail, load, parseArgs, version, watchdog } from './lib.mjs'
+import { launch } from './cdp.mjs'
+import { emit, fail, parseArgs, version, watchdog } from './lib.mjs'
 import { startPageServer } from './uppy_page/serve.mjs'
 
 const usage = 'usage: page_bench.mjs --client page|tusjs|uppy --url SERVER_URL --file PATH [--chunk-size BYTES] [--timeout SECONDS] [--chromium PATH]'
@@ -83,80 +85,106 @@ function browserCpu () {
 }
 const cpuDelta = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, Number((b[k] - (a[k] || 0)).toFixed(2))]))
 
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage',
+  '--disable-extensions', '--disable-breakpad', '--mute-audio', '--hide-scrollbars', '--password-store=basic',
+  '--disable-background-timer-throttling', '--disable-renderer-backgrounding', '--window-size=900,640']
+
 let browser = null
 let pageServer = null
 try {
-  const { chromium: pw } = await load('playwright-core')
-  browser = await pw.launch({
-    executablePath: chromium,
-    headless: true,
-    timeout: 30000,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  browser = await launch(chromium, FLAGS)
+  result.browser_version = browser.version
+  const { targetId } = await browser.send('Target.createTarget', { url: 'about:blank' })
+  const { sessionId } = await browser.send('Target.attachToTarget', { targetId, flatten: true })
+  const send = (method, params) => browser.send(method, params, sessionId)
+  // Runtime (console and exceptions, for the failure report) is the only domain enabled.
+  browser.on((m) => {
+    if (m.sessionId !== sessionId) return
+    if (m.method === 'Runtime.consoleAPICalled') consoleLines.push(`[${m.params.type}] ${m.params.args.map((a) => a.value ?? a.description ?? '').join(' ')}`.slice(0, 400))
+    if (m.method === 'Runtime.exceptionThrown') consoleLines.push(`[pageerror] ${m.params.exceptionDetails.exception?.description || m.params.exceptionDetails.text}`.slice(0, 400))
   })
-  result.browser_version = browser.version()
-  const ctx = await browser.newContext({ viewport: { width: 900, height: 640 } })
-  const page = await ctx.newPage()
-  page.setDefaultTimeout(timeoutMs)
-  page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`.slice(0, 400)))
-  page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`.slice(0, 400)))
+  await send('Runtime.enable')
+  const evaluate = async (expression, awaitPromise = false) => {
+    const r = await send('Runtime.evaluate', { expression, awaitPromise, returnByValue: true })
+    if (r.exceptionDetails) throw new Error(r.exceptionDetails.exception?.description || r.exceptionDetails.text)
+    return r.result.value
+  }
+  const until = async (expression, ms) => {
+    const end = Date.now() + ms
+    while (!(await evaluate(expression))) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${expression}`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
 
   if (args.client === 'page') {
     if (process.env.PAGE_ASSETS) {
-      // Trying changes to the page without rebuilding the server: its assets from this directory.
-      const csp = (await (await fetch(`${base}/`)).headers.get('content-security-policy'))
-      await page.route(/\/(app\.js|upload-worker\.js|style\.css)?$/, (route) => {
-        const name = new URL(route.request().url()).pathname.slice(1) || 'index.html'
+      // Trying changes to the page without rebuilding the server: its assets from this directory,
+      // intercepted while the page loads only.
+      const csp = (await fetch(`${base}/`)).headers.get('content-security-policy')
+      browser.on((m) => {
+        if (m.sessionId !== sessionId || m.method !== 'Fetch.requestPaused') return
+        const name = new URL(m.params.request.url).pathname.slice(1) || 'index.html'
+        if (!['index.html', 'app.js', 'upload-worker.js', 'style.css'].includes(name)) {
+          send('Fetch.continueRequest', { requestId: m.params.requestId })
+          return
+        }
         const type = name.endsWith('.js') ? 'text/javascript' : name.endsWith('.css') ? 'text/css' : 'text/html'
-        route.fulfill({ body: fs.readFileSync(path.join(process.env.PAGE_ASSETS, name)), headers: { 'content-type': type, 'content-security-policy': csp } })
+        send('Fetch.fulfillRequest', {
+          requestId: m.params.requestId,
+          responseCode: 200,
+          body: fs.readFileSync(path.join(process.env.PAGE_ASSETS, name)).toString('base64'),
+          responseHeaders: [{ name: 'content-type', value: type }, { name: 'content-security-policy', value: csp }],
+        })
       })
+      await send('Fetch.enable', { patterns: [{ urlPattern: `${base}/*` }] })
     }
-    await page.goto(`${base}/`, { waitUntil: 'load', timeout: 30000 })
-    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { timeout: 30000 })
+    await send('Page.navigate', { url: `${base}/` })
+    await until("document.body?.dataset.ready === 'true'", 30000)
     if (process.env.PAGE_ASSETS) {
-      await page.waitForTimeout(500) // the worker script
-      await page.unrouteAll()
+      await new Promise((resolve) => setTimeout(resolve, 500)) // the worker script
+      await send('Fetch.disable')
     }
     // Marks taken in the page: the input's change, the card turning done, long main-thread tasks.
-    await page.evaluate(() => {
+    await evaluate(`(() => {
       const b = window.benchMarks = { t0: 0, t1: 0, long: [] }
+      b.done = new Promise((resolve) => { b.resolve = resolve })
       document.querySelector('#file').addEventListener('change', () => { b.t0 = performance.now() }, { capture: true })
       new MutationObserver(() => {
         const s = document.querySelector('#uploads .upload')?.dataset.state
-        if (!b.t1 && (s === 'done' || s === 'error')) { b.t1 = performance.now(); b.state = s }
+        if (!b.t1 && (s === 'done' || s === 'error')) { b.t1 = performance.now(); b.state = s; b.resolve() }
       }).observe(document.querySelector('#uploads'), { subtree: true, attributes: true, attributeFilter: ['data-state'], childList: true })
       new PerformanceObserver((l) => { for (const e of l.getEntries()) if (b.t0 && !b.t1) b.long.push(e.duration) })
         .observe({ type: 'longtask', buffered: false })
-    })
+    })()`)
   } else {
     pageServer = await startPageServer({ log: (m) => consoleLines.push(`[server] ${m}`) })
-    await page.goto(`${pageServer.url}bench.html`, { waitUntil: 'load', timeout: 30000 })
-    await page.waitForFunction(() => window.bench, null, { timeout: 30000 })
-    await page.evaluate((o) => window.bench.start(o), { client: args.client, endpoint: `${base}/files/`, chunkSize })
+    await send('Page.navigate', { url: `${pageServer.url}bench.html` })
+    await until('!!window.bench', 30000)
+    await evaluate(`window.bench.start(${JSON.stringify({ client: args.client, endpoint: `${base}/files/`, chunkSize })})`)
   }
 
+  const { result: input } = await send('Runtime.evaluate', { expression: "document.querySelector('#file')" })
   const cpu0 = browserCpu()
-  await page.setInputFiles('#file', file)
+  await send('DOM.setFileInputFiles', { files: [file], objectId: input.objectId })
   let seconds
   if (args.client === 'page') {
-    await page.waitForFunction(() => window.benchMarks.t1 > 0, null, { timeout: timeoutMs, polling: 100 })
+    await Promise.race([evaluate('window.benchMarks.done', true), new Promise((resolve, reject) => setTimeout(() => reject(new Error('the upload did not end in time')), timeoutMs))])
     result.cpu_by_process = cpuDelta(cpu0, browserCpu())
-    const m = await page.evaluate(() => {
+    const m = await evaluate(`(() => {
+      const b = window.benchMarks
       const el = document.querySelector('#uploads .upload')
-      return {
-        ...window.benchMarks,
-        error: el.querySelector('.err')?.textContent || '',
-        sha256: el.dataset.sha256 || null,
-      }
-    })
-    m.stats = await page.evaluate(async () => (await window.uploadPage?.stats?.()) ?? null)
+      return { t0: b.t0, t1: b.t1, state: b.state, long: b.long, error: el.querySelector('.err')?.textContent || '', sha256: el.dataset.sha256 || null }
+    })()`)
+    m.stats = await evaluate('window.uploadPage?.stats?.() ?? null', true)
     if (m.state !== 'done') throw new Error(`the page's upload failed: ${m.error}`)
     seconds = (m.t1 - m.t0) / 1000
     result.sha256 = m.sha256
     result.long_tasks = { count: m.long.length, longest_ms: Math.round(Math.max(0, ...m.long)) }
     result.stats = m.stats
   } else {
-    const out = await page.evaluate(() => window.bench.done())
+    const out = await evaluate('window.bench.done()', true)
     result.cpu_by_process = cpuDelta(cpu0, browserCpu())
     if (!out.ok) throw new Error(`${args.client}: ${out.error}`)
     seconds = out.seconds
@@ -168,8 +196,8 @@ try {
   result.cpu_s_per_gb = Number((result.cpu_s / (bytes / 1e9)).toFixed(2))
   result.ok = true
 } catch (e) {
-  Object.assign(result, { ok: false, error: String(e && e.message || e).split('\n')[0], console: consoleLines.slice(-20) })
+  Object.assign(result, { ok: false, error: String(e && e.message || e).split('\n')[0], console: consoleLines.slice(-20), stderr: browser?.stderr().slice(-1000) })
 }
-try { if (browser) await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5000))]) } catch {}
+try { if (browser) await browser.close() } catch {}
 try { if (pageServer) pageServer.close() } catch {}
 emit(result)

@@ -97,6 +97,21 @@ async function api (method, path, body) {
   }
 }
 
+// The chunk size asked for a file of `size` bytes: the largest of CHUNK_SIZES that still makes at
+// least MIN_CHUNKS chunks, so that the 4 slots stay busy; null (the server's default, from
+// `GET /v1`) when none does, or when the server would refuse it. Each request costs the browser
+// a fixed amount of CPU, so fewer, larger chunks cost less per byte (see the README).
+const CHUNK_SIZES = [32 << 20, 16 << 20]
+const MIN_CHUNKS = 8
+function chunkSizeFor (size) {
+  const bounds = caps?.chunk_size
+  if (!bounds) return null
+  for (const c of CHUNK_SIZES) {
+    if (size / c >= MIN_CHUNKS && c > bounds.default && c >= bounds.min && c <= bounds.max && Math.ceil(size / c) <= caps.max_chunks) return c
+  }
+  return null
+}
+
 const storageKey = (f) => `${KEY_PREFIX}${f.name}:${f.size}:${f.lastModified}`
 function loadSaved (key) { try { return JSON.parse(localStorage.getItem(key)) } catch { return null } }
 function forget (key) { localStorage.removeItem(key); renderUnfinished() }
@@ -209,8 +224,8 @@ class Upload {
       this.id = null
       this.say('The earlier upload of this file is no longer on the server; starting again.')
     }
-    // No chunk_size: the server picks its default (GET /v1), grown if the file needs too many chunks.
-    const r = await api('POST', '/v1/uploads', { size: this.file.size, filename: this.file.name })
+    const chunkSize = chunkSizeFor(this.file.size)
+    const r = await api('POST', '/v1/uploads', { size: this.file.size, filename: this.file.name, ...(chunkSize ? { chunk_size: chunkSize } : {}) })
     if (!r.ok) throw refusal('Starting the upload', r.status, r.json)
     this.adopt(r.json)
     this.save()
