@@ -4,8 +4,10 @@
 #   - tus-js-client, one upload in 8 MiB PATCHes (no parallel uploads),
 #   - Uppy with @uppy/tus, 8 MiB PATCHes,
 # each against a fresh upload-server (release build), alternated, RUNS times (default 3).
-# Measured by scripts/webclients/page_bench.mjs: the time from choosing the file to the client
-# reporting completion, and the CPU time of every Chromium process meanwhile (from /proc).
+# Measured by scripts/webclients/page_bench.mjs, which drives Chromium over a bare DevTools pipe
+# (no Network instrumentation, unlike playwright-core) and waits until the new browser is idle:
+# the time from choosing the file to the client reporting completion, and the CPU time of every
+# Chromium process meanwhile (from /proc), by process type.
 # Progress goes to stderr; stdout is one README bench-table row (medians).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,7 @@ for run in $(seq 1 "$RUNS"); do
     C[$client]="${C[$client]:-} $(field "$out" cpu_s_per_gb)"
     extra=""
     [ "$client" = page ] && extra=" (long main-thread tasks $(field "$out" long_tasks), PUTs in flight $(field "$out" stats))"
+    extra="$extra CPU-s by process $(field "$out" cpu_by_process)"
     line="$line $client $(field "$out" mb_s) MB/s $(field "$out" cpu_s_per_gb) CPU-s/GB$extra;"
   done
   echo "$line" >&2
@@ -69,4 +72,4 @@ p=$(mbs page); t=$(mbs tusjs); u=$(mbs uppy)
 pc=$(cpu page); tc=$(cpu tusjs); uc=$(cpu uppy)
 ratio=$(python3 -c "print(f'{$p/$t:.2f}')")
 cratio=$(python3 -c "print(f'{$pc/$tc:.2f}')")
-echo "| (i) the built-in page in headless Chromium, ${MIB} MiB: a Worker reads ahead and digests each 8 MiB chunk (WebCrypto), 4 PUTs in flight | $p | vs tus-js-client in the same Chromium (one upload, 8 MiB PATCHes; same run: $t MB/s) = **$ratio**; Uppy + @uppy/tus (8 MiB): $u MB/s | Chromium CPU-s per GB: page $pc, tus-js-client $tc (**$cratio**), Uppy $uc |"
+echo "| (i) the built-in page in headless Chromium, ${MIB} MiB: a Worker reads ahead (BYOB, reused buffers) and digests each chunk (WebCrypto), 32 MiB chunks, 4 PUTs in flight | $p | vs tus-js-client in the same Chromium (one upload, 8 MiB PATCHes; same run: $t MB/s) = **$ratio**; Uppy + @uppy/tus (8 MiB): $u MB/s | Chromium CPU-s per GB: page $pc, tus-js-client $tc (**$cratio**), Uppy $uc |"

@@ -13,7 +13,7 @@ import path from 'node:path'
 
 export async function launch (executable, args) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-chromium-'))
-  const proc = spawn(executable, [...args, '--remote-debugging-pipe', `--user-data-dir=${profile}`, 'about:blank'],
+  const proc = spawn(executable, [...args, '--remote-debugging-pipe', `--user-data-dir=${profile}`],
     { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] })
   let stderr = ''
   proc.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000) })
