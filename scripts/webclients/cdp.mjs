@@ -1,8 +1,8 @@
 // A bare Chrome DevTools Protocol client over `--remote-debugging-pipe`, for the bench: unlike
 // playwright-core, it enables no domain it is not asked for. Playwright turns on the Network
 // domain in every page and Worker, which makes Chromium copy and report every request body it
-// can see (an 8 MiB ArrayBuffer body cost about 40 CPU-s per GB) and costs some CPU for the
-// others; no user's browser pays that, so the bench must not either.
+// can see (8 MiB ArrayBuffer bodies cost about 90 CPU-s per GB and ran at 6 MB/s) and costs
+// some CPU for the others; no user's browser pays that, so the bench must not either.
 //
 //   const b = await launch('/usr/bin/chromium', [flags]); await b.send(method, params, sessionId)
 //   b.on((message) => ...) for events; b.version; await b.close()

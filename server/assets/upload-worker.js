@@ -5,9 +5,9 @@
 // progress, each stored chunk and the outcome.
 //
 // What it costs, per byte, beyond what a client without digests pays: one more read of the file
-// (into a buffer of this Worker, reused from chunk to chunk) and WebCrypto's SHA-256 of it. The
-// PUT body is the chunk's `Blob` slice, which the browser streams from the file itself: sending
-// the bytes already read would cost more than reading them again (see the README).
+// into this Worker and WebCrypto's SHA-256 of it. The PUT body is the chunk's `Blob` slice,
+// which the browser streams from the file itself: sending the bytes already read would cost
+// more than reading them again (see the README).
 //
 // Messages in:  {type: 'start', uid, file, id, chunkSize, chunks: [index...], token}
 //               {type: 'stop', uid}
@@ -25,12 +25,8 @@ const PARALLEL = 4
 // next chunk ready. Only the digests are kept: the PUT body is the Blob slice, which the browser
 // streams from the file, so reading ahead costs no memory beyond the chunk being hashed.
 const AHEAD = 4
-// Two reads at once: one chunk is hashed while the next is read. Each read fills one of these
-// buffers (as many as READS at most), which the next read reuses once the digest has copied it.
+// Two reads at once: one chunk is hashed while the next is read.
 const READS = 2
-const buffers = []
-const STALL_MS = 10000
-const STALLED = Symbol('stalled')
 // Waits before retrying a chunk after a network error or a transient answer (Retry-After wins).
 const RETRY_DELAYS = [500, 1000, 3000, 5000]
 const TRANSIENT = [0, 408, 423, 429, 500, 502, 503, 504]
@@ -98,61 +94,18 @@ async function read (job, index) {
   job.reading++
   const start = index * job.chunkSize
   const blob = job.file.slice(start, Math.min(job.file.size, start + job.chunkSize))
-  let buffer = buffers.pop()
   try {
-    let bytes
-    ;[bytes, buffer] = await readInto(blob, buffer)
-    const digest = await crypto.subtle.digest('SHA-256', bytes)
+    const digest = await crypto.subtle.digest('SHA-256', await blob.arrayBuffer())
     if (job.alive) ready.push({ job, index, blob, digest })
   } catch (e) {
     // The file was moved, changed or became unreadable since it was chosen.
     fail(job, { index, status: 0, read: `${e.name}: ${e.message}` })
   } finally {
-    if (buffer?.byteLength) buffers.push(buffer)
     reading--
     job.reading--
     settle(job)
     pump()
   }
-}
-
-// Reads `blob` whole into `buffer` (a new one when missing or too small) with a BYOB reader, so
-// that no new ArrayBuffer is made per chunk: in Chromium this costs about half the CPU of
-// `blob.arrayBuffer()`. Resolves to [the bytes read, the buffer to reuse].
-//
-// Chromium sometimes never settles a BYOB read of a Blob's stream (seen with 64 MiB chunks while
-// other chunks of the file were being sent); a read that makes no progress for STALL_MS is
-// given up and the chunk is read again with `blob.arrayBuffer()`, which has not shown this.
-async function readInto (blob, buffer) {
-  if (!buffer || buffer.byteLength < blob.size) buffer = new ArrayBuffer(blob.size)
-  const reader = blob.stream().getReader({ mode: 'byob' })
-  let got = 0
-  let timer = 0
-  const stalled = new Promise((resolve) => {
-    let seen = -1
-    const check = () => {
-      if (got === seen) resolve(STALLED)
-      else { seen = got; timer = setTimeout(check, STALL_MS) }
-    }
-    check()
-  })
-  try {
-    while (got < blob.size) {
-      const r = await Promise.race([reader.read(new Uint8Array(buffer, got, blob.size - got)), stalled])
-      if (r === STALLED) {
-        const whole = await blob.arrayBuffer()
-        return [new Uint8Array(whole), whole]
-      }
-      if (r.done) break
-      buffer = r.value.buffer // the read took the buffer and handed it back in `value`
-      got += r.value.byteLength
-    }
-  } finally {
-    clearTimeout(timer)
-    reader.cancel().catch(() => {})
-  }
-  if (got !== blob.size) throw new DOMException(`read ${got} of ${blob.size} bytes`, 'NotReadableError')
-  return [new Uint8Array(buffer, 0, got), buffer]
 }
 
 async function send ({ job, index, blob, digest }) {
@@ -221,7 +174,6 @@ function settle (job) {
   if (job.alive && (job.toRead.length || ready.some((c) => c.job === job))) return
   job.ended = true
   jobs.delete(job.uid)
-  if (!jobs.size) buffers.length = 0 // nothing to read for now: no memory kept
   post(job, { type: job.alive ? 'sent' : 'stopped' })
 }
 
