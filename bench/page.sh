@@ -72,4 +72,4 @@ p=$(mbs page); t=$(mbs tusjs); u=$(mbs uppy)
 pc=$(cpu page); tc=$(cpu tusjs); uc=$(cpu uppy)
 ratio=$(python3 -c "print(f'{$p/$t:.2f}')")
 cratio=$(python3 -c "print(f'{$pc/$tc:.2f}')")
-echo "| (i) the built-in page in headless Chromium, ${MIB} MiB: a Worker reads ahead and digests each chunk (WebCrypto), 32 MiB chunks, 4 PUTs in flight | $p | vs tus-js-client in the same Chromium (one upload, 8 MiB PATCHes; same run: $t MB/s) = **$ratio**; Uppy + @uppy/tus (8 MiB): $u MB/s | Chromium CPU-s per GB: page $pc, tus-js-client $tc (**$cratio**), Uppy $uc |"
+echo "| (i) the built-in page in headless Chromium, ${MIB} MiB: a Worker reads ahead and digests each 16 MiB chunk (WebCrypto), 4 PUTs in flight | $p | vs tus-js-client in the same Chromium (one upload, 8 MiB PATCHes; same run: $t MB/s) = **$ratio**; Uppy + @uppy/tus (8 MiB): $u MB/s | Chromium CPU-s per GB: page $pc, tus-js-client $tc (**$cratio**), Uppy $uc |"

@@ -243,10 +243,10 @@ fn page_uploads_256mib_verified_by_its_own_chunk_digests() {
     assert_eq!(r["link"], format!("/v1/uploads/{id}/content"), "{r:#}");
     let (_, status) = native_status(&server, id);
     let chunks = status["chunk_count"].as_u64().expect("chunk_count");
-    // A large file goes in 32 MiB chunks (fewer requests cost the browser less CPU), enough of
+    // A large file goes in 16 MiB chunks (fewer requests cost the browser less CPU), enough of
     // them to keep the 4 slots busy.
-    assert_eq!(status["chunk_size"], 32 * MIB, "{status:#}");
-    assert_eq!(chunks, 8, "{status:#}");
+    assert_eq!(status["chunk_size"], 16 * MIB, "{status:#}");
+    assert_eq!(chunks, 16, "{status:#}");
     assert_eq!(r["put_requests"][0], chunks, "one PUT per chunk: {r:#}");
     assert_eq!(
         logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(201)),
