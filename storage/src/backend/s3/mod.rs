@@ -688,6 +688,27 @@ impl Backend for S3Backend {
         }
     }
 
+    async fn release_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<()> {
+        // Read, then delete: the store has no conditional delete. A claim is only ever
+        // replaced by its removal, so the one read is the one deleted.
+        let path = self.key(&format!("idempotency/{}.json", key.to_hex()));
+        let Some(got) = self.store.get(&path).await? else {
+            return Ok(());
+        };
+        if serde_json::from_slice::<IdempotencyClaim>(&got.bytes)
+            .ok()
+            .as_ref()
+            == Some(claim)
+        {
+            self.store.delete(&path).await?;
+        }
+        Ok(())
+    }
+
     async fn sweep_leftovers(&self) -> Result<u64> {
         {
             let mut last = lock(&self.leftovers_swept);
