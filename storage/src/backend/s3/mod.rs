@@ -392,6 +392,20 @@ impl Backend for S3Backend {
             }
             let found = chunks::Listing::of(&record, &self.chunks_prefix(id), &listed);
             receipts.extend(found.receipts(&record));
+            if record.length_deferred && record.mode == UploadMode::Chunks {
+                // While the length is deferred, the geometry cannot say how long the last
+                // chunk stored is (a shorter one ends the upload): its claim does.
+                if let Some(&last) = found.claimed.last() {
+                    if let Some(claim) = self.read_claim(id, last).await? {
+                        for r in &mut receipts {
+                            match r {
+                                Receipt::Chunk(c) if c.index == last => c.size = claim.size,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
             if record.mode == UploadMode::Stream {
                 let (partial, cursor, whole) = append::partials(&record, &found);
                 receipts.extend(partial);
