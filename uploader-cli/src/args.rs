@@ -128,8 +128,8 @@ pub enum Command {
 /// Options of `uploader upload`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
-    /// Files or directories to upload; `-` reads standard input (with --name), as does a
-    /// pipe such as /dev/stdin.
+    /// Files or directories to upload; `-` reads standard input (with --name), as do
+    /// /dev/stdin and /dev/fd/N when they are pipes (`<(cmd)`).
     #[arg(required = true, value_name = "FILE")]
     pub paths: Vec<PathBuf>,
 

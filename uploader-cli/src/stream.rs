@@ -38,14 +38,19 @@ pub const NOT_RESUMABLE: &str =
     "what was read from standard input cannot be read again, so this upload cannot be \
      resumed: run the command again with the data";
 
-/// Whether `path` names a stream rather than a file: `-` (standard input), or a pipe, a
-/// socket or a terminal (`/dev/stdin` when it is not redirected from a file, `<(cmd)`).
+/// Whether `path` names a stream rather than a file: `-` (standard input), or one of this
+/// process's descriptors that is a pipe, a socket or a terminal (`/dev/stdin` when it is
+/// not redirected from a file, `/dev/fd/63` from the shell's `<(cmd)`). A named pipe
+/// elsewhere stays "not a regular file": nobody asked to read it as a stream.
 pub fn is_stream(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     if path.as_os_str() == "-" {
         return true;
     }
-    std::fs::metadata(path).is_ok_and(|m| {
+    let own = ["/dev/stdin", "/dev/fd/", "/proc/self/fd/"]
+        .iter()
+        .any(|p| path.to_str().is_some_and(|s| s.starts_with(p)));
+    own && std::fs::metadata(path).is_ok_and(|m| {
         let t = m.file_type();
         t.is_fifo() || t.is_socket() || t.is_char_device()
     })

@@ -196,6 +196,102 @@ fn dev_stdin_as_a_pipe_is_read_like_dash_and_quiet_prints_the_id() {
     assert_eq!(st["sha256"], sha256_hex(&bytes).as_str());
 }
 
+/// Ctrl-C while standard input is still open (the process blocked reading it): the
+/// process ends at once with 130, says the upload cannot be resumed, and cancels it on the
+/// server (no run could finish it).
+#[test]
+fn interrupted_stdin_upload_ends_at_once_and_is_cancelled() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::time::{Duration, Instant};
+
+    let (server, _data) = Server::start(&[]);
+    let cli = Cli::new();
+    let url = server.url();
+    let args = [
+        "upload",
+        "-",
+        "--name",
+        "open.bin",
+        "--chunk-size",
+        "1MiB",
+        "--json",
+        "--server",
+        &url,
+    ];
+    let mut child = cli
+        .command(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start uploader");
+    // Two chunks and a half, and the pipe left open: the next read blocks.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&random_bytes(5 << 19, 25)).unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let mut id = None;
+    // Until two chunks are acknowledged (progress events come every half second).
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        lines.push(line);
+        if v["event"] == "started" {
+            id = v["id"].as_str().map(str::to_string);
+        }
+        if v["event"] == "progress" && v["bytes"].as_u64().unwrap_or(0) >= 2 << 20 {
+            break;
+        }
+    }
+    let id = id.unwrap_or_else(|| panic!("no started event: {lines:?}"));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 15 s after Ctrl-C, waiting for its standard input"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    let stderr = err_thread.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{lines:?}\n{stderr}");
+    let failed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines:?}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("cannot be resumed"), "{error}");
+    let (code, _) = get(format!("{url}/v1/uploads/{id}"));
+    assert!(
+        code == 404 || code == 410,
+        "upload {id} answers {code} after the interrupt"
+    );
+}
+
 /// Empty standard input is a 0-byte upload, in one request or (with a rate limit, which
 /// one request could not keep) as an upload whose size, 0, is declared at completion.
 #[test]
