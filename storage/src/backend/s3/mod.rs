@@ -394,6 +394,20 @@ impl Backend for S3Backend {
             }
             let found = chunks::Listing::of(&record, &self.chunks_prefix(id), &listed);
             receipts.extend(found.receipts(&record));
+            if record.length_deferred && record.mode == UploadMode::Chunks {
+                // While the length is deferred, the geometry cannot say how long the last
+                // chunk stored is (a shorter one ends the upload): its claim does.
+                if let Some(&last) = found.claimed.last() {
+                    if let Some(claim) = self.read_claim(id, last).await? {
+                        for r in &mut receipts {
+                            match r {
+                                Receipt::Chunk(c) if c.index == last => c.size = claim.size,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
             if record.mode == UploadMode::Stream {
                 let (partial, cursor, whole) = append::partials(&record, &found);
                 receipts.extend(partial);
@@ -690,6 +704,27 @@ impl Backend for S3Backend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<()> {
+        // Read, then delete: the store has no conditional delete. A claim is only ever
+        // replaced by its removal, so the one read is the one deleted.
+        let path = self.key(&format!("idempotency/{}.json", key.to_hex()));
+        let Some(got) = self.store.get(&path).await? else {
+            return Ok(());
+        };
+        if serde_json::from_slice::<IdempotencyClaim>(&got.bytes)
+            .ok()
+            .as_ref()
+            == Some(claim)
+        {
+            self.store.delete(&path).await?;
+        }
+        Ok(())
     }
 
     async fn sweep_leftovers(&self) -> Result<u64> {
