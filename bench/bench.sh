@@ -12,6 +12,8 @@
 #       over three upload-servers on one bucket (bench/s3.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
 #   (j, k) the CLI over https, HTTP/2 and HTTP/1.1, vs plain http (bench/tls.sh)
+#   (l) small files: 1,000 files of 16 KiB, uploader --transfers 8, files/s against an
+#       fsync loop on the same disk; aws s3 cp --recursive as a reference (bench/small.sh)
 #   (e) CLI resume cost:      Ctrl-C at half, then the same command: its wall time over
 #                             the time (d) takes for the same remaining bytes
 # Each is run RUNS times (default 3); the median is reported.
@@ -130,6 +132,7 @@ if [ "${BENCH_TUS:-1}" = 1 ]; then
 fi
 [ "${BENCH_PAGE:-1}" = 1 ] && table="$table"$'\n'"$(bash bench/page.sh)"
 if [ "${BENCH_TLS:-1}" = 1 ]; then table="$table"$'\n'"$(bash bench/tls.sh "$FILE")"; fi
+if [ "${BENCH_SMALL:-1}" = 1 ]; then table="$table"$'\n'"$(bash bench/small.sh)"; fi
 table="$table
 
 Measured $(date -u +%Y-%m-%d) by \`make bench\` on $(nproc) cores, ${SIZE_MIB} MiB random file, load average $load."

@@ -190,12 +190,14 @@ pub struct Config {
     pub quota: u64,
 
     /// Requests a second each owner (each client address when anonymous) may make,
-    /// sustained; more get 429 with `Retry-After`. 0: no limit.
-    #[arg(help_heading = LIMITS, long, env = "UPLOAD_SERVER_RATE_LIMIT", default_value_t = 100)]
+    /// sustained; more get 429 with `Retry-After`. 0: no limit. The default stays above
+    /// what a client sending a folder of small files (one request a file, 8 at once) gets
+    /// through a local disk, so that only floods are refused.
+    #[arg(help_heading = LIMITS, long, env = "UPLOAD_SERVER_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
 
     /// Requests an owner may make at once above the sustained rate.
-    #[arg(help_heading = LIMITS, long, env = "UPLOAD_SERVER_RATE_LIMIT_BURST", default_value_t = 1000)]
+    #[arg(help_heading = LIMITS, long, env = "UPLOAD_SERVER_RATE_LIMIT_BURST", default_value_t = 2000)]
     pub rate_limit_burst: u32,
 
     /// A retry of a chunk (or append) whose earlier request has moved no byte this long

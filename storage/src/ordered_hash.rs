@@ -48,6 +48,24 @@ const FORGET_AFTER: Duration = Duration::from_secs(3600);
 pub struct Kept {
     pieces: Vec<Bytes>,
     _permit: OwnedSemaphorePermit,
+    _ahead: Ahead,
+}
+
+/// A chunk kept ahead of the hash, from its first byte to its acknowledgement: while it
+/// is here, a chunk after it waiting for its turn knows the turn comes here, and asks
+/// storage nothing (the chunk's body may still be arriving).
+struct Ahead(Arc<Progress>, u64);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        {
+            let mut at = lock(&self.0.waiting_at);
+            if let Some(i) = at.iter().position(|o| *o == self.1) {
+                at.swap_remove(i);
+            }
+        }
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl Kept {
@@ -68,7 +86,7 @@ struct Progress {
     changed: Notify,
     /// Kept chunks of the upload waiting here.
     waiting: AtomicUsize,
-    /// Where the kept chunks waiting here begin.
+    /// Where the chunks kept here begin (see [`Ahead`]).
     waiting_at: Mutex<Vec<u64>>,
     /// Chunks of the upload streaming at the hash here.
     streaming: AtomicUsize,
@@ -147,9 +165,9 @@ impl OrderedHashing {
         Streaming(p)
     }
 
-    /// Room to keep a chunk of `len` bytes; waits a while for memory, then answers
-    /// "retry soon".
-    pub async fn keep(&self, len: u64) -> Result<Kept> {
+    /// Room to keep the chunk of `len` bytes at `offset` of `id`; waits a while for
+    /// memory, then answers "retry soon".
+    pub async fn keep(&self, id: UploadId, offset: u64, len: u64) -> Result<Kept> {
         let mib = u32::try_from(len.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity);
@@ -161,9 +179,12 @@ impl OrderedHashing {
                 .ok_or(Error::Unavailable {
                     retry_after: Duration::from_secs(1),
                 })?;
+        let p = self.progress(id);
+        lock(&p.waiting_at).push(offset);
         Ok(Kept {
             pieces: Vec::new(),
             _permit: permit,
+            _ahead: Ahead(p, offset),
         })
     }
 
@@ -191,14 +212,7 @@ impl OrderedHashing {
         let id = record.id;
         let p = self.progress(id);
         p.waiting.fetch_add(1, Ordering::SeqCst);
-        lock(&p.waiting_at).push(offset);
         let waited = self.wait_inner(record, &p, offset).await;
-        {
-            let mut at = lock(&p.waiting_at);
-            if let Some(i) = at.iter().position(|o| *o == offset) {
-                at.swap_remove(i);
-            }
-        }
         p.waiting.fetch_sub(1, Ordering::SeqCst);
         p.changed.notify_waiters();
         waited

@@ -462,7 +462,7 @@ impl Drop for BusyGuard {
 
 /// Locks a std mutex, recovering from poisoning (the guarded data stays consistent: every
 /// critical section here is a few assignments that cannot panic halfway).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

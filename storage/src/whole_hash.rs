@@ -104,7 +104,7 @@ impl WholeHash {
             }),
             None => Ok(ChunkPlan {
                 prefix: None,
-                kept: Some(self.ordered.keep(len).await?),
+                kept: Some(self.ordered.keep(record.id, offset, len).await?),
                 streaming: None,
             }),
         }

@@ -250,11 +250,13 @@ impl Server {
 pub mod fixture;
 pub mod fs_replay;
 pub mod http;
+pub mod ietf;
 pub mod nginx;
 pub mod proxy;
 pub mod s3;
 pub mod sigv4;
 pub mod tls;
+pub mod tus;
 pub mod webclients;
 
 // Servers with extra environment variables (tests/tests/e2e/s3.rs: `AWS_*` for S3 storage).

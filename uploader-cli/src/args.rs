@@ -128,9 +128,16 @@ pub enum Command {
 /// Options of `uploader upload`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
-    /// Files or directories to upload.
+    /// Files or directories to upload; `-` reads standard input (with --name), as do
+    /// /dev/stdin and /dev/fd/N when they are pipes (`<(cmd)`).
     #[arg(required = true, value_name = "FILE")]
     pub paths: Vec<PathBuf>,
+
+    /// The name of the upload read from standard input (`-`) or a pipe. Such an upload is
+    /// retried while the command runs, but cannot be resumed by running it again: what was
+    /// read cannot be read again.
+    #[arg(long, env = "UPLOADER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
 
     /// Chunks in flight at once, over all the files being sent.
     #[arg(

@@ -41,14 +41,26 @@ fn worse(a: u8, b: u8) -> u8 {
 /// Runs `uploader upload` and returns the exit code (each file's outcome is reported as it
 /// ends).
 pub async fn run(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &CancellationToken) -> u8 {
-    let jobs = expand_paths(&a.paths);
+    let mode = Mode::choose(cli.json, cli.quiet);
+    let stream = match stream_source(a) {
+        Ok(s) => s,
+        Err(e) => {
+            Reporter::new(mode, 0, 1).failed(&a.paths[0], None, &e.to_string(), e.exit_code());
+            return e.exit_code();
+        }
+    };
+    let jobs = if stream.is_some() {
+        Vec::new()
+    } else {
+        expand_paths(&a.paths)
+    };
     let total: u64 = jobs
         .iter()
         .filter_map(|f| f.as_ref().ok())
         .filter_map(|j| std::fs::metadata(&j.path).ok())
         .map(|m| m.len())
         .sum();
-    let reporter = Reporter::new(Mode::choose(cli.json, cli.quiet), total, jobs.len());
+    let reporter = Reporter::new(mode, total, jobs.len().max(1));
     let fail_all = |e: &Error| {
         for f in &a.paths {
             reporter.failed(f, None, &e.to_string(), e.exit_code());
@@ -104,6 +116,11 @@ pub async fn run(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &Cancellation
         pool: Arc::new(Semaphore::new(usize::from(a.parallel))),
         outage: &outage,
     };
+    if let Some((path, name)) = stream {
+        let code = run_stream(&up, &reporter, &path, &name).await;
+        reporter.finish();
+        return code;
+    }
     // After an interruption or a give-up, no new file is started.
     let halt = AtomicBool::new(false);
     let mut worst = EXIT_OK;
@@ -164,6 +181,68 @@ pub async fn run(cli: &Cli, a: &UploadArgs, store: &Store, cancel: &Cancellation
     }
     reporter.finish();
     worst
+}
+
+/// The stream to upload and its name, when the command line names one (`-`, or a pipe
+/// such as `/dev/stdin`): alone, and with `--name` (a stream has no file name).
+fn stream_source(a: &UploadArgs) -> Result<Option<(PathBuf, String)>, Error> {
+    let Some(path) = a.paths.iter().find(|p| crate::stream::is_stream(p)) else {
+        return match a.name {
+            Some(_) => Err(Error::Usage(
+                "--name names an upload read from standard input (-) or a pipe; files keep \
+                 their own names"
+                    .into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let what = if path.as_os_str() == "-" {
+        "- (standard input)".to_string()
+    } else {
+        format!("{} (a pipe)", path.display())
+    };
+    if a.paths.len() > 1 {
+        return Err(Error::Usage(format!(
+            "{what} is uploaded on its own: give it as the only FILE"
+        )));
+    }
+    if a.resume.is_some() {
+        return Err(Error::Usage(format!(
+            "{what} cannot be resumed with --resume: what was read cannot be read again"
+        )));
+    }
+    match a.name.as_deref().map(str::trim) {
+        None => Err(Error::Usage(format!(
+            "{what} has no file name: name the upload with --name NAME"
+        ))),
+        Some("") => Err(Error::Usage("--name must not be empty".into())),
+        Some(name) => Ok(Some((path.clone(), name.to_string()))),
+    }
+}
+
+/// Uploads the stream at `path` as `name` and reports the outcome; returns the exit code.
+async fn run_stream(up: &Uploader<'_>, reporter: &Reporter, path: &Path, name: &str) -> u8 {
+    let done = match crate::stream::open(path) {
+        Ok(input) => up.upload_stream(path, name, input).await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(done) => {
+            reporter.completed(path, &done);
+            EXIT_OK
+        }
+        Err(e) => {
+            let text = match &e {
+                Error::Usage(_) => e.to_string(),
+                Error::Interrupted { .. } => {
+                    format!("interrupted; {}", crate::stream::NOT_RESUMABLE)
+                }
+                _ => format!("{e}; {}", crate::stream::NOT_RESUMABLE),
+            };
+            reporter.failed(path, None, &text, e.exit_code());
+            e.exit_code()
+        }
+    }
 }
 
 /// The path of `file` under the directory `root` given on the command line, as

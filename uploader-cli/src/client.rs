@@ -397,8 +397,14 @@ impl Client {
         }
     }
 
-    /// `POST /v1/uploads/{id}/complete` declaring the client's SHA-256.
-    pub async fn complete(&self, id: &UploadId, sha256: Sha256Digest) -> Result<Completion> {
+    /// `POST /v1/uploads/{id}/complete` declaring the client's SHA-256, and the size of an
+    /// upload created without one (`defer_length`).
+    pub async fn complete(
+        &self,
+        id: &UploadId,
+        sha256: Sha256Digest,
+        size: Option<u64>,
+    ) -> Result<Completion> {
         let ctx = "complete";
         let resp = self
             .http
@@ -406,7 +412,7 @@ impl Client {
             .timeout(self.timeout)
             .json(&CompleteUpload {
                 sha256: Some(sha256),
-                size: None,
+                size,
             })
             .send()
             .await

@@ -10,6 +10,7 @@
 //!   at once, one resume hint.
 //! - [`choose`]: which upload a file continues (or none: already uploaded).
 //! - [`upload`]: one file: read+hash, parallel sends through the shared pool, complete.
+//! - [`stream`]: standard input (or a pipe): its size declared at completion.
 //! - [`retry`]: backoff with full jitter, `Retry-After`.
 //! - [`outage`]: waiting out an unreachable server, up to `--give-up-after`.
 //! - [`limit`]: the shared `--limit-rate` budget (governor).
@@ -31,6 +32,7 @@ pub mod manage;
 pub mod outage;
 pub mod progress;
 pub mod retry;
+pub mod stream;
 pub mod upload;
 mod whole;
 

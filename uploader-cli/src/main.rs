@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         uploader_cli::install_interrupt_handler(cancel.clone());
         uploader_cli::run(cli, cancel).await
     });
+    // A read of standard input blocks a thread and cannot be cancelled: an interrupted
+    // stream must not keep the process waiting for input that will never be used.
+    runtime.shutdown_background();
     match code {
         Ok(c) => ExitCode::from(c),
         Err(Error::Interrupted { resume }) => {

@@ -90,6 +90,13 @@ pub struct Completed {
 /// Files at least this large get their own bar when several files are sent.
 pub const LARGE_FILE: u64 = 64 << 20;
 
+/// The size of a stream (standard input) while it is being read: not known until its end.
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
+/// The line of a stream: how much went up and how fast, without a bar (nothing to fill).
+const STREAM_TEMPLATE: &str =
+    "{msg:24!} {spinner} {bytes:>10} sent  {binary_bytes_per_sec:>12}  {elapsed:>4}";
+
 struct Bars {
     multi: MultiProgress,
     total: ProgressBar,
@@ -273,10 +280,19 @@ impl Reporter {
                     );
                 }
                 self.emit(json!({
-                    "event": "started", "id": id, "file": file, "size": size,
+                    "event": "started", "id": id, "file": file, "size": known(size),
                     "chunk_size": chunk_size, "resumed_bytes": resumed_bytes,
                 }))
             }
+            Mode::Bars if size == UNKNOWN_SIZE => self.with_bars(|b| {
+                let bar = b.multi.insert(0, ProgressBar::no_length());
+                bar.set_style(
+                    ProgressStyle::with_template(STREAM_TEMPLATE)
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_message(display_name(file));
+                b.files.insert(*id, bar);
+            }),
             Mode::Bars if self.files <= 1 || size >= LARGE_FILE => self.with_bars(|b| {
                 let bar = b.multi.insert(0, ProgressBar::new(size));
                 bar.set_style(bar_style(b.width));
@@ -311,7 +327,7 @@ impl Reporter {
                     if width_class(width) != width_class(b.width) {
                         b.width = width;
                         b.total.set_style(bar_style(width));
-                        for bar in b.files.values() {
+                        for bar in b.files.values().filter(|bar| bar.length().is_some()) {
                             bar.set_style(bar_style(width));
                         }
                     }
@@ -366,7 +382,9 @@ impl Reporter {
             j.last_bytes = bytes;
             j.emitted_bytes = Some(bytes);
             let remaining = total.saturating_sub(bytes);
-            let eta = if remaining == 0 {
+            let eta = if total == UNKNOWN_SIZE {
+                None
+            } else if remaining == 0 {
                 Some(0)
             } else if j.speed >= 1.0 {
                 Some((remaining as f64 / j.speed).ceil() as u64)
@@ -374,7 +392,7 @@ impl Reporter {
                 None
             };
             json!({
-                "event": "progress", "id": id, "bytes": bytes, "total": total,
+                "event": "progress", "id": id, "bytes": bytes, "total": known(total),
                 "speed_bps": j.speed.round() as u64, "eta_s": eta,
             })
         };
@@ -657,6 +675,11 @@ fn outage_text(reason: &str, down_for: Duration, retry_in: Duration) -> String {
         retry_in.as_secs_f64().round() as u64,
         format_duration(down_for)
     )
+}
+
+/// A size for JSON: `null` while it is not known.
+fn known(size: u64) -> Option<u64> {
+    (size != UNKNOWN_SIZE).then_some(size)
 }
 
 fn display_name(file: &Path) -> String {

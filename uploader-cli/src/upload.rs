@@ -230,7 +230,7 @@ impl Uploader<'_> {
         }
     }
 
-    fn interrupted(&self) -> Error {
+    pub(crate) fn interrupted(&self) -> Error {
         Error::Interrupted {
             resume: self.opts.resume_hint.clone(),
         }
@@ -516,7 +516,7 @@ impl Uploader<'_> {
         // What was read must still be the file: else the server would publish bytes the
         // file does not have (anymore).
         self.check_unchanged(path, canon, ident)?;
-        let verified = self.complete(path, &id, digest).await?;
+        let verified = self.complete(path, &id, digest, None).await?;
         if verified != digest {
             return Err(Error::Mismatch {
                 file: path.to_path_buf(),
@@ -569,7 +569,7 @@ impl Uploader<'_> {
     /// Sends one chunk with retries, holding one of the run's chunk slots; returns its
     /// index and SHA-256 once the server acknowledged it.
     #[allow(clippy::too_many_arguments)]
-    async fn send_chunk(
+    pub(crate) async fn send_chunk(
         &self,
         path: &Path,
         id: UploadId,
@@ -622,12 +622,14 @@ impl Uploader<'_> {
         Ok((index, digest))
     }
 
-    /// Completes the upload and returns the SHA-256 the server verified.
-    async fn complete(
+    /// Completes the upload (declaring its `size` when it was created without one) and
+    /// returns the SHA-256 the server verified.
+    pub(crate) async fn complete(
         &self,
         path: &Path,
         id: &UploadId,
         digest: Sha256Digest,
+        size: Option<u64>,
     ) -> Result<Sha256Digest> {
         let mismatch = |server: Option<Sha256Digest>| Error::Mismatch {
             file: path.to_path_buf(),
@@ -635,7 +637,7 @@ impl Uploader<'_> {
             server,
         };
         let outcome = self
-            .with_retry(path, None, || self.client.complete(id, digest))
+            .with_retry(path, None, || self.client.complete(id, digest, size))
             .await;
         let status = match outcome {
             Ok(Completion::Done(st)) => st,

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Step;
 use crate::metrics;
 use crate::record::{StoredState, UploadMode, UploadRecord};
-use crate::upload::Upload;
+use crate::upload::{lock, Upload};
 
 /// How long a verification may stay silent before another request takes it over.
 const STALE_VERIFICATION: Duration = Duration::from_secs(60);
@@ -106,9 +106,13 @@ impl Uploads {
             }
             StoredState::Completing => {
                 // A verification that stopped (its server died, or the store failed) is
-                // taken over once it has been silent for a while.
+                // taken over once it has been silent for a while; one of this process
+                // that stopped on an error, at once.
                 let stale = OffsetDateTime::now_utc() - record.updated_at > STALE_VERIFICATION;
-                if stale && self.step(&up, Step::TakeOverVerification).await.is_ok() {
+                let stopped_here = lock(&self.verifications_stopped).remove(&id);
+                if (stale || stopped_here)
+                    && self.step(&up, Step::TakeOverVerification).await.is_ok()
+                {
                     drop(op);
                     self.clone().spawn_verify(up.clone());
                 }
@@ -170,6 +174,14 @@ impl Uploads {
 
     /// Finishes the hash and settles the upload as completed or failed. Caller holds `op`.
     async fn verify(&self, up: &Arc<Upload>) -> Result<()> {
+        let verified = self.verify_once(up).await;
+        if verified.is_err() && up.record().state == StoredState::Completing {
+            lock(&self.verifications_stopped).insert(up.id);
+        }
+        verified
+    }
+
+    async fn verify_once(&self, up: &Arc<Upload>) -> Result<()> {
         let started = Instant::now();
         let record = up.record();
         let chunks: Vec<StoredChunk> = {

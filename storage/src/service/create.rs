@@ -206,7 +206,7 @@ impl Uploads {
 
     /// Gives a key up after its create was refused (best effort: a claim left behind is
     /// taken as a crashed create by the next request under the key).
-    async fn give_up_key(&self, key: &KeyClaim) {
+    pub(super) async fn give_up_key(&self, key: &KeyClaim) {
         if let Err(e) = self
             .backend
             .release_idempotency_key(&key.digest, &key.claim)
@@ -244,9 +244,9 @@ impl Uploads {
 
 /// An idempotency key as stored: its digest (per owner) and the claim of one request.
 #[derive(Clone)]
-struct KeyClaim {
-    digest: Sha256Digest,
-    claim: IdempotencyClaim,
+pub(super) struct KeyClaim {
+    pub(super) digest: Sha256Digest,
+    pub(super) claim: IdempotencyClaim,
 }
 
 impl KeyClaim {
@@ -274,7 +274,7 @@ pub(super) struct KeyGuard<'a> {
 }
 
 impl KeyLocks {
-    async fn lock(&self, key: Sha256Digest) -> KeyGuard<'_> {
+    pub(super) async fn lock(&self, key: Sha256Digest) -> KeyGuard<'_> {
         let lock = self.map().entry(key).or_default().clone();
         KeyGuard {
             locks: self,

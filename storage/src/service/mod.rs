@@ -158,6 +158,10 @@ pub struct Uploads {
     hash: WholeHash,
     ledger: Ledger,
     events: Events,
+    /// Uploads whose verification in this process stopped on an error (the store failed)
+    /// and was not taken up again: the next completion request does so at once instead of
+    /// waiting for the verification to look abandoned.
+    verifications_stopped: std::sync::Mutex<std::collections::HashSet<UploadId>>,
 }
 
 impl Uploads {
@@ -195,6 +199,7 @@ impl Uploads {
             limits,
             key_locks: create::KeyLocks::default(),
             events,
+            verifications_stopped: Default::default(),
         });
         let now = OffsetDateTime::now_utc();
         let began = Instant::now();

@@ -6,7 +6,8 @@
 //! stored, at once as completed. Where the backend can (local disk, see
 //! [`crate::Backend::whole_writer`]), the bytes go straight to their published place and
 //! one durable write of the record finishes the upload; elsewhere the upload is created,
-//! its one chunk stored and completed as any other. A failed request leaves nothing behind.
+//! its one chunk stored and completed as any other. A failed request leaves nothing behind
+//! and gives its idempotency key up, so that the client can try again under it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use common::UploadId;
 use futures_util::{Stream, StreamExt};
 use time::OffsetDateTime;
 
-use super::create::{fingerprint, key_digest};
+use super::create::{fingerprint, key_digest, KeyClaim};
 use super::{Created, Uploads};
 use crate::backend::{ChunkWriter, IdempotencyClaim};
 use crate::error::{Error, Result};
@@ -80,32 +81,43 @@ impl Uploads {
             updated_at: now,
             version: None,
         };
+        let Some(key) = idempotency_key else {
+            return self.store_whole(record, body).await;
+        };
+        let mut claim = IdempotencyClaim {
+            id: record.id,
+            fingerprint: fingerprint(KIND, &req)?,
+        };
+        let digest = key_digest(record.owner.as_deref(), key);
+        // Requests under one key run one at a time here, as creates do.
+        let _same_key = self.key_locks.lock(digest).await;
         let mut claimed = false;
-        if let Some(key) = idempotency_key {
-            let claim = IdempotencyClaim {
-                id: record.id,
-                fingerprint: fingerprint(KIND, &req)?,
-            };
-            let digest = key_digest(record.owner.as_deref(), key);
-            if let Some(existing) = self.backend.claim_idempotency_key(&digest, &claim).await? {
-                if existing.fingerprint != claim.fingerprint {
-                    return Err(Error::IdempotencyConflict);
+        if let Some(existing) = self.backend.claim_idempotency_key(&digest, &claim).await? {
+            if existing.fingerprint != claim.fingerprint {
+                return Err(Error::IdempotencyConflict);
+            }
+            match self.status(existing.id).await {
+                Ok(status) => return Ok(Created { status, new: false }),
+                // The request that claimed the key did not store the upload (it failed, or
+                // is storing it on another server right now): this one stores it.
+                Err(Error::NotFound) => {
+                    record.id = existing.id;
+                    claim = existing;
+                    claimed = true;
                 }
-                match self.status(existing.id).await {
-                    Ok(status) => return Ok(Created { status, new: false }),
-                    // The request that claimed the key did not store the upload (it
-                    // failed, or is storing it right now): this one stores it.
-                    Err(Error::NotFound) => {
-                        record.id = existing.id;
-                        claimed = true;
-                    }
-                    Err(e) => return Err(e),
-                }
+                Err(e) => return Err(e),
             }
         }
         match self.store_whole(record.clone(), body).await {
             Err(Error::Conflict) if claimed => self.stored_meanwhile(record.id).await,
-            other => other,
+            Err(e) => {
+                // Refused (a digest that differs, no room, a body cut short): nothing was
+                // stored, so the key is free again for the client's next try, which may
+                // differ (the right digest, a smaller file).
+                self.give_up_key(&KeyClaim { digest, claim }).await;
+                Err(e)
+            }
+            ok => ok,
         }
     }
 

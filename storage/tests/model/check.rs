@@ -487,6 +487,24 @@ pub fn acks_durable(w: &World, v: &View, when: &str) {
     }
 }
 
+/// Notes a claimed part that a conflicting writer replaced (see [`REPLACED`]), whether or
+/// not the claim's write was acknowledged before its server died.
+pub fn replaced_parts(w: &World, v: &View) {
+    if v.discarded() {
+        return;
+    }
+    for index in 0..w.chunk_count() {
+        if let Err(why) = v.claimed_bytes(index) {
+            if why.contains("was replaced after its claim") {
+                w.outcome(REPLACED);
+                let mut log = lock(&w.log);
+                log.replaced_part = true;
+                log.gaps.push(format!("chunk {index}: {why}"));
+            }
+        }
+    }
+}
+
 /// I1 for in-order uploads: the bytes an append was acknowledged for are stored where it
 /// put them (unless the upload was discarded since).
 pub fn appended(w: &World, offset: u64, bytes: &[u8]) {

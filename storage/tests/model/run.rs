@@ -159,6 +159,9 @@ async fn finish(w: &Arc<World>) {
 async fn finish_upload(w: &Arc<World>) {
     let id = w.id;
     let live = 0;
+    // An acknowledged part replaced meanwhile is that known gap: its consequences below are
+    // counted with it, whatever request of the schedule would have noticed it first.
+    check::replaced_parts(w, &check::View::now(w));
     if w.mode == UploadMode::Stream {
         let offset = w
             .ask(live, |u| async move { u.position(id).await })

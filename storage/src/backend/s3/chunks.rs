@@ -59,6 +59,58 @@ pub(super) struct Listing {
     pub claimed: Vec<u64>,
     /// Piece objects of in-order appends: (chunk, name).
     pub pieces: Vec<(u64, String)>,
+    /// Chunks whose claim a completion set aside (their part was replaced).
+    pub set_aside: Vec<u64>,
+}
+
+/// Claims this process wrote or read. A claim never changes once created; it only goes
+/// (set aside by a completion, or with its upload), so a copy seen here stays true unless
+/// its part changed, which completion checks against the store's own list of parts.
+#[derive(Default)]
+pub(super) struct SeenClaims {
+    by_upload: HashMap<common::UploadId, HashMap<u64, Claim>>,
+    entries: usize,
+}
+
+impl SeenClaims {
+    /// Bounded: the claims of uploads seen lately, a few hundred bytes each, not of every
+    /// upload ever; past the bound everything is forgotten (then read from the store).
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn insert(&mut self, id: common::UploadId, index: u64, claim: Claim) {
+        if self.entries >= Self::MAX_ENTRIES {
+            self.by_upload.clear();
+            self.entries = 0;
+        }
+        if self
+            .by_upload
+            .entry(id)
+            .or_default()
+            .insert(index, claim)
+            .is_none()
+        {
+            self.entries += 1;
+        }
+    }
+
+    fn get(&self, id: common::UploadId, index: u64) -> Option<&Claim> {
+        self.by_upload.get(&id)?.get(&index)
+    }
+
+    fn forget(&mut self, id: common::UploadId, index: u64) {
+        if let Some(c) = self.by_upload.get_mut(&id) {
+            if c.remove(&index).is_some() {
+                self.entries -= 1;
+            }
+        }
+    }
+
+    /// Forgets every claim of upload `id`.
+    pub fn remove(&mut self, id: &common::UploadId) {
+        if let Some(c) = self.by_upload.remove(id) {
+            self.entries -= c.len();
+        }
+    }
 }
 
 impl Listing {
@@ -77,6 +129,11 @@ impl Listing {
                 if let Ok(index) = head.parse() {
                     found.pieces.push((index, name.to_string()));
                 }
+            } else if let Some(index) = rest
+                .strip_suffix(".resend")
+                .and_then(|i| i.parse::<u64>().ok())
+            {
+                found.set_aside.push(index);
             }
         }
         found.claimed.sort_unstable();
@@ -108,9 +165,19 @@ impl S3Backend {
         let Some(got) = self.store.get(&self.claim_key(id, index)).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&got.bytes)
-            .map(Some)
-            .map_err(|e| Error::Corrupt(format!("claim of chunk {index}: {e}")))
+        let claim: Claim = serde_json::from_slice(&got.bytes)
+            .map_err(|e| Error::Corrupt(format!("claim of chunk {index}: {e}")))?;
+        self.remember_claim(id, index, &claim);
+        Ok(Some(claim))
+    }
+
+    /// Chunk `index`'s claim as this process saw it, else as the store has it.
+    async fn seen_or_read_claim(&self, id: common::UploadId, index: u64) -> Result<Option<Claim>> {
+        let seen = super::lock(&self.claimed).get(id, index).cloned();
+        match seen {
+            Some(claim) => Ok(Some(claim)),
+            None => self.read_claim(id, index).await,
+        }
     }
 
     /// Where a spilled chunk's bytes are: one object per part and content (its ETag), so
@@ -145,8 +212,8 @@ impl S3Backend {
         // claimed ones are sent again, which restores a part that a write of other bytes
         // replaced (completion then asks for the chunk again).
         let known = super::lock(&self.claimed)
-            .get(&record.id)
-            .and_then(|c| c.get(&index).copied());
+            .get(record.id, index)
+            .map(|c| c.sha256);
         if let Some(stored) = known {
             // Unless a completion set it aside meanwhile (its part was replaced): then it is
             // sent again. One small request, on retries only.
@@ -230,14 +297,13 @@ impl S3Backend {
             .await
         {
             Ok(_) => {
-                self.remember_claim(id, c.index, c.sha256);
+                self.remember_claim(id, c.index, &claim);
                 Ok(0)
             }
             Err(Error::Conflict) => {
                 let first = self.read_claim(id, c.index).await?.ok_or_else(|| {
                     Error::Corrupt(format!("the claim of chunk {} vanished", c.index))
                 })?;
-                self.remember_claim(id, c.index, first.sha256);
                 if first.sha256 != c.sha256 {
                     tracing::warn!(%id, index = c.index, "a write of other bytes replaced a claimed part: completion will ask for the chunk again");
                     return Err(Error::ChunkConflict {
@@ -251,20 +317,23 @@ impl S3Backend {
         }
     }
 
-    fn remember_claim(&self, id: common::UploadId, index: u64, sha256: Sha256Digest) {
-        let mut claimed = super::lock(&self.claimed);
-        // Bounded: the chunks of uploads seen lately, not of every upload ever.
-        if claimed.len() > 10_000 {
-            claimed.clear();
-        }
-        claimed.entry(id).or_default().insert(index, sha256);
+    fn remember_claim(&self, id: common::UploadId, index: u64, claim: &Claim) {
+        super::lock(&self.claimed).insert(id, index, claim.clone());
     }
 
-    /// Every chunk's claim, read in parallel; `None` where a chunk has none.
-    pub(super) async fn claims(&self, record: &UploadRecord) -> Result<Vec<Option<Claim>>> {
+    /// Every chunk's claim, `None` where a chunk has none: which chunks have one from
+    /// `found` (a listing), the claims this process saw from memory, the others read in
+    /// parallel.
+    async fn claims(&self, record: &UploadRecord, found: &Listing) -> Result<Vec<Option<Claim>>> {
         let id = record.id;
         let reads = futures_util::stream::iter(0..record.chunk_count())
-            .map(|i| self.read_claim(id, i))
+            .map(|i| async move {
+                if found.claimed.binary_search(&i).is_ok() {
+                    self.seen_or_read_claim(id, i).await
+                } else {
+                    Ok(None)
+                }
+            })
             .buffered(16);
         reads.collect::<Vec<_>>().await.into_iter().collect()
     }
@@ -277,8 +346,14 @@ impl S3Backend {
     /// that the whole-file midstates kept after it stay true.
     pub(super) async fn checked_parts(&self, record: &UploadRecord) -> Result<Vec<(u64, String)>> {
         let id = record.id;
-        let claims = self.claims(record).await?;
-        for (index, expected) in self.resends(record).await? {
+        let prefix = self.chunks_prefix(id);
+        let found = Listing::of(record, &prefix, &self.store.list(&prefix).await?);
+        // A chunk set aside and claimed again: its new claim is read from the store.
+        for &index in &found.set_aside {
+            super::lock(&self.claimed).forget(id, index);
+        }
+        let mut claims = self.claims(record, &found).await?;
+        for (index, expected) in self.resends(record, &found).await? {
             let Some(claim) = &claims[index as usize] else {
                 continue;
             };
@@ -307,9 +382,22 @@ impl S3Backend {
             .into_iter()
             .map(|p| (p.number, p.etag))
             .collect();
+        // A claim seen here whose part differs is read again: the part may have been
+        // replaced and the chunk claimed anew (after a completion elsewhere set it aside).
+        for (index, claim) in claims.iter_mut().enumerate() {
+            let Some(c) = claim else { continue };
+            if stored.get(&c.part) != Some(&normalize_etag(&c.etag)) {
+                self.forget_claim(id, index as u64);
+                *claim = self.read_claim(id, index as u64).await?;
+            }
+        }
         let mut parts = Vec::with_capacity(claims.len());
         let mut changed = Vec::new();
-        for (index, claim) in claims.into_iter().flatten().enumerate() {
+        for (index, claim) in claims.into_iter().enumerate() {
+            let Some(claim) = claim else {
+                changed.push(index as u64);
+                continue;
+            };
             match stored.get(&claim.part) {
                 Some(etag) if *etag == normalize_etag(&claim.etag) => {
                     parts.push((claim.part, claim.etag))
@@ -353,23 +441,18 @@ impl S3Backend {
         Ok(())
     }
 
-    /// The chunks set aside, with the SHA-256 they must come back with.
-    async fn resends(&self, record: &UploadRecord) -> Result<Vec<(u64, Sha256Digest)>> {
-        let prefix = self.chunks_prefix(record.id);
+    /// The chunks set aside (in `listed`), with the SHA-256 they must come back with.
+    async fn resends(
+        &self,
+        record: &UploadRecord,
+        listed: &Listing,
+    ) -> Result<Vec<(u64, Sha256Digest)>> {
         let mut found = Vec::new();
-        for o in self.store.list(&prefix).await? {
-            let Some(index) = o
-                .key
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(".resend"))
-                .and_then(|i| i.parse::<u64>().ok())
-            else {
-                continue;
-            };
+        for &index in &listed.set_aside {
             if index >= record.chunk_count() {
                 continue;
             }
-            if let Some(got) = self.store.get(&o.key).await? {
+            if let Some(got) = self.store.get(&self.resend_key(record.id, index)).await? {
                 let claim: Claim = serde_json::from_slice(&got.bytes).map_err(|e| {
                     Error::Corrupt(format!("set-aside claim of chunk {index}: {e}"))
                 })?;
@@ -380,9 +463,7 @@ impl S3Backend {
     }
 
     fn forget_claim(&self, id: common::UploadId, index: u64) {
-        if let Some(c) = super::lock(&self.claimed).get_mut(&id) {
-            c.remove(&index);
-        }
+        super::lock(&self.claimed).forget(id, index);
     }
 
     /// The whole-file midstate covering the most bytes, from the claims: read from the
@@ -393,7 +474,7 @@ impl S3Backend {
         found: &Listing,
     ) -> Result<Option<SavedPrefixHash>> {
         for &index in found.claimed.iter().rev() {
-            match self.read_claim(record.id, index).await? {
+            match self.seen_or_read_claim(record.id, index).await? {
                 Some(Claim { whole: Some(w), .. }) => return Ok(Some(w)),
                 Some(Claim { spilled: true, .. }) => continue,
                 _ => return Ok(None),

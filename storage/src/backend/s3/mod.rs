@@ -39,9 +39,10 @@
 //!
 //! # Requests
 //! A chunk costs one UploadPart and one claim while it is sent (the record is read at most
-//! once every few seconds per server and upload), and one read of its claim when the
-//! upload completes; completion joins the parts into `files/{id}` with no copy. Creation
-//! is a CreateMultipartUpload and the record.
+//! once every few seconds per server and upload). Completion lists the upload's claims and
+//! reads only those this process did not write or read itself (none when one server took
+//! every chunk; each once on another server, or after a restart), then joins the parts
+//! into `files/{id}` with no copy. Creation is a CreateMultipartUpload and the record.
 //!
 //! # Expiry and cancel
 //! A chunk request acknowledges without reading the record again when the record it used
@@ -171,9 +172,10 @@ pub struct S3Backend {
     leftovers_seen: Mutex<HashMap<String, Instant>>,
     /// The parts a verification checked, for its publication, by upload.
     checked: Mutex<HashMap<UploadId, Vec<(u64, String)>>>,
-    /// Chunks this process saw claimed, with their SHA-256, by upload: a later write of
-    /// one is answered without sending its part again (see [`chunks`]).
-    claimed: Mutex<HashMap<UploadId, HashMap<u64, Sha256Digest>>>,
+    /// Claims this process wrote or read, by upload: a later write of one of their chunks
+    /// is answered without sending its part again, and a completion reads from the store
+    /// only the claims it has not seen (see [`chunks`]).
+    claimed: Mutex<chunks::SeenClaims>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,7 +199,7 @@ impl S3Backend {
             leftovers_swept: Mutex::new(None),
             leftovers_seen: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
-            claimed: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(chunks::SeenClaims::default()),
         }
     }
 
@@ -392,6 +394,20 @@ impl Backend for S3Backend {
             }
             let found = chunks::Listing::of(&record, &self.chunks_prefix(id), &listed);
             receipts.extend(found.receipts(&record));
+            if record.length_deferred && record.mode == UploadMode::Chunks {
+                // While the length is deferred, the geometry cannot say how long the last
+                // chunk stored is (a shorter one ends the upload): its claim does.
+                if let Some(&last) = found.claimed.last() {
+                    if let Some(claim) = self.read_claim(id, last).await? {
+                        for r in &mut receipts {
+                            match r {
+                                Receipt::Chunk(c) if c.index == last => c.size = claim.size,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
             if record.mode == UploadMode::Stream {
                 let (partial, cursor, whole) = append::partials(&record, &found);
                 receipts.extend(partial);
@@ -590,7 +606,9 @@ impl Backend for S3Backend {
             }
         }
         // The chunks' claims and spills are not needed any more.
-        self.delete_prefix(&self.chunks_prefix(id)).await
+        self.delete_prefix(&self.chunks_prefix(id)).await?;
+        lock(&self.claimed).remove(&id);
+        Ok(())
     }
 
     async fn content(&self, record: &UploadRecord) -> Result<Content> {
@@ -686,6 +704,27 @@ impl Backend for S3Backend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &Sha256Digest,
+        claim: &IdempotencyClaim,
+    ) -> Result<()> {
+        // Read, then delete: the store has no conditional delete. A claim is only ever
+        // replaced by its removal, so the one read is the one deleted.
+        let path = self.key(&format!("idempotency/{}.json", key.to_hex()));
+        let Some(got) = self.store.get(&path).await? else {
+            return Ok(());
+        };
+        if serde_json::from_slice::<IdempotencyClaim>(&got.bytes)
+            .ok()
+            .as_ref()
+            == Some(claim)
+        {
+            self.store.delete(&path).await?;
+        }
+        Ok(())
     }
 
     async fn sweep_leftovers(&self) -> Result<u64> {

@@ -14,6 +14,7 @@ mod install;
 mod outage;
 mod resume;
 mod safe_resume;
+mod stdin;
 pub(crate) mod support;
 mod terminal;
 mod upload;

@@ -1,5 +1,6 @@
 //! The ietf suite on both backends: [`local`] runs it on local disk, [`s3`] on S3 (a
-//! fresh bucket of the S3 test store per test); `cases.rs` holds the tests.
+//! fresh bucket of the S3 test store per test); `cases.rs` lists the tests' files, one a
+//! part of the draft, and the raw client they share is `tests::ietf`.
 
 // Each backend's module includes the same test file with its own `STORAGE`: one suite,
 // compiled once per backend.

@@ -167,6 +167,37 @@ async fn a_repeat_under_the_same_key_answers_the_first_upload() {
     assert_problem(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
+/// A request refused (its bytes are not the ones its digest names) stores nothing and
+/// leaves its `Idempotency-Key` free: the client's next try under the key, with the right
+/// digest, is stored, and a repeat of that answers it.
+#[tokio::test]
+async fn a_refused_request_gives_its_key_up() {
+    let (server, _store) = start!(&[]);
+    let bytes = random_bytes(30_000, 8);
+    let resp = post_whole(&server, &bytes, b"not these bytes")
+        .header("idempotency-key", "refused-1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(listed(&server).await.is_empty());
+    let retry = || {
+        post_whole(&server, &bytes, &bytes)
+            .header("idempotency-key", "refused-1")
+            .send()
+    };
+    let stored = retry().await.unwrap();
+    assert_eq!(stored.status(), StatusCode::CREATED);
+    let stored: Value = stored.json().await.unwrap();
+    assert_eq!(stored["state"], "completed");
+    assert_eq!(stored["sha256"], tests::sha256_hex(&bytes));
+    let again = retry().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], stored["id"]);
+    assert_eq!(listed(&server).await.len(), 1);
+}
+
 #[tokio::test]
 async fn the_cli_sends_a_small_file_in_one_request() {
     let (server, _store) = start!(&[]);
