@@ -48,7 +48,10 @@ start_server() { # start_server ARGS... -> sets SPID, SURL (https://localhost:PO
   done
   echo "server did not start" >&2; cat "$WORK/server.log" >&2; exit 1
 }
-stop_server() { [ -n "$SPID" ] && { kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=; }; }
+# Returns 0 also when no server runs: as the EXIT trap, its status would be the script's.
+stop_server() {
+  if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; SPID=; fi
+}
 trap stop_server EXIT
 
 upload() { # upload MODE -> appends seconds to T_MODE and the server's peak RSS to R_MODE
