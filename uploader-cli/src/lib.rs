@@ -11,6 +11,7 @@
 //! - [`choose`]: which upload a file continues (or none: already uploaded).
 //! - [`upload`]: one file: read+hash, parallel sends through the shared pool, complete.
 //! - [`stream`]: standard input (or a pipe): its size declared at completion.
+//! - [`waits`]: the waits of their send loops (read, slot, send) as `select!` branches.
 //! - [`retry`]: backoff with full jitter, `Retry-After`.
 //! - [`outage`]: waiting out an unreachable server, up to `--give-up-after`.
 //! - [`limit`]: the shared `--limit-rate` budget (governor).
@@ -34,6 +35,7 @@ pub mod progress;
 pub mod retry;
 pub mod stream;
 pub mod upload;
+pub mod waits;
 mod whole;
 
 use tokio_util::sync::CancellationToken;

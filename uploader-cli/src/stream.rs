@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
@@ -32,6 +32,7 @@ use common::{Sha256Digest, UploadId};
 use crate::error::{Error, Result};
 use crate::progress::{Completed, FileProgress, UNKNOWN_SIZE};
 use crate::upload::Uploader;
+use crate::waits;
 
 /// Why a stream's upload cannot be resumed, added to its errors.
 pub const NOT_RESUMABLE: &str =
@@ -293,26 +294,9 @@ impl Uploader<'_> {
             if reading.is_none() && ready.is_none() && sends.is_empty() {
                 break;
             }
-            let read_done = async {
-                match reading.as_mut() {
-                    Some(h) => h.await,
-                    None => std::future::pending().await,
-                }
-            };
-            let send_done = async {
-                if sends.is_empty() {
-                    std::future::pending().await
-                } else {
-                    sends.next().await
-                }
-            };
-            let slot = async {
-                if ready.is_some() {
-                    self.pool.clone().acquire_owned().await.ok()
-                } else {
-                    std::future::pending().await
-                }
-            };
+            let read_done = waits::read_done(reading.as_mut());
+            let send_done = waits::send_done(&mut sends);
+            let slot = waits::slot(&ready, &self.pool);
             tokio::select! {
                 () = self.cancel.cancelled() => return Err(self.interrupted()),
                 permit = slot => {

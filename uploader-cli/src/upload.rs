@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -49,6 +49,7 @@ use crate::limit::RateLimiter;
 use crate::outage::Outage;
 use crate::progress::{Completed, FileProgress, Reporter};
 use crate::retry::RetryPolicy;
+use crate::waits;
 
 /// How files are uploaded (from the command line).
 #[derive(Clone, Debug)]
@@ -406,27 +407,9 @@ impl Uploader<'_> {
                 break;
             }
 
-            let read_done = async {
-                match reading.as_mut() {
-                    Some(h) => h.await,
-                    None => std::future::pending().await,
-                }
-            };
-            let send_done = async {
-                if sends.is_empty() {
-                    std::future::pending().await
-                } else {
-                    sends.next().await
-                }
-            };
-            // A free chunk slot, only wanted when a chunk is ready to go.
-            let slot = async {
-                if ready.is_some() {
-                    self.pool.clone().acquire_owned().await.ok()
-                } else {
-                    std::future::pending().await
-                }
-            };
+            let read_done = waits::read_done(reading.as_mut());
+            let send_done = waits::send_done(&mut sends);
+            let slot = waits::slot(&ready, &self.pool);
             tokio::select! {
                 () = self.cancel.cancelled() => {
                     drop(sends);

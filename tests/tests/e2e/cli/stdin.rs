@@ -13,15 +13,19 @@ use tests::{random_bytes, sha256_hex, Server};
 
 use super::support::{Cli, Run};
 
-/// Runs `cmd` with `input` written to its standard input (from another thread, as a pipe
-/// fills) and returns the finished run.
-fn run_piped(mut cmd: Command, what: &str, input: Vec<u8>) -> Run {
-    let mut child = cmd
-        .stdin(Stdio::piped())
+/// Starts `cmd` with pipes for its standard input, output and error.
+fn spawn_piped(mut cmd: Command) -> std::process::Child {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start uploader");
+        .expect("start uploader")
+}
+
+/// Runs `cmd` with `input` written to its standard input (from another thread, as a pipe
+/// fills) and returns the finished run.
+fn run_piped(cmd: Command, what: &str, input: Vec<u8>) -> Run {
+    let mut child = spawn_piped(cmd);
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         // The process may stop reading early (a usage error): that is for the test to judge.
@@ -218,13 +222,7 @@ fn interrupted_stdin_upload_ends_at_once_and_is_cancelled() {
         "--server",
         &url,
     ];
-    let mut child = cli
-        .command(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start uploader");
+    let mut child = spawn_piped(cli.command(&args));
     // Two chunks and a half, and the pipe left open: the next read blocks.
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&random_bytes(5 << 19, 25)).unwrap();
