@@ -49,6 +49,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("driver thread")
 }
 
+/// tus-js-client uploading `file` to `server`'s tus endpoint, with `args` beside
+/// `--endpoint` and `--file`, run off the async runtime.
+async fn tusjs_upload(server: &Server, file: &str, args: &[&str]) -> DriverResult {
+    let mut all = vec![
+        "--endpoint".to_string(),
+        endpoint(server),
+        "--file".into(),
+        file.into(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    blocking(move || webclients::tusjs(&all.iter().map(String::as_str).collect::<Vec<_>>())).await
+}
+
 /// The upload id in a tus upload URL, which must be `<server>/files/<id>`.
 fn upload_id(server: &Server, url: &str) -> String {
     let prefix = endpoint(server);
@@ -147,19 +160,16 @@ async fn tusjs_single_upload_in_8mib_chunks() {
     let (bytes, file) = test_file(dir.path(), "upload.bin", len, 1);
     // A filename with a space and non-ASCII letters, carried base64 in Upload-Metadata.
     let filename = "rapport été 2026.bin";
-    let ep = endpoint(&server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
+    let r = tusjs_upload(
+        &server,
+        &file,
+        &[
             "--chunk-size",
             "8388608",
             "--metadata",
             &format!("filename={filename}"),
-        ])
-    })
+        ],
+    )
     .await;
     r.assert_ok();
     assert_eq!(r.str("mode"), "single", "{r}");
@@ -186,20 +196,17 @@ async fn tusjs_upload_with_its_length_deferred() {
     let dir = tempfile::tempdir().unwrap();
     let len = 3 * 5 * MIB + 4_321;
     let (bytes, file) = test_file(dir.path(), "deferred.bin", len, 7);
-    let ep = endpoint(&server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
+    let r = tusjs_upload(
+        &server,
+        &file,
+        &[
             "--chunk-size",
             "5242880",
             "--defer-length",
             "--metadata",
             "filename=deferred.bin",
-        ])
-    })
+        ],
+    )
     .await;
     r.assert_ok();
     assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
@@ -224,19 +231,11 @@ async fn tusjs_stream_with_its_length_deferred() {
     let dir = tempfile::tempdir().unwrap();
     let len = 2 * 5 * MIB + 54_321;
     let (bytes, file) = test_file(dir.path(), "streamed.bin", len, 8);
-    let ep = endpoint(&server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
-            "--chunk-size",
-            "5242880",
-            "--defer-length",
-            "--stream",
-        ])
-    })
+    let r = tusjs_upload(
+        &server,
+        &file,
+        &["--chunk-size", "5242880", "--defer-length", "--stream"],
+    )
     .await;
     r.assert_ok();
     assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
@@ -269,21 +268,18 @@ async fn tusjs_parallel_upload(server: &Server) -> String {
     let len = 12 * MIB + 777;
     let (bytes, file) = test_file(dir.path(), "parallel.bin", len, 7);
     let filename = "parallel.bin";
-    let ep = endpoint(server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
+    let r = tusjs_upload(
+        server,
+        &file,
+        &[
             "--parallel",
             "4",
             "--chunk-size",
             "4194304",
             "--metadata",
             &format!("filename={filename}"),
-        ])
-    })
+        ],
+    )
     .await;
     r.assert_ok();
     assert_eq!(r.str("mode"), "parallel", "{r}");
@@ -312,27 +308,21 @@ async fn tusjs_interrupted_upload_resumes(server: &Server) -> String {
     let len = 16 * MIB + 1_000;
     let (bytes, file) = test_file(dir.path(), "resumed.bin", len, 2);
     let store = dir.path().join("tus-urls.json").display().to_string();
-    let ep = endpoint(server);
-    let r = {
-        let store = store.clone();
-        blocking(move || {
-            // 4 MiB chunks, aborted once 40% is sent (during the second PATCH), then a new
-            // Upload finds the URL in the FileUrlStorage by fingerprint and resumes it.
-            webclients::tusjs(&[
-                "--endpoint",
-                &ep,
-                "--file",
-                &file,
-                "--chunk-size",
-                "4194304",
-                "--interrupt-at",
-                "0.4",
-                "--url-store",
-                &store,
-            ])
-        })
-        .await
-    };
+    // 4 MiB chunks, aborted once 40% is sent (during the second PATCH), then a new Upload
+    // finds the URL in the FileUrlStorage by fingerprint and resumes it.
+    let r = tusjs_upload(
+        server,
+        &file,
+        &[
+            "--chunk-size",
+            "4194304",
+            "--interrupt-at",
+            "0.4",
+            "--url-store",
+            &store,
+        ],
+    )
+    .await;
     // Shown with --nocapture: whether the resume met a 423/409 (retried by tus-js-client).
     eprintln!("tus-js-client interrupt+resume: {}", r.json);
     r.assert_ok();
@@ -377,18 +367,11 @@ async fn tusjs_checksum_mismatch_is_460_and_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let len = 6 * MIB + 7;
     let (_bytes, file) = test_file(dir.path(), "bad-checksum.bin", len, 3);
-    let ep = endpoint(&server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
-            "--chunk-size",
-            "4194304",
-            "--checksum-mismatch",
-        ])
-    })
+    let r = tusjs_upload(
+        &server,
+        &file,
+        &["--chunk-size", "4194304", "--checksum-mismatch"],
+    )
     .await;
     // The driver is ok only if it saw 460 and then offset 0; check both ourselves too.
     r.assert_ok();

@@ -156,18 +156,7 @@ async fn tusjs_on_s3_in_1mib_patches_held_as_pieces_until_each_chunk_is_whole() 
     let dir = tempfile::tempdir().unwrap();
     let len = 12 * MIB + 4_321;
     let (bytes, file) = test_file(dir.path(), "s3-pieces.bin", len, 11);
-    let ep = endpoint(&up.server);
-    let r = blocking(move || {
-        webclients::tusjs(&[
-            "--endpoint",
-            &ep,
-            "--file",
-            &file,
-            "--chunk-size",
-            "1048576",
-        ])
-    })
-    .await;
+    let r = tusjs_upload(&up.server, &file, &["--chunk-size", "1048576"]).await;
     r.assert_ok();
     assert_eq!(r.str("mode"), "single", "{r}");
     assert_eq!(r.str("sha256"), sha256_hex(&bytes), "{r}");
