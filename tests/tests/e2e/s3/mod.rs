@@ -439,6 +439,18 @@ fn log_field(line: &str, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{name} is not a number in {line}"))
 }
 
+/// A file of `len` random bytes from `seed`, its chunks of [`CS`], and an upload created
+/// for it through `api`.
+async fn created(api: &Api, len: usize, seed: u64) -> (Bytes, Vec<Bytes>, UploadId) {
+    let file = Bytes::from(random_bytes(len, seed));
+    let chunks = chunks_of(&file);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": CS}))
+        .await
+        .id;
+    (file, chunks, id)
+}
+
 /// The chunks of `file` as cheap slices.
 fn chunks_of(file: &Bytes) -> Vec<Bytes> {
     (0..file.len().div_ceil(CS))

@@ -196,12 +196,7 @@ async fn cancel_aborts_the_multipart_upload() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(2 * CS + 10, 3));
-    let chunks = chunks_of(&file);
-    let st = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await;
-    let id = st.id;
+    let (_file, chunks, id) = created(&api, 2 * CS + 10, 3).await;
     api.put_ok(id, 0, chunks[0].clone()).await;
     api.put_ok(id, 2, chunks[2].clone()).await;
     assert_eq!(claim_keys(&s3, id).await.len(), 2);
@@ -526,12 +521,7 @@ async fn expiry_aborts_the_multipart_upload() {
     };
     let (server, _dir) = upload_server(&s3, &["--upload-ttl", "2s"]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(CS + 5, 5));
-    let chunks = chunks_of(&file);
-    let st = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await;
-    let id = st.id;
+    let (_file, chunks, id) = created(&api, CS + 5, 5).await;
     api.put_ok(id, 0, chunks[0].clone()).await;
     assert_eq!(claim_keys(&s3, id).await.len(), 1);
     assert_eq!(
@@ -605,18 +595,14 @@ async fn read_back_at_completion() {
     let mut figures = Vec::new();
 
     // In order, one connection.
-    let file = Bytes::from(random_bytes(size, 6));
-    let chunks = chunks_of(&file);
-    let id = api.create(json!({"size": size, "chunk_size": CS})).await.id;
+    let (file, chunks, id) = created(&api, size, 6).await;
     put_in_order(&api, id, &chunks, &[0, 1, 2]).await;
     let n = complete_and_read_back(&a, id, &file).await;
     figures.push(("in order", n));
     assert_eq!(n, 0, "in order");
 
     // Reverse order, one connection.
-    let file = Bytes::from(random_bytes(size, 7));
-    let chunks = chunks_of(&file);
-    let id = api.create(json!({"size": size, "chunk_size": CS})).await.id;
+    let (file, chunks, id) = created(&api, size, 7).await;
     put_in_order(&api, id, &chunks, &[2, 1, 0]).await;
     let n = complete_and_read_back(&a, id, &file).await;
     figures.push(("reverse", n));
@@ -624,9 +610,7 @@ async fn read_back_at_completion() {
 
     // Chunks 2 and 1 through B, which dies keeping them; chunk 0 through A.
     let (mut b, _db) = upload_server(&s3, &[]);
-    let file = Bytes::from(random_bytes(size, 8));
-    let chunks = chunks_of(&file);
-    let id = api.create(json!({"size": size, "chunk_size": CS})).await.id;
+    let (file, chunks, id) = created(&api, size, 8).await;
     put_in_order(&Api::new(&b), id, &chunks, &[2, 1]).await;
     b.kill9();
     put_in_order(&api, id, &chunks, &[0]).await;

@@ -14,12 +14,7 @@ async fn store_outage_mid_upload() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(2 * CS + 999, 9));
-    let chunks = chunks_of(&file);
-    let st = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await;
-    let id = st.id;
+    let (file, chunks, id) = created(&api, 2 * CS + 999, 9).await;
     api.put_ok(id, 0, chunks[0].clone()).await;
 
     s3.go_down();
@@ -98,12 +93,7 @@ async fn store_outage_opens_the_circuit_breaker() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(CS + 1, 10));
-    let chunks = chunks_of(&file);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api, CS + 1, 10).await;
     api.put_ok(id, 0, chunks[0].clone()).await;
     s3.go_down();
     let down = Instant::now();
@@ -181,12 +171,7 @@ async fn complete_answers_at_once_with_chunks_ahead_of_the_prefix() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(2 * CS + 10, 11));
-    let chunks = chunks_of(&file);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (_file, chunks, id) = created(&api, 2 * CS + 10, 11).await;
     api.put_ok(id, 2, chunks[2].clone()).await;
 
     let t = Instant::now();

@@ -80,12 +80,7 @@ async fn a_retry_of_a_stored_chunk_on_another_server_is_200() {
     let (a, _da) = upload_server(&s3, &[]);
     let (b, _db) = upload_server(&s3, &[]);
     let (api_a, api_b) = (Api::new(&a), Api::new(&b));
-    let file = Bytes::from(random_bytes(CS + 17, 78));
-    let chunks = chunks_of(&file);
-    let id = api_a
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api_a, CS + 17, 78).await;
     api_a.put_ok(id, 0, chunks[0].clone()).await;
     put_again(&api_b, id, 0, chunks[0].clone()).await;
     let other = Bytes::from(random_bytes(CS, 79));
@@ -125,12 +120,7 @@ async fn other_bytes_through_a_second_server_are_asked_for_again_at_completion()
     let (a, _da) = upload_server(&s3, &[]);
     let (b, _db) = upload_server(&s3, &[]);
     let (api_a, api_b) = (Api::new(&a), Api::new(&b));
-    let file = Bytes::from(random_bytes(2 * CS + 5, 82));
-    let chunks = chunks_of(&file);
-    let id = api_a
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api_a, 2 * CS + 5, 82).await;
     for (i, c) in chunks.iter().enumerate() {
         api_a.put_ok(id, i as u64, c.clone()).await;
     }
@@ -175,12 +165,7 @@ async fn a_part_overwritten_after_its_receipt_is_sent_again_not_fatal() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(2 * CS + 5, 80));
-    let chunks = chunks_of(&file);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api, 2 * CS + 5, 80).await;
     for (i, c) in chunks.iter().enumerate() {
         api.put_ok(id, i as u64, c.clone()).await;
     }
@@ -246,12 +231,7 @@ async fn the_sweep_aborts_multipart_uploads_nothing_names() {
 
     let (server, _dir) = upload_server(&s3, &["--s3-leftover-grace", "1s", "--upload-ttl", "10s"]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(CS + 7, 91));
-    let chunks = chunks_of(&file);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api, CS + 7, 91).await;
     let own = (file_key(id), multipart_id(&s3, id).await);
     begin_multipart(&s3, &file_key(id)).await;
     assert_eq!(multipart_upload_ids(&s3).await.len(), 3);

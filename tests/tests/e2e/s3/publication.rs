@@ -131,12 +131,7 @@ async fn a_chunk_whose_turn_does_not_come_is_spilled_and_read_back() {
     };
     let (server, _dir) = upload_server(&s3, &[]);
     let api = Api::new(&server);
-    let file = Bytes::from(random_bytes(2 * CS + 77_777, 121));
-    let chunks = chunks_of(&file);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": CS}))
-        .await
-        .id;
+    let (file, chunks, id) = created(&api, 2 * CS + 77_777, 121).await;
     api.put_ok(id, 2, chunks[2].clone()).await;
     let spilled = claim(&s3, id, 2).await;
     assert_eq!(spilled["spilled"], true, "{spilled}");
