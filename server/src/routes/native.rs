@@ -354,6 +354,7 @@ pub async fn put_chunk(
         (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Chunks are missing (listed in `missing`).", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Cancelled or expired.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The size declared at completion (for an upload created without one) is above the server's maximum upload size.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The file's SHA-256 does not match: the upload failed.", body = Problem, content_type = "application/problem+json"),
     )
 )]
