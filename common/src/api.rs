@@ -172,6 +172,11 @@ pub struct CompleteUpload {
     /// other upload it must be the size it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The SHA-256 of every chunk, in order, as the client read it: each must be the
+    /// stored chunk's, or nothing is published (422, `mismatched`). For chunks sent
+    /// without a digest of their own, as in a run (`POST /v1/uploads/{id}/chunks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_sha256: Option<Vec<Sha256Digest>>,
 }
 
 /// `GET /v1/uploads`: one page of the caller's uploads, newest first.
@@ -207,6 +212,14 @@ pub struct Problem {
         schema(value_type = Option<crate::openapi::IndexRangesSchema>)
     )]
     pub missing: Option<IndexRanges>,
+    /// Chunks whose stored bytes are not the ones the client read, by the digests it
+    /// gave at completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<crate::openapi::IndexRangesSchema>)
+    )]
+    pub mismatched: Option<IndexRanges>,
     /// The SHA-256 that was expected, on a verification failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_sha256: Option<Sha256Digest>,

@@ -249,6 +249,11 @@ impl ApiError {
                     Ours("sha256-mismatch"),
                     "File SHA-256 mismatch",
                 ),
+                E::ChunksDiffer(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Ours("chunk-mismatch"),
+                    "Stored chunks differ from the ones sent",
+                ),
                 E::Locked => (StatusCode::LOCKED, Ours("upload-locked"), "Upload locked"),
                 E::Unavailable { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -331,6 +336,7 @@ impl ApiError {
             status: status.as_u16(),
             detail,
             missing: None,
+            mismatched: None,
             expected_sha256: None,
             actual_sha256: None,
             expected_offset: None,
@@ -338,6 +344,7 @@ impl ApiError {
         };
         match self {
             ApiError::Domain(storage::Error::MissingChunks(m)) => p.missing = Some(m.clone()),
+            ApiError::Domain(storage::Error::ChunksDiffer(m)) => p.mismatched = Some(m.clone()),
             ApiError::Domain(storage::Error::Sha256Mismatch { expected, actual }) => {
                 p.expected_sha256 = Some(*expected);
                 p.actual_sha256 = Some(*actual);

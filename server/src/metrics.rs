@@ -96,7 +96,9 @@ fn describe() {
 
 /// Which protocol a request carrying upload bytes speaks, if it is one.
 fn upload_protocol(method: &Method, path: &str) -> Option<&'static str> {
-    if method == Method::PUT && path.starts_with("/v1/uploads/") && path.contains("/chunks/") {
+    let native = (method == Method::PUT && path.contains("/chunks/"))
+        || (method == Method::POST && path.ends_with("/chunks"));
+    if native && path.starts_with("/v1/uploads/") {
         Some("native")
     } else if method == Method::PATCH && path.starts_with("/uploads/") {
         Some("ietf")

@@ -30,6 +30,7 @@ use crate::routes::native;
         native::list,
         native::status,
         native::put_chunk,
+        native::put_chunk_run,
         native::complete,
         native::cancel,
         native::content_url,

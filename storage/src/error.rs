@@ -105,6 +105,10 @@ pub enum Error {
     /// Completion was asked while chunks are still missing.
     #[error("{} chunk(s) are still missing", common::ranges::count(.0))]
     MissingChunks(IndexRanges),
+    /// Stored chunks are not the bytes the client read, by the digests it gave at
+    /// completion; nothing is published.
+    #[error("{} chunk(s) stored differ from the digests given", common::ranges::count(.0))]
+    ChunksDiffer(IndexRanges),
     /// The whole-file SHA-256 differs from the declared one; the upload is failed.
     #[error("the file's SHA-256 is {actual}, but {expected} was declared")]
     Sha256Mismatch {

@@ -413,6 +413,7 @@ impl Client {
             .json(&CompleteUpload {
                 sha256: Some(sha256),
                 size,
+                chunk_sha256: None,
             })
             .send()
             .await

@@ -152,6 +152,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
             "/v1/uploads/{id}",
             get(native::status).delete(native::cancel),
         )
+        .route("/v1/uploads/{id}/chunks", post(native::put_chunk_run))
         .route("/v1/uploads/{id}/chunks/{index}", put(native::put_chunk))
         .route("/v1/uploads/{id}/complete", post(native::complete))
         .route("/v1/uploads/{id}/content", get(native::content))

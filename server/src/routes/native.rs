@@ -336,13 +336,80 @@ pub async fn put_chunk(
     Ok((status, Json(stored.receipt)).into_response())
 }
 
+/// The query of `POST /v1/uploads/{id}/chunks`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RunParams {
+    from: Option<String>,
+}
+
+/// `POST /v1/uploads/{id}/chunks`: stores a run of chunks sent in one body.
+#[utoipa::path(
+    post,
+    path = "/v1/uploads/{id}/chunks",
+    tag = "uploads",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The bytes of chunks `from`, `from + 1`, ... in order, ending at a chunk's end or at the file's end. Each chunk is stored and acknowledged as its last byte arrives, so a run cut short keeps every whole chunk before the cut. The chunks carry no digest of their own: give every chunk's SHA-256 at completion (`chunk_sha256`)."),
+    params(
+        ("id" = UploadId, Path, description = "The upload's id."),
+        ("from" = Option<u64>, Query, description = "The first chunk's index (default 0)."),
+    ),
+    responses(
+        (status = 200, description = "Every chunk of the run is stored durably.", body = UploadStatus),
+        (status = 400, description = "A length that does not end at a chunk's end or the file's end, a bad index, a `Content-Digest` (give chunk digests at completion), an upload whose size is deferred, or a body cut short (the whole chunks before the cut are stored).", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled; the whole chunks before it are stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Other bytes are stored for one of the chunks (those before it are stored), or the upload is completing.", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
+        (status = 411, description = "No Content-Length.", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No room left; the upload stays resumable.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put_chunk_run(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    params: Result<Query<RunParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: UploadBody,
+) -> Result<Response, ApiError> {
+    // A bad header or query is refused before the body is read.
+    let parsed = (|| {
+        let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let from = match params.from.as_deref() {
+            None => 0,
+            Some(f) => digits(f)
+                .ok_or_else(|| ApiError::BadRequest(format!("from {f:?} is not a chunk index")))?,
+        };
+        if headers.contains_key("content-digest") {
+            return Err(ApiError::BadRequest(
+                "a run of chunks takes no Content-Digest: give every chunk's SHA-256 at completion (chunk_sha256)"
+                    .into(),
+            ));
+        }
+        // Without Content-Length and Transfer-Encoding a request has no body (RFC 9112
+        // section 6.3): a run of no bytes.
+        let len = match content_length(&headers)? {
+            None if !headers.contains_key(header::TRANSFER_ENCODING) => Some(0),
+            other => other,
+        };
+        Ok((from, len))
+    })();
+    let (from, len) = match parsed {
+        Ok(p) => p,
+        Err(e) => return body.refuse(e).await,
+    };
+    let mut body = body;
+    let stored = state.uploads.put_chunk_run(id, from, len, &mut body).await;
+    let status = body.settle(stored).await?;
+    Ok(Json(status).into_response())
+}
+
 /// `POST /v1/uploads/{id}/complete`: verifies and publishes.
 #[utoipa::path(
     post,
     path = "/v1/uploads/{id}/complete",
     tag = "uploads",
     request_body(content = Option<CompleteUpload>, content_type = "application/json",
-        description = "May be empty; `size` is required for an upload created with `defer_length`."),
+        description = "May be empty; `size` is required for an upload created with `defer_length`; `chunk_sha256` covers chunks sent without a digest of their own."),
     params(
         ("id" = UploadId, Path, description = "The upload's id."),
     ),
@@ -355,7 +422,7 @@ pub async fn put_chunk(
         (status = 409, description = "Chunks are missing (listed in `missing`).", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Cancelled or expired.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The size declared at completion (for an upload created without one) is above the server's maximum upload size.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The file's SHA-256 does not match: the upload failed.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The file's SHA-256 does not match: the upload failed. Or chunks stored differ from `chunk_sha256` (listed in `mismatched`): nothing is published.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn complete(
@@ -366,7 +433,7 @@ pub async fn complete(
     Ok(
         match state
             .uploads
-            .complete_sized(id, req.sha256, req.size)
+            .complete_sized(id, req.sha256, req.size, req.chunk_sha256.as_deref())
             .await?
         {
             Completion::Done(status) => (StatusCode::OK, Json(status)).into_response(),

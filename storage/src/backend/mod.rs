@@ -257,6 +257,17 @@ pub trait Backend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// `chunks` with the SHA-256 each has in storage where the receipt given could not say
+    /// it: on S3 a listing tells which chunks are stored, not their digests (those are in
+    /// their claims). Elsewhere the receipts already say, and come back unchanged.
+    async fn chunk_digests(
+        &self,
+        _record: &UploadRecord,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<Vec<StoredChunk>> {
+        Ok(chunks)
+    }
+
     /// Before verification: joins the stored chunks into one readable whole. Nothing to do
     /// on local disk; on S3, checks each part against its receipt and completes the
     /// multipart upload into a staging object. Idempotent. A chunk whose stored bytes turn

@@ -32,19 +32,23 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
     ) -> Result<Completion> {
-        self.complete_sized(id, declared, None).await
+        self.complete_sized(id, declared, None, None).await
     }
 
     /// [`Self::complete`], saying the upload's size: required for an upload of chunks whose
     /// length was deferred (it is declared here, checked against the chunks stored), and for
-    /// any other it must be the size it has.
+    /// any other it must be the size it has. With `chunks`, the SHA-256 of every chunk as
+    /// the client read it: each must be the one stored (chunks sent without a digest of
+    /// their own, as in a run, are so covered by the client's digests before anything is
+    /// published); checked when the completion is first asked.
     pub async fn complete_sized(
         self: &Arc<Self>,
         id: UploadId,
         declared: Option<Sha256Digest>,
         size: Option<u64>,
+        chunks: Option<&[Sha256Digest]>,
     ) -> Result<Completion> {
-        let completed = self.complete_checked(id, declared, size).await;
+        let completed = self.complete_checked(id, declared, size, chunks).await;
         self.registry.settle(completed)
     }
 
@@ -53,6 +57,7 @@ impl Uploads {
         id: UploadId,
         declared: Option<Sha256Digest>,
         size: Option<u64>,
+        chunks: Option<&[Sha256Digest]>,
     ) -> Result<Completion> {
         let mut up = self.get(id).await?;
         if self.hash.needs_settling()
@@ -131,6 +136,9 @@ impl Uploads {
             if !missing.is_empty() {
                 return Err(Error::MissingChunks(missing));
             }
+            if let Some(chunks) = chunks {
+                self.check_chunk_digests(&up, &record, chunks).await?;
+            }
         }
         match self
             .step(&up, Step::AskCompletion { sha256: expected })
@@ -159,6 +167,41 @@ impl Uploads {
         Ok(Completion::Done(self.status_of(&up)?))
     }
 
+    /// Compares the client's digest of every chunk with the stored one.
+    async fn check_chunk_digests(
+        &self,
+        up: &Upload,
+        record: &UploadRecord,
+        declared: &[Sha256Digest],
+    ) -> Result<()> {
+        if record.mode != UploadMode::Chunks {
+            return Err(Error::Invalid(
+                "chunk digests are for uploads of chunks, not in-order appends".into(),
+            ));
+        }
+        if declared.len() as u64 != record.chunk_count() {
+            return Err(Error::Invalid(format!(
+                "{} chunk digests, but the upload has {} chunks",
+                declared.len(),
+                record.chunk_count()
+            )));
+        }
+        let stored = self
+            .backend
+            .chunk_digests(record, stored_chunks(up, record))
+            .await?;
+        let differ: Vec<u64> = stored
+            .iter()
+            .filter(|c| declared.get(c.index as usize) != Some(&c.sha256))
+            .map(|c| c.index)
+            .collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ChunksDiffer(common::ranges::to_ranges(differ)))
+        }
+    }
+
     pub(super) fn spawn_verify(self: Arc<Self>, up: Arc<Upload>) {
         tokio::spawn(async move {
             let _op = up.op.clone().write_owned().await;
@@ -184,18 +227,7 @@ impl Uploads {
     async fn verify_once(&self, up: &Arc<Upload>) -> Result<()> {
         let started = Instant::now();
         let record = up.record();
-        let chunks: Vec<StoredChunk> = {
-            let t = up.chunks();
-            (0..record.chunk_count())
-                .filter_map(|i| {
-                    Some(StoredChunk {
-                        index: i,
-                        size: record.chunk_len(i).ok()?,
-                        sha256: t.get(i)?,
-                    })
-                })
-                .collect()
-        };
+        let chunks = stored_chunks(up, &record);
         match self.backend.assemble(&record, &chunks).await {
             Ok(()) => {}
             Err(e @ Error::MissingChunks(_)) => {
@@ -385,4 +417,18 @@ impl Uploads {
         up.chunks().set(index, chunk.size, chunk.sha256);
         Ok(())
     }
+}
+
+/// The chunks `up`'s table says are stored.
+fn stored_chunks(up: &Upload, record: &UploadRecord) -> Vec<StoredChunk> {
+    let t = up.chunks();
+    (0..record.chunk_count())
+        .filter_map(|index| {
+            Some(StoredChunk {
+                index,
+                size: record.chunk_len(index).ok()?,
+                sha256: t.get(index)?,
+            })
+        })
+        .collect()
 }

@@ -33,6 +33,7 @@ mod complete;
 mod create;
 pub mod list;
 pub mod registry;
+mod run;
 pub mod stream;
 mod sweep;
 mod whole;

@@ -172,7 +172,11 @@ impl S3Backend {
     }
 
     /// Chunk `index`'s claim as this process saw it, else as the store has it.
-    async fn seen_or_read_claim(&self, id: common::UploadId, index: u64) -> Result<Option<Claim>> {
+    pub(super) async fn seen_or_read_claim(
+        &self,
+        id: common::UploadId,
+        index: u64,
+    ) -> Result<Option<Claim>> {
         let seen = super::lock(&self.claimed).get(id, index).cloned();
         match seen {
             Some(claim) => Ok(Some(claim)),

@@ -542,6 +542,19 @@ impl Backend for S3Backend {
             .filter(|w| w.hashed_bytes == offset))
     }
 
+    async fn chunk_digests(
+        &self,
+        record: &UploadRecord,
+        mut chunks: Vec<StoredChunk>,
+    ) -> Result<Vec<StoredChunk>> {
+        for chunk in chunks.iter_mut().filter(|c| c.sha256 == chunks::UNREAD) {
+            if let Some(claim) = self.seen_or_read_claim(record.id, chunk.index).await? {
+                chunk.sha256 = claim.sha256;
+            }
+        }
+        Ok(chunks)
+    }
+
     async fn assemble(&self, record: &UploadRecord, _chunks: &[StoredChunk]) -> Result<()> {
         // The parts are joined by publishing, after verification: here they are checked
         // against their claims, so that nothing but the acknowledged bytes is joined.

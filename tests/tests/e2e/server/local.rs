@@ -15,5 +15,7 @@ mod crash;
 mod lifecycle;
 #[path = "local_disk.rs"]
 mod local_disk;
+#[path = "runs.rs"]
+mod runs;
 #[path = "support.rs"]
 mod support;

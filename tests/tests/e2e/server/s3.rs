@@ -13,5 +13,7 @@ mod chunks;
 mod crash;
 #[path = "lifecycle.rs"]
 mod lifecycle;
+#[path = "runs.rs"]
+mod runs;
 #[path = "support.rs"]
 mod support;
