@@ -13,7 +13,8 @@
 //   data-confirmed), presses Pause with the keyboard, waits for the card to say paused, reloads
 //   the page, checks that it lists the unfinished upload, chooses the same file again and waits
 //   until done. ok only if the page resumed (data-resumed) the SAME upload id.
-//   `put_requests` counts chunk PUTs per session.
+//   `put_requests` counts chunk PUTs per session, `run_requests` runs of chunks (one request
+//   carrying the file from a chunk on).
 // - --cancel: once some bytes are sent, presses Cancel with the keyboard, waits for the page to
 //   say cancelled, and reports the server's status code for the id (`status_after_cancel`).
 // - --token T: typed into the page's token field before choosing the file. With --wrong-token W,
@@ -33,10 +34,11 @@
 // state, bounded by --timeout (default 120 s).
 // Output: {ok, mode, id, sha256 (shown on the page), file_sha256, server_state, server_sha256,
 // chunk_size, chunk_count, token_field_visible, verification (what the card says), put_requests,
-// put_without_digest, marks, ...}. Failures (or PAGE_DEBUG=1) add the console and failed requests.
+// put_without_digest, run_requests, completion_chunk_sha256 (the last completion's chunk
+// digests), marks, ...}. Failures (or PAGE_DEBUG=1) add the console and failed requests.
 // --spki HASH: trust the https server's certificate key (base64 SHA-256 of its
-// SubjectPublicKeyInfo; the tests' throwaway CA is not in Chromium's store). The chunk PUTs'
-// Resource Timing entries (in the upload Worker, which sends them) give `chunk_network`: the
+// SubjectPublicKeyInfo; the tests' throwaway CA is not in Chromium's store). The chunk PUTs' and
+// runs' Resource Timing entries (in the upload Worker, which sends them) give `chunk_network`: the
 // protocol each went over (nextHopProtocol) and how many were in flight at once.
 import crypto from 'node:crypto'
 import fs from 'node:fs'
@@ -168,6 +170,15 @@ try {
   const puts = [0, 0]
   result.put_requests = puts
   result.put_without_digest = 0
+  const runs = [0, 0]
+  result.run_requests = runs
+  result.completion_chunk_sha256 = null
+  ctx.on('request', (r) => {
+    if (r.method() === 'POST' && /\/chunks(\?|$)/.test(r.url())) runs[session]++
+    if (r.method() === 'POST' && r.url().endsWith('/complete')) {
+      try { result.completion_chunk_sha256 = JSON.parse(r.postData() || '{}').chunk_sha256 ?? null } catch {}
+    }
+  })
   ctx.on('request', (r) => {
     if (r.method() !== 'PUT' || !r.url().includes('/chunks/')) return
     puts[session]++
@@ -284,7 +295,7 @@ try {
     result.local_storage_entries = await page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('upload-page:')).length)
     const worker = page.workers()[0]
     result.chunk_network = timingStats(worker ? await worker.evaluate(() => performance.getEntriesByType('resource')
-      .filter((e) => e.name.includes('/chunks/'))
+      .filter((e) => /\/chunks(\/|\?|$)/.test(e.name))
       .map((e) => ({ protocol: e.nextHopProtocol, start: e.startTime, end: e.responseEnd }))) : [])
     const problems = []
     if (done.shown_sha256 !== result.file_sha256) problems.push(`page shows ${done.shown_sha256}, file is ${result.file_sha256}`)

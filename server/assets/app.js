@@ -13,6 +13,9 @@ const TOKEN_KEY = 'upload-token'
 const ACTIVE = 3
 const TRANSIENT = [0, 408, 429, 500, 502, 503, 504]
 const RETRY_DELAYS = [500, 1000, 3000, 5000]
+// Times a run cut by a transient error is picked up again (then chunk by chunk) before the
+// card fails.
+const RECONNECTS = 4
 
 const $ = (sel, el = document) => el.querySelector(sel)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -68,6 +71,10 @@ function refusal (what, status, problem) {
   if (status === 413) return new UploadError(`The file is larger than this server accepts${detail}.`, { retry: false })
   if (status === 507) return new UploadError(`${what}: the server has no room left${detail}. Try again later.`)
   if (status === 429) return new UploadError(`${what}: the server is busy${detail}. Try again in a moment.`)
+  if (type.endsWith('chunk-mismatch')) {
+    const parts = (problem.mismatched || []).map(([a, b]) => (a === b ? `${a + 1}` : `${a + 1}–${b + 1}`)).join(', ')
+    return new UploadError(`${what}: part ${parts} arrived damaged (its SHA-256 on the server is not the one this browser computed), so nothing was published. Press Retry to send the file again.`)
+  }
   if (type.endsWith('chunk-digest-mismatch')) {
     return new UploadError(`${what}: it arrived damaged (the server's check of its SHA-256 failed) and was not stored. Press Retry to send it again.`)
   }
@@ -233,30 +240,75 @@ class Upload {
     renderUnfinished()
   }
 
+  // Sends what is missing: a new upload as one run (the whole file in one request, the cheapest
+  // for the browser), the holes of an interrupted or resumed one chunk by chunk, each with its
+  // own digest. Every chunk is hashed either way, for the completion.
   send () {
     this.setState('uploading', this.resumed ? undefined : 'Uploading…')
     this.samples = [[performance.now(), this.confirmed]]
     this.sending = true
+    this.run = !this.noRuns && this.count > 0 && this.missing.length === this.count
+    this.runLoaded = 0
+    this.digests = null
     byJob.delete(this.job)
     this.job = nextJob++
     byJob.set(this.job, this)
     chunkSender().postMessage({
-      type: 'start', uid: this.job, file: this.file, id: this.id, chunkSize: this.chunkSize, chunks: this.missing, token: token()
+      type: 'start', uid: this.job, file: this.file, id: this.id, chunkSize: this.chunkSize, count: this.count, chunks: this.missing, run: this.run, token: token()
     })
+    if (this.run) this.followRun(this.job)
+  }
+
+  // While a run is in flight, what the server has stored comes from its status.
+  async followRun (job) {
+    while (this.job === job && this.sending) {
+      await sleep(1000)
+      if (this.job !== job || !this.sending) break
+      const r = await api('GET', `/v1/uploads/${this.id}`)
+      if (r.ok && this.job === job && this.sending) this.confirmed = r.json.received_bytes
+    }
+  }
+
+  // A run ended early on a transient error, or a proxy on the way refused a body that large
+  // (413): after a pause, the server says what it has and the rest goes chunk by chunk.
+  async reconnect ({ status, retryAfter }) {
+    this.reconnects = (this.reconnects || 0) + 1
+    if (this.reconnects > RECONNECTS) { this.fail(refusal('Sending the file', status, null)); return }
+    if (status === 413) this.noRuns = true
+    const after = Number(retryAfter) * 1000
+    const delay = status === 413 ? 0 : after > 0 ? Math.min(after, 60000) : 1000 * this.reconnects
+    this.say(`${status ? `The server answered ${status}` : 'The connection was lost'}; going on in ${Math.ceil(delay / 1000)} s.`)
+    await sleep(delay)
+    if (this.state !== 'uploading') return
+    try {
+      await this.open()
+      this.send()
+    } catch (e) { this.fail(e) }
   }
 
   onWorker (m) {
     switch (m.type) {
-      case 'progress': this.loaded = m.loaded; break
+      case 'progress':
+        if (this.run) this.runLoaded = m.loaded
+        else this.loaded = m.loaded
+        break
       case 'stored': this.confirmed += m.size; break
       case 'retrying':
         this.say(`Part ${m.index + 1} of ${this.count}: ${m.status ? `the server answered ${m.status}` : 'the connection was lost'}; trying again in ${Math.ceil(m.delay / 1000)} s.`)
         break
+      case 'interrupted': this.interrupted = m; break
       case 'sent':
+        this.digests = m.digests
         this.ended()
         if (this.state === 'uploading' || this.state === 'pausing') this.complete().catch((e) => this.fail(e))
         break
-      case 'stopped': this.ended(); break
+      case 'stopped': {
+        this.ended()
+        const why = this.interrupted
+        this.interrupted = null
+        if (why && this.state === 'uploading') this.reconnect(why)
+        break
+      }
       case 'failed': {
         if (this.state !== 'uploading' && this.state !== 'pausing') break
         const what = `Part ${m.index + 1} of ${this.count}`
@@ -286,7 +338,10 @@ class Upload {
 
   async complete () {
     this.setState('verifying', 'All parts are on the server; it is checking the whole file…')
-    let r = await api('POST', `/v1/uploads/${this.id}/complete`, {})
+    // Every chunk's SHA-256 as this page read it: the server checks them all before it
+    // publishes anything (chunks of a run were sent without a digest of their own).
+    const digests = this.digests?.length === this.count && this.digests.every((d) => d) ? this.digests : null
+    let r = await api('POST', `/v1/uploads/${this.id}/complete`, digests ? { chunk_sha256: digests } : {})
     while (r.status === 202 || (r.ok && r.json?.state === 'completing')) {
       await sleep(500)
       r = await api('GET', `/v1/uploads/${this.id}`)
@@ -297,7 +352,13 @@ class Upload {
       return this.send()
     }
     if (!r.ok || r.json?.state !== 'completed' || !/^[0-9a-f]{64}$/.test(r.json.sha256 || '')) {
-      if (r.status === 422 || r.json?.state === 'failed') { forget(this.key); this.id = null }
+      if (r.status === 422 || r.json?.state === 'failed') {
+        // Nothing was published; what the server holds is not this file: it goes, and Retry
+        // sends the file again.
+        if (r.json?.mismatched) await api('DELETE', `/v1/uploads/${this.id}`)
+        forget(this.key)
+        this.id = null
+      }
       throw refusal('Checking the whole file', r.status, r.json)
     }
     forget(this.key)
@@ -333,6 +394,12 @@ class Upload {
     this.setState('pausing', 'Pausing…')
     await this.halt()
     if (this.state !== 'pausing') return // it finished or failed meanwhile
+    if (this.run) {
+      // What the run got to store before it was stopped.
+      const r = await api('GET', `/v1/uploads/${this.id}`)
+      if (r.ok) this.adopt(r.json)
+      if (this.state !== 'pausing') return
+    }
     this.setState('paused', `Paused. ${fmtBytes(this.confirmed)} of ${fmtBytes(this.file.size)} are on the server.`)
     $('.resume', this.el).focus()
     admit()
@@ -350,6 +417,7 @@ class Upload {
     $('#token').removeAttribute('aria-invalid')
     this.el.focus() // the Retry button goes away: keep the keyboard on this card
     await this.halt() // what the failed attempt still had in flight
+    if (!this.id) delete this.el.dataset.id // the next attempt is a new upload
     this.retrying = false
     this.setState('queued', 'Waiting for the files before it.')
     admit()
@@ -385,7 +453,8 @@ class Upload {
   // Percent, bytes, speed (over the last 3 s) and time left.
   render () {
     const size = this.file.size
-    let sent = this.state === 'done' ? size : Math.min(size, this.confirmed + (this.state === 'uploading' ? this.loaded : 0))
+    const inFlight = this.state !== 'uploading' ? 0 : this.run ? this.runLoaded - this.confirmed : this.loaded
+    const sent = this.state === 'done' ? size : Math.min(size, this.confirmed + Math.max(0, inFlight))
     const frac = size ? sent / size : (this.state === 'done' ? 1 : 0)
     $('progress', this.el).value = Math.round(frac * 1000)
     $('.pct', this.el).textContent = `${Math.floor(frac * 100)}%`

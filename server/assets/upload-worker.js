@@ -1,22 +1,36 @@
-// The upload page's chunk sender, a dedicated Worker: it reads the chunks of each file ahead,
-// computes each chunk's SHA-256 with WebCrypto and PUTs it with that `Content-Digest`, 4 at a
-// time, so that reading and hashing never hold the page's main thread. The page (app.js)
-// creates and completes uploads and keeps the resume state; it posts jobs here and gets back
-// progress, each stored chunk and the outcome.
+// The upload page's chunk sender, a dedicated Worker: it reads every chunk of each file and
+// computes its SHA-256 with WebCrypto, so that reading and hashing never hold the page's main
+// thread, and sends the chunks in one of two ways:
+// - a run: when what is missing is the file from some chunk to its end (a new upload), ONE
+//   request carries it all (`POST /v1/uploads/{id}/chunks?from=k`), its body the `File` itself
+//   (or its slice from chunk k), which the browser's network stack reads from disk on its own;
+//   the chunks are hashed meanwhile, and their digests checked by the server at completion;
+// - chunk by chunk otherwise (the holes a failed or resumed upload left): each chunk, once
+//   hashed, is PUT with its `Content-Digest`, 4 at a time.
+// The page (app.js) creates and completes uploads and keeps the resume state; it posts jobs
+// here and gets back progress, each stored chunk, every chunk's digest and the outcome.
 //
 // What it costs, per byte, beyond what a client without digests pays: one more read of the file
-// into this Worker and WebCrypto's SHA-256 of it. The PUT body is the chunk's `Blob` slice,
+// into this Worker and WebCrypto's SHA-256 of it. A PUT's body is the chunk's `Blob` slice,
 // which the browser streams from the file itself: sending the bytes already read would cost
-// more than reading them again (see the README).
+// more than reading them again; and one request with the whole `File` costs the browser less
+// than slices of it (see the README).
 //
-// Messages in:  {type: 'start', uid, file, id, chunkSize, chunks: [index...], token}
+// Messages in:  {type: 'start', uid, file, id, chunkSize, count, chunks: [index...], run, token}
+//                 chunks: the ones to send; run: true to send them as one run (then they are
+//                 the file from chunks[0] to its end); every chunk of `count` is hashed
 //               {type: 'stop', uid}
-// Messages out: {type: 'progress', uid, loaded}        bytes of unfinished PUTs sent so far
-//               {type: 'stored', uid, index, size}      the server stored chunk `index`
+// Messages out: {type: 'progress', uid, loaded}        bytes of unfinished requests sent so far
+//               {type: 'stored', uid, index, size}      the server stored chunk `index` (a PUT)
 //               {type: 'retrying', uid, index, status, delay}
+//               {type: 'interrupted', uid, status, retryAfter}   a run ended early on a
+//                                                       transient error, or was too large for a
+//                                                       proxy (413): the page asks the server
+//                                                       what it has and sends the rest
 //               {type: 'failed', uid, index, status, problem, read}   no new chunk starts; those
 //                                                       in flight finish (and may be 'stored')
-//               {type: 'sent', uid}                     the end: every chunk is stored
+//               {type: 'sent', uid, digests}            the end: every chunk is stored; the hex
+//                                                       SHA-256 of every chunk, in order
 //               {type: 'stopped', uid}                  the end, after a stop or a failure
 'use strict'
 
@@ -96,7 +110,8 @@ async function read (job, index) {
   const blob = job.file.slice(start, Math.min(job.file.size, start + job.chunkSize))
   try {
     const digest = await crypto.subtle.digest('SHA-256', await blob.arrayBuffer())
-    if (job.alive) ready.push({ job, index, blob, digest })
+    job.digests[index] = hex(digest)
+    if (job.alive && job.puts.has(index)) ready.push({ job, index, blob, digest })
   } catch (e) {
     // The file was moved, changed or became unreadable since it was chosen.
     fail(job, { index, status: 0, read: `${e.name}: ${e.message}` })
@@ -145,27 +160,58 @@ async function send ({ job, index, blob, digest }) {
   }
 }
 
-// One chunk PUT; XMLHttpRequest for its upload progress events.
+// One chunk PUT.
 function put (job, index, blob, digest) {
+  return request(job, index, 'PUT', `/v1/uploads/${job.id}/chunks/${index}`, blob, { 'content-digest': digest })
+}
+
+// One request of the job's, known by `key` while in flight; XMLHttpRequest for its upload
+// progress events.
+function request (job, key, method, url, body, headers) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest()
     const slot = { xhr, loaded: 0 }
-    job.xhrs.set(index, slot)
+    job.xhrs.set(key, slot)
     const done = () => {
-      job.xhrs.delete(index)
+      job.xhrs.delete(key)
       let json = null
       try { json = JSON.parse(xhr.responseText) } catch {}
       resolve({ status: xhr.status, json, retryAfter: xhr.getResponseHeader('retry-after') })
     }
-    xhr.open('PUT', `/v1/uploads/${job.id}/chunks/${index}`)
-    xhr.setRequestHeader('content-digest', digest)
+    xhr.open(method, url)
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value)
     if (job.token) xhr.setRequestHeader('authorization', `Bearer ${job.token}`)
     xhr.upload.onprogress = (e) => { slot.loaded = e.loaded; progress(job) }
     xhr.onload = done
     xhr.onerror = done
     xhr.onabort = done
-    xhr.send(blob)
+    xhr.send(body)
   })
+}
+
+// The job's run: every chunk from `from` to the end in one request, whose body is the File
+// itself from the first chunk (the browser then reads the file on its own), else its slice.
+async function sendRun (job, from) {
+  job.busy++
+  const body = from === 0 ? job.file : job.file.slice(from * job.chunkSize)
+  try {
+    // The page follows what the server stored from its status meanwhile.
+    const r = await request(job, 'run', 'POST', `/v1/uploads/${job.id}/chunks?from=${from}`, body, {})
+    if (r.status === 200 || !job.alive) {
+      // stored, or stopped (the request was aborted)
+    } else if (TRANSIENT.includes(r.status) || r.status === 413) {
+      // 413: a proxy on the way limits request bodies; the page goes on chunk by chunk.
+      drop(job)
+      post(job, { type: 'interrupted', status: r.status, retryAfter: r.retryAfter })
+    } else {
+      fail(job, { index: from, status: r.status, problem: r.json })
+    }
+  } finally {
+    job.busy--
+    progress(job, true)
+    settle(job)
+    pump()
+  }
 }
 
 // Reports the job's end once nothing of it is left in flight.
@@ -174,7 +220,7 @@ function settle (job) {
   if (job.alive && (job.toRead.length || ready.some((c) => c.job === job))) return
   job.ended = true
   jobs.delete(job.uid)
-  post(job, { type: job.alive ? 'sent' : 'stopped' })
+  post(job, job.alive ? { type: 'sent', digests: job.digests } : { type: 'stopped' })
 }
 
 // Starts no more of the job's chunks.
@@ -200,21 +246,30 @@ function stop (job) {
 
 self.onmessage = ({ data: m }) => {
   if (m.type === 'start') {
+    // The chunks to send are read first, then the others (their digests go with the
+    // completion, which covers chunks stored by an earlier run).
+    const sending = new Set(m.chunks)
+    const others = []
+    for (let i = 0; i < m.count; i++) if (!sending.has(i)) others.push(i)
     const job = {
       uid: m.uid,
       file: m.file,
       id: m.id,
       chunkSize: m.chunkSize,
-      toRead: m.chunks.slice(),
+      count: m.count,
+      toRead: m.chunks.concat(others),
+      puts: m.run ? new Set() : sending,
+      digests: new Array(m.count),
       token: m.token,
       alive: true,
-      busy: 0, //    PUTs in flight or waiting to retry
+      busy: 0, //    requests in flight or waiting to retry
       reading: 0, // chunks being read and hashed
       ended: false,
       xhrs: new Map(),
       progressAt: 0,
     }
     jobs.set(m.uid, job)
+    if (m.run && m.chunks.length) sendRun(job, m.chunks[0])
     settle(job) // an upload with nothing left to send
     pump()
   } else if (m.type === 'stop') {

@@ -1,16 +1,17 @@
 //! The built-in upload page (`GET /`) in a real browser: headless Chromium driven by
 //! `scripts/webclients/page.mjs` (playwright-core) against the real `upload-server`.
 //!
-//! - a 256 MiB file goes up and is verified: the SHA-256 the page shows is the file's and
-//!   the server's, every chunk PUT carried a `Content-Digest`, the page says how the file
-//!   was checked, and it asks for no token from a server that needs none;
+//! - a 256 MiB file goes up in one request (a run of chunks) and is verified: the page's
+//!   completion gives every chunk's SHA-256, which are the file's; the SHA-256 the page shows
+//!   is the file's and the server's; the page says how the file was checked, and it asks for
+//!   no token from a server that needs none;
 //! - Pause (pressed with the keyboard) stops the upload, a reload lists it as unfinished,
 //!   and choosing the same file again resumes the SAME upload, sending only what is missing;
 //!   a screenshot of the page mid-upload is kept in `target/test-artifacts/page-mid-upload.png`;
 //! - a wrong token fails the card with words that name the token field; the right one and
 //!   Retry finish the upload, whose download link is then a signed URL;
-//! - a chunk damaged on the way (by the fault proxy) is refused by the server, whose check
-//!   of the page's digest fails; the card says so, and Retry finishes the upload;
+//! - a file damaged on the way (by the fault proxy) is not published: the server's check of
+//!   the page's chunk digests fails; the card says so, and Retry sends the file again;
 //! - several files chosen at once are listed, and uploaded, in the order chosen;
 //! - Cancel (pressed with the keyboard) makes the server answer 410 for the upload.
 //!
@@ -243,14 +244,22 @@ fn page_uploads_256mib_verified_by_its_own_chunk_digests() {
     assert_eq!(r["link"], format!("/v1/uploads/{id}/content"), "{r:#}");
     let (_, status) = native_status(&server, id);
     let chunks = status["chunk_count"].as_u64().expect("chunk_count");
-    // A large file goes in 16 MiB chunks (fewer requests cost the browser less CPU), enough of
-    // them to keep the 4 slots busy.
+    // A new upload goes as one run of its 16 MiB chunks (one request costs the browser the
+    // least CPU), and the completion gives each chunk's SHA-256 as the page read it.
     assert_eq!(status["chunk_size"], 16 * MIB, "{status:#}");
     assert_eq!(chunks, 16, "{status:#}");
-    assert_eq!(r["put_requests"][0], chunks, "one PUT per chunk: {r:#}");
+    assert_eq!(r["run_requests"][0], 1, "one run: {r:#}");
+    assert_eq!(r["put_requests"][0], 0, "no chunk PUT: {r:#}");
     assert_eq!(
-        logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(201)),
-        chunks as usize
+        logged_requests(&server, &format!("/v1/uploads/{id}/chunks"), Some(200)),
+        1
+    );
+    let bytes = std::fs::read(&file).expect("read the file");
+    let expected: Vec<String> = bytes.chunks(16 * MIB).map(sha256_hex).collect();
+    assert_eq!(
+        r["completion_chunk_sha256"],
+        serde_json::json!(expected),
+        "the page's chunk digests"
     );
     // It says, in words, how the file was checked.
     let how = r["verification"].as_str().expect("verification text");
@@ -448,9 +457,10 @@ fn page_wrong_token_then_the_right_one() {
     assert_eq!(sha256_hex(&body), sha);
 }
 
-/// A chunk damaged between the browser and the server (one byte flipped by the fault
-/// proxy) is refused by the server, whose check of the page's own digest fails; the card
-/// says so and offers Retry, which sends the rest and finishes with the file's SHA-256.
+/// A run damaged between the browser and the server (one byte flipped by the fault proxy)
+/// is stored, but the server's check of the page's chunk digests at completion fails and
+/// nothing is published; the card says so and offers Retry, which sends the file again
+/// (the damaged upload is cancelled) and finishes with the file's SHA-256.
 #[test]
 fn page_retries_a_damaged_chunk_from_the_card() {
     if !webclients_or_skip("page_retries_a_damaged_chunk_from_the_card") {
@@ -462,7 +472,7 @@ fn page_retries_a_damaged_chunk_from_the_card() {
         &server.addr,
         Faults {
             rate: 1.0,
-            matching: "/chunks/".into(),
+            matching: "/chunks".into(),
             kinds: vec![Fault::Corrupt],
             ..Faults::none()
         },
@@ -485,13 +495,25 @@ fn page_retries_a_damaged_chunk_from_the_card() {
         "{r:#}"
     );
     let id = r["id"].as_str().expect("upload id");
-    assert_eq!(
-        r["failure"]["id"], id,
-        "Retry went on with the same upload: {r:#}"
+    let damaged = r["failure"]["id"].as_str().expect("the failed upload's id");
+    assert_ne!(
+        damaged, id,
+        "Retry sent the file again as a new upload: {r:#}"
     );
-    assert!(
-        logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(400)) >= 1,
-        "the server refused the damaged chunk"
+    assert_eq!(
+        logged_requests(
+            &server,
+            &format!("/v1/uploads/{damaged}/complete"),
+            Some(422)
+        ),
+        1,
+        "the server refused to publish the damaged upload"
+    );
+    let (code, _) = native_status(&server, damaged);
+    assert_eq!(
+        code,
+        reqwest::StatusCode::GONE,
+        "the damaged upload was cancelled"
     );
     assert_verified(&server, &r, &sha, 20 * MIB + 5, None);
 }
