@@ -270,11 +270,12 @@ class Upload {
   }
 
   // A run ended early on a transient error, or a proxy on the way refused a body that large
-  // (413): after a pause, the server says what it has and the rest goes chunk by chunk.
+  // (413): after a pause, the server says what it has and the rest of this file goes chunk by
+  // chunk (a proxy that cuts long requests would cut the next run too).
   async reconnect ({ status, retryAfter }) {
     this.reconnects = (this.reconnects || 0) + 1
     if (this.reconnects > RECONNECTS) { this.fail(refusal('Sending the file', status, null)); return }
-    if (status === 413) this.noRuns = true
+    this.noRuns = true
     const after = Number(retryAfter) * 1000
     const delay = status === 413 ? 0 : after > 0 ? Math.min(after, 60000) : 1000 * this.reconnects
     this.say(`${status ? `The server answered ${status}` : 'The connection was lost'}; going on in ${Math.ceil(delay / 1000)} s.`)

@@ -9,6 +9,7 @@
 //! - [`Fault::Stall`]: forward the head and half the body, then stop moving bytes and
 //!   hold the connection open (the client must notice the stall and retry);
 //! - [`Fault::Unavailable`]: swallow the request and answer `503` with `Retry-After: 1`;
+//!   [`Fault::TooLarge`]: `413`, as a proxy that limits request bodies;
 //! - [`Fault::DropResponse`]: forward the whole request, then close the connection
 //!   instead of returning the answer (the server did the work; the retry must be safe);
 //! - [`Fault::Latency`], [`Fault::Trickle`]: delay the request, or crawl through the
@@ -58,6 +59,8 @@ pub enum Fault {
     Trickle,
     /// Forward the request with the middle byte of its body flipped (not for chunked bodies).
     Corrupt,
+    /// Answer 413 without forwarding, as a proxy that limits request bodies does.
+    TooLarge,
 }
 
 /// Which requests get a fault.
@@ -420,16 +423,25 @@ fn serve(s: &Shared, client: TcpStream) -> std::io::Result<()> {
         let body_len = head.content_length.unwrap_or(0);
         let fault = pick_fault(s, &head.first_line);
 
-        if fault == Some(Fault::Unavailable) {
+        if matches!(fault, Some(Fault::Unavailable | Fault::TooLarge)) {
             stats.unavailable.fetch_add(1, Ordering::Relaxed);
             if head.chunked {
                 copy_chunked(&mut client_r, None, &stats.bytes_up)?;
             } else {
                 copy_n(&mut client_r, None, body_len, &stats.bytes_up)?;
             }
-            let body = br#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"injected by the test proxy"}"#;
+            let (status, extra) = if fault == Some(Fault::TooLarge) {
+                ("413 Content Too Large", "")
+            } else {
+                ("503 Service Unavailable", "Retry-After: 1\r\n")
+            };
+            let body = format!(
+                r#"{{"type":"about:blank","title":"{status}","status":{},"detail":"injected by the test proxy"}}"#,
+                &status[..3]
+            );
+            let body = body.as_bytes();
             let resp = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/problem+json\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
             client_w.write_all(resp.as_bytes())?;

@@ -12,6 +12,8 @@
 //!   Retry finish the upload, whose download link is then a signed URL;
 //! - a file damaged on the way (by the fault proxy) is not published: the server's check of
 //!   the page's chunk digests fails; the card says so, and Retry sends the file again;
+//! - a run cut mid-way, or refused by a proxy (413), is picked up chunk by chunk from what
+//!   the server stored, and the completion still covers every chunk with the page's digests;
 //! - several files chosen at once are listed, and uploaded, in the order chosen;
 //! - Cancel (pressed with the keyboard) makes the server answer 410 for the upload.
 //!
@@ -516,6 +518,64 @@ fn page_retries_a_damaged_chunk_from_the_card() {
         "the damaged upload was cancelled"
     );
     assert_verified(&server, &r, &sha, 20 * MIB + 5, None);
+}
+
+/// A run that does not get through is picked up from what the server stored, chunk by
+/// chunk, each with its digest, whether the connection was cut mid-way (the chunks before
+/// the cut are kept) or a proxy refused a body that large (413); the completion still
+/// covers every chunk with the page's digests, and the card never fails.
+#[test]
+fn page_goes_on_chunk_by_chunk_when_a_run_does_not_get_through() {
+    if !webclients_or_skip("page_goes_on_chunk_by_chunk_when_a_run_does_not_get_through") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, _data) = Server::start(&[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for (fault, seed) in [(Fault::Reset, 11), (Fault::TooLarge, 12)] {
+        let proxy = Proxy::start(
+            &server.addr,
+            Faults {
+                rate: 1.0,
+                // Every run (Chromium itself may send one again on a new connection).
+                matching: "POST /v1/uploads/*/chunks?".into(),
+                kinds: vec![fault],
+                ..Faults::none()
+            },
+        );
+        let size = 40 * MIB + 3;
+        let (file, sha) = random_file(tmp.path(), &format!("{fault:?}.bin"), size, seed);
+        let r = run_driver(&proxy.url(), &file, &[]);
+        eprintln!("page.mjs ({fault:?}): {r}");
+        assert_eq!(
+            r["run_requests"][0], 1,
+            "one run, not retried as a run: {r:#}"
+        );
+        let id = r["id"].as_str().expect("upload id");
+        let (_, status) = native_status(&server, id);
+        let chunk_size = status["chunk_size"].as_u64().expect("chunk_size") as usize;
+        let chunks = status["chunk_count"].as_u64().expect("chunk_count");
+        let puts = r["put_requests"][0].as_u64().expect("put_requests");
+        let kept = logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(201));
+        assert_eq!(kept as u64, puts, "{fault:?}: {r:#}");
+        if fault == Fault::Reset {
+            // The proxy cut the run after half its body: what came before stayed stored.
+            assert!(
+                puts >= 1 && puts < chunks,
+                "{fault:?}: {puts} PUTs of {chunks}: {r:#}"
+            );
+        } else {
+            assert_eq!(puts, chunks, "{fault:?}: every chunk PUT: {r:#}");
+        }
+        let bytes = std::fs::read(&file).expect("read the file");
+        let expected: Vec<String> = bytes.chunks(chunk_size).map(sha256_hex).collect();
+        assert_eq!(
+            r["completion_chunk_sha256"],
+            serde_json::json!(expected),
+            "{fault:?}: the page's chunk digests"
+        );
+        assert_verified(&server, &r, &sha, size, None);
+    }
 }
 
 /// Files chosen together are listed in the order chosen, each uploaded and verified.
