@@ -11,7 +11,8 @@
 //! - a wrong token fails the card with words that name the token field; the right one and
 //!   Retry finish the upload, whose download link is then a signed URL;
 //! - a file damaged on the way (by the fault proxy) is not published: the server's check of
-//!   the page's chunk digests fails; the card says so, and Retry sends the file again;
+//!   the page's chunk digests fails; the card says so, and Retry sends the file again; a
+//!   chunk PUT damaged on the way is refused at once, and Retry resends it;
 //! - a run cut mid-way, or refused by a proxy (413), is picked up chunk by chunk from what
 //!   the server stored, and the completion still covers every chunk with the page's digests;
 //! - several files chosen at once are listed, and uploaded, in the order chosen;
@@ -516,6 +517,63 @@ fn page_retries_a_damaged_chunk_from_the_card() {
         code,
         reqwest::StatusCode::GONE,
         "the damaged upload was cancelled"
+    );
+    assert_verified(&server, &r, &sha, 20 * MIB + 5, None);
+}
+
+/// A chunk PUT damaged on the way (the page goes chunk by chunk here: a proxy in front
+/// refuses runs with 413) is refused by the server, whose check of the page's digest
+/// fails; the card says so and offers Retry, which resends it on the same upload.
+#[test]
+fn page_retries_a_damaged_chunk_put_from_the_card() {
+    if !webclients_or_skip("page_retries_a_damaged_chunk_put_from_the_card") {
+        return;
+    }
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let (server, _data) = Server::start(&[]);
+    let damaging = Proxy::start(
+        &server.addr,
+        Faults {
+            rate: 1.0,
+            matching: "PUT /v1/uploads/*/chunks/".into(),
+            kinds: vec![Fault::Corrupt],
+            ..Faults::none()
+        },
+    );
+    damaging.limit_faults(1);
+    let no_runs = Proxy::start(
+        &damaging.url(),
+        Faults {
+            rate: 1.0,
+            matching: "POST /v1/uploads/*/chunks?".into(),
+            kinds: vec![Fault::TooLarge],
+            ..Faults::none()
+        },
+    );
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (file, sha) = random_file(tmp.path(), "damaged-put.bin", 20 * MIB + 5, 13);
+
+    let r = run_driver(&no_runs.url(), &file, &["--expect-failure"]);
+    eprintln!("page.mjs: {r}");
+    assert_eq!(damaging.stats().corrupted.load(Ordering::Relaxed), 1);
+    let error = r["failure"]["error"].as_str().expect("failure message");
+    assert!(
+        error.contains("arrived damaged") && error.contains("Retry"),
+        "{error}"
+    );
+    assert_eq!(
+        r["failure"]["buttons"],
+        serde_json::json!(["retry", "dismiss"]),
+        "{r:#}"
+    );
+    let id = r["id"].as_str().expect("upload id");
+    assert_eq!(
+        r["failure"]["id"], id,
+        "Retry went on with the same upload: {r:#}"
+    );
+    assert!(
+        logged_requests(&server, &format!("/v1/uploads/{id}/chunks/"), Some(400)) >= 1,
+        "the server refused the damaged chunk"
     );
     assert_verified(&server, &r, &sha, 20 * MIB + 5, None);
 }
