@@ -215,6 +215,46 @@ fn assert_verified(server: &Server, r: &Value, sha: &str, size: usize, token: Op
     );
 }
 
+/// The page's (last) completion gave the SHA-256 of every chunk of `file`, cut at
+/// `chunk_size`.
+fn assert_chunk_digests(r: &Value, file: &Path, chunk_size: usize) {
+    let bytes = std::fs::read(file).expect("read the file");
+    let expected: Vec<String> = bytes.chunks(chunk_size).map(sha256_hex).collect();
+    assert_eq!(
+        r["completion_chunk_sha256"],
+        serde_json::json!(expected),
+        "the page's chunk digests: {r:#}"
+    );
+}
+
+/// The card failed saying that something arrived damaged, and offers Retry and Dismiss.
+fn assert_failed_damaged(r: &Value) {
+    let error = r["failure"]["error"].as_str().expect("failure message");
+    assert!(
+        error.contains("arrived damaged") && error.contains("Retry"),
+        "{error}"
+    );
+    assert_eq!(
+        r["failure"]["buttons"],
+        serde_json::json!(["retry", "dismiss"]),
+        "{r:#}"
+    );
+}
+
+/// A fault proxy in front of `upstream` that gives `fault` to every request `matching`
+/// selects.
+fn faulty_proxy(upstream: &str, matching: &str, fault: Fault) -> Proxy {
+    Proxy::start(
+        upstream,
+        Faults {
+            rate: 1.0,
+            matching: matching.into(),
+            kinds: vec![fault],
+            ..Faults::none()
+        },
+    )
+}
+
 #[test]
 fn page_uploads_256mib_verified_by_its_own_chunk_digests() {
     if !webclients_or_skip("page_uploads_256mib_verified_by_its_own_chunk_digests") {
@@ -257,13 +297,7 @@ fn page_uploads_256mib_verified_by_its_own_chunk_digests() {
         logged_requests(&server, &format!("/v1/uploads/{id}/chunks"), Some(200)),
         1
     );
-    let bytes = std::fs::read(&file).expect("read the file");
-    let expected: Vec<String> = bytes.chunks(16 * MIB).map(sha256_hex).collect();
-    assert_eq!(
-        r["completion_chunk_sha256"],
-        serde_json::json!(expected),
-        "the page's chunk digests"
-    );
+    assert_chunk_digests(&r, &file, 16 * MIB);
     // It says, in words, how the file was checked.
     let how = r["verification"].as_str().expect("verification text");
     assert!(
@@ -465,21 +499,13 @@ fn page_wrong_token_then_the_right_one() {
 /// nothing is published; the card says so and offers Retry, which sends the file again
 /// (the damaged upload is cancelled) and finishes with the file's SHA-256.
 #[test]
-fn page_retries_a_damaged_chunk_from_the_card() {
-    if !webclients_or_skip("page_retries_a_damaged_chunk_from_the_card") {
+fn page_sends_a_damaged_run_again_from_the_card() {
+    if !webclients_or_skip("page_sends_a_damaged_run_again_from_the_card") {
         return;
     }
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let (server, _data) = Server::start(&[]);
-    let proxy = Proxy::start(
-        &server.addr,
-        Faults {
-            rate: 1.0,
-            matching: "/chunks".into(),
-            kinds: vec![Fault::Corrupt],
-            ..Faults::none()
-        },
-    );
+    let proxy = faulty_proxy(&server.addr, "POST /v1/uploads/*/chunks?", Fault::Corrupt);
     proxy.limit_faults(1);
     let tmp = tempfile::tempdir().expect("temp dir");
     let (file, sha) = random_file(tmp.path(), "damaged.bin", 20 * MIB + 5, 9);
@@ -487,16 +513,7 @@ fn page_retries_a_damaged_chunk_from_the_card() {
     let r = run_driver(&proxy.url(), &file, &["--expect-failure"]);
     eprintln!("page.mjs: {r}");
     assert_eq!(proxy.stats().corrupted.load(Ordering::Relaxed), 1);
-    let error = r["failure"]["error"].as_str().expect("failure message");
-    assert!(
-        error.contains("arrived damaged") && error.contains("Retry"),
-        "{error}"
-    );
-    assert_eq!(
-        r["failure"]["buttons"],
-        serde_json::json!(["retry", "dismiss"]),
-        "{r:#}"
-    );
+    assert_failed_damaged(&r);
     let id = r["id"].as_str().expect("upload id");
     let damaged = r["failure"]["id"].as_str().expect("the failed upload's id");
     assert_ne!(
@@ -525,30 +542,18 @@ fn page_retries_a_damaged_chunk_from_the_card() {
 /// refuses runs with 413) is refused by the server, whose check of the page's digest
 /// fails; the card says so and offers Retry, which resends it on the same upload.
 #[test]
-fn page_retries_a_damaged_chunk_put_from_the_card() {
-    if !webclients_or_skip("page_retries_a_damaged_chunk_put_from_the_card") {
+fn page_retries_a_damaged_chunk_from_the_card() {
+    if !webclients_or_skip("page_retries_a_damaged_chunk_from_the_card") {
         return;
     }
     let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let (server, _data) = Server::start(&[]);
-    let damaging = Proxy::start(
-        &server.addr,
-        Faults {
-            rate: 1.0,
-            matching: "PUT /v1/uploads/*/chunks/".into(),
-            kinds: vec![Fault::Corrupt],
-            ..Faults::none()
-        },
-    );
+    let damaging = faulty_proxy(&server.addr, "PUT /v1/uploads/*/chunks/", Fault::Corrupt);
     damaging.limit_faults(1);
-    let no_runs = Proxy::start(
+    let no_runs = faulty_proxy(
         &damaging.url(),
-        Faults {
-            rate: 1.0,
-            matching: "POST /v1/uploads/*/chunks?".into(),
-            kinds: vec![Fault::TooLarge],
-            ..Faults::none()
-        },
+        "POST /v1/uploads/*/chunks?",
+        Fault::TooLarge,
     );
     let tmp = tempfile::tempdir().expect("temp dir");
     let (file, sha) = random_file(tmp.path(), "damaged-put.bin", 20 * MIB + 5, 13);
@@ -556,16 +561,7 @@ fn page_retries_a_damaged_chunk_put_from_the_card() {
     let r = run_driver(&no_runs.url(), &file, &["--expect-failure"]);
     eprintln!("page.mjs: {r}");
     assert_eq!(damaging.stats().corrupted.load(Ordering::Relaxed), 1);
-    let error = r["failure"]["error"].as_str().expect("failure message");
-    assert!(
-        error.contains("arrived damaged") && error.contains("Retry"),
-        "{error}"
-    );
-    assert_eq!(
-        r["failure"]["buttons"],
-        serde_json::json!(["retry", "dismiss"]),
-        "{r:#}"
-    );
+    assert_failed_damaged(&r);
     let id = r["id"].as_str().expect("upload id");
     assert_eq!(
         r["failure"]["id"], id,
@@ -591,16 +587,8 @@ fn page_goes_on_chunk_by_chunk_when_a_run_does_not_get_through() {
     let (server, _data) = Server::start(&[]);
     let tmp = tempfile::tempdir().expect("temp dir");
     for (fault, seed) in [(Fault::Reset, 11), (Fault::TooLarge, 12)] {
-        let proxy = Proxy::start(
-            &server.addr,
-            Faults {
-                rate: 1.0,
-                // Every run (Chromium itself may send one again on a new connection).
-                matching: "POST /v1/uploads/*/chunks?".into(),
-                kinds: vec![fault],
-                ..Faults::none()
-            },
-        );
+        // Every run (Chromium itself may send one again on a new connection).
+        let proxy = faulty_proxy(&server.addr, "POST /v1/uploads/*/chunks?", fault);
         let size = 40 * MIB + 3;
         let (file, sha) = random_file(tmp.path(), &format!("{fault:?}.bin"), size, seed);
         let r = run_driver(&proxy.url(), &file, &[]);
@@ -625,13 +613,7 @@ fn page_goes_on_chunk_by_chunk_when_a_run_does_not_get_through() {
         } else {
             assert_eq!(puts, chunks, "{fault:?}: every chunk PUT: {r:#}");
         }
-        let bytes = std::fs::read(&file).expect("read the file");
-        let expected: Vec<String> = bytes.chunks(chunk_size).map(sha256_hex).collect();
-        assert_eq!(
-            r["completion_chunk_sha256"],
-            serde_json::json!(expected),
-            "{fault:?}: the page's chunk digests"
-        );
+        assert_chunk_digests(&r, &file, chunk_size);
         assert_verified(&server, &r, &sha, size, None);
     }
 }

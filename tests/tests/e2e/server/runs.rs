@@ -33,6 +33,15 @@ fn chunk_digests(file: &[u8], cs: usize) -> Vec<String> {
     file.chunks(cs).map(tests::sha256_hex).collect()
 }
 
+/// Completes `id` with every chunk's digest (200), and checks the file is `file`.
+async fn complete_with_digests(api: &Api, id: UploadId, file: &[u8], cs: usize) {
+    let resp = api
+        .complete(id, Some(json!({ "chunk_sha256": chunk_digests(file, cs) })))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    api.assert_content(id, file).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_stores_its_chunks_and_completion_checks_them() {
     let (server, store) = start!(&[]);
@@ -115,14 +124,7 @@ async fn a_run_cut_short_keeps_its_whole_chunks() {
     .await;
     let st = api.status(id).await;
     assert!(st.missing.is_empty(), "{:?}", st.missing);
-    let resp = api
-        .complete(
-            id,
-            Some(json!({ "chunk_sha256": chunk_digests(&file, cs) })),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    api.assert_content(id, &file).await;
+    complete_with_digests(&api, id, &file, cs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -153,14 +155,7 @@ async fn a_run_again_is_a_retry_and_other_bytes_conflict() {
     assert_eq!(st.missing, vec![[2, 2]]);
     // A chunk sent on its own (with its digest) and the run's are checked alike.
     api.put_ok(id, 2, &file[2 * cs..]).await;
-    let resp = api
-        .complete(
-            id,
-            Some(json!({ "chunk_sha256": chunk_digests(&file, cs) })),
-        )
-        .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    api.assert_content(id, &file).await;
+    complete_with_digests(&api, id, &file, cs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
