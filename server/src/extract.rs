@@ -78,8 +78,8 @@ pub struct JsonBody<T>(pub T);
 
 /// A JSON object body that may be empty, reading as the type's default (e.g.
 /// `POST .../complete`); a body that is not empty must be sent as JSON, as for
-/// [`JsonBody`].
-pub struct OptionalJsonBody<T>(pub T);
+/// [`JsonBody`]. At most `LIMIT` bytes.
+pub struct OptionalJsonBody<T, const LIMIT: usize = JSON_LIMIT>(pub T);
 
 /// Whether the request says its body is JSON.
 fn is_json(headers: &HeaderMap) -> bool {
@@ -101,17 +101,22 @@ fn not_json() -> ApiError {
 }
 
 /// Largest JSON body accepted.
-const JSON_LIMIT: usize = 64 * 1024;
+pub const JSON_LIMIT: usize = 64 * 1024;
 
-/// Reads a small body whole, bounded in size and in idle time.
-async fn small_body(req: Request, idle: Duration) -> Result<Vec<u8>, ApiError> {
+/// Largest completion body: room for the SHA-256 of every chunk of the largest upload
+/// (`chunk_sha256`, 67 bytes a chunk in hex), which a browser gives for a file sent in one
+/// request.
+pub const COMPLETION_LIMIT: usize = JSON_LIMIT + 70 * 100_000;
+
+/// Reads a small body whole, bounded in size (`limit`) and in idle time.
+async fn small_body(req: Request, idle: Duration, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut stream = body_stream(req.into_body(), idle);
     let mut buf = Vec::new();
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(ApiError::Domain)?;
-        if buf.len() + piece.len() > JSON_LIMIT {
+        if buf.len() + piece.len() > limit {
             return Err(ApiError::BadRequest(format!(
-                "the JSON body is larger than {JSON_LIMIT} bytes"
+                "the JSON body is larger than {limit} bytes"
             )));
         }
         buf.extend_from_slice(&piece);
@@ -139,7 +144,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !is_json(req.headers()) {
             return Err(not_json());
         }
-        let bytes = small_body(req, state.body_timeout).await?;
+        let bytes = small_body(req, state.body_timeout, JSON_LIMIT).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::BadRequest(
                 "a JSON object body is required".into(),
@@ -149,12 +154,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Default, const LIMIT: usize> FromRequest<AppState>
+    for OptionalJsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let json = is_json(req.headers());
-        let bytes = small_body(req, state.body_timeout).await?;
+        let bytes = small_body(req, state.body_timeout, LIMIT).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }

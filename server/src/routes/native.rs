@@ -17,7 +17,7 @@ use storage::{Completion, Created, ListQuery};
 use crate::error::ApiError;
 use crate::extract::{
     content_digest, content_length, digits, idempotency_key, IdPath, IndexPath, JsonBody,
-    OptionalJsonBody, UploadBody,
+    OptionalJsonBody, UploadBody, COMPLETION_LIMIT,
 };
 use crate::forwarded::PublicBase;
 use crate::state::AppState;
@@ -428,7 +428,7 @@ pub async fn put_chunk_run(
 pub async fn complete(
     State(state): State<AppState>,
     IdPath(id): IdPath,
-    OptionalJsonBody(req): OptionalJsonBody<CompleteUpload>,
+    OptionalJsonBody(req): OptionalJsonBody<CompleteUpload, COMPLETION_LIMIT>,
 ) -> Result<Response, ApiError> {
     Ok(
         match state

@@ -72,13 +72,22 @@ async fn a_run_stores_its_chunks_and_completion_checks_them() {
     assert_eq!(p.mismatched, Some(vec![[2, 2]]), "{p:?}");
     assert_eq!(api.status(id).await.state, UploadState::Uploading);
     assert_ne!(api.content(id).await.status(), StatusCode::OK);
-    // A list of another length: 400.
+    // A list of another length: 400, also one far longer than other JSON bodies may be
+    // (a completion has room for the digests of the largest upload).
     problem(
         api.complete(id, Some(json!({ "chunk_sha256": &good[..3] })))
             .await,
         400,
     )
     .await;
+    let many = vec![good[0].clone(); 5000];
+    let p = problem(
+        api.complete(id, Some(json!({ "chunk_sha256": many })))
+            .await,
+        400,
+    )
+    .await;
+    assert!(p.detail.contains("5000 chunk digests"), "{p:?}");
 
     // The right digests (and the file's): completed, the file as sent.
     let resp = api
