@@ -4,7 +4,8 @@
 //! keeps every whole chunk before the cut.
 //!
 //! Why: one request is the cheapest way for a browser to send a file (it hands the file
-//! itself to its network stack instead of piping each slice through the page). The client
+//! itself to its network stack, where every slice of it is piped through another process
+//! first). The client
 //! cannot say each chunk's digest before the bytes leave, so the chunks of a run are stored
 //! with the digests the server computed, and the client's own follow at completion
 //! ([`Uploads::complete_sized`]), before anything is published.
