@@ -2,7 +2,7 @@
 //! digests, idempotency, expiry) and the locks; backends only persist.
 //!
 //! One file per operation: [`create`] (new uploads, idempotency keys), [`chunks`] (whole
-//! chunks in any order), [`append`] (in-order appends of any length), [`stream`] (the
+//! chunks in any order), [`run`] (consecutive chunks in one body), [`append`] (in-order appends of any length), [`stream`] (the
 //! rules tus and the IETF draft give appends and creations: offsets, lengths, completion,
 //! digests, concatenation), [`complete`] (verification and publication), [`sweep`]
 //! (cancel, expiry, purge). Every state change goes through [`crate::lifecycle`];
