@@ -39,6 +39,10 @@ const QUIET: Duration = Duration::from_secs(2);
 /// chain of chunks spread over several servers moves one link per answer, so this bounds
 /// their throughput (200 ms: a quarter of one server's on Ceph; 50 ms: about as fast).
 const POLL: Duration = Duration::from_millis(50);
+/// How long, at least, the chain takes to pass one chunk held by another server (a read of
+/// a claim, a hash, a claim written: about 50 ms on Ceph): a chunk whose turn is several
+/// chunks away asks storage no sooner than that many links.
+const HOP: Duration = Duration::from_millis(40);
 /// How long a chunk waits for memory to be kept in before it is refused (retry soon).
 const WAIT_FOR_MEMORY: Duration = Duration::from_secs(10);
 /// Progress of an upload nobody touched for this long is forgotten.
@@ -228,8 +232,16 @@ impl OrderedHashing {
         // Storage is asked only after a first wait, and only while the hash here makes no
         // progress: while it does (the chunks before this one are being sent here, a few
         // at a time), the turn comes with no store request.
-        let mut next_poll = Instant::now() + POLL;
         let hashed_here = |p: &Progress| lock(&p.hash).as_ref().map(|h| h.hashed_bytes);
+        // The first ask waits for the links between the hash here and this chunk.
+        let first_poll = |here: Option<u64>| {
+            let gap = (offset - here.unwrap_or(0).min(offset)).div_ceil(record.chunk_size.max(1));
+            let links = u32::try_from(gap.saturating_sub(1))
+                .unwrap_or(u32::MAX)
+                .min(20);
+            Instant::now() + POLL + HOP * links
+        };
+        let mut next_poll = first_poll(hashed_here(p));
         let mut seen = hashed_here(p);
         let mut moved = Instant::now();
         loop {
@@ -253,7 +265,7 @@ impl OrderedHashing {
             if here != seen || earlier_here {
                 seen = here;
                 moved = Instant::now();
-                next_poll = Instant::now() + POLL;
+                next_poll = first_poll(here);
             }
             if Instant::now() >= next_poll {
                 if let Some(saved) = self.backend.midstate_at(record, offset).await? {
