@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,6 +27,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::hash::PrefixHash;
 use crate::record::UploadRecord;
+use crate::upload::lock;
 
 /// How long a kept chunk waits for the hash to reach it before it is spilled.
 const WAIT_FOR_TURN: Duration = Duration::from_secs(20);
@@ -307,8 +308,4 @@ impl OrderedHashing {
             let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

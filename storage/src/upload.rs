@@ -461,7 +461,8 @@ impl Drop for BusyGuard {
 }
 
 /// Locks a std mutex, recovering from poisoning (the guarded data stays consistent: every
-/// critical section here is a few assignments that cannot panic halfway).
+/// critical section of this crate under a std mutex is a few assignments that cannot panic
+/// halfway). The one such helper of the crate.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::upload::lock;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -121,10 +123,6 @@ impl Drop for WriterGuard<'_> {
         drop(slots);
         self.slot.left.notify_waiters();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::upload::lock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -176,10 +178,6 @@ pub struct S3Backend {
     /// is answered without sending its part again, and a completion reads from the store
     /// only the claims it has not seen (see [`chunks`]).
     claimed: Mutex<chunks::SeenClaims>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl S3Backend {

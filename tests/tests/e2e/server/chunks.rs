@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::api::ChunkReceipt;
 use common::UploadId;
 use reqwest::StatusCode;
@@ -11,15 +10,6 @@ use serde_json::json;
 use tests::{random_bytes, sha256_hex};
 
 use super::support::*;
-
-fn stream_body(parts: Vec<Vec<u8>>) -> reqwest::Body {
-    let stream = futures_util::stream::iter(
-        parts
-            .into_iter()
-            .map(|p| Ok::<_, std::io::Error>(Bytes::from(p))),
-    );
-    reqwest::Body::wrap_stream(stream)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunk_retries_conflicts_and_digests() {

@@ -211,13 +211,10 @@ async fn a_bad_run_is_refused_and_stores_nothing() {
         .unwrap();
     problem(resp, 400).await;
     // Without Content-Length (a chunked body): 411.
-    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(
-        bytes::Bytes::copy_from_slice(&file[..cs]),
-    )]);
     let resp = api
         .http
         .post(api.run_url(id, "0"))
-        .body(reqwest::Body::wrap_stream(stream))
+        .body(stream_body(vec![file[..cs].to_vec()]))
         .send()
         .await
         .unwrap();

@@ -185,6 +185,16 @@ impl Api {
     }
 }
 
+/// A body sent in `parts`, with chunked transfer encoding (no `Content-Length`).
+pub fn stream_body(parts: Vec<Vec<u8>>) -> reqwest::Body {
+    let stream = futures_util::stream::iter(
+        parts
+            .into_iter()
+            .map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))),
+    );
+    reqwest::Body::wrap_stream(stream)
+}
+
 /// A header as text (panics when absent).
 pub fn header(headers: &HeaderMap, name: &str) -> String {
     headers
