@@ -312,7 +312,7 @@ class Upload {
       }
       case 'failed': {
         if (this.state !== 'uploading' && this.state !== 'pausing') break
-        const what = `Part ${m.index + 1} of ${this.count}`
+        const what = m.index === undefined ? 'Sending the file' : `Part ${m.index + 1} of ${this.count}`
         this.fail(m.read
           ? new UploadError(`The file cannot be read any more (${m.read}): was it moved or changed? Choose it again to continue.`, { retry: false })
           : m.status === 200 || m.status === 201 ? new UploadError(`${what}: ${m.problem.detail}.`, { retry: false }) : refusal(what, m.status, m.problem))

@@ -27,7 +27,8 @@
 //                                                       transient error, or was too large for a
 //                                                       proxy (413): the page asks the server
 //                                                       what it has and sends the rest
-//               {type: 'failed', uid, index, status, problem, read}   no new chunk starts; those
+//               {type: 'failed', uid, index, status, problem, read}   (no index: the run failed)
+//                                                       no new chunk starts; those
 //                                                       in flight finish (and may be 'stored')
 //               {type: 'sent', uid, digests}            the end: every chunk is stored; the hex
 //                                                       SHA-256 of every chunk, in order
@@ -204,7 +205,8 @@ async function sendRun (job, from) {
       drop(job)
       post(job, { type: 'interrupted', status: r.status, retryAfter: r.retryAfter })
     } else {
-      fail(job, { index: from, status: r.status, problem: r.json })
+      // Not one chunk's answer: the problem says which chunk, if any.
+      fail(job, { status: r.status, problem: r.json })
     }
   } finally {
     job.busy--
