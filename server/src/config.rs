@@ -169,6 +169,14 @@ pub struct Config {
     #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_S3_LEFTOVER_GRACE", default_value = "24h", value_parser = parse_duration)]
     pub s3_leftover_grace: Duration,
 
+    /// The address other servers on the same bucket reach this one at (e.g.
+    /// `http://10.0.0.5:8080`): each tells the others of the chunks it stores, so that one
+    /// upload's chunks spread over several servers cost no reads of each other's claims.
+    /// Default: `http://<listen address>` when listening on one address without TLS;
+    /// `off` turns it off.
+    #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_PEER_URL", value_name = "URL", value_parser = parse_peer_url)]
+    pub peer_url: Option<String>,
+
     /// Memory for chunks that reach an S3-stored upload ahead of its whole-file hash, kept
     /// to be hashed in their turn instead of read back from the bucket at completion.
     #[arg(help_heading = S3, long, env = "UPLOAD_SERVER_HASH_AHEAD_MEMORY", default_value = "64MiB", value_parser = parse_size)]
@@ -380,6 +388,13 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 
 /// Parses `--public-url`: an `http` or `https` URL with a host and no query or fragment,
 /// kept without its trailing slash so that paths are appended to it.
+fn parse_peer_url(s: &str) -> Result<String, String> {
+    if s.trim() == "off" {
+        return Ok("off".into());
+    }
+    parse_public_url(s)
+}
+
 fn parse_public_url(s: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

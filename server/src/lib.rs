@@ -11,6 +11,7 @@
 //! - [`access_log`]: one log line per request.
 //! - [`metrics`]: the HTTP layer's metrics and the Prometheus exporter.
 //! - [`openapi`]: the OpenAPI document of the native API, generated from the handlers.
+//! - [`peers`]: servers on one bucket telling each other of the chunks they store.
 //! - [`rate_limit`]: request rate per owner (per address when anonymous).
 //! - [`routes`]: the router and its handlers.
 //! - [`serve`]: the accept loop (HTTP/1.1 and HTTP/2, TLS, timeouts, graceful shutdown).
@@ -41,6 +42,7 @@ pub mod forwarded;
 pub mod interim;
 pub mod metrics;
 pub mod openapi;
+pub mod peers;
 pub mod rate_limit;
 pub mod routes;
 pub mod serve;
@@ -128,6 +130,18 @@ pub async fn run(
         ))),
         _ => None,
     };
+    let addr = listener.local_addr()?;
+    let peers = match (config.storage, config.peer_url.as_deref()) {
+        (StorageKind::Local, _) | (_, Some("off")) => None,
+        (StorageKind::S3, Some(url)) => peers::Peers::start(&uploads, url.to_string()).await,
+        (StorageKind::S3, None) if tls.is_none() && !addr.ip().is_unspecified() => {
+            peers::Peers::start(&uploads, format!("http://{addr}")).await
+        }
+        (StorageKind::S3, None) => {
+            tracing::info!("peers: off (listening on every address, or with TLS): --peer-url says where the other servers on the bucket reach this one");
+            None
+        }
+    };
     let state = AppState {
         uploads: uploads.clone(),
         shutting_down: Arc::new(AtomicBool::new(false)),
@@ -143,6 +157,7 @@ pub async fn run(
             None
         },
         rate_limit: rate_limit::RateLimit::new(config.rate_limit, config.rate_limit_burst),
+        peers: peers.as_ref().map(peers::Peers::hearing),
     };
     #[cfg(unix)]
     {
@@ -182,7 +197,6 @@ pub async fn run(
         trusted: config.trusted_proxies.clone(),
     };
     log_summary(&config, tls.as_deref(), &edge);
-    let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
 
@@ -219,6 +233,9 @@ pub async fn run(
         d.abort();
     }
     forgetter.abort();
+    if let Some(p) = peers {
+        p.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Option<crate::metrics::Exporter>,
     /// Request rate limits.
     pub rate_limit: RateLimit,
+    /// Takes notes from the other servers on the bucket; `None` when they send none.
+    pub peers: Option<Arc<crate::peers::Hearing>>,
 }
 
 impl AppState {

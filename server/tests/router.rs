@@ -34,6 +34,7 @@ async fn app_with(config: UploadsConfig) -> (Router, tempfile::TempDir) {
         admin_owners: Arc::new(Vec::new()),
         metrics: None,
         rate_limit: RateLimit::new(0, 0),
+        peers: None,
     };
     (server::app(state, &[]), dir)
 }

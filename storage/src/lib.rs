@@ -12,6 +12,8 @@
 //! - [`whole_hash`]: every path by which the whole-file hash advances, behind one type.
 //! - [`ordered_hash`]: the whole-file hash in file order on storage that cannot read an
 //!   unfinished upload back (S3): chunks kept until their turn, or spilled.
+//! - [`peers`]: what servers sharing a bucket tell each other (the claims they write),
+//!   so that one need not read another's from the store.
 //! - [`checksum`]: per-request body checksums (tus `Upload-Checksum`).
 //! - [`principal`]: who a request acts for; owners see only their own uploads.
 //! - [`index`]: the per-owner listing index, newest first, read a page at a time.
@@ -44,6 +46,7 @@ pub mod index;
 pub mod lifecycle;
 pub mod metrics;
 pub mod ordered_hash;
+pub mod peers;
 pub mod principal;
 pub mod quota;
 pub mod record;

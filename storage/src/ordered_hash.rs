@@ -6,7 +6,8 @@
 //! arrives right at that point is hashed as it streams. One that arrives ahead keeps its
 //! bytes (once, in memory, within a bound) until the hash reaches it: through the chunks
 //! before it, streaming here now, or through the midstate storage keeps with a chunk
-//! another server acknowledged ([`Backend::midstate_at`]). Only then is it acknowledged,
+//! another server acknowledged (told by that server, [`OrderedHashing::told`], or read,
+//! [`Backend::midstate_at`]). Only then is it acknowledged,
 //! with the midstate after it; if its turn does not come in time, its bytes are spilled.
 //! So an upload sent in order over several connections needs neither a read-back nor a
 //! spill, and nothing acknowledged depends on this process's memory.
@@ -44,6 +45,12 @@ const POLL: Duration = Duration::from_millis(50);
 /// a claim, a hash, a claim written: about 50 ms on Ceph): a chunk whose turn is several
 /// chunks away asks storage no sooner than that many links.
 const HOP: Duration = Duration::from_millis(40);
+/// How often a kept chunk asks storage while other servers tell this one of their claims
+/// ([`crate::peers`]): the turn normally comes with a note, and the store is asked only
+/// when one went astray.
+const POLL_WHILE_TOLD: Duration = Duration::from_millis(500);
+/// Notes count as coming for this long after the last one.
+const TOLD_LATELY: Duration = Duration::from_secs(5);
 /// How long a chunk waits for memory to be kept in before it is refused (retry soon).
 const WAIT_FOR_MEMORY: Duration = Duration::from_secs(10);
 /// Progress of an upload nobody touched for this long is forgotten.
@@ -96,6 +103,14 @@ struct Progress {
     /// Chunks of the upload streaming at the hash here.
     streaming: AtomicUsize,
     touched: Mutex<Instant>,
+    /// When another server last told of a claim of the upload.
+    told: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn told_lately(&self) -> bool {
+        lock(&self.told).is_some_and(|t| t.elapsed() < TOLD_LATELY)
+    }
 }
 
 /// A chunk streaming at the hash (see [`OrderedHashing::streaming`]).
@@ -140,6 +155,7 @@ impl OrderedHashing {
                 waiting_at: Mutex::new(Vec::new()),
                 streaming: AtomicUsize::new(0),
                 touched: Mutex::new(Instant::now()),
+                told: Mutex::new(None),
             })
         });
         *lock(&p.touched) = Instant::now();
@@ -211,6 +227,17 @@ impl OrderedHashing {
         p.changed.notify_waiters();
     }
 
+    /// Another server stored a chunk at `from` with the midstate `hasher` after it, at
+    /// `to`: the hash here moves there when it was behind. Only for uploads this process
+    /// works on: the others would have nothing to do with it.
+    pub fn told(&self, id: UploadId, from: u64, to: u64, hasher: Sha256) {
+        let Some(p) = lock(&self.uploads).get(&id).cloned() else {
+            return;
+        };
+        *lock(&p.told) = Some(Instant::now());
+        self.advanced(id, from, to, hasher);
+    }
+
     /// Waits until the hash stands at `offset`, here or in what storage keeps, for at most
     /// [`WAIT_FOR_TURN`]; answers the hash there, or `None` when its turn did not come.
     pub async fn wait_for(&self, record: &UploadRecord, offset: u64) -> Result<Option<Sha256>> {
@@ -240,6 +267,9 @@ impl OrderedHashing {
             let links = u32::try_from(gap.saturating_sub(1))
                 .unwrap_or(u32::MAX)
                 .min(20);
+            if p.told_lately() {
+                return Instant::now() + POLL_WHILE_TOLD;
+            }
             Instant::now() + POLL + HOP * links
         };
         let mut next_poll = first_poll(hashed_here(p));
@@ -279,7 +309,12 @@ impl OrderedHashing {
                         return Ok(Some(hasher));
                     }
                 }
-                next_poll = Instant::now() + POLL;
+                next_poll = Instant::now()
+                    + if p.told_lately() {
+                        POLL_WHILE_TOLD
+                    } else {
+                        POLL
+                    };
             }
             if Instant::now() >= deadline || moved.elapsed() >= QUIET {
                 return Ok(None);

@@ -180,6 +180,17 @@ impl WholeHash {
         }
     }
 
+    /// Another server stored a chunk at `from` with the midstate `after` it (see
+    /// [`crate::peers`]): chunks kept here waiting for it go on at once.
+    pub fn told(&self, id: UploadId, from: u64, after: &SavedPrefixHash) {
+        if self.readable {
+            return;
+        }
+        if let Some(h) = PrefixHash::restore(after) {
+            self.ordered.told(id, from, h.hashed_bytes, h.hasher);
+        }
+    }
+
     /// Before an in-order append at `start`: whether it can continue the whole-file hash in
     /// flight. Where stored bytes can be read back, the hash first catches up with them
     /// (after a restart); elsewhere (S3) the midstate is stored with the bytes, so it is

@@ -223,6 +223,63 @@ async fn two_servers_hash_in_turn_through_the_claims() {
     assert_eq!(content(&store, &b, id).await, file);
 }
 
+/// Hands every claim one server writes straight to another (what the HTTP layer does
+/// between processes, see `storage::peers`).
+#[derive(Default)]
+struct Relay(std::sync::OnceLock<Arc<Uploads>>);
+
+impl storage::peers::Announce for Relay {
+    fn claimed(&self, note: storage::peers::ClaimNote) {
+        if let Some(to) = self.0.get() {
+            to.learn(&[note]);
+        }
+    }
+}
+
+/// Store reads (GetObject) of an upload sent in order, one chunk at a time, alternately
+/// to two servers, and completed on the second; with `told`, each server tells the other
+/// of the claims it writes.
+async fn reads_alternating(told: bool) -> u64 {
+    let store = MemoryStore::new();
+    let a = server(&store, UploadsConfig::default()).await;
+    let b = server(&store, UploadsConfig::default()).await;
+    if told {
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            let relay = Arc::new(Relay::default());
+            let _ = relay.0.set(to.clone());
+            from.announce_to(relay);
+        }
+    }
+    let file = data(6 * CHUNK + 5, 9);
+    let id = create(&a, &file).await;
+    let before = store.requests().get("get").copied().unwrap_or(0);
+    for i in 0..7 {
+        put(if i % 2 == 0 { &a } else { &b }, id, &file, i)
+            .await
+            .unwrap();
+    }
+    let Completion::Done(st) = b.complete(id, None).await.unwrap() else {
+        panic!("inline")
+    };
+    assert_eq!(st.sha256, Some(sha(&file)));
+    assert_eq!(a.stats().bytes_read_back + b.stats().bytes_read_back, 0);
+    assert_eq!(content(&store, &b, id).await, file);
+    store.requests().get("get").copied().unwrap_or(0) - before
+}
+
+/// Servers that tell each other of their claims read none of them from the store: not
+/// the chunk before each chunk (6 here), nor at completion the last one (written by the
+/// other server, which no chunk followed).
+#[tokio::test]
+async fn servers_told_of_each_others_claims_read_none() {
+    let silent = reads_alternating(false).await;
+    let told = reads_alternating(true).await;
+    assert!(
+        told + 7 <= silent,
+        "reads with notes {told}, without {silent}: 7 claims fewer expected"
+    );
+}
+
 /// A server restarted mid-upload (its memory lost) finishes from what the bucket holds:
 /// the chunks acknowledged before, with their midstates.
 #[tokio::test(start_paused = true)]

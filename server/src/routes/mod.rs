@@ -126,6 +126,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
     let exporter = state.metrics.clone();
     let rate_limit = state.rate_limit.clone();
     let tus_base: std::sync::Arc<str> = base.as_str().into();
+    let peers = state.peers.clone();
     let tus_routes = Router::new()
         .route(&base, post(tus::create).options(tus::options))
         .route(
@@ -181,6 +182,7 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Router {
             )),
         )
         .merge(openapi::routes())
+        .merge(peers.map(crate::peers::routes).unwrap_or_default())
         .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),

@@ -248,13 +248,29 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<u64>;
 
     /// The whole-file hash midstate at exactly `offset`, where storage keeps one with the
-    /// bytes before it (see [`Coverage`]); `None` where it keeps none there (yet).
+    /// bytes before it (see [`Coverage`]); `None` where it keeps none there (yet). What this
+    /// process already saw or heard of is answered without asking storage.
     async fn midstate_at(
         &self,
         _record: &UploadRecord,
         _offset: u64,
     ) -> Result<Option<SavedPrefixHash>> {
         Ok(None)
+    }
+
+    /// Where the servers sharing this storage find each other ([`crate::peers`]); `None`
+    /// where storage is not shared.
+    fn peer_directory(&self) -> Option<crate::peers::SharedDirectory> {
+        None
+    }
+
+    /// From now on, tells `to` about every claim this process writes.
+    fn announce_to(&self, _to: std::sync::Arc<dyn crate::peers::Announce>) {}
+
+    /// Keeps a claim another server wrote as if it had been read from storage; answers
+    /// where the chunk begins and the whole-file midstate after it, when it has one.
+    fn learn(&self, _note: &crate::peers::ClaimNote) -> Option<(u64, SavedPrefixHash)> {
+        None
     }
 
     /// `chunks` with the SHA-256 each has in storage where the receipt given could not say

@@ -5,7 +5,7 @@
 //! chunks in any order), [`run`] (consecutive chunks in one body), [`append`] (in-order appends of any length), [`stream`] (the
 //! rules tus and the IETF draft give appends and creations: offsets, lengths, completion,
 //! digests, concatenation), [`complete`] (verification and publication), [`sweep`]
-//! (cancel, expiry, purge). Every state change goes through [`crate::lifecycle`];
+//! (cancel, expiry, purge), [`peers`] (what servers sharing storage tell each other). Every state change goes through [`crate::lifecycle`];
 //! storage differences reach the service only through [`registry`] (whether other
 //! processes share the storage) and [`crate::whole_hash`] (whether stored bytes can be
 //! read back before assembly).
@@ -32,6 +32,7 @@ mod chunks;
 mod complete;
 mod create;
 pub mod list;
+mod peers;
 pub mod registry;
 mod run;
 pub mod stream;

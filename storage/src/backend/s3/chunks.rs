@@ -302,6 +302,14 @@ impl S3Backend {
         {
             Ok(_) => {
                 self.remember_claim(id, c.index, &claim);
+                if let (Some(to), Ok(claim)) = (self.announcer.get(), serde_json::to_value(&claim))
+                {
+                    to.claimed(crate::peers::ClaimNote {
+                        upload: id,
+                        index: c.index,
+                        claim,
+                    });
+                }
                 Ok(0)
             }
             Err(Error::Conflict) => {
@@ -319,6 +327,18 @@ impl S3Backend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Keeps a claim another server told of (see [`crate::peers`]) as if read here;
+    /// answers where its chunk begins and the midstate after it, if it has one.
+    pub(super) fn learn_claim(
+        &self,
+        note: &crate::peers::ClaimNote,
+    ) -> Option<(u64, SavedPrefixHash)> {
+        let claim: Claim = serde_json::from_value(note.claim.clone()).ok()?;
+        self.remember_claim(note.upload, note.index, &claim);
+        let whole = claim.whole?;
+        Some((whole.hashed_bytes.checked_sub(claim.size)?, whole))
     }
 
     fn remember_claim(&self, id: common::UploadId, index: u64, claim: &Claim) {

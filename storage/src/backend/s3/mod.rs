@@ -20,6 +20,8 @@
 //! idempotency/{sha256(key)}.json  which upload an Idempotency-Key created
 //! index/{owner}/{day}/{rank}.{id} the listing index: an empty object per upload (see
 //!                                 [`crate::index`])
+//! peers/key, peers/members/{hex}  how the servers on the bucket find each other, and the
+//!                                 key their notes are signed with (see [`peers`])
 //! ```
 //!
 //! # Words
@@ -40,9 +42,11 @@
 //! # Requests
 //! A chunk costs one UploadPart and one claim while it is sent (the record is read at most
 //! once every few seconds per server and upload). Completion lists the upload's claims and
-//! reads only those this process did not write or read itself (none when one server took
-//! every chunk; each once on another server, or after a restart), then joins the parts
-//! into `files/{id}` with no copy. Creation is a CreateMultipartUpload and the record.
+//! reads only those this process did not write, read, or hear of from the server that
+//! wrote it ([`crate::peers`]; none when one server took every chunk, or when the servers
+//! tell each other; each once on a server that heard nothing, or after a restart), then
+//! joins the parts into `files/{id}` with no copy. Creation is a CreateMultipartUpload and
+//! the record.
 //!
 //! # Expiry and cancel
 //! A chunk request acknowledges without reading the record again when the record it used
@@ -81,6 +85,7 @@ mod chunks;
 pub mod deadline;
 mod lease;
 pub mod memory;
+pub mod peers;
 pub mod store;
 
 use store::{Joined, Put, Store};
@@ -178,6 +183,8 @@ pub struct S3Backend {
     /// is answered without sending its part again, and a completion reads from the store
     /// only the claims it has not seen (see [`chunks`]).
     claimed: Mutex<chunks::SeenClaims>,
+    /// Told about every claim written here (see [`crate::peers`]).
+    announcer: std::sync::OnceLock<Arc<dyn crate::peers::Announce>>,
 }
 
 impl S3Backend {
@@ -198,6 +205,7 @@ impl S3Backend {
             leftovers_seen: Mutex::new(HashMap::new()),
             checked: Mutex::new(HashMap::new()),
             claimed: Mutex::new(chunks::SeenClaims::default()),
+            announcer: std::sync::OnceLock::new(),
         }
     }
 
@@ -534,10 +542,25 @@ impl Backend for S3Backend {
         }
         let before = offset / record.chunk_size - 1;
         Ok(self
-            .read_claim(record.id, before)
+            .seen_or_read_claim(record.id, before)
             .await?
             .and_then(|c| c.whole)
             .filter(|w| w.hashed_bytes == offset))
+    }
+
+    fn peer_directory(&self) -> Option<crate::peers::SharedDirectory> {
+        Some(Arc::new(peers::BucketDirectory::new(
+            self.store.clone(),
+            self.key("peers/"),
+        )))
+    }
+
+    fn announce_to(&self, to: Arc<dyn crate::peers::Announce>) {
+        let _ = self.announcer.set(to);
+    }
+
+    fn learn(&self, note: &crate::peers::ClaimNote) -> Option<(u64, SavedPrefixHash)> {
+        self.learn_claim(note)
     }
 
     async fn chunk_digests(

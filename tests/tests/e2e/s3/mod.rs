@@ -23,6 +23,7 @@ mod hung;
 mod native;
 mod outage;
 mod parts;
+mod peers;
 mod publication;
 mod requests;
 mod tus;
@@ -358,6 +359,21 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .to_str()
         .expect("ASCII header")
         .to_string()
+}
+
+/// The value of a series in a server's `/metrics`, 0 when absent.
+async fn metric(server: &Server, series: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Checks an RFC 9457 answer (status, media type) and returns the document.

@@ -100,7 +100,48 @@ async fn a_retry_of_a_stored_chunk_on_another_server_is_200() {
     api_a.assert_content(id, &file).await;
 }
 
-/// Other bytes for a stored chunk through a second server, which has not seen its claim:
+/// Other bytes for a stored chunk through a second server that heard of its claim from
+/// the server that wrote it (see `storage::peers`): refused (409) without reaching the
+/// store, as through the server that stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_bytes_through_a_server_told_of_the_claim_never_reach_the_store() {
+    let Some(s3) =
+        s3_or_skip("other_bytes_through_a_server_told_of_the_claim_never_reach_the_store").await
+    else {
+        return;
+    };
+    let (a, _da) = upload_server(&s3, &[]);
+    let (b, _db) = upload_server(&s3, &[]);
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    let (file, chunks, id) = created(&api_a, 2 * CS + 5, 84).await;
+    for (i, c) in chunks.iter().enumerate() {
+        api_a.put_ok(id, i as u64, c.clone()).await;
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "b to hear of the claims",
+        || async {
+            metric(&b, r#"upload_peer_notes_total{outcome="heard"}"#).await >= chunks.len() as f64
+        },
+    )
+    .await;
+    let since = SystemTime::now();
+    problem(
+        api_b.put(id, 1, Bytes::from(random_bytes(CS, 85))).await,
+        409,
+    )
+    .await;
+    assert_eq!(
+        parts_sent(&s3, since),
+        0,
+        "through a server told of the claim"
+    );
+    api_b.complete_ok(id, &file).await;
+    api_a.assert_content(id, &file).await;
+}
+
+/// Other bytes for a stored chunk through a second server, which has neither seen nor
+/// heard of its claim (`--peer-url off`, or a note that did not arrive):
 /// they are refused (409), but their part replaced the acknowledged one in the store (a
 /// chunk has one part number, and a part cannot be read before it is joined). The claim
 /// stays the first writer's, so completion, which checks every part against its claim,
@@ -117,8 +158,8 @@ async fn other_bytes_through_a_second_server_are_asked_for_again_at_completion()
     else {
         return;
     };
-    let (a, _da) = upload_server(&s3, &[]);
-    let (b, _db) = upload_server(&s3, &[]);
+    let (a, _da) = upload_server(&s3, &["--peer-url", "off"]);
+    let (b, _db) = upload_server(&s3, &["--peer-url", "off"]);
     let (api_a, api_b) = (Api::new(&a), Api::new(&b));
     let (file, chunks, id) = created(&api_a, 2 * CS + 5, 82).await;
     for (i, c) in chunks.iter().enumerate() {
