@@ -244,6 +244,11 @@ impl ApiError {
                     Ours("missing-chunks"),
                     "Chunks are missing",
                 ),
+                E::AssemblyFailed(_) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Ours("assembly-failed"),
+                    "The stored bytes cannot become the file",
+                ),
                 E::Sha256Mismatch { .. } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     Ours("sha256-mismatch"),
@@ -400,7 +405,10 @@ impl ApiError {
                         hs.insert(name("upload-offset"), HeaderValue::from(*offset));
                         hs.insert(name("upload-complete"), HeaderValue::from_static("?0"));
                     }
-                    E::UploadComplete { .. } | E::Sha256Mismatch { .. } | E::Gone("failed") => {
+                    E::UploadComplete { .. }
+                    | E::Sha256Mismatch { .. }
+                    | E::AssemblyFailed(_)
+                    | E::Gone("failed") => {
                         hs.insert(name("upload-complete"), HeaderValue::from_static("?1"));
                     }
                     E::TooLarge { max, .. } => {

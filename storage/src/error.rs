@@ -109,6 +109,10 @@ pub enum Error {
     /// completion; nothing is published.
     #[error("{} chunk(s) stored differ from the digests given", common::ranges::count(.0))]
     ChunksDiffer(IndexRanges),
+    /// The stored bytes cannot become the file (storage holds other bytes than the
+    /// acknowledged ones, or parts it cannot join); the upload is failed, with this reason.
+    #[error("the upload failed: {0}")]
+    AssemblyFailed(String),
     /// The whole-file SHA-256 differs from the declared one; the upload is failed.
     #[error("the file's SHA-256 is {actual}, but {expected} was declared")]
     Sha256Mismatch {

@@ -243,7 +243,7 @@ impl Uploads {
                 };
                 self.step_and_carry_out(up, step).await?;
                 tracing::warn!(id = %up.id, reason = %why, "upload failed assembly");
-                return Err(Error::Corrupt(why));
+                return Err(Error::AssemblyFailed(why));
             }
             Err(e) => return Err(e),
         }

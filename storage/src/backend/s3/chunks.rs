@@ -445,6 +445,25 @@ impl S3Backend {
             }
             return Err(Error::MissingChunks(common::ranges::to_ranges(changed)));
         }
+        // Parts past the file's end: an append of unknown length that stored whole chunks
+        // and was then refused (past the size limit, or a checksum that did not match),
+        // before the length was said to end sooner. A part cannot be removed, and a store
+        // may refuse to join a multipart upload that holds parts the join leaves out (Ceph
+        // does): the upload fails here, with that reason, rather than being verified and
+        // then found impossible to publish.
+        let mut past_end: Vec<u64> = stored
+            .keys()
+            .filter(|n| parts.binary_search_by_key(*n, |(p, _)| *p).is_err())
+            .copied()
+            .collect();
+        if !past_end.is_empty() {
+            past_end.sort_unstable();
+            return Err(Error::Corrupt(format!(
+                "the store holds parts past the end of the file (parts {past_end:?}), left by \
+                 an append that was refused after storing them; it cannot join the file \
+                 without them: send the file again as a new upload"
+            )));
+        }
         Ok(parts)
     }
 

@@ -227,6 +227,59 @@ async fn tus_deferred_length_on_s3() {
     assert_eq!(piece_keys(&s3, id).await, Vec::<String>::new());
 }
 
+/// An append of unknown length (no `Content-Length`) to a deferred-length upload that
+/// runs past the size limit is refused (413) after it stored whole chunks as parts; a
+/// part cannot be removed, and Ceph refuses to join a multipart upload that holds parts
+/// the join leaves out. When the length then said ends before those parts, completion
+/// fails the upload with that reason (422 problem+json; the status says failed), instead of
+/// calling it completed and failing every download: nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tus_parts_left_past_the_end_by_a_refused_append_fail_the_upload_clearly() {
+    let Some(s3) =
+        s3_or_skip("tus_parts_left_past_the_end_by_a_refused_append_fail_the_upload_clearly").await
+    else {
+        return;
+    };
+    let (server, _dir) = upload_server(&s3, &["--max-upload-size", "20MiB"]);
+    let resp = client()
+        .post(format!("{}/files/", server.url()))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-defer-length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let path = header(resp.headers(), "location");
+    let id = tus_id(&path);
+    let too_much = Bytes::from(random_bytes(25 * MIB, 141));
+    let pieces: Vec<Result<Bytes, std::io::Error>> = (0..too_much.len())
+        .step_by(MIB)
+        .map(|at| Ok(too_much.slice(at..at + MIB)))
+        .collect();
+    let refused = tus_patch(&server, &path, 0)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    problem(refused, 413).await;
+    assert_eq!(tus_offset(&server, &path).await, 0);
+    let file = too_much.slice(..7 * MIB);
+    let last = tus_patch(&server, &path, 0)
+        .header("upload-length", file.len().to_string())
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    let p = problem(last, 422).await;
+    assert!(p.kind.ends_with("/assembly-failed"), "{p:?}");
+    assert!(p.detail.contains("parts past the end"), "{p:?}");
+    let st = Api::new(&server).status(id).await;
+    assert_eq!(st.state, UploadState::Failed, "{st:?}");
+    assert_eq!(list_keys(&s3, "files/").await, Vec::<String>::new());
+}
+
 /// The IETF resumable-upload draft on S3: an upload created with its first bytes and no
 /// length, appended to unevenly (`application/partial-upload`) through two servers, and
 /// completed by the append that says `Upload-Complete: ?1`: the right SHA-256 and content.
