@@ -109,7 +109,11 @@ pub const JSON_LIMIT: usize = 64 * 1024;
 pub const COMPLETION_LIMIT: usize = JSON_LIMIT + 70 * 100_000;
 
 /// Reads a small body whole, bounded in size (`limit`) and in idle time.
-async fn small_body(req: Request, idle: Duration, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn small_body(
+    req: Request,
+    idle: Duration,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
     let mut stream = body_stream(req.into_body(), idle);
     let mut buf = Vec::new();
     while let Some(piece) = stream.next().await {

@@ -12,9 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
@@ -42,6 +41,8 @@ const BATCH: usize = 256;
 const QUEUE: usize = 4096;
 /// Largest batch taken (a note is a few hundred bytes).
 const BODY_LIMIT: usize = 1 << 20;
+/// A batch whose body stops arriving for this long is dropped.
+const BODY_IDLE: Duration = Duration::from_secs(10);
 
 const NOTES: &str = "upload_peer_notes_total";
 
@@ -152,10 +153,7 @@ impl Peers {
 /// The route that takes the other servers' notes: outside the clients' authentication
 /// (a note is signed instead).
 pub fn routes(hearing: Arc<Hearing>) -> Router {
-    Router::new()
-        .route(PATH, post(hear))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(hearing)
+    Router::new().route(PATH, post(hear)).with_state(hearing)
 }
 
 /// Takes the claims written here (see [`Announce`]).
@@ -178,16 +176,14 @@ fn mac(key: &[u8], body: &[u8]) -> Hmac<Sha256> {
 }
 
 /// `POST /internal/v1/peer-notes`: claims another server on the bucket wrote.
-async fn hear(
-    State(hearing): State<Arc<Hearing>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    let signature = headers
+async fn hear(State(hearing): State<Arc<Hearing>>, req: Request) -> Result<StatusCode, ApiError> {
+    let signature = req
+        .headers()
         .get(SIGNATURE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| hex::decode(v).ok())
         .ok_or_else(|| ApiError::Unauthorized(format!("a note needs its {SIGNATURE}")))?;
+    let body = crate::extract::small_body(req, BODY_IDLE, BODY_LIMIT).await?;
     mac(&hearing.key, &body)
         .verify_slice(&signature)
         .map_err(|_| {

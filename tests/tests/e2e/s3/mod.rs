@@ -361,17 +361,23 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
-/// The value of a series in a server's `/metrics`, 0 when absent.
-async fn metric(server: &Server, series: &str) -> f64 {
-    let text = client()
+/// A server's `/metrics` (the Prometheus text).
+async fn metrics_text(server: &Server) -> String {
+    client()
         .get(format!("{}/metrics", server.url()))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .unwrap_or_default();
-    text.lines()
+        .unwrap_or_default()
+}
+
+/// The value of a series in a server's `/metrics`, 0 when absent.
+async fn metric(server: &Server, series: &str) -> f64 {
+    metrics_text(server)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }

@@ -36,15 +36,9 @@ fn budget(per_chunk: u64, chunks: u64) -> u64 {
 
 /// Store requests a server counted (`upload_store_requests_total`, every operation).
 async fn counted(server: &Server) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", server.url()))
-        .send()
+    metrics_text(server)
         .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("upload_store_requests_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -185,6 +185,19 @@ async fn tus_appends_take_turns_across_servers() {
     assert_completed(&a, id, &file).await;
 }
 
+/// A tus upload created without its length (`Upload-Defer-Length: 1`): its path.
+async fn tus_create_deferred(server: &Server) -> String {
+    let resp = client()
+        .post(format!("{}/files/", server.url()))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-defer-length", "1")
+        .send()
+        .await
+        .expect("tus POST");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    header(resp.headers(), "location")
+}
+
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -202,15 +215,7 @@ async fn tus_deferred_length_on_s3() {
     let (a, _da) = upload_server(&s3, &[]);
     let (b, _db) = upload_server(&s3, &[]);
     let file = Bytes::from(random_bytes(6_500_001, 98));
-    let resp = client()
-        .post(format!("{}/files/", a.url()))
-        .header("tus-resumable", "1.0.0")
-        .header("upload-defer-length", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let path = header(resp.headers(), "location");
+    let path = tus_create_deferred(&a).await;
     let id = tus_id(&path);
     let first = tus_send(&a, &path, &file, 0, 4_000_000).await;
     assert_eq!(first, 4_000_000);
@@ -241,15 +246,7 @@ async fn tus_parts_left_past_the_end_by_a_refused_append_fail_the_upload_clearly
         return;
     };
     let (server, _dir) = upload_server(&s3, &["--max-upload-size", "20MiB"]);
-    let resp = client()
-        .post(format!("{}/files/", server.url()))
-        .header("tus-resumable", "1.0.0")
-        .header("upload-defer-length", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let path = header(resp.headers(), "location");
+    let path = tus_create_deferred(&server).await;
     let id = tus_id(&path);
     let too_much = Bytes::from(random_bytes(25 * MIB, 141));
     let pieces: Vec<Result<Bytes, std::io::Error>> = (0..too_much.len())
