@@ -7,9 +7,10 @@
 #   (c) server:               loadgen -> upload-server, 8 MiB chunks, 4 in flight,
 #                             Content-Digest on every chunk, whole-file SHA-256 checked
 #   (d) CLI end to end:       uploader -> upload-server, same shape
-#   (f1-f3) S3: into the S3 store (Ceph RGW) vs aws s3 cp, with store requests per
+#   (f1-f4) S3: into the S3 store (Ceph RGW) vs aws s3 cp, with store requests per
 #       chunk: loadgen -> upload-server, uploader -> upload-server, loadgen round-robin
-#       over three upload-servers on one bucket (bench/s3.sh)
+#       over three upload-servers on one bucket, telling each other of their claims and
+#       not (bench/s3.sh)
 #   (g, h) tus: upload-server vs @tus/server, lean client and tus-js-client (bench/tus_bench.sh)
 #   (j, k) the CLI over https, HTTP/2 and HTTP/1.1, vs plain http (bench/tls.sh)
 #   (l) small files: 1,000 files of 16 KiB, uploader --transfers 8, files/s against an
@@ -120,7 +121,8 @@ if [ "${BENCH_S3:-1}" = 1 ]; then
   table="$table
 $(s3row f1 'loadgen → upload-server → S3 store (Ceph RGW), 8 MiB × 4, verified')
 $(s3row f2 'uploader → upload-server → Ceph RGW, `-j 4`, 8 MiB')
-$(s3row f3 'loadgen → three upload-servers on one bucket, chunks round-robin → Ceph RGW')"
+$(s3row f3 'loadgen → three upload-servers on one bucket, chunks round-robin, telling each other of their claims → Ceph RGW')
+$(s3row f4 'the same three servers with `--peer-url off` (reading the claims of the others from the store)')"
 fi
 if [ "${BENCH_TUS:-1}" = 1 ]; then
   tusout=$(bash bench/tus_bench.sh "$FILE")

@@ -5,7 +5,9 @@
 # and concurrency, in the same run:
 #   f1  loadgen -> one upload-server
 #   f2  the uploader CLI -> one upload-server
-#   f3  loadgen -> three upload-servers on one bucket, chunks spread round-robin
+#   f3  loadgen -> three upload-servers on one bucket, chunks spread round-robin, the
+#       servers telling each other of their claims (the default)
+#   f4  the same with `--peer-url off`: each server reads the others' claims from the store
 # RUNS times (default 3), the order rotated each run so that no contender always goes
 # first; medians reported. Each contender writes a bucket of its own, so store requests are
 # counted by operation from RGW's ops log for that bucket (the bucket's creation left out).
@@ -71,9 +73,11 @@ print(sum(ops.values()), r["copied_bytes"], desc)'
 # that every run's gigabytes fit the store's sparse file many times over.
 empty() { aws s3 rb --force "s3://$1" > /dev/null; }
 
-# start_servers N BUCKET: N upload-servers on BUCKET -> SPIDS, SURLS (comma-separated)
+# start_servers N BUCKET [FLAG...]: N upload-servers on BUCKET -> SPIDS, SURLS
+# (comma-separated)
 start_servers() {
   local n=$1 bucket=$2 i url log
+  shift 2
   SPIDS=(); SURLS=""
   for i in $(seq 1 "$n"); do
     log="$WORK/s3-server-$i.log"
@@ -81,7 +85,7 @@ start_servers() {
     rm -rf "$WORK/s3-data-$i" "$log"
     "$BIN/upload-server" --listen 127.0.0.1:0 --data-dir "$WORK/s3-data-$i" --storage s3 \
       --s3-bucket "$bucket" --s3-endpoint "$EP" --s3-region "$AWS_REGION" --s3-allow-http \
-      --inline-verify-limit 8GiB > "$log" 2>&1 &
+      --inline-verify-limit 8GiB "$@" > "$log" 2>&1 &
     SPIDS+=("$!")
     url=""
     for _ in $(seq 1 200); do
@@ -142,15 +146,16 @@ run_aws() {
   t1=$(now)
   record aws "$(python3 -c "print($t1-$t0)")" 0 "$bucket"
 }
-# run_loadgen ROW SERVERS RUN
+# run_loadgen ROW SERVERS RUN [FLAG...]
 run_loadgen() {
-  local bucket=$1-bench-$3 out secs csecs
+  local row=$1 n=$2 bucket=$1-bench-$3 out secs csecs
+  shift 3
   aws s3 mb "s3://$bucket" > /dev/null
-  start_servers "$2" "$bucket"
+  start_servers "$n" "$bucket" "$@"
   out=$("$BIN/loadgen" "$SURLS" "$FILE" 8MiB 4)
   stop_servers
   read -r secs csecs <<< "$(python3 -c "import json,sys; j=json.loads(sys.argv[1]); print(j['seconds'], j['complete_seconds'])" "$out")"
-  record "$1" "$secs" "$csecs" "$bucket"
+  record "$row" "$secs" "$csecs" "$bucket"
 }
 run_cli() {
   local bucket=f2-bench-$1 t0 t1
@@ -184,20 +189,21 @@ cat "$FILE" > /dev/null  # every contender reads from the page cache
 aws s3 mb s3://bench-warmup > /dev/null
 head -c $((64 << 20)) "$FILE" | aws s3 cp --only-show-errors - s3://bench-warmup/file
 empty bench-warmup
-ORDER=(aws f1 f2 f3)
+ORDER=(aws f1 f2 f3 f4)
 for run in $(seq 1 "$RUNS"); do
-  for k in 0 1 2 3; do
-    row=${ORDER[$(((k + run - 1) % 4))]}
+  for k in 0 1 2 3 4; do
+    row=${ORDER[$(((k + run - 1) % 5))]}
     case $row in
       aws) run_aws "$run" ;;
       f1) run_loadgen f1 1 "$run" ;;
       f2) run_cli "$run" ;;
       f3) run_loadgen f3 3 "$run" ;;
+      f4) run_loadgen f4 3 "$run" --peer-url off ;;
     esac
     report "$row" "$run"
   done
 done
-for row in f1 f2 f3 aws; do echo "requests $row (last run): ${OPS[$row]}"; done
-for row in f1 f2 f3; do
+for row in f1 f2 f3 f4 aws; do echo "requests $row (last run): ${OPS[$row]}"; done
+for row in f1 f2 f3 f4; do
   echo "S3 $row $(mbs "$(median "${SECS[$row]}")") $(mbs "$(median "${SECS[aws]}")") $(maxof "${RSS[$row]}") $(maxof "${RB[$row]}") $(per "$(median "${REQ[$row]}")") $(per "$(median "${REQ[aws]}")") $(maxof "${COPIED[$row]}") $(printf '%.2f' "$(median "${DONE[$row]}")") $(maxof "${SPILLED[$row]}")"
 done
