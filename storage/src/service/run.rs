@@ -5,16 +5,16 @@
 //!
 //! Why: one request is the cheapest way for a browser to send a file (it hands the file
 //! itself to its network stack, where every slice of it is piped through another process
-//! first). The client
-//! cannot say each chunk's digest before the bytes leave, so the chunks of a run are stored
-//! with the digests the server computed, and the client's own follow at completion
-//! ([`Uploads::complete_sized`]), before anything is published.
+//! first). The client cannot say each chunk's digest before the bytes leave, so the chunks
+//! of a run are stored with the digests the server computed, and the client's own follow
+//! at completion ([`Uploads::complete_sized`]), before anything is published.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use common::api::UploadStatus;
+use common::geometry::Geometry;
 use common::UploadId;
 use futures_util::Stream;
 
@@ -38,11 +38,8 @@ impl Uploads {
     {
         let status = self.status(id).await?;
         let lens = run_lengths(
-            Geometry {
-                size: status.size,
-                chunk_size: status.chunk_size,
-                deferred: status.length_deferred,
-            },
+            Geometry::new(status.size, status.chunk_size),
+            status.length_deferred,
             from,
             declared_len,
         )?;
@@ -58,17 +55,15 @@ impl Uploads {
     }
 }
 
-/// What a run's chunks are cut by.
-#[derive(Clone, Copy)]
-struct Geometry {
-    size: u64,
-    chunk_size: u64,
+/// The chunks a run from `from` of `declared_len` bytes covers, with their lengths (none
+/// while the upload's size is `deferred`).
+fn run_lengths(
+    g: Geometry,
     deferred: bool,
-}
-
-/// The chunks a run from `from` of `declared_len` bytes covers, with their lengths.
-fn run_lengths(g: Geometry, from: u64, declared_len: Option<u64>) -> Result<Vec<(u64, u64)>> {
-    if g.deferred {
+    from: u64,
+    declared_len: Option<u64>,
+) -> Result<Vec<(u64, u64)>> {
+    if deferred {
         return Err(Error::Invalid(
             "a run of chunks needs the upload's size: until it is declared, send chunks one \
              by one"
@@ -78,13 +73,13 @@ fn run_lengths(g: Geometry, from: u64, declared_len: Option<u64>) -> Result<Vec<
     let len = declared_len.ok_or(Error::LengthRequired(
         "a run of chunks needs Content-Length",
     ))?;
-    let count = common::geometry::chunk_count(g.size, g.chunk_size);
+    let count = g.count();
     if from >= count {
         return Err(Error::Invalid(format!(
             "chunk {from} is out of range: the upload has {count} chunks"
         )));
     }
-    let start = from * g.chunk_size;
+    let start = g.offset(from);
     let end = start
         .checked_add(len)
         .filter(|&e| len > 0 && e <= g.size && (e == g.size || e % g.chunk_size == 0));
@@ -96,7 +91,7 @@ fn run_lengths(g: Geometry, from: u64, declared_len: Option<u64>) -> Result<Vec<
         ))
     })?;
     Ok((from..end.div_ceil(g.chunk_size))
-        .map(|i| (i, g.chunk_size.min(g.size - i * g.chunk_size)))
+        .filter_map(|i| Some((i, g.len(i)?)))
         .collect())
 }
 
@@ -156,12 +151,8 @@ mod tests {
 
     #[test]
     fn a_run_ends_at_a_chunk_end_or_the_file_end() {
-        let g = Geometry {
-            size: 25,
-            chunk_size: 10,
-            deferred: false,
-        };
-        let lens = |from, len| run_lengths(g, from, Some(len));
+        let g = Geometry::new(25, 10);
+        let lens = |from, len| run_lengths(g, false, from, Some(len));
         assert_eq!(lens(0, 25).unwrap(), [(0, 10), (1, 10), (2, 5)]);
         assert_eq!(lens(1, 10).unwrap(), [(1, 10)]);
         assert_eq!(lens(2, 5).unwrap(), [(2, 5)]);
@@ -169,14 +160,10 @@ mod tests {
             assert!(lens(from, len).is_err(), "{from} {len}");
         }
         assert!(matches!(
-            run_lengths(g, 0, None),
+            run_lengths(g, false, 0, None),
             Err(Error::LengthRequired(_))
         ));
-        let deferred = Geometry {
-            deferred: true,
-            ..g
-        };
-        assert!(run_lengths(deferred, 0, Some(10)).is_err());
+        assert!(run_lengths(g, true, 0, Some(10)).is_err());
     }
 
     #[tokio::test]

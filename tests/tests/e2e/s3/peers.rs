@@ -95,6 +95,9 @@ async fn a_server_that_hears_nothing_reads_the_claims_instead() {
     let done = apis[1].complete_ok(id, &file).await;
     assert_eq!(done.sha256, Some(digest(&file)));
     apis[0].assert_content(id, &file).await;
+    let heard = r#"upload_peer_notes_total{outcome="heard"}"#;
+    assert_eq!(metric(&b, heard).await, 0.0, "b heard nothing");
+    assert!(metric(&a, heard).await > 0.0, "a heard of b's claims");
 }
 
 /// A server on local disk shares nothing, and has no route for notes.

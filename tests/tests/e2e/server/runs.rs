@@ -14,13 +14,14 @@ use tokio::net::TcpStream;
 use super::support::*;
 
 impl Api {
-    fn run_url(&self, id: UploadId, from: &str) -> String {
-        self.url(&format!("/v1/uploads/{id}/chunks?from={from}"))
+    /// A run's request from chunk `from` (as written in the query), without its body.
+    fn post_run(&self, id: UploadId, from: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/v1/uploads/{id}/chunks?from={from}")))
     }
 
     async fn run(&self, id: UploadId, from: u64, bytes: &[u8]) -> Response {
-        self.http
-            .post(self.run_url(id, &from.to_string()))
+        self.post_run(id, &from.to_string())
             .body(bytes.to_vec())
             .send()
             .await
@@ -42,16 +43,22 @@ async fn complete_with_digests(api: &Api, id: UploadId, file: &[u8], cs: usize) 
     api.assert_content(id, file).await;
 }
 
+/// A new upload of `len` random bytes (from `seed`) in chunks of `cs`: its id and bytes.
+async fn created(api: &Api, cs: usize, len: usize, seed: u64) -> (UploadId, Vec<u8>) {
+    let file = random_bytes(len, seed);
+    let id = api
+        .create(json!({"size": file.len(), "chunk_size": cs}))
+        .await
+        .id;
+    (id, file)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_stores_its_chunks_and_completion_checks_them() {
     let (server, store) = start!(&[]);
     let api = Api::new(&server);
     let cs = store.chunk(64 * KIB);
-    let file = random_bytes(3 * cs + 100, 40);
-    let st = api
-        .create(json!({"size": file.len(), "chunk_size": cs}))
-        .await;
-    let id = st.id;
+    let (id, file) = created(&api, cs, 3 * cs + 100, 40).await;
 
     let resp = api.run(id, 0, &file).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -105,11 +112,7 @@ async fn a_run_cut_short_keeps_its_whole_chunks() {
     let (server, store) = start!(&[]);
     let api = Api::new(&server);
     let cs = store.chunk(64 * KIB);
-    let file = random_bytes(4 * cs, 41);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": cs}))
-        .await
-        .id;
+    let (id, file) = created(&api, cs, 4 * cs, 41).await;
 
     // Two chunks and a half, then the connection goes away.
     let mut s = TcpStream::connect(&server.addr).await.expect("connect");
@@ -141,11 +144,7 @@ async fn a_run_again_is_a_retry_and_other_bytes_conflict() {
     let (server, store) = start!(&[]);
     let api = Api::new(&server);
     let cs = store.chunk(64 * KIB);
-    let file = random_bytes(3 * cs, 42);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": cs}))
-        .await
-        .id;
+    let (id, file) = created(&api, cs, 3 * cs, 42).await;
     assert_eq!(
         api.run(id, 0, &file[..2 * cs]).await.status(),
         StatusCode::OK
@@ -172,11 +171,7 @@ async fn a_bad_run_is_refused_and_stores_nothing() {
     let (server, store) = start!(&[]);
     let api = Api::new(&server);
     let cs = store.chunk(64 * KIB);
-    let file = random_bytes(2 * cs + 10, 43);
-    let id = api
-        .create(json!({"size": file.len(), "chunk_size": cs}))
-        .await
-        .id;
+    let (id, file) = created(&api, cs, 2 * cs + 10, 43).await;
     // Not ending at a chunk's end nor at the file's end; past the file's end; from a
     // chunk that is not there; empty.
     let longer = [&file[..], b"x"].concat();
@@ -192,8 +187,7 @@ async fn a_bad_run_is_refused_and_stores_nothing() {
     // An index that is not one.
     for from in ["x", "-1", "1.0", ""] {
         let resp = api
-            .http
-            .post(api.run_url(id, from))
+            .post_run(id, from)
             .body(file[..cs].to_vec())
             .send()
             .await
@@ -202,8 +196,7 @@ async fn a_bad_run_is_refused_and_stores_nothing() {
     }
     // A digest of the whole body: chunk digests go with the completion.
     let resp = api
-        .http
-        .post(api.run_url(id, "0"))
+        .post_run(id, "0")
         .header("content-digest", digest(&file[..cs]).to_header())
         .body(file[..cs].to_vec())
         .send()
@@ -212,8 +205,7 @@ async fn a_bad_run_is_refused_and_stores_nothing() {
     problem(resp, 400).await;
     // Without Content-Length (a chunked body): 411.
     let resp = api
-        .http
-        .post(api.run_url(id, "0"))
+        .post_run(id, "0")
         .body(stream_body(vec![file[..cs].to_vec()]))
         .send()
         .await
