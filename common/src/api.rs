@@ -243,12 +243,17 @@ pub struct Problem {
     pub provided_offset: Option<u64>,
 }
 
+/// The longest a signed download URL stays valid, in seconds (seven days): a leaked URL
+/// stops working within a week whatever was asked.
+pub const MAX_CONTENT_URL_TTL_S: u64 = 7 * 24 * 3600;
+
 /// Body of `POST /v1/uploads/{id}/content-url` (may be empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateContentUrl {
-    /// Seconds the URL stays valid (default one hour, at most seven days).
+    /// Seconds the URL stays valid: from 1 to seven days (604,800); default one hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 604800))]
     pub ttl_s: Option<u64>,
 }
 

@@ -482,7 +482,7 @@ pub async fn cancel(
     ),
     responses(
         (status = 200, description = "A signed download URL.", body = ContentUrl),
-        (status = 400, description = "Malformed body.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed body, or a `ttl_s` outside 1 s to seven days.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upload.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not completed yet.", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "Cancelled, expired or failed.", body = Problem, content_type = "application/problem+json"),
@@ -496,7 +496,13 @@ pub async fn content_url(
 ) -> Result<Response, ApiError> {
     // The owner check and "completed" come from the domain, as for a download.
     state.uploads.content(id).await?;
-    let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 7 * 24 * 3600);
+    let ttl = req.ttl_s.unwrap_or(3600);
+    if !(1..=common::api::MAX_CONTENT_URL_TTL_S).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_s is {ttl}: a download URL stays valid from 1 second to {} (seven days)",
+            common::api::MAX_CONTENT_URL_TTL_S
+        )));
+    }
     let (query, exp) = state
         .auth
         .sign_content_until(&id.to_string(), crate::auth::now() + ttl as i64);

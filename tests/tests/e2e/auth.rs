@@ -477,6 +477,12 @@ async fn signed_download_urls_need_no_token_and_expire() {
         mint(&bob, *id, 60).await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
+    // For at least a second and at most seven days.
+    for ttl in [0, 7 * 24 * 3600 + 1, 1 << 63] {
+        let r = mint(&alice, *id, ttl).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "ttl_s {ttl}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
     let signed: common::api::ContentUrl =
         mint(&alice, *id, 60).await.unwrap().json().await.unwrap();
     assert!(
