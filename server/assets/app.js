@@ -381,7 +381,7 @@ class Upload {
   }
 
   fail (e) {
-    if (['error', 'cancelled', 'cancelling'].includes(this.state)) return
+    if (['error', 'retrying', 'cancelled', 'cancelling'].includes(this.state)) return
     if (!(e instanceof UploadError)) console.error(e)
     this.retryable = e instanceof UploadError ? e.retry : true
     this.setState('error', this.id && this.retryable ? 'Stopped. What the server already has is kept: Retry sends the rest.' : '')
@@ -413,13 +413,14 @@ class Upload {
   }
 
   async retry () {
-    if (this.state !== 'error' || this.retrying) return
-    this.retrying = true
+    if (this.state !== 'error') return
     $('#token').removeAttribute('aria-invalid')
     this.el.focus() // the Retry button goes away: keep the keyboard on this card
-    await this.halt() // what the failed attempt still had in flight
+    // The error goes at once; what the failed attempt still had in flight is stopped first.
+    this.setState('retrying', 'Stopping what the failed attempt still had on its way…')
+    await this.halt()
+    if (this.state !== 'retrying') return
     if (!this.id) delete this.el.dataset.id // the next attempt is a new upload
-    this.retrying = false
     this.setState('queued', 'Waiting for the files before it.')
     admit()
   }
