@@ -196,34 +196,38 @@ struct Gateway {
 }
 
 impl Gateway {
-    /// Starts it (on `port`, or a free one) and waits until it answers.
+    /// Starts it (on `port`, or a free one) and waits until it answers. A free port is
+    /// only free when it was chosen: if another process takes it first, radosgw cannot
+    /// bind and exits, and the gateway starts again on another.
     fn start(port: Option<u16>) -> Gateway {
-        let port = port.unwrap_or_else(free_port);
-        let child = Command::new("bash")
-            .arg(run_sh())
-            .args(["gateway", "--foreground", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn run.sh gateway");
-        let mut gateway = Gateway { port, child };
-        gateway.wait_until("it answers", Duration::from_secs(60), |g| g.answers());
-        gateway
+        for _ in 0..3 {
+            let port = port.unwrap_or_else(free_port);
+            let child = Command::new("bash")
+                .arg(run_sh())
+                .args(["gateway", "--foreground", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn run.sh gateway");
+            let mut gateway = Gateway { port, child };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = gateway.child.try_wait() {
+                    break;
+                }
+                if is_rgw(&gateway.addr()) {
+                    return gateway;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            gateway.kill();
+        }
+        panic!("the test's radosgw did not start (three ports tried); see target/tools/ceph/log/")
     }
 
     fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    fn answers(&mut self) -> bool {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "the test's radosgw on port {} exited ({status}); see target/tools/ceph/log/",
-                self.port
-            );
-        }
-        TcpStream::connect(self.addr()).is_ok()
     }
 
     fn signal(&self, sig: &str) {
@@ -263,6 +267,25 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether a radosgw answers at `addr`: its answer carries `x-amz-request-id`, so that
+/// another process on the port (one that took it first) is not taken for it.
+fn is_rgw(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut head);
+    String::from_utf8_lossy(&head)
+        .to_ascii_lowercase()
+        .contains("x-amz-request-id")
 }
 
 /// A free loopback port (bound, then released for the gateway to bind).

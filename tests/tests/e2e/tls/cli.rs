@@ -85,8 +85,11 @@ async fn cli_uploads_over_https_on_one_http2_connection_or_over_http1() {
     run.expect_code(0);
     assert_eq!(run.one("completed")["sha256"], sha.as_str());
     assert_eq!(h1.metric(H2).await, 0.0);
-    // The metrics reads are HTTP/1.1 connections of their own.
-    assert!(h1.metric(H1).await >= 4.0 + 1.0, "{}", h1.metric(H1).await);
+    // Chunks in parallel need connections in parallel: more than one besides the
+    // metrics read (how many more depends on timing: a connection freed before the next
+    // chunk starts is used again).
+    let h1_connections = h1.metric(H1).await;
+    assert!(h1_connections >= 2.0 + 1.0, "{h1_connections}");
 }
 
 /// Runs `uploader ARGS` and checks the certificate failure: exit 2, one line on stderr
